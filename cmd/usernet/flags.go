@@ -1,0 +1,232 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	"github.com/usernet/usernet/tap"
+)
+
+// options is the parsed command line, in the terms of slirp4netns 1.2's
+// manual. Defaults are slirp4netns's.
+type options struct {
+	configure           bool
+	exitFD, readyFD     int // -1: none
+	mtu                 int
+	enableIPv6          bool
+	apiSocket           string
+	cidr                netip.Prefix
+	disableHostLoopback bool
+	netnsType           string // "pid" or "path"
+	usernsPath          string
+	enableSandbox       bool
+	enableSeccomp       bool
+	outboundAddr        string // IPv4 or interface name
+	outboundAddr6       string // IPv6 or interface name
+	disableDNS          bool
+	mac                 net.HardwareAddr
+	dnsUpstream         string // usernet: ADDR[:PORT]
+	resolvConf          string // usernet: where to read the upstream from
+
+	help, version bool
+
+	// positionals
+	pid     int
+	path    string
+	tapName string
+}
+
+const (
+	maxMTU     = 65521
+	defaultMTU = 1500
+)
+
+// usageError is a command line mistake: the message, then the usage text.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+// newFlagSet declares every flag. Flags whose feature is not built yet are
+// hidden from --help (rootlesskit and podman look for them there) and
+// rejected if given.
+func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("usernet", pflag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.SortFlags = false
+	fs.SetInterspersed(true)
+	fs.BoolVarP(&o.configure, "configure", "c", false, "bring up the interface")
+	fs.IntVarP(&o.exitFD, "exit-fd", "e", -1, "specify the FD for terminating usernet")
+	fs.IntVarP(&o.readyFD, "ready-fd", "r", -1, "specify the FD to write to when the network is configured")
+	fs.IntVarP(&o.mtu, "mtu", "m", defaultMTU, "specify MTU (default=1500, max=65521)")
+	fs.BoolVarP(&o.enableIPv6, "enable-ipv6", "6", false, "enable IPv6")
+	fs.StringVarP(&o.apiSocket, "api-socket", "a", "", "specify API socket path")
+	fs.String("cidr", "10.0.2.0/24", "specify network address CIDR (default=10.0.2.0/24)")
+	fs.BoolVar(&o.disableHostLoopback, "disable-host-loopback", false, "prohibit connecting to 127.0.0.1:* on the host namespace")
+	fs.StringVar(&o.netnsType, "netns-type", "pid", "specify network namespace type ([path|pid], default=pid)")
+	fs.StringVar(&o.usernsPath, "userns-path", "", "specify user namespace path")
+	fs.BoolVar(&o.enableSandbox, "enable-sandbox", false, "create a new mount namespace (not implemented yet)")
+	fs.BoolVar(&o.enableSeccomp, "enable-seccomp", false, "enable seccomp to limit syscalls (not implemented yet)")
+	fs.StringVar(&o.outboundAddr, "outbound-addr", "", "sets outbound ipv4 address (or interface) to bind to")
+	fs.StringVar(&o.outboundAddr6, "outbound-addr6", "", "sets outbound ipv6 address (or interface) to bind to")
+	fs.BoolVar(&o.disableDNS, "disable-dns", false, "disables the 10.0.2.3 (or configured internal ip) DNS forwarder")
+	fs.String("macaddress", "", "specify the MAC address of the TAP (only valid with -c)")
+	fs.StringVar(&o.dnsUpstream, "dns-upstream", "", "DNS server the forwarder relays to, ADDR[:PORT] (default: first nameserver of --resolv-conf)")
+	fs.StringVar(&o.resolvConf, "resolv-conf", "/etc/resolv.conf", "resolv.conf to take the DNS upstream from")
+	fs.String("target-type", "netns", "specify the target type ([netns], default=netns)")
+	fs.BoolVarP(&o.help, "help", "h", false, "show this help and exit")
+	fs.BoolVarP(&o.version, "version", "v", false, "show version and exit")
+	for _, name := range unimplementedFlags {
+		fs.MarkHidden(name)
+	}
+	fs.MarkHidden("target-type")
+	return fs
+}
+
+// unimplementedFlags are slirp4netns flags usernet does not do yet.
+var unimplementedFlags = []string{"api-socket", "enable-sandbox", "enable-seccomp"}
+
+// metavars name flag values in --help as slirp4netns's help does.
+var metavars = map[string]string{
+	"exit-fd": "FD", "ready-fd": "FD", "api-socket": "PATH", "netns-type": "TYPE",
+	"userns-path": "PATH", "outbound-addr": "IPv4", "outbound-addr6": "IPv6",
+	"macaddress": "MAC", "dns-upstream": "ADDR[:PORT]", "resolv-conf": "PATH", "target-type": "TYPE",
+}
+
+func usage(w io.Writer, fs *pflag.FlagSet) {
+	fmt.Fprintf(w, "Usage: usernet [OPTION]... PID|PATH TAPNAME\n")
+	fmt.Fprintf(w, "       usernet run [OPTION]... -- COMMAND [ARG]...\n")
+	fmt.Fprintf(w, "User-mode networking for unprivileged network namespaces.\n\n")
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Hidden {
+			return
+		}
+		name := "--" + f.Name
+		if f.Value.Type() != "bool" {
+			mv := metavars[f.Name]
+			if mv == "" {
+				mv = strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+			}
+			name += "=" + mv
+		}
+		if f.Shorthand != "" {
+			name = "-" + f.Shorthand + ", " + name
+		}
+		fmt.Fprintf(w, "%-24s %s\n", name, f.Usage)
+	})
+}
+
+// parseFlags parses argv (without the program name). positional says how
+// many positional arguments are wanted: 2 for the slirp4netns form, 0 for
+// `usernet run` (whose command comes after --).
+func parseFlags(argv []string, out io.Writer, positional int) (*options, []string, error) {
+	return parseFlagsMode(argv, out, positional, true)
+}
+
+func parseFlagsMode(argv []string, out io.Writer, positional int, interspersed bool) (*options, []string, error) {
+	o := &options{}
+	fs := newFlagSet(o, out)
+	fs.SetInterspersed(interspersed)
+	fs.Usage = func() {}
+	if err := fs.Parse(argv); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			o.help = true
+			return o, nil, nil
+		}
+		return nil, nil, &usageError{err.Error()}
+	}
+	if o.help || o.version {
+		return o, nil, nil
+	}
+	for _, name := range unimplementedFlags {
+		if fs.Changed(name) {
+			return nil, nil, fmt.Errorf("--%s is not implemented in this version of usernet", name)
+		}
+	}
+	if tt, _ := fs.GetString("target-type"); tt != "netns" {
+		return nil, nil, fmt.Errorf("--target-type=%s is not supported (only netns)", tt)
+	}
+	if o.mtu <= 0 || o.mtu > maxMTU {
+		return nil, nil, errors.New("MTU must be a positive integer (< 65522)")
+	}
+	if o.exitFD < -1 || (fs.Changed("exit-fd") && o.exitFD < 0) {
+		return nil, nil, errors.New("exit-fd must be a non-negative integer")
+	}
+	if o.readyFD < -1 || (fs.Changed("ready-fd") && o.readyFD < 0) {
+		return nil, nil, errors.New("ready-fd must be a non-negative integer")
+	}
+	cidr, _ := fs.GetString("cidr")
+	p, err := parseCIDR(cidr)
+	if err != nil {
+		return nil, nil, err
+	}
+	o.cidr = p
+	if mac, _ := fs.GetString("macaddress"); mac != "" {
+		if !o.configure && positional > 0 {
+			return nil, nil, &usageError{"--macaddr cannot be specified when --configure or -c is not specified"}
+		}
+		hw, err := net.ParseMAC(mac)
+		if err != nil || len(hw) != 6 {
+			return nil, nil, fmt.Errorf("invalid --macaddress %q: want a 6-byte Ethernet address like 02:00:00:00:00:01", mac)
+		}
+		if hw[0]&1 != 0 {
+			return nil, nil, fmt.Errorf("invalid --macaddress %q: a multicast address cannot be a device address", mac)
+		}
+		o.mac = hw
+	}
+	if o.dnsUpstream != "" && o.disableDNS {
+		return nil, nil, errors.New("--dns-upstream and --disable-dns cannot be used together")
+	}
+	switch o.netnsType {
+	case "pid", "path":
+	default:
+		return nil, nil, fmt.Errorf("--netns-type must be pid or path, not %q", o.netnsType)
+	}
+
+	args := fs.Args()
+	if positional == 0 {
+		return o, args, nil
+	}
+	switch {
+	case len(args) < positional:
+		return nil, nil, &usageError{"PID|PATH and TAPNAME are required"}
+	case len(args) > positional:
+		return nil, nil, &usageError{fmt.Sprintf("too many arguments: %q", args[positional:])}
+	}
+	if o.netnsType == "pid" {
+		pid, err := strconv.Atoi(args[0])
+		if err != nil || pid <= 0 {
+			return nil, nil, fmt.Errorf("PID must be a positive integer, not %q (use --netns-type=path for a path)", args[0])
+		}
+		o.pid = pid
+	} else {
+		o.path = args[0]
+	}
+	if err := tap.ValidateName(args[1]); err != nil {
+		return nil, nil, err
+	}
+	o.tapName = args[1]
+	return o, nil, nil
+}
+
+// parseCIDR checks --cidr with slirp4netns's messages.
+func parseCIDR(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil || !p.Addr().Is4() {
+		return netip.Prefix{}, fmt.Errorf("invalid CIDR: %s", s)
+	}
+	if p.Bits() < 1 || p.Bits() > 25 {
+		return netip.Prefix{}, errors.New("prefix length needs to be 1-25")
+	}
+	if p.Masked() != p {
+		// slirp4netns prints this fixed text whatever the input.
+		return netip.Prefix{}, errors.New("CIDR needs to be a network address like 10.0.2.0/24, not like 10.0.2.100/24")
+	}
+	return p, nil
+}

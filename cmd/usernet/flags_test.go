@@ -1,0 +1,146 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+func TestParseFlagsSlirp4netnsForms(t *testing.T) {
+	tests := []struct {
+		name string
+		argv []string
+		want func(*options) string // "" when all is as expected
+	}{
+		{"rootlesskit", []string{"--mtu", "65520", "-r", "3", "--disable-host-loopback", "--cidr", "10.0.135.128/25", "1234", "tap0"},
+			func(o *options) string {
+				if o.mtu != 65520 || o.readyFD != 3 || !o.disableHostLoopback || o.cidr != netip.MustParsePrefix("10.0.135.128/25") || o.pid != 1234 || o.tapName != "tap0" || o.configure {
+					return "fields"
+				}
+				return ""
+			}},
+		{"podman", []string{"--disable-host-loopback", "--mtu=65520", "--enable-ipv6", "-c", "-e", "3", "-r", "4", "--netns-type=path", "/run/user/1000/netns/x", "tap0"},
+			func(o *options) string {
+				if !o.configure || o.exitFD != 3 || o.readyFD != 4 || !o.enableIPv6 || o.path != "/run/user/1000/netns/x" || o.pid != 0 {
+					return "fields"
+				}
+				return ""
+			}},
+		{"options after positionals", []string{"42", "tap1", "-c", "-m", "9000", "--macaddress", "02:00:00:00:00:01"},
+			func(o *options) string {
+				if !o.configure || o.mtu != 9000 || o.pid != 42 || o.tapName != "tap1" || o.mac.String() != "02:00:00:00:00:01" {
+					return "fields"
+				}
+				return ""
+			}},
+		{"defaults", []string{"1", "tap0"},
+			func(o *options) string {
+				if o.mtu != 1500 || o.exitFD != -1 || o.readyFD != -1 || o.cidr.String() != "10.0.2.0/24" || o.netnsType != "pid" || o.resolvConf != "/etc/resolv.conf" {
+					return "defaults"
+				}
+				return ""
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, _, err := parseFlags(tt.argv, &bytes.Buffer{}, 2)
+			if err != nil {
+				t.Fatalf("parseFlags(%q) = %v", tt.argv, err)
+			}
+			if what := tt.want(o); what != "" {
+				t.Fatalf("parseFlags(%q): wrong %s: %+v", tt.argv, what, o)
+			}
+		})
+	}
+}
+
+func TestParseFlagsErrors(t *testing.T) {
+	tests := []struct {
+		argv    []string
+		wantMsg string
+		usage   bool
+	}{
+		{[]string{"--foo", "1", "tap0"}, "unknown flag: --foo", true},
+		{[]string{"1"}, "PID|PATH and TAPNAME are required", true},
+		{[]string{}, "PID|PATH and TAPNAME are required", true},
+		{[]string{"1", "tap0", "x"}, "too many arguments", true},
+		{[]string{"--cidr=foo", "1", "tap0"}, "invalid CIDR: foo", false},
+		{[]string{"--cidr=fd00::/64", "1", "tap0"}, "invalid CIDR: fd00::/64", false},
+		{[]string{"--cidr=10.0.2.100/24", "1", "tap0"}, "CIDR needs to be a network address like 10.0.2.0/24, not like 10.0.2.100/24", false},
+		{[]string{"--cidr=10.0.0.0/26", "1", "tap0"}, "prefix length needs to be 1-25", false},
+		{[]string{"--cidr=0.0.0.0/0", "1", "tap0"}, "prefix length needs to be 1-25", false},
+		{[]string{"--mtu=0", "1", "tap0"}, "MTU must be a positive integer (< 65522)", false},
+		{[]string{"--mtu=65522", "1", "tap0"}, "MTU must be a positive integer (< 65522)", false},
+		{[]string{"-e", "-1", "1", "tap0"}, "exit-fd must be a non-negative integer", false},
+		{[]string{"-r", "-2", "1", "tap0"}, "ready-fd must be a non-negative integer", false},
+		{[]string{"--macaddress=02:00:00:00:00:01", "1", "tap0"}, "--macaddr cannot be specified when --configure or -c is not specified", true},
+		{[]string{"-c", "--macaddress=zz", "1", "tap0"}, "invalid --macaddress", false},
+		{[]string{"-c", "--macaddress=01:00:00:00:00:01", "1", "tap0"}, "multicast", false},
+		{[]string{"--netns-type=foo", "1", "tap0"}, "--netns-type must be pid or path", false},
+		{[]string{"abc", "tap0"}, "PID must be a positive integer", false},
+		{[]string{"1", "tap0123456789abcdef"}, "too long", false},
+		{[]string{"--api-socket=/tmp/x", "1", "tap0"}, "not implemented", false},
+		{[]string{"--enable-sandbox", "1", "tap0"}, "not implemented", false},
+		{[]string{"--target-type=bess", "1", "tap0"}, "not supported", false},
+		{[]string{"--disable-dns", "--dns-upstream=127.0.0.1", "1", "tap0"}, "cannot be used together", false},
+	}
+	for _, tt := range tests {
+		_, _, err := parseFlags(tt.argv, &bytes.Buffer{}, 2)
+		if err == nil {
+			t.Errorf("parseFlags(%q) = nil error, want %q", tt.argv, tt.wantMsg)
+			continue
+		}
+		if !strings.Contains(err.Error(), tt.wantMsg) {
+			t.Errorf("parseFlags(%q) = %q, want it to contain %q", tt.argv, err, tt.wantMsg)
+		}
+		var ue *usageError
+		if errors.As(err, &ue) != tt.usage {
+			t.Errorf("parseFlags(%q): usage error = %v, want %v", tt.argv, !tt.usage, tt.usage)
+		}
+	}
+}
+
+func TestHelpListsWhatCallersProbe(t *testing.T) {
+	var out bytes.Buffer
+	usage(&out, newFlagSet(&options{}, &out))
+	help := out.String()
+	// rootlesskit and podman decide what to pass by searching --help.
+	for _, f := range []string{"--netns-type", "--enable-ipv6", "--cidr", "--disable-host-loopback", "--mtu", "--outbound-addr", "--configure", "--exit-fd", "--ready-fd", "--disable-dns", "--userns-path", "--macaddress"} {
+		if !strings.Contains(help, f) {
+			t.Errorf("--help lacks %s:\n%s", f, help)
+		}
+	}
+	// Not implemented yet: must not be advertised.
+	for _, f := range unimplementedFlags {
+		if strings.Contains(help, "--"+f) {
+			t.Errorf("--help advertises unimplemented --%s", f)
+		}
+	}
+}
+
+func TestRunFlagsStopAtCommand(t *testing.T) {
+	o, args, err := parseRunFlags([]string{"--mtu", "65520", "curl", "-s", "http://10.0.2.2/"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatalf("parseRunFlags: %v", err)
+	}
+	if o.mtu != 65520 || strings.Join(args, " ") != "curl -s http://10.0.2.2/" {
+		t.Fatalf("parseRunFlags: mtu %d args %q", o.mtu, args)
+	}
+	_, args, err = parseRunFlags([]string{"-6", "--", "sh", "-c", "true"}, &bytes.Buffer{})
+	if err != nil || strings.Join(args, " ") != "sh -c true" {
+		t.Fatalf("parseRunFlags with --: args %q err %v", args, err)
+	}
+}
+
+func TestAddresses(t *testing.T) {
+	a := addressesOf(netip.MustParsePrefix("10.0.135.128/25"))
+	if a.guest.String() != "10.0.135.228" || a.gateway.String() != "10.0.135.130" || a.dns.String() != "10.0.135.131" || a.netmask.String() != "255.255.255.128" {
+		t.Fatalf("addressesOf(10.0.135.128/25) = %+v", a)
+	}
+	a = addressesOf(netip.MustParsePrefix("10.0.2.0/24"))
+	if a.guest.String() != "10.0.2.100" || a.gateway.String() != "10.0.2.2" || a.dns.String() != "10.0.2.3" || a.dhcpStart.String() != "10.0.2.15" {
+		t.Fatalf("addressesOf(10.0.2.0/24) = %+v", a)
+	}
+}

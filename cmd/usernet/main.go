@@ -1,0 +1,81 @@
+// Command usernet gives an unprivileged network namespace a way out to the
+// network, as slirp4netns does, with a gVisor netstack.
+//
+//	usernet [OPTION]... PID|PATH TAPNAME
+//	usernet run [OPTION]... -- COMMAND [ARG]...
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/usernet/usernet/nsjoin"
+	"github.com/usernet/usernet/nsrun"
+)
+
+// version is set at link time (-ldflags "-X main.version=...").
+var (
+	version = "0.1.0-dev"
+	commit  = "unknown"
+)
+
+// slirpConfigVersionMax tells test suites which slirp4netns features to
+// expect: 4 = --disable-dns and --outbound-addr work.
+const slirpConfigVersionMax = 4
+
+func main() {
+	// Re-executed helpers first: they must not parse flags or start anything.
+	switch {
+	case nsjoin.IsChild():
+		os.Exit(nsjoin.ChildMain())
+	case nsrun.IsInit():
+		os.Exit(nsrun.InitMain())
+	}
+	os.Exit(realMain(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func realMain(argv []string, stdout, stderr io.Writer) int {
+	if len(argv) > 0 && argv[0] == "run" {
+		return runMain(argv[1:], stdout, stderr)
+	}
+	o, _, err := parseFlags(argv, stderr, 2)
+	if code, done := handleParse(o, err, stdout, stderr); done {
+		return code
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	t := nsjoin.Target{PID: o.pid, NetnsPath: o.path, UsernsPath: o.usernsPath}
+	out := output{stdout: stdout, stderr: stderr, announce: true}
+	if err := serve(ctx, o, t, out, nil); err != nil {
+		fmt.Fprintf(stderr, "usernet: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// handleParse prints help, version or a parse error. done means exit now.
+func handleParse(o *options, err error, stdout, stderr io.Writer) (code int, done bool) {
+	var ue *usageError
+	switch {
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "usernet: %v\n", err)
+		o := &options{}
+		usage(stderr, newFlagSet(o, stderr))
+		return 1, true
+	case err != nil:
+		fmt.Fprintf(stderr, "usernet: %v\n", err)
+		return 1, true
+	case o.help:
+		usage(stdout, newFlagSet(&options{}, stdout))
+		return 0, true
+	case o.version:
+		fmt.Fprintf(stdout, "usernet version %s\ncommit: %s\nSLIRP_CONFIG_VERSION_MAX: %d\n", version, commit, slirpConfigVersionMax)
+		return 0, true
+	}
+	return 0, false
+}

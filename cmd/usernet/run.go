@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/usernet/usernet/nsjoin"
+	"github.com/usernet/usernet/nsrun"
+)
+
+// forwardedSignals go from usernet to the command of `usernet run`.
+var forwardedSignals = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2}
+
+// runMain is `usernet run [OPTION]... [--] COMMAND [ARG]...`: new user, net
+// and mount namespaces with a configured tap0, the command's resolv.conf
+// pointing at the virtual DNS, and the command's exit status as ours.
+func runMain(argv []string, stdout, stderr io.Writer) int {
+	o, args, err := parseRunFlags(argv, stderr)
+	if code, done := handleParse(o, err, stdout, stderr); done {
+		return code
+	}
+	if len(args) == 0 {
+		fmt.Fprintf(stderr, "usernet run: no command given (usernet run [OPTION]... -- COMMAND [ARG]...)\n")
+		return 1
+	}
+	o.configure = true
+	o.tapName = "tap0"
+	resolv := ""
+	if !o.disableDNS {
+		resolv = "nameserver " + addressesOf(o.cidr).dns.String() + "\n"
+		if o.enableIPv6 {
+			resolv += "nameserver fd00::3\n"
+		}
+	}
+	child, err := nsrun.Start(args, resolv)
+	if err != nil {
+		fmt.Fprintf(stderr, "usernet run: %v\n", err)
+		return 1
+	}
+
+	sigc := make(chan os.Signal, 8)
+	signal.Notify(sigc, forwardedSignals...)
+	defer signal.Stop(sigc)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready := make(chan struct{})
+	served := make(chan error, 1)
+	go func() {
+		out := output{stdout: io.Discard, stderr: io.Discard}
+		served <- serve(ctx, o, nsjoin.Target{PID: child.PID()}, out, func() error {
+			close(ready)
+			return child.Release()
+		})
+	}()
+
+	// Until the network is up, a failure ends the command at its barrier.
+	select {
+	case <-ready:
+	case err := <-served:
+		child.Wait()
+		if err == nil {
+			err = errors.New("network stopped before it was ready")
+		}
+		fmt.Fprintf(stderr, "usernet run: %v\n", err)
+		return 1
+	}
+
+	waited := make(chan struct{})
+	var code int
+	var werr error
+	go func() {
+		code, werr = child.Wait()
+		close(waited)
+	}()
+	for {
+		select {
+		case sig := <-sigc:
+			child.Signal(sig)
+		case err := <-served:
+			// The network died under the command: say so, let it finish.
+			if err != nil {
+				fmt.Fprintf(stderr, "usernet run: network: %v\n", err)
+			}
+			served = nil
+		case <-waited:
+			cancel()
+			if served != nil {
+				if err := <-served; err != nil {
+					fmt.Fprintf(stderr, "usernet run: network: %v\n", err)
+				}
+			}
+			if werr != nil {
+				fmt.Fprintf(stderr, "usernet run: %v\n", werr)
+			}
+			return code
+		}
+	}
+}
+
+// parseRunFlags parses the options of `usernet run`; the first argument that
+// is not an option (or everything after --) is the command.
+func parseRunFlags(argv []string, stderr io.Writer) (*options, []string, error) {
+	return parseFlagsMode(argv, stderr, 0, false)
+}

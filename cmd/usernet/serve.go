@@ -1,0 +1,278 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+
+	"github.com/usernet/usernet/dns"
+	"github.com/usernet/usernet/internal/pollfd"
+	"github.com/usernet/usernet/nsjoin"
+	"github.com/usernet/usernet/stack"
+	"github.com/usernet/usernet/tap"
+)
+
+// output is where the slirp4netns-compatible lines go: the settings block
+// on stdout, `received tapfd=N` on stderr. `usernet run` discards both.
+type output struct {
+	stdout, stderr io.Writer
+	announce       bool // the nsjoin child prints `sent tapfd=N for TAP`
+}
+
+var (
+	errExitFD     = errors.New("exit fd closed")
+	errTargetGone = errors.New("target is gone")
+)
+
+// serve is the whole life of one virtual network: get the tap, build the
+// stack, report ready, and run until ctx ends, the exit fd fires or the
+// target goes away. onReady, if set, runs once the network is ready.
+func serve(ctx context.Context, o *options, t nsjoin.Target, out output, onReady func() error) error {
+	addrs := addressesOf(o.cidr)
+	out4, out6, err := outboundAddrs(o)
+	if err != nil {
+		return err
+	}
+	var serveDNS func(context.Context, net.PacketConn, net.Listener) error
+	var upstream netip.AddrPort
+	if !o.disableDNS {
+		upstream, err = dnsUpstream(o)
+		if err != nil {
+			return err
+		}
+		fwd, err := dns.New(dns.Config{Upstream: upstream})
+		if err != nil {
+			return fmt.Errorf("dns forwarder: %w", err)
+		}
+		serveDNS = fwd.Serve
+	}
+	readyFile, err := inheritedFD(o.readyFD, "ready-fd")
+	if err != nil {
+		return err
+	}
+	if readyFile != nil {
+		defer readyFile.Close()
+	}
+	exitFile, err := inheritedFD(o.exitFD, "exit-fd")
+	if err != nil {
+		return err
+	}
+	if exitFile != nil {
+		defer exitFile.Close()
+	}
+
+	watch, err := nsjoin.NewWatch(t)
+	if err != nil {
+		return err
+	}
+	defer watch.Close()
+
+	req := nsjoin.Request{
+		Tap:       tap.Options{Name: o.tapName},
+		Configure: o.configure,
+		Announce:  out.announce,
+	}
+	if o.configure {
+		req.Config = tap.Config{
+			MTU:     o.mtu,
+			MAC:     o.mac,
+			Addr:    netip.PrefixFrom(addrs.guest, o.cidr.Bits()),
+			Gateway: addrs.gateway,
+		}
+	}
+	f, err := nsjoin.OpenTap(ctx, t, req)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out.stderr, "received tapfd=%d\n", f.Fd())
+
+	st, err := stack.New(stack.Config{
+		Tap:                 f,
+		MTU:                 uint32(o.mtu),
+		Network:             o.cidr,
+		EnableIPv6:          o.enableIPv6,
+		DisableHostLoopback: o.disableHostLoopback,
+		OutboundAddr:        out4,
+		OutboundAddr6:       out6,
+		ServeDNS:            serveDNS,
+	})
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("netstack: %w", err)
+	}
+	printSettings(out.stdout, o, addrs, upstream)
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		err := st.Run(ctx)
+		if err == nil && ctx.Err() == nil {
+			err = errors.New("stopped unexpectedly")
+		}
+		if err != nil {
+			cancel(fmt.Errorf("netstack: %w", err))
+		}
+	})
+	if exitFile != nil {
+		wg.Go(func() {
+			if pollfd.Wait(ctx, int(exitFile.Fd())) == nil {
+				cancel(errExitFD)
+			}
+		})
+	}
+	wg.Go(func() {
+		if watch.Wait(ctx) == nil {
+			cancel(errTargetGone)
+		}
+	})
+
+	if readyFile != nil {
+		if _, err := readyFile.Write([]byte("1")); err != nil {
+			cancel(fmt.Errorf("write ready-fd %d: %w", o.readyFD, err))
+		}
+		readyFile.Close()
+	}
+	if onReady != nil {
+		if err := onReady(); err != nil {
+			cancel(err)
+		}
+	}
+	<-ctx.Done()
+	wg.Wait()
+	switch err := context.Cause(ctx); {
+	case errors.Is(err, errTargetGone):
+		fmt.Fprintf(out.stderr, "usernet: %s is gone, exiting\n", t)
+		return nil
+	case errors.Is(err, errExitFD), errors.Is(err, context.Canceled):
+		return nil
+	default:
+		return err
+	}
+}
+
+// inheritedFD checks and wraps an fd given on the command line.
+func inheritedFD(fd int, name string) (*os.File, error) {
+	if fd < 0 {
+		return nil, nil
+	}
+	if !pollfd.IsOpen(fd) {
+		return nil, fmt.Errorf("%s %d is not an open file descriptor", name, fd)
+	}
+	return os.NewFile(uintptr(fd), name), nil
+}
+
+// addresses of the virtual network, as slirp4netns derives them.
+type addresses struct {
+	network, gateway, dns, guest, dhcpStart netip.Addr
+	netmask                                 net.IP
+}
+
+func addressesOf(p netip.Prefix) addresses {
+	n := p.Masked().Addr()
+	return addresses{
+		network:   n,
+		gateway:   addN(n, 2),
+		dns:       addN(n, 3),
+		dhcpStart: addN(n, 15),
+		guest:     addN(n, 100),
+		netmask:   net.IP(net.CIDRMask(p.Bits(), 32)),
+	}
+}
+
+func addN(a netip.Addr, n uint32) netip.Addr {
+	b := a.As4()
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	v += n
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+func printSettings(w io.Writer, o *options, a addresses, upstream netip.AddrPort) {
+	fmt.Fprintf(w, "Starting slirp\n")
+	fmt.Fprintf(w, "* MTU:             %d\n", o.mtu)
+	fmt.Fprintf(w, "* Network:         %s\n", a.network)
+	fmt.Fprintf(w, "* Netmask:         %s\n", a.netmask)
+	fmt.Fprintf(w, "* Gateway:         %s\n", a.gateway)
+	if !o.disableDNS {
+		fmt.Fprintf(w, "* DNS:             %s\n", a.dns)
+		fmt.Fprintf(w, "* DNS upstream:    %s\n", upstream)
+	}
+	fmt.Fprintf(w, "* Recommended IP:  %s\n", a.guest)
+	if o.enableIPv6 {
+		fmt.Fprintf(w, "* IPv6 network:    fd00::/64 (gateway fd00::2, DNS fd00::3)\n")
+	}
+	if !o.disableHostLoopback {
+		fmt.Fprintf(w, "WARNING: 127.0.0.1:* on the host is accessible as %s (set --disable-host-loopback to prohibit connecting to 127.0.0.1:*)\n", a.gateway)
+	}
+}
+
+// dnsUpstream picks the resolver the forwarder relays to.
+func dnsUpstream(o *options) (netip.AddrPort, error) {
+	if o.dnsUpstream != "" {
+		ap, err := dns.ParseUpstream(o.dnsUpstream)
+		if err != nil {
+			return netip.AddrPort{}, fmt.Errorf("--dns-upstream: %w", err)
+		}
+		return ap, nil
+	}
+	ap, err := dns.UpstreamFromResolvConf(o.resolvConf)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("dns upstream (set --dns-upstream, or --disable-dns): %w", err)
+	}
+	return ap, nil
+}
+
+// outboundAddrs resolves --outbound-addr and --outbound-addr6, each an
+// address or the name of an interface whose address to use.
+func outboundAddrs(o *options) (v4, v6 netip.Addr, err error) {
+	if o.outboundAddr != "" {
+		v4, err = resolveOutbound(o.outboundAddr, true)
+		if err != nil {
+			return v4, v6, fmt.Errorf("outbound-addr has to be valid ipv4 address or interface name: %w", err)
+		}
+	}
+	if o.outboundAddr6 != "" {
+		v6, err = resolveOutbound(o.outboundAddr6, false)
+		if err != nil {
+			return v4, v6, fmt.Errorf("outbound-addr6 has to be valid ipv6 address or interface name: %w", err)
+		}
+	}
+	return v4, v6, nil
+}
+
+func resolveOutbound(s string, want4 bool) (netip.Addr, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		if a.Is4() != want4 || a.Is4In6() {
+			return netip.Addr{}, fmt.Errorf("%s is of the wrong family", s)
+		}
+		return a, nil
+	}
+	ifi, err := net.InterfaceByName(s)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("addresses of %s: %w", s, err)
+	}
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(ipn.IP)
+		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		if ip.Is4() == want4 && !ip.IsLinkLocalUnicast() {
+			return ip, nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("interface %s has no usable address of that family", s)
+}

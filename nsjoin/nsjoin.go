@@ -1,0 +1,342 @@
+// Package nsjoin gets a tap device from inside another process's user and
+// network namespaces.
+//
+// Go cannot setns(CLONE_NEWUSER) from a running program (the runtime is
+// multithreaded before main), so OpenTap re-executes /proc/self/exe as a
+// short-lived child. A cgo constructor (nsenter.c) joins the namespaces in
+// that child before the Go runtime starts; the child then creates or attaches
+// to the tap, optionally configures it, sends the fd back over a
+// SOCK_SEQPACKET socketpair with SCM_RIGHTS, and exits. The parent never
+// leaves its own namespaces. docs/design.md explains the choice.
+package nsjoin
+
+/*
+extern int usernet_nsjoin_step;
+extern int usernet_nsjoin_errno;
+*/
+import "C"
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/usernet/usernet/tap"
+)
+
+const (
+	envChild  = "_USERNET_NSJOIN"
+	envUserFD = "_USERNET_NSJOIN_USERFD"
+	envNetFD  = "_USERNET_NSJOIN_NETFD"
+	envReq    = "_USERNET_NSJOIN_REQ"
+	childSock = 3 // the child's end of the socketpair, first of ExtraFiles
+)
+
+// Target names the namespaces to join.
+type Target struct {
+	// PID selects /proc/PID/ns/net (--netns-type=pid).
+	PID int
+	// NetnsPath selects a network namespace file (--netns-type=path).
+	NetnsPath string
+	// UsernsPath, when set, is the user namespace to join (--userns-path).
+	// Otherwise the owner of the network namespace is joined when it is
+	// not ours (NS_GET_USERNS), falling back to /proc/PID/ns/user.
+	UsernsPath string
+}
+
+func (t Target) String() string {
+	if t.NetnsPath != "" {
+		return t.NetnsPath
+	}
+	return "/proc/" + strconv.Itoa(t.PID) + "/ns/net"
+}
+
+// Request says what the child does in the namespace.
+type Request struct {
+	Tap       tap.Options
+	Configure bool
+	Config    tap.Config `json:",omitempty"`
+	// Announce prints slirp4netns's `sent tapfd=N for TAP` on stderr.
+	Announce bool
+}
+
+type reply struct {
+	Error string `json:",omitempty"`
+}
+
+// IsChild reports whether this process was started by OpenTap.
+func IsChild() bool { return os.Getenv(envChild) == "1" }
+
+// ChildMain does the child's work and returns its exit code. main calls it
+// first thing when IsChild.
+func ChildMain() int {
+	sock := os.NewFile(childSock, "nsjoin")
+	f, announce, err := childOpen()
+	var r reply
+	var rights []byte
+	if err != nil {
+		r.Error = err.Error()
+	} else {
+		rights = unix.UnixRights(int(f.Fd()))
+		if announce {
+			fmt.Fprintf(os.Stderr, "sent tapfd=%d for %s\n", f.Fd(), f.Name()[len("tap:"):])
+		}
+	}
+	msg, _ := json.Marshal(r)
+	if err := unix.Sendmsg(int(sock.Fd()), msg, rights, nil, 0); err != nil {
+		fmt.Fprintf(os.Stderr, "usernet: nsjoin child: send reply: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func childOpen() (*os.File, bool, error) {
+	switch C.usernet_nsjoin_step {
+	case 1:
+		return nil, false, fmt.Errorf("join user namespace: %w", unix.Errno(C.usernet_nsjoin_errno))
+	case 2:
+		return nil, false, fmt.Errorf("join network namespace: %w", unix.Errno(C.usernet_nsjoin_errno))
+	}
+	var req Request
+	if err := json.Unmarshal([]byte(os.Getenv(envReq)), &req); err != nil {
+		return nil, false, fmt.Errorf("decode request: %w", err)
+	}
+	f, err := tap.Open(req.Tap)
+	if err != nil {
+		return nil, false, err
+	}
+	if req.Configure {
+		if err := tap.Configure(req.Tap.Name, req.Config); err != nil {
+			f.Close()
+			return nil, false, err
+		}
+	}
+	return f, req.Announce, nil
+}
+
+// OpenTap joins t's namespaces in a child process, opens the tap there as
+// req says, and returns its fd (non-blocking, owned by the caller).
+func OpenTap(ctx context.Context, t Target, req Request) (*os.File, error) {
+	if err := tap.ValidateName(req.Tap.Name); err != nil {
+		return nil, err
+	}
+	netns, userns, err := openNamespaces(t)
+	if err != nil {
+		return nil, err
+	}
+	defer netns.Close()
+	if userns != nil {
+		defer userns.Close()
+	}
+
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("socketpair: %w", err)
+	}
+	parentEnd := os.NewFile(uintptr(fds[0]), "nsjoin-parent")
+	childEnd := os.NewFile(uintptr(fds[1]), "nsjoin-child")
+	defer parentEnd.Close()
+	defer childEnd.Close()
+
+	reqJSON, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("encode request: %w", err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find own executable: %w", err)
+	}
+	cmd := exec.Command("/proc/self/exe")
+	cmd.Args = []string{exe, "nsjoin-child"}
+	cmd.Stderr = os.Stderr
+	cmd.ExtraFiles = []*os.File{childEnd, netns}
+	env := []string{envChild + "=1", envReq + "=" + string(reqJSON), envNetFD + "=4"}
+	if userns != nil {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, userns)
+		env = append(env, envUserFD+"=5")
+	}
+	cmd.Env = append(cleanEnv(os.Environ()), env...)
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start nsjoin child: %w", err)
+	}
+	childEnd.Close()
+
+	f, rerr := receive(ctx, parentEnd)
+	if rerr != nil {
+		cmd.Process.Kill()
+	}
+	werr := cmd.Wait()
+	if rerr != nil {
+		return nil, fmt.Errorf("%s: %w", t, rerr)
+	}
+	if werr != nil {
+		f.Close()
+		return nil, fmt.Errorf("nsjoin child: %w", werr)
+	}
+	return f, nil
+}
+
+// receive reads the child's one reply and the fd that comes with it.
+func receive(ctx context.Context, sock *os.File) (*os.File, error) {
+	c, err := net.FileConn(sock)
+	if err != nil {
+		return nil, fmt.Errorf("wrap socket: %w", err)
+	}
+	defer c.Close()
+	uc := c.(*net.UnixConn)
+	stop := context.AfterFunc(ctx, func() { uc.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	buf := make([]byte, 4096)
+	oob := make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("read reply of nsjoin child: %w", err)
+	}
+	if n == 0 {
+		return nil, errors.New("nsjoin child exited without a reply")
+	}
+	var fd = -1
+	if oobn > 0 {
+		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+		if err == nil && len(msgs) == 1 {
+			if fds, err := unix.ParseUnixRights(&msgs[0]); err == nil && len(fds) == 1 {
+				fd = fds[0]
+			}
+		}
+	}
+	var r reply
+	if err := json.Unmarshal(buf[:n], &r); err != nil {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		return nil, fmt.Errorf("decode reply of nsjoin child: %w", err)
+	}
+	if r.Error != "" {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		return nil, errors.New(r.Error)
+	}
+	if fd < 0 {
+		return nil, errors.New("nsjoin child sent no fd")
+	}
+	unix.CloseOnExec(fd)
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("set tap fd non-blocking: %w", err)
+	}
+	return os.NewFile(uintptr(fd), "tap"), nil
+}
+
+// openNamespaces opens the network namespace to join and, when it is not
+// ours, the user namespace to join first.
+func openNamespaces(t Target) (netns, userns *os.File, err error) {
+	netPath := t.String()
+	netns, err = os.Open(netPath)
+	if err != nil {
+		if t.NetnsPath == "" && errors.Is(err, os.ErrNotExist) {
+			return nil, nil, fmt.Errorf("%s: no such process %d", netPath, t.PID)
+		}
+		return nil, nil, err
+	}
+	if err := checkNS(netns, unix.CLONE_NEWNET); err != nil {
+		netns.Close()
+		return nil, nil, fmt.Errorf("%s: %w", netPath, err)
+	}
+	userns, err = ownerUserns(t, netns)
+	if err != nil {
+		netns.Close()
+		return nil, nil, err
+	}
+	return netns, userns, nil
+}
+
+func ownerUserns(t Target, netns *os.File) (*os.File, error) {
+	var userns *os.File
+	switch {
+	case t.UsernsPath != "":
+		f, err := os.Open(t.UsernsPath)
+		if err != nil {
+			return nil, err
+		}
+		if err := checkNS(f, unix.CLONE_NEWUSER); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("%s: %w", t.UsernsPath, err)
+		}
+		userns = f
+	default:
+		// The namespace that owns the netns is the one in which we need
+		// CAP_NET_ADMIN. EPERM means it is not below ours: nothing to join.
+		fd, err := unix.IoctlRetInt(int(netns.Fd()), unix.NS_GET_USERNS)
+		if err == nil {
+			userns = os.NewFile(uintptr(fd), "userns")
+		} else if t.PID > 0 && !errors.Is(err, unix.EPERM) {
+			f, err := os.Open("/proc/" + strconv.Itoa(t.PID) + "/ns/user")
+			if err != nil {
+				return nil, err
+			}
+			userns = f
+		}
+	}
+	if userns == nil {
+		return nil, nil
+	}
+	same, err := sameAsOurs(userns)
+	if err != nil || same {
+		userns.Close()
+		return nil, err
+	}
+	return userns, nil
+}
+
+func sameAsOurs(userns *os.File) (bool, error) {
+	var a, b unix.Stat_t
+	if err := unix.Fstat(int(userns.Fd()), &a); err != nil {
+		return false, fmt.Errorf("stat %s: %w", userns.Name(), err)
+	}
+	if err := unix.Stat("/proc/self/ns/user", &b); err != nil {
+		return false, fmt.Errorf("stat /proc/self/ns/user: %w", err)
+	}
+	return a.Dev == b.Dev && a.Ino == b.Ino, nil
+}
+
+// checkNS makes sure f is a namespace file of the given type, so that a
+// wrong path gets a clear error rather than EINVAL from setns.
+func checkNS(f *os.File, nstype int) error {
+	got, err := unix.IoctlRetInt(int(f.Fd()), unix.NS_GET_NSTYPE)
+	if err != nil {
+		if errors.Is(err, unix.ENOTTY) || errors.Is(err, unix.EINVAL) {
+			return errors.New("not a namespace file")
+		}
+		return fmt.Errorf("inspect namespace: %w", err)
+	}
+	if got != nstype {
+		if nstype == unix.CLONE_NEWNET {
+			return errors.New("not a network namespace")
+		}
+		return errors.New("not a user namespace")
+	}
+	return nil
+}
+
+func cleanEnv(env []string) []string {
+	out := env[:0:0]
+	for _, e := range env {
+		if !strings.HasPrefix(e, "_USERNET_") {
+			out = append(out, e)
+		}
+	}
+	return out
+}

@@ -1,0 +1,297 @@
+package stack
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"sync"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/nested"
+	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// filterLink wraps the tap's link endpoint and sees every inbound frame
+// before the stack does (the "intercept" choice for ICMP: a raw or packet
+// endpoint would see packets only as copies, after the stack had already
+// answered them; a nested link endpoint can consume them). It also defers
+// attaching the child until Run starts, so New reads nothing from the tap.
+//
+// Outbound packets pass through unchanged (nested.Endpoint), which keeps
+// GSO (a later Config.VnetHdr) transparent.
+type filterLink struct {
+	nested.Endpoint
+	s *Stack
+
+	mu         sync.Mutex
+	dispatcher gvstack.NetworkDispatcher // +checklocks:mu; the NIC's, set by Attach
+	started    bool                      // +checklocks:mu; Run called start
+	stopped    bool                      // +checklocks:mu; stop or Attach(nil) called
+}
+
+var _ gvstack.LinkEndpoint = (*filterLink)(nil)
+var _ gvstack.NetworkDispatcher = (*filterLink)(nil)
+
+func newFilterLink(s *Stack, child gvstack.LinkEndpoint) *filterLink {
+	l := &filterLink{s: s}
+	l.Endpoint.Init(child, l)
+	return l
+}
+
+// Attach implements stack.LinkEndpoint. The NIC attaches at CreateNIC
+// time; the child is attached (and starts reading) only in start.
+func (l *filterLink) Attach(d gvstack.NetworkDispatcher) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if d == nil {
+		l.stopped = true
+		l.Endpoint.Attach(nil)
+		return
+	}
+	l.dispatcher = d
+	if l.started && !l.stopped {
+		l.Endpoint.Attach(d)
+	}
+}
+
+// start attaches the child: fdbased starts its dispatch goroutine.
+func (l *filterLink) start() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.started = true
+	if l.dispatcher != nil && !l.stopped {
+		l.Endpoint.Attach(l.dispatcher)
+	}
+}
+
+// stop detaches the child; fdbased stops its dispatch goroutine and waits
+// for it. It must not be called with a stack lock held.
+func (l *filterLink) stop() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.stopped = true
+	l.Endpoint.Attach(nil)
+}
+
+// DeliverNetworkPacket implements stack.NetworkDispatcher: it runs on the
+// link's dispatch goroutine for every inbound frame.
+func (l *filterLink) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *gvstack.PacketBuffer) {
+	if l.s.intercept(proto, pkt) {
+		return
+	}
+	l.Endpoint.DeliverNetworkPacket(proto, pkt)
+}
+
+// intercept inspects one inbound packet and reports whether it consumed it
+// (dropped it, or handled it outside the stack). It must be cheap for the
+// common case (TCP and UDP data): a few header reads. Malformed packets
+// are passed on for the stack to count and drop.
+func (s *Stack) intercept(proto tcpip.NetworkProtocolNumber, pkt *gvstack.PacketBuffer) (consumed bool) {
+	defer func() {
+		// Belt and braces: a bug in our parsing must cost one packet,
+		// not the process.
+		if r := recover(); r != nil {
+			s.logf("stack: dropped a packet that made the link filter panic: %v", r)
+			consumed = true
+		}
+	}()
+	switch proto {
+	case header.ARPProtocolNumber:
+		return s.filterARP(pkt)
+	case header.IPv4ProtocolNumber:
+		return s.filterIPv4(pkt)
+	case header.IPv6ProtocolNumber:
+		if s.gw6.IsValid() {
+			return s.filterIPv6(pkt)
+		}
+	}
+	return false
+}
+
+// peek returns the first n bytes of pkt's data, contiguous, or fewer if
+// the packet is shorter.
+func peek(pkt *gvstack.PacketBuffer, n int) []byte {
+	n = min(n, pkt.Data().Size())
+	b, ok := pkt.Data().PullUp(n)
+	if !ok {
+		return nil
+	}
+	return b
+}
+
+// srcMAC returns the Ethernet source of an inbound frame, or "" if the
+// link header is missing.
+func srcMAC(pkt *gvstack.PacketBuffer) tcpip.LinkAddress {
+	h := pkt.LinkHeader().Slice()
+	if len(h) < header.EthernetMinimumSize {
+		return ""
+	}
+	return header.Ethernet(h).SourceAddress()
+}
+
+// filterARP drops ARP requests for anything but our own addresses. With
+// spoofing on, gVisor would answer for every address, including the
+// guest's own (breaking its conflict detection) and its neighbors'.
+func (s *Stack) filterARP(pkt *gvstack.PacketBuffer) bool {
+	b := peek(pkt, header.ARPSize)
+	if len(b) < header.ARPSize {
+		return false
+	}
+	h := header.ARP(b)
+	if !h.IsValid() || h.Op() != header.ARPRequest {
+		return false
+	}
+	target := netip.AddrFrom4([4]byte(h.ProtocolAddressTarget()))
+	return !s.isOwn(target)
+}
+
+// filterIPv4 handles ICMP echo to the outside (forwarded through a host
+// ping socket), drops ICMP to any other foreign address (gVisor would
+// answer it), and answers TCP SYN / UDP to the gateway with ICMP net
+// unreachable under DisableHostLoopback.
+func (s *Stack) filterIPv4(pkt *gvstack.PacketBuffer) bool {
+	size := pkt.Data().Size()
+	b := peek(pkt, header.IPv4MinimumSize)
+	if len(b) < header.IPv4MinimumSize {
+		return false
+	}
+	ip := header.IPv4(b)
+	if !ip.IsValid(size) {
+		return false
+	}
+	ihl := int(ip.HeaderLength())
+	total := int(ip.TotalLength())
+	dst := netip.AddrFrom4(ip.DestinationAddress().As4())
+	src := netip.AddrFrom4(ip.SourceAddress().As4())
+	firstFragment := ip.FragmentOffset() == 0
+	fragmented := ip.More() || !firstFragment
+
+	switch ip.TransportProtocol() {
+	case header.ICMPv4ProtocolNumber:
+		if s.isOwn(dst) {
+			return false // the stack answers echo to .2 and .3 itself
+		}
+		if fragmented {
+			// Reassembling is not worth it for ping; never let the
+			// stack see (and answer) it.
+			return true
+		}
+		b = peek(pkt, total)
+		if len(b) < total || total-ihl < header.ICMPv4MinimumSize {
+			return true
+		}
+		icmp := b[ihl:total]
+		if header.ICMPv4(icmp).Type() == header.ICMPv4Echo && header.ICMPv4(icmp).Code() == 0 {
+			s.forwardPing(src, dst, srcMAC(pkt), icmp)
+		}
+		return true
+	case header.TCPProtocolNumber, header.UDPProtocolNumber:
+		if dst != s.gw4 || !s.cfg.DisableHostLoopback || !firstFragment {
+			return false
+		}
+		return s.gatewayUnreachable(pkt, header.IPv4ProtocolNumber, ip.TransportProtocol(), src, dst, ihl, total)
+	}
+	return false
+}
+
+// filterIPv6 is filterIPv4 for IPv6, plus neighbor discovery: it drops
+// neighbor solicitations for foreign addresses (gVisor would answer them,
+// failing the guest's duplicate address detection) and answers router
+// solicitations with a router advertisement. Packets with extension
+// headers go to the stack unchanged.
+func (s *Stack) filterIPv6(pkt *gvstack.PacketBuffer) bool {
+	size := pkt.Data().Size()
+	b := peek(pkt, header.IPv6MinimumSize)
+	if len(b) < header.IPv6MinimumSize {
+		return false
+	}
+	ip := header.IPv6(b)
+	if !ip.IsValid(size) {
+		return false
+	}
+	const hl = header.IPv6MinimumSize
+	total := hl + int(ip.PayloadLength())
+	dst := netip.AddrFrom16(ip.DestinationAddress().As16())
+	src := netip.AddrFrom16(ip.SourceAddress().As16())
+
+	switch tcpip.TransportProtocolNumber(ip.NextHeader()) {
+	case header.ICMPv6ProtocolNumber:
+		b = peek(pkt, min(total, hl+header.ICMPv6NeighborSolicitMinimumSize))
+		if len(b) < hl+header.ICMPv6MinimumSize {
+			return false
+		}
+		switch header.ICMPv6(b[hl:]).Type() {
+		case header.ICMPv6RouterSolicit:
+			s.kickRA()
+			return true
+		case header.ICMPv6NeighborSolicit:
+			if len(b) < hl+header.ICMPv6NeighborSolicitMinimumSize {
+				return false
+			}
+			target := netip.AddrFrom16([16]byte(b[hl+8 : hl+24]))
+			return !s.isOwn(target)
+		case header.ICMPv6EchoRequest:
+			if s.isOwn(dst) {
+				return false
+			}
+			b = peek(pkt, total)
+			if len(b) < total || total-hl < header.ICMPv6EchoMinimumSize {
+				return true
+			}
+			if header.ICMPv6(b[hl:]).Code() == 0 {
+				s.forwardPing(src, dst, srcMAC(pkt), b[hl:total])
+			}
+			return true
+		}
+		return false
+	case header.TCPProtocolNumber, header.UDPProtocolNumber:
+		if dst != s.gw6 || !s.cfg.DisableHostLoopback {
+			return false
+		}
+		return s.gatewayUnreachable(pkt, header.IPv6ProtocolNumber, tcpip.TransportProtocolNumber(ip.NextHeader()), src, dst, hl, total)
+	}
+	return false
+}
+
+// gatewayUnreachable answers a TCP SYN or a UDP datagram to the gateway,
+// under DisableHostLoopback, with ICMP destination unreachable, code "net
+// unreachable" (IPv6: "no route"), so the guest's connect() fails with
+// ENETUNREACH as with slirp4netns. Other TCP segments go on to the stack
+// (which answers them with a RST), as do packets some endpoint of ours
+// listens for on the gateway address.
+func (s *Stack) gatewayUnreachable(pkt *gvstack.PacketBuffer, netProto tcpip.NetworkProtocolNumber, transProto tcpip.TransportProtocolNumber, src, dst netip.Addr, hl, total int) bool {
+	b := peek(pkt, min(total, hl+header.TCPMinimumSize))
+	if len(b) < hl+header.UDPMinimumSize {
+		return false
+	}
+	srcPort := binary.BigEndian.Uint16(b[hl:])
+	dstPort := binary.BigEndian.Uint16(b[hl+2:])
+	if transProto == header.TCPProtocolNumber {
+		if len(b) < hl+header.TCPMinimumSize {
+			return false
+		}
+		flags := header.TCP(b[hl:]).Flags()
+		if !flags.Contains(header.TCPFlagSyn) || flags.Contains(header.TCPFlagAck) {
+			return false
+		}
+	}
+	id := gvstack.TransportEndpointID{
+		LocalPort:     dstPort,
+		LocalAddress:  tcpipAddr(dst),
+		RemotePort:    srcPort,
+		RemoteAddress: tcpipAddr(src),
+	}
+	if s.gv.FindTransportEndpoint(netProto, transProto, id, nicID) != nil {
+		return false
+	}
+	mac := srcMAC(pkt)
+	if mac == "" {
+		return true
+	}
+	quote := peek(pkt, total)
+	if len(quote) < total {
+		return true
+	}
+	s.queue(outPacket{mac: mac, proto: netProto, data: s.netUnreachable(src, quote[:total])})
+	return true
+}

@@ -1,0 +1,543 @@
+// Package stack runs the gVisor netstack that terminates the namespace's
+// traffic on the tap device and proxies it to real host sockets.
+//
+// It is the only package of usernet that imports gVisor (outside tests and
+// bench). Everything it needs comes in Config; everything it starts is owned
+// by Run.
+//
+// # Data path
+//
+//	namespace ──tap fd──► fdbased endpoint ──► filterLink ──► gVisor NIC (promiscuous, spoofing)
+//	                                              │                 │
+//	             ARP/NS for foreign addresses ✗ ──┤                 ├─ TCP SYN ─► tcp.Forwarder ─► handleTCP:
+//	             ICMP echo to the outside ────────┤                 │             dial host first, then handshake,
+//	               → host ping socket (icmp.go)   │                 │             proxy with half-close (tcp.go)
+//	             RS → RA (ndp.go)                 │                 ├─ UDP ─────► udp.Forwarder ─► one host
+//	             SYN/UDP to gateway with          │                 │             socket per flow (udp.go)
+//	               DisableHostLoopback → ICMP     │                 ├─ DNS:53 ──► gonet listeners ─► Config.ServeDNS
+//	               net unreachable (icmp.go)      │                 └─ ARP, NDP, echo to .2/.3: gVisor itself
+//
+// Every inbound frame passes filterLink (link.go), a nested link endpoint
+// that sees packets before the stack does. It takes the packets gVisor would
+// get wrong in promiscuous/spoofing mode: it would answer ARP and neighbor
+// solicitations for every address (breaking the guest's duplicate address
+// detection), and echo requests to any address (making every host look
+// alive). Everything else goes to the stack, whose forwarders create one
+// gVisor endpoint per flow and proxy it to a host socket.
+//
+// Where a flow may go is decided in one place, Stack.route (route.go): the
+// gateway maps to the host's loopback (unless DisableHostLoopback), and no
+// address of the virtual network (nor loopback, multicast, link-local IPv6)
+// is ever dialed on the host.
+//
+// # Lifetimes
+//
+// New builds the stack and binds the DNS listeners but starts nothing: the
+// link is attached to its dispatcher only when Run starts. Every goroutine
+// (forwarder handlers, flow copiers, the control loop, ServeDNS) registers
+// with one tracker; Run cancels the stack context, waits for the tracker,
+// stops the link's dispatcher, destroys the gVisor stack and closes the tap,
+// in that order.
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/fdbased"
+	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+)
+
+// Config describes one virtual network. The zero value of every optional
+// field means "off" or "the slirp4netns default".
+type Config struct {
+	// Tap is the tap device's fd (IFF_TAP|IFF_NO_PI). The Stack owns it
+	// from New on and closes it when Run returns (or in Close if Run never
+	// ran). Exactly one of Tap and link (tests) is set.
+	Tap *os.File
+
+	// MTU of the link (the tap's MTU). 0 means 1500.
+	MTU uint32
+
+	// Network is the IPv4 virtual network, e.g. 10.0.2.0/24. The gateway
+	// is network+2 (reaches the host's 127.0.0.1 unless
+	// DisableHostLoopback), the DNS address network+3, the recommended
+	// guest address network+100.
+	Network netip.Prefix
+
+	// EnableIPv6 turns on fd00::/64: router advertisements for SLAAC,
+	// fd00::2 → host ::1, fd00::3 DNS, IPv6 forwarding to host sockets.
+	EnableIPv6 bool
+
+	// DisableHostLoopback makes connections to the gateway fail with ICMP
+	// network unreachable instead of reaching the host loopback. Ping to
+	// the gateway is still answered.
+	DisableHostLoopback bool
+
+	// OutboundAddr and OutboundAddr6, when valid, are the local addresses
+	// that host sockets for outbound traffic are bound to.
+	OutboundAddr, OutboundAddr6 netip.Addr
+
+	// ServeDNS, when not nil, is called by Run once per address family
+	// with a packet conn and a listener bound to DNS:53 inside the virtual
+	// network (network+3, and fd00::3 with EnableIPv6). It must return
+	// when ctx ends. nil means --disable-dns: DNS:53 gets no answer.
+	ServeDNS func(ctx context.Context, pc net.PacketConn, ln net.Listener) error
+
+	// DialTimeout bounds each outbound TCP dial. 0 means 30s.
+	DialTimeout time.Duration
+
+	// Logf receives diagnostics. nil discards them.
+	Logf func(format string, args ...any)
+
+	// Test seams, all unexported; the zero value is the production
+	// behaviour.
+
+	// dial, when set, replaces the host dialer (see Stack.dialHost) for
+	// network "tcp", "udp", "ping4" and "ping6". Tests use it to map
+	// arbitrary destinations to loopback servers and to record what would
+	// have been dialed.
+	dial func(ctx context.Context, network string, dst netip.AddrPort) (net.Conn, error)
+	// udpIdle, dnsIdle, pingIdle override the flow idle timeouts.
+	udpIdle, dnsIdle, pingIdle time.Duration
+	// raInterval overrides the period of unsolicited router advertisements.
+	raInterval time.Duration
+}
+
+// Defaults. The UDP timeouts follow tailscale's forwarder (and are in the
+// range of conntrack's): long enough for request/response protocols, short
+// enough that a scan does not pin thousands of host sockets.
+const (
+	defaultMTU         = 1500
+	defaultDialTimeout = 30 * time.Second
+	defaultUDPIdle     = 60 * time.Second
+	defaultDNSIdle     = 15 * time.Second
+	defaultPingIdle    = 30 * time.Second
+	// defaultRAInterval is within RFC 4861's MaxRtrAdvInterval default
+	// (600 s) and libslirp's 200–600 s; the router lifetime we advertise
+	// (raRouterLifetime) is three times the maximum.
+	defaultRAInterval = 200 * time.Second
+
+	// tcpMaxInFlight bounds TCP connection attempts whose host dial has not
+	// finished. gVisor counts a SYN as in flight until Complete, and drops
+	// new SYNs beyond the limit, so a small limit (gvisor-tap-vsock uses 10)
+	// lets a few black-holed destinations stall every new connection
+	// (STYLE.md §2). Each attempt costs one goroutine and one socket.
+	tcpMaxInFlight = 4096
+
+	nicID tcpip.NICID = 1
+)
+
+// Stack is one running virtual network. Create it with New, serve it with
+// Run; Close releases it if Run never ran.
+type Stack struct {
+	cfg  Config
+	logf func(format string, args ...any)
+
+	gv   *gvstack.Stack
+	link *filterLink
+	tap  *os.File // nil with a test link
+	mac  tcpip.LinkAddress
+
+	// Addresses of the virtual network. The *6 fields are invalid without
+	// EnableIPv6.
+	net4, net6         netip.Prefix
+	gw4, dns4          netip.Addr
+	gw6, dns6, router6 netip.Addr // fd00::2, fd00::3, fe80::2
+
+	// ctx is alive from New until teardown begins (Run's ctx ends, the
+	// tap fails, or Close); every flow derives from it. cancel records why.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
+	// flows tracks every goroutine the Stack starts or gVisor starts on
+	// its behalf; teardown refuses new ones and waits for the rest.
+	flows tracker
+
+	// dnsConns are bound in New and handed to ServeDNS by Run.
+	dnsConns []dnsConn
+
+	// ctl queues packets the link filter wants sent (ICMP errors), so that
+	// they are written from the control goroutine and never re-enter the
+	// stack from inside the inbound path. raKick asks for an RA now.
+	ctl    chan outPacket
+	raKick chan struct{}
+
+	ping pingTable
+
+	started  atomic.Bool
+	teardown sync.Once
+	done     chan struct{} // closed when teardown has finished
+}
+
+type dnsConn struct {
+	pc *gonet.UDPConn
+	ln *gonet.TCPListener
+}
+
+// errStopped is the cause recorded when Close ends the Stack.
+var errStopped = errors.New("stack closed")
+
+// New validates cfg and builds the stack on the tap fd. It binds the DNS
+// listeners but starts no goroutine (gVisor's protocol workers aside):
+// packets are read from the tap only once Run starts. If New fails, the
+// caller still owns cfg.Tap.
+func New(cfg Config) (*Stack, error) {
+	if cfg.Tap == nil {
+		return nil, errors.New("stack: Config.Tap is nil")
+	}
+	if err := validateNetwork(cfg.Network); err != nil {
+		return nil, err
+	}
+	mtu := cfg.MTU
+	if mtu == 0 {
+		mtu = defaultMTU
+	}
+	mac := macFor(cfg.Network)
+	link, err := fdbased.New(&fdbased.Options{
+		FDs:            []int{int(cfg.Tap.Fd())},
+		MTU:            mtu,
+		EthernetHeader: true,
+		Address:        mac,
+		// One processor per channel: packets are handled inline on the
+		// dispatch goroutine, which Attach(nil) stops and waits for.
+		// More processors start goroutines in New that nothing waits for
+		// (fdbased's processorManager.close only signals them), and TCP
+		// has its own per-CPU processors behind this anyway.
+		ProcessorsPerChannel: 1,
+		// TODO: VnetHdr (IFF_VNET_HDR + TUNSETOFFLOAD) goes here:
+		// GSOMaxSize and RXChecksumOffload; see NOTES.md §2.
+	})
+	if err != nil {
+		return nil, fmt.Errorf("stack: fdbased endpoint on tap: %w", err)
+	}
+	s, err := newStack(cfg, link)
+	if err != nil {
+		return nil, err
+	}
+	s.tap = cfg.Tap
+	return s, nil
+}
+
+// newStack builds a Stack on an arbitrary link endpoint that carries
+// Ethernet frames (tests pass ethernet.New(pipe end)). cfg.Tap is ignored;
+// the caller owns whatever is behind link.
+func newStack(cfg Config, link gvstack.LinkEndpoint) (*Stack, error) {
+	if cfg.MTU == 0 {
+		cfg.MTU = defaultMTU
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = defaultDialTimeout
+	}
+	if cfg.udpIdle <= 0 {
+		cfg.udpIdle = defaultUDPIdle
+	}
+	if cfg.dnsIdle <= 0 {
+		cfg.dnsIdle = defaultDNSIdle
+	}
+	if cfg.pingIdle <= 0 {
+		cfg.pingIdle = defaultPingIdle
+	}
+	if cfg.raInterval <= 0 {
+		cfg.raInterval = defaultRAInterval
+	}
+	if err := validateNetwork(cfg.Network); err != nil {
+		return nil, err
+	}
+	if cfg.OutboundAddr.IsValid() && !cfg.OutboundAddr.Unmap().Is4() {
+		return nil, fmt.Errorf("stack: OutboundAddr %v is not IPv4", cfg.OutboundAddr)
+	}
+	if cfg.OutboundAddr6.IsValid() && !cfg.OutboundAddr6.Is6() {
+		return nil, fmt.Errorf("stack: OutboundAddr6 %v is not IPv6", cfg.OutboundAddr6)
+	}
+	logf := cfg.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+
+	s := &Stack{
+		cfg:    cfg,
+		logf:   logf,
+		net4:   cfg.Network.Masked(),
+		ctl:    make(chan outPacket, 64),
+		raKick: make(chan struct{}, 1),
+		done:   make(chan struct{}),
+	}
+	s.gw4 = nthAddr(s.net4, 2)
+	s.dns4 = nthAddr(s.net4, 3)
+	if cfg.EnableIPv6 {
+		s.net6 = netip.MustParsePrefix("fd00::/64")
+		s.gw6 = netip.MustParseAddr("fd00::2")
+		s.dns6 = netip.MustParseAddr("fd00::3")
+		s.router6 = netip.MustParseAddr("fe80::2")
+	}
+	s.ctx, s.cancel = context.WithCancelCause(context.Background())
+	s.ping.flows = make(map[pingKey]*pingFlow)
+
+	if err := s.build(link); err != nil {
+		s.cancel(err)
+		if s.gv != nil {
+			s.gv.Destroy()
+		}
+		return nil, err
+	}
+	return s, nil
+}
+
+// build assembles the gVisor stack. On error the caller destroys s.gv.
+func (s *Stack) build(link gvstack.LinkEndpoint) error {
+	netProtos := []gvstack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol}
+	if s.cfg.EnableIPv6 {
+		// The zero Options are what a router wants: no DAD on our own
+		// addresses (they are ours by definition, and DAD would delay
+		// them), no RA handling, no SLAAC, no router solicitations.
+		netProtos = append(netProtos, ipv6.NewProtocolWithOptions(ipv6.Options{}))
+	}
+	s.gv = gvstack.New(gvstack.Options{
+		NetworkProtocols:   netProtos,
+		TransportProtocols: []gvstack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
+	})
+
+	// SACK: recovers from multiple losses per window; gVisor defaults it
+	// off. tailscale and gvisor-tap-vsock enable it; NOTES.md §2 measured
+	// it better than off.
+	sack := tcpip.TCPSACKEnabled(true)
+	if err := s.gv.SetTransportProtocolOption(tcp.ProtocolNumber, &sack); err != nil {
+		return fmt.Errorf("stack: enable TCP SACK: %v", err)
+	}
+	// Receive buffer moderation (auto-tuning) lets the window grow with
+	// the bandwidth-delay product of each flow; NOTES.md §2 measured it
+	// better than off.
+	moderate := tcpip.TCPModerateReceiveBufferOption(true)
+	if err := s.gv.SetTransportProtocolOption(tcp.ProtocolNumber, &moderate); err != nil {
+		return fmt.Errorf("stack: enable TCP receive buffer moderation: %v", err)
+	}
+
+	s.link = newFilterLink(s, link)
+	s.mac = link.LinkAddress()
+	if err := s.gv.CreateNICWithOptions(nicID, s.link, gvstack.NICOptions{Name: "tap"}); err != nil {
+		return fmt.Errorf("stack: create NIC: %v", err)
+	}
+	// Promiscuous: accept packets for any destination address, so the
+	// forwarders see flows to the whole internet. Spoofing: let endpoints
+	// bind to, and send from, any address (the original destinations).
+	// Both are what makes a transparent proxy; the link filter undoes their
+	// side effects (link.go).
+	if err := s.gv.SetPromiscuousMode(nicID, true); err != nil {
+		return fmt.Errorf("stack: promiscuous mode: %v", err)
+	}
+	if err := s.gv.SetSpoofing(nicID, true); err != nil {
+		return fmt.Errorf("stack: spoofing: %v", err)
+	}
+
+	addrs := []netip.Prefix{
+		netip.PrefixFrom(s.gw4, s.net4.Bits()),
+		netip.PrefixFrom(s.dns4, s.net4.Bits()),
+	}
+	// Everything is on-link: the only neighbor is the namespace.
+	routes := []tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: nicID}}
+	if s.cfg.EnableIPv6 {
+		addrs = append(addrs,
+			netip.PrefixFrom(s.gw6, 64),
+			netip.PrefixFrom(s.dns6, 64),
+			netip.PrefixFrom(s.router6, 64))
+		routes = append(routes, tcpip.Route{Destination: header.IPv6EmptySubnet, NIC: nicID})
+	}
+	for _, p := range addrs {
+		pa := tcpip.ProtocolAddress{
+			Protocol:          protoOf(p.Addr()),
+			AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpipAddr(p.Addr()), PrefixLen: p.Bits()},
+		}
+		if err := s.gv.AddProtocolAddress(nicID, pa, gvstack.AddressProperties{}); err != nil {
+			return fmt.Errorf("stack: add address %v: %v", p, err)
+		}
+	}
+	s.gv.SetRouteTable(routes)
+
+	tcpFwd := tcp.NewForwarder(s.gv, 0, tcpMaxInFlight, s.handleTCP)
+	s.gv.SetTransportProtocolHandler(tcp.ProtocolNumber, tcpFwd.HandlePacket)
+	udpFwd := udp.NewForwarder(s.gv, s.handleUDP)
+	s.gv.SetTransportProtocolHandler(udp.ProtocolNumber, udpFwd.HandlePacket)
+
+	if s.cfg.ServeDNS != nil {
+		dns := []netip.Addr{s.dns4}
+		if s.cfg.EnableIPv6 {
+			dns = append(dns, s.dns6)
+		}
+		for _, a := range dns {
+			full := tcpip.FullAddress{NIC: nicID, Addr: tcpipAddr(a), Port: 53}
+			pc, err := gonet.DialUDP(s.gv, &full, nil, protoOf(a))
+			if err != nil {
+				return fmt.Errorf("stack: bind DNS %v udp: %w", netip.AddrPortFrom(a, 53), err)
+			}
+			ln, err := gonet.ListenTCP(s.gv, full, protoOf(a))
+			if err != nil {
+				pc.Close()
+				return fmt.Errorf("stack: bind DNS %v tcp: %w", netip.AddrPortFrom(a, 53), err)
+			}
+			s.dnsConns = append(s.dnsConns, dnsConn{pc: pc, ln: ln})
+		}
+	}
+	return nil
+}
+
+// Run serves the virtual network until ctx ends (or the tap fails), then
+// tears everything down: it closes every flow, stops reading the tap,
+// destroys the gVisor stack and closes the tap. It returns only after every
+// goroutine started for the Stack has exited. The error is nil after a
+// plain cancellation of ctx. Run may be called once.
+func (s *Stack) Run(ctx context.Context) error {
+	if !s.started.CompareAndSwap(false, true) {
+		return errors.New("stack: Run called twice, or after Close")
+	}
+	stop := context.AfterFunc(ctx, func() { s.cancel(context.Cause(ctx)) })
+	defer stop()
+
+	s.link.start()
+	s.flows.goFunc(s.controlLoop)
+	for _, d := range s.dnsConns {
+		s.flows.goFunc(func() {
+			// Closing the conns is what unblocks a ServeDNS that is
+			// slow to notice ctx; it also makes ownership simple.
+			stop := context.AfterFunc(s.ctx, func() { d.pc.Close(); d.ln.Close() })
+			defer stop()
+			err := s.cfg.ServeDNS(s.ctx, d.pc, d.ln)
+			if err != nil && s.ctx.Err() == nil {
+				s.logf("stack: DNS on %v: %v", d.pc.LocalAddr(), err)
+			}
+			d.pc.Close()
+			d.ln.Close()
+		})
+	}
+
+	<-s.ctx.Done()
+	s.shutdown()
+	if err := context.Cause(s.ctx); !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, errStopped) {
+		return err
+	}
+	return nil
+}
+
+// Close stops the Stack. If Run never ran, Close releases what New
+// acquired (including the tap); if Run is running, Close makes it return
+// and waits for its teardown. Close is idempotent.
+func (s *Stack) Close() error {
+	s.cancel(errStopped)
+	if s.started.CompareAndSwap(false, true) {
+		s.shutdown()
+	}
+	<-s.done
+	return nil
+}
+
+// shutdown tears down in dependency order. s.ctx must be done.
+func (s *Stack) shutdown() {
+	s.teardown.Do(func() {
+		defer close(s.done)
+		// 1. Every flow watches s.ctx (context.AfterFunc closes its
+		//    conns); refuse new ones and wait for all of them. The link
+		//    keeps running meanwhile, so aborting flows can still send
+		//    their RSTs and handshakes in progress can finish.
+		s.flows.closeAndWait()
+		// 2. Stop reading the tap, without holding any stack lock: the
+		//    dispatch goroutine may be inside the stack (gvisor#11456).
+		s.link.stop()
+		// 3. Abort what is left in gVisor (DNS conns the ServeDNS
+		//    handed out, endpoints in TIME_WAIT) and wait for its workers.
+		s.gv.Destroy()
+		// 4. fdbased does not own the fd.
+		if s.tap != nil {
+			s.tap.Close()
+		}
+	})
+}
+
+// tracker counts goroutines that belong to the Stack. Once closed it
+// refuses new members, so closeAndWait cannot miss one.
+type tracker struct {
+	mu     sync.Mutex
+	closed bool // +checklocks:mu
+	wg     sync.WaitGroup
+}
+
+// enter registers one member; false means the tracker is closed.
+func (t *tracker) enter() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return false
+	}
+	t.wg.Add(1)
+	return true
+}
+
+func (t *tracker) leave() { t.wg.Done() }
+
+// goFunc runs f on a new tracked goroutine; false means the tracker is
+// closed and f did not run.
+func (t *tracker) goFunc(f func()) bool {
+	if !t.enter() {
+		return false
+	}
+	go func() {
+		defer t.leave()
+		f()
+	}()
+	return true
+}
+
+func (t *tracker) closeAndWait() {
+	t.mu.Lock()
+	t.closed = true
+	t.mu.Unlock()
+	t.wg.Wait()
+}
+
+// validateNetwork applies slirp4netns's --cidr rules: an IPv4 network
+// address with a prefix length of 1–25 (room for +100).
+func validateNetwork(p netip.Prefix) error {
+	if !p.IsValid() || !p.Addr().Is4() {
+		return fmt.Errorf("stack: Network %v is not an IPv4 prefix", p)
+	}
+	if p.Bits() < 1 || p.Bits() > 25 {
+		return fmt.Errorf("stack: Network %v: prefix length needs to be 1-25", p)
+	}
+	if p.Masked() != p {
+		return fmt.Errorf("stack: Network %v needs to be a network address like %v", p, p.Masked())
+	}
+	return nil
+}
+
+// nthAddr returns the n-th address of p (n small).
+func nthAddr(p netip.Prefix, n int) netip.Addr {
+	a := p.Masked().Addr()
+	for range n {
+		a = a.Next()
+	}
+	return a
+}
+
+// macFor returns the stack's MAC: 52:55 followed by the gateway's IPv4
+// address, the shape libslirp uses for its virtual hosts.
+func macFor(network netip.Prefix) tcpip.LinkAddress {
+	gw := [4]byte{10, 0, 2, 2}
+	if network.IsValid() && network.Addr().Is4() {
+		gw = nthAddr(network, 2).As4()
+	}
+	return tcpip.LinkAddress([]byte{0x52, 0x55, gw[0], gw[1], gw[2], gw[3]})
+}

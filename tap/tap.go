@@ -1,0 +1,132 @@
+// Package tap opens and configures a Linux tap device. It runs inside the
+// target network namespace (in the nsjoin child) and starts no goroutines.
+//
+// songgao/water is not used: it hides the fd behind an io.ReadWriteCloser,
+// cannot attach with IFF_VNET_HDR, and we need the raw fd to pass it over
+// SCM_RIGHTS and to hand it to gVisor's fdbased endpoint (docs/design.md).
+package tap
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"unsafe"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// MaxNameLen is the longest interface name the kernel accepts (IFNAMSIZ-1).
+const MaxNameLen = unix.IFNAMSIZ - 1
+
+// ValidateName reports whether name can be a tap device name.
+func ValidateName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("tap name is empty")
+	case len(name) > MaxNameLen:
+		return fmt.Errorf("tap name %q is too long (%d bytes, at most %d)", name, len(name), MaxNameLen)
+	case name == "." || name == "..":
+		return fmt.Errorf("tap name %q is not valid", name)
+	}
+	for _, c := range name {
+		if c == '/' || c == ':' || c <= ' ' || c == 0x7f {
+			return fmt.Errorf("tap name %q has an invalid character %q", name, c)
+		}
+	}
+	return nil
+}
+
+// Options say how to open the tap.
+type Options struct {
+	// Name of the device; created if missing, attached to if it exists
+	// (rootlesskit creates tap0 itself with `ip tuntap add`).
+	Name string
+	// VnetHdr asks for IFF_VNET_HDR (virtio-net headers on every frame).
+	VnetHdr bool
+}
+
+type ifreq struct {
+	name  [unix.IFNAMSIZ]byte
+	flags uint16
+	_     [40 - unix.IFNAMSIZ - 2]byte
+}
+
+// Open opens /dev/net/tun and creates or attaches to the tap named in opts.
+// The returned file is in non-blocking mode and owned by the caller.
+func Open(opts Options) (*os.File, error) {
+	if err := ValidateName(opts.Name); err != nil {
+		return nil, err
+	}
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open /dev/net/tun: %w", err)
+	}
+	var req ifreq
+	copy(req.name[:], opts.Name)
+	req.flags = unix.IFF_TAP | unix.IFF_NO_PI
+	if opts.VnetHdr {
+		req.flags |= unix.IFF_VNET_HDR
+	}
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETIFF, uintptr(unsafe.Pointer(&req))); errno != 0 {
+		unix.Close(fd)
+		if errno == unix.EINVAL {
+			return nil, fmt.Errorf("create tap %s: %w (does a non-tap device of that name exist?)", opts.Name, errno)
+		}
+		return nil, fmt.Errorf("create tap %s: %w", opts.Name, errno)
+	}
+	return os.NewFile(uintptr(fd), "tap:"+opts.Name), nil
+}
+
+// Config is what `--configure` sets up on the tap.
+type Config struct {
+	MTU     int
+	MAC     net.HardwareAddr // nil: keep the kernel's random one
+	Addr    netip.Prefix     // e.g. 10.0.2.100/24
+	Gateway netip.Addr       // default route via this address
+}
+
+// Configure brings lo and the tap up, sets MTU, MAC and address, and adds the
+// default route, as slirp4netns --configure does. It must run inside the
+// namespace with CAP_NET_ADMIN there.
+func Configure(name string, cfg Config) error {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("find lo: %w", err)
+	}
+	if err := netlink.LinkSetUp(lo); err != nil {
+		return fmt.Errorf("bring lo up: %w", err)
+	}
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("find %s: %w", name, err)
+	}
+	if cfg.MTU > 0 {
+		if err := netlink.LinkSetMTU(link, cfg.MTU); err != nil {
+			return fmt.Errorf("set mtu %d on %s: %w", cfg.MTU, name, err)
+		}
+	}
+	if len(cfg.MAC) > 0 {
+		if err := netlink.LinkSetHardwareAddr(link, cfg.MAC); err != nil {
+			return fmt.Errorf("set mac %s on %s: %w", cfg.MAC, name, err)
+		}
+	}
+	if cfg.Addr.IsValid() {
+		a := &netlink.Addr{IPNet: &net.IPNet{IP: cfg.Addr.Addr().AsSlice(), Mask: net.CIDRMask(cfg.Addr.Bits(), cfg.Addr.Addr().BitLen())}}
+		if err := netlink.AddrReplace(link, a); err != nil {
+			return fmt.Errorf("add address %s to %s: %w", cfg.Addr, name, err)
+		}
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("bring %s up: %w", name, err)
+	}
+	if cfg.Gateway.IsValid() {
+		r := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: cfg.Gateway.AsSlice()}
+		if err := netlink.RouteReplace(r); err != nil {
+			return fmt.Errorf("add default route via %s on %s: %w", cfg.Gateway, name, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# test.sh: the whole test suite. Run as root on Debian (CI runs it through .ci/run):
+#   1. installs the Debian packages the tests need (nothing when they are there already),
+#   2. downloads the Go modules, checks gofmt and go vet, builds usernet,
+#   3. inside a private network namespace wired to a fake internet (integration/netns.sh):
+#      unit tests with the race detector, then the integration tests in integration/, which run
+#      usernet as an unprivileged user against real user+net namespaces.
+# Nothing is sent outside this machine's loopback and the namespaces made for the run.
+#
+# Environment:
+#   USERNET_COMPARE=1     also run the integration tests against /usr/bin/slirp4netns (installed)
+#   TEST_RUN=REGEXP       only the integration tests matching REGEXP (go test -run)
+#   GOTESTFLAGS="..."     extra flags for both go test runs, e.g. -short
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if [ "${1:-}" = --inside-netns ]; then
+	# Stage 3, run by integration/netns.sh inside the private host netns: no module downloads
+	# from here (there is no way out anyway).
+	export GOPROXY=off
+	# shellcheck disable=SC2086
+	{
+		echo "== unit tests (go test -race)"
+		go test -race -count=1 -timeout 10m ${GOTESTFLAGS:-} $(go list ./... | grep -v '/integration$')
+		echo "== integration tests against bin/usernet"
+		USERNET_REQUIRE_NS=1 USERNET_BIN="$PWD/bin/usernet" \
+			go test -count=1 -v -timeout 15m ${GOTESTFLAGS:-} ${TEST_RUN:+-run "$TEST_RUN"} ./integration
+		if [ "${USERNET_COMPARE:-}" = 1 ]; then
+			echo "== integration tests against /usr/bin/slirp4netns (comparison)"
+			USERNET_REQUIRE_NS=1 USERNET_BIN=/usr/bin/slirp4netns \
+				go test -count=1 -v -timeout 15m ${GOTESTFLAGS:-} ${TEST_RUN:+-run "$TEST_RUN"} ./integration
+		fi
+	}
+	exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+	echo "test.sh: run as root (it installs packages, creates network namespaces and the user usernet-test)" >&2
+	exit 1
+fi
+
+echo "== packages"
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v unshare >/dev/null && command -v nsenter >/dev/null || need+=(util-linux)
+command -v useradd >/dev/null || need+=(passwd)
+command -v gcc >/dev/null || need+=(gcc) # cgo: nsjoin's constructor, and go test -race
+[ -e /usr/include/stdio.h ] || need+=(libc6-dev)
+[ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates) # go mod download
+[ "${USERNET_COMPARE:-}" != 1 ] || command -v slirp4netns >/dev/null || need+=(slirp4netns)
+if [ "${#need[@]}" -gt 0 ]; then
+	echo "installing: ${need[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq </dev/null
+	apt-get install -y -qq --no-install-recommends "${need[@]}" </dev/null >/dev/null
+fi
+
+export PATH=$PATH:/usr/local/go/bin
+if ! command -v go >/dev/null; then
+	echo "test.sh: no go in PATH; install Go $(sed -n 's/^go //p' go.mod) or later from https://go.dev/dl/" >&2
+	exit 1
+fi
+go version
+
+echo "== go mod download"
+go mod download
+
+echo "== gofmt"
+unformatted=$(gofmt -l .)
+if [ -n "$unformatted" ]; then
+	printf 'gofmt -l: these files need gofmt -w:\n%s\n' "$unformatted" >&2
+	exit 1
+fi
+
+echo "== go vet"
+go vet ./...
+
+echo "== go build ./cmd/usernet"
+mkdir -p bin
+go build -o bin/usernet ./cmd/usernet
+
+echo "== private network namespaces (integration/netns.sh)"
+integration/netns.sh "$PWD/test.sh" --inside-netns
+echo "== all tests passed"
