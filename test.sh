@@ -16,22 +16,21 @@ cd "$(dirname "$0")"
 
 if [ "${1:-}" = --inside-netns ]; then
 	# Stage 3, run by integration/netns.sh inside the private host netns: no module downloads
-	# from here (there is no way out anyway).
+	# from here (there is no way out anyway). Every stage runs; any failure fails the whole.
 	export GOPROXY=off
-	# shellcheck disable=SC2086
-	{
-		echo "== unit tests (go test -race)"
-		go test -race -count=1 -timeout 10m ${GOTESTFLAGS:-} $(go list ./... | grep -v '/integration$')
-		echo "== integration tests against bin/usernet"
-		USERNET_REQUIRE_NS=1 USERNET_BIN="$PWD/bin/usernet" \
-			go test -count=1 -v -timeout 15m ${GOTESTFLAGS:-} ${TEST_RUN:+-run "$TEST_RUN"} ./integration
-		if [ "${USERNET_COMPARE:-}" = 1 ]; then
-			echo "== integration tests against /usr/bin/slirp4netns (comparison)"
-			USERNET_REQUIRE_NS=1 USERNET_BIN=/usr/bin/slirp4netns \
-				go test -count=1 -v -timeout 15m ${GOTESTFLAGS:-} ${TEST_RUN:+-run "$TEST_RUN"} ./integration
-		fi
-	}
-	exit 0
+	rc=0
+	echo "== unit tests (go test -race)"
+	# shellcheck disable=SC2046,SC2086
+	go test -race -count=1 -timeout 10m ${GOTESTFLAGS:-} $(go list ./... | grep -v '/integration$') || rc=1
+	bins=("$PWD/bin/usernet")
+	[ "${USERNET_COMPARE:-}" != 1 ] || bins+=(/usr/bin/slirp4netns)
+	for bin in "${bins[@]}"; do
+		echo "== integration tests against $bin"
+		# shellcheck disable=SC2086
+		USERNET_REQUIRE_NS=1 USERNET_BIN=$bin go test -count=1 -v -timeout 15m ${GOTESTFLAGS:-} \
+			${TEST_RUN:+-run "$TEST_RUN"} ./integration || rc=1
+	done
+	exit "$rc"
 fi
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -80,5 +79,8 @@ mkdir -p bin
 go build -o bin/usernet ./cmd/usernet
 
 echo "== private network namespaces (integration/netns.sh)"
-integration/netns.sh "$PWD/test.sh" --inside-netns
+if ! integration/netns.sh "$PWD/test.sh" --inside-netns; then
+	echo "== FAIL" >&2
+	exit 1
+fi
 echo "== all tests passed"

@@ -61,6 +61,7 @@ func (f *Forwarder) serveTCP(ctx context.Context, wg *sync.WaitGroup, ln net.Lis
 // client closes it, idles for f.idleTimeout, sends something malformed, a
 // query fails, or ctx ends. It closes c.
 func (f *Forwarder) serveTCPConn(ctx context.Context, c net.Conn) {
+	defer c.Close()
 	w := watch(ctx, c)
 	defer w.release()
 	var up *tcpUpstream

@@ -635,3 +635,54 @@ func TestHelpVersion(t *testing.T) {
 		t.Errorf("%s -v: %v\n%s\nwant exit 0 and a line SLIRP_CONFIG_VERSION_MAX: N", suite.bin, err, version)
 	}
 }
+
+// TestVirtualNetworkNotProxied: traffic for an unused address of the virtual network
+// (10.0.2.50) is not proxied to that address on the host's network (NOTES.md §4). The fake
+// internet owns 10.0.2.0/24 (netns.sh) and listens on the port: nothing may arrive there.
+// A static neighbour entry (the gateway's MAC) makes the namespace send the packets.
+func TestVirtualNetworkNotProxied(t *testing.T) {
+	setup(t)
+	usernetOnly(t, "slirp4netns 1.2 proxies other addresses of its virtual network to the host's network")
+	t.Parallel()
+	ctx := testContext(t, defaultTimeout)
+	tg := newTarget(t)
+	startUsernet(t, tg, usernetOpts{flags: []string{"-c"}})
+	checkPing(t, tg, "10.0.2.2")
+	var neigh []struct {
+		LLAddr string `json:"lladdr"`
+	}
+	tg.ipJSON(t, ctx, &neigh, "neigh", "show", "10.0.2.2", "dev", "tap0")
+	if len(neigh) != 1 || neigh[0].LLAddr == "" {
+		t.Fatalf("ip neigh show 10.0.2.2 after a ping: %+v; want the gateway's MAC", neigh)
+	}
+	tg.nsenter(t, ctx, "ip", "neigh", "replace", "10.0.2.50", "lladdr", neigh[0].LLAddr, "dev", "tap0", "nud", "permanent")
+	ln := inetListenTCP(t, "[::]:0")
+	var accepted atomic.Int32
+	serveTCP(t, ln, func(c *net.TCPConn) { accepted.Add(1) })
+	pc := inetListenUDP(t, "[::]:0")
+	var received atomic.Int32
+	tr := newTracker(t, pc)
+	tr.wg.Go(func() {
+		buf := make([]byte, 2048)
+		for {
+			if _, _, err := pc.ReadFrom(buf); err != nil {
+				return
+			}
+			received.Add(1)
+		}
+	})
+
+	tcpAddr := "10.0.2.50:" + port(ln.Addr())
+	var dial DialResult
+	tg.helper(t, testContext(t, 30*time.Second), &dial, "dial", tcpAddr)
+	if dial.Err == "" {
+		t.Errorf("connect to %s from the namespace succeeded; want an error", tcpAddr)
+	}
+	udpAddr := "10.0.2.50:" + port(pc.LocalAddr())
+	var udp UDPResult
+	tg.helper(t, testContext(t, 30*time.Second), &udp, "udp-echo", udpAddr, "1")
+	if n, m := accepted.Load(), received.Load(); n != 0 || m != 0 {
+		t.Errorf("the fake internet accepted %d connections for %s and got %d datagrams for %s; want none", n, tcpAddr, m, udpAddr)
+	}
+	t.Logf("connect to %s: %s", tcpAddr, dial.Err)
+}

@@ -56,6 +56,7 @@ type env struct {
 	s      *Stack
 	guest  *gvstack.Stack
 	sniff  *sniffer // frames delivered to the guest
+	ndp    *guestNDP
 	runErr chan error
 	cancel context.CancelFunc
 }
@@ -97,7 +98,7 @@ func startEnv(t testing.TB, cfg Config) *env {
 	ctx, cancel := context.WithCancel(context.Background())
 	e.cancel = cancel
 	go func() { e.runErr <- s.Run(ctx) }()
-	e.guest, e.sniff = newGuest(t, ethernet.New(guestLink), cfg.EnableIPv6)
+	e.guest, e.sniff, e.ndp = newGuest(t, ethernet.New(guestLink), cfg.EnableIPv6)
 	t.Cleanup(func() {
 		e.stop(t)
 		e.guest.Destroy()
@@ -125,9 +126,10 @@ func (e *env) stop(t testing.TB) {
 
 // newGuest builds the namespace: 10.0.2.100/24 with a default route via
 // 10.0.2.2, and with v6 SLAAC from router advertisements.
-func newGuest(t testing.TB, link gvstack.LinkEndpoint, v6 bool) (*gvstack.Stack, *sniffer) {
+func newGuest(t testing.TB, link gvstack.LinkEndpoint, v6 bool) (*gvstack.Stack, *sniffer, *guestNDP) {
 	t.Helper()
 	netProtos := []gvstack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol}
+	ndp := &guestNDP{}
 	if v6 {
 		netProtos = append(netProtos, ipv6.NewProtocolWithOptions(ipv6.Options{
 			NDPConfigs: ipv6.NDPConfigurations{
@@ -141,6 +143,7 @@ func newGuest(t testing.TB, link gvstack.LinkEndpoint, v6 bool) (*gvstack.Stack,
 				RtrSolicitationInterval: 200 * time.Millisecond,
 			},
 			AutoGenLinkLocal: true,
+			NDPDisp:          ndp,
 			// DAD on, so that a stack answering neighbor
 			// solicitations for everything would break SLAAC here.
 			DADConfigs: gvstack.DADConfigurations{DupAddrDetectTransmits: 1, RetransmitTimer: 50 * time.Millisecond},
@@ -154,6 +157,7 @@ func newGuest(t testing.TB, link gvstack.LinkEndpoint, v6 bool) (*gvstack.Stack,
 		TransportProtocols: []gvstack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
 		NUDConfigs:         nud,
 	})
+	ndp.s = g
 	sn := newSniffer(link)
 	if err := g.CreateNIC(1, sn); err != nil {
 		t.Fatalf("guest CreateNIC: %v", err)
@@ -165,9 +169,52 @@ func newGuest(t testing.TB, link gvstack.LinkEndpoint, v6 bool) (*gvstack.Stack,
 	if err := g.AddProtocolAddress(1, pa, gvstack.AddressProperties{}); err != nil {
 		t.Fatalf("guest AddProtocolAddress(%v): %v", pa, err)
 	}
-	g.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, Gateway: tcpipAddr(gw4), NIC: 1}})
-	return g, sn
+	// AddRoute, not SetRouteTable: routes learned from an RA may already be there.
+	g.AddRoute(tcpip.Route{Destination: header.IPv4EmptySubnet, Gateway: tcpipAddr(gw4), NIC: 1})
+	return g, sn, ndp
 }
+
+// guestNDP installs the routes that router advertisements teach the
+// guest (gVisor leaves that to its integrator, as Linux's kernel does not)
+// and records what else they said.
+type guestNDP struct {
+	s *gvstack.Stack
+
+	mu    sync.Mutex
+	rdnss []tcpip.Address // +checklocks:mu
+	dad   map[tcpip.Address]gvstack.DADResult
+}
+
+var _ ipv6.NDPDispatcher = (*guestNDP)(nil)
+
+func (n *guestNDP) OnDuplicateAddressDetectionResult(_ tcpip.NICID, a tcpip.Address, r gvstack.DADResult) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.dad == nil {
+		n.dad = make(map[tcpip.Address]gvstack.DADResult)
+	}
+	n.dad[a] = r
+}
+func (n *guestNDP) OnOffLinkRouteUpdated(nic tcpip.NICID, dst tcpip.Subnet, router tcpip.Address, _ header.NDPRoutePreference) {
+	n.s.AddRoute(tcpip.Route{Destination: dst, Gateway: router, NIC: nic})
+}
+func (n *guestNDP) OnOffLinkRouteInvalidated(tcpip.NICID, tcpip.Subnet, tcpip.Address) {}
+func (n *guestNDP) OnOnLinkPrefixDiscovered(nic tcpip.NICID, p tcpip.Subnet) {
+	n.s.AddRoute(tcpip.Route{Destination: p, NIC: nic})
+}
+func (n *guestNDP) OnOnLinkPrefixInvalidated(tcpip.NICID, tcpip.Subnet) {}
+func (n *guestNDP) OnAutoGenAddress(tcpip.NICID, tcpip.AddressWithPrefix) gvstack.AddressDispatcher {
+	return nil
+}
+func (n *guestNDP) OnAutoGenAddressDeprecated(tcpip.NICID, tcpip.AddressWithPrefix)  {}
+func (n *guestNDP) OnAutoGenAddressInvalidated(tcpip.NICID, tcpip.AddressWithPrefix) {}
+func (n *guestNDP) OnRecursiveDNSServerOption(_ tcpip.NICID, addrs []tcpip.Address, _ time.Duration) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.rdnss = append(n.rdnss, addrs...)
+}
+func (n *guestNDP) OnDNSSearchListOption(tcpip.NICID, []string, time.Duration)           {}
+func (n *guestNDP) OnDHCPv6Configuration(tcpip.NICID, ipv6.DHCPv6ConfigurationFromNDPRA) {}
 
 // sniffer records the frames delivered to the guest.
 type sniffer struct {

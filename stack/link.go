@@ -195,10 +195,12 @@ func (s *Stack) filterIPv4(pkt *gvstack.PacketBuffer) bool {
 }
 
 // filterIPv6 is filterIPv4 for IPv6, plus neighbor discovery: it drops
-// neighbor solicitations for foreign addresses (gVisor would answer them,
-// failing the guest's duplicate address detection) and answers router
-// solicitations with a router advertisement. Packets with extension
-// headers go to the stack unchanged.
+// neighbor solicitations for foreign addresses (with spoofing on, gVisor
+// answers every unicast one, e.g. a NUD probe, and every multicast one
+// whose solicited-node group it shares with one of its own addresses; a
+// wrong answer for the guest's own address fails its duplicate address
+// detection) and answers router solicitations with a router
+// advertisement. Packets with extension headers go to the stack unchanged.
 func (s *Stack) filterIPv6(pkt *gvstack.PacketBuffer) bool {
 	size := pkt.Data().Size()
 	b := peek(pkt, header.IPv6MinimumSize)

@@ -209,6 +209,9 @@ func New(cfg Config) (*Stack, error) {
 		mtu = defaultMTU
 	}
 	mac := macFor(cfg.Network)
+	// s is set before Run attaches the link, the only way ClosedFunc can
+	// be called.
+	var s *Stack
 	link, err := fdbased.New(&fdbased.Options{
 		FDs:            []int{int(cfg.Tap.Fd())},
 		MTU:            mtu,
@@ -220,13 +223,20 @@ func New(cfg Config) (*Stack, error) {
 		// (fdbased's processorManager.close only signals them), and TCP
 		// has its own per-CPU processors behind this anyway.
 		ProcessorsPerChannel: 1,
+		// The dispatcher stops on a read error (the namespace, and
+		// with it the tap, is gone) and on our own stop; in the first
+		// case Run must end with the error. After our own stop the
+		// context is already done and the cause is kept.
+		ClosedFunc: func(err tcpip.Error) {
+			s.cancel(fmt.Errorf("stack: reading the tap: %s", err))
+		},
 		// TODO: VnetHdr (IFF_VNET_HDR + TUNSETOFFLOAD) goes here:
 		// GSOMaxSize and RXChecksumOffload; see NOTES.md §2.
 	})
 	if err != nil {
 		return nil, fmt.Errorf("stack: fdbased endpoint on tap: %w", err)
 	}
-	s, err := newStack(cfg, link)
+	s, err = newStack(cfg, link)
 	if err != nil {
 		return nil, err
 	}
@@ -328,6 +338,19 @@ func (s *Stack) build(link gvstack.LinkEndpoint) error {
 		return fmt.Errorf("stack: enable TCP receive buffer moderation: %v", err)
 	}
 
+	// TIME_WAIT of 1 s instead of 60 s. When the host side closes first,
+	// our endpoint is the active closer and sits in TIME_WAIT; gVisor
+	// hands a new SYN for that 4-tuple only to a listening endpoint, never
+	// to the forwarder, so the guest's next connection that reuses the
+	// port (a guest picking random ports collides after a few hundred
+	// connections) would stall until TIME_WAIT ends. TIME_WAIT guards
+	// against old duplicates delayed in a network; the tap has no
+	// network in it.
+	tw := tcpip.TCPTimeWaitTimeoutOption(time.Second)
+	if err := s.gv.SetTransportProtocolOption(tcp.ProtocolNumber, &tw); err != nil {
+		return fmt.Errorf("stack: TCP TIME_WAIT timeout: %v", err)
+	}
+
 	s.link = newFilterLink(s, link)
 	s.mac = link.LinkAddress()
 	if err := s.gv.CreateNICWithOptions(nicID, s.link, gvstack.NICOptions{Name: "tap"}); err != nil {
@@ -399,13 +422,16 @@ func (s *Stack) build(link gvstack.LinkEndpoint) error {
 // Run serves the virtual network until ctx ends (or the tap fails), then
 // tears everything down: it closes every flow, stops reading the tap,
 // destroys the gVisor stack and closes the tap. It returns only after every
-// goroutine started for the Stack has exited. The error is nil after a
-// plain cancellation of ctx. Run may be called once.
+// goroutine started for the Stack has exited. The error is nil when ctx
+// ends (whatever its cause) or Close is called, and non-nil when reading
+// the tap failed. Run may be called once.
 func (s *Stack) Run(ctx context.Context) error {
 	if !s.started.CompareAndSwap(false, true) {
 		return errors.New("stack: Run called twice, or after Close")
 	}
-	stop := context.AfterFunc(ctx, func() { s.cancel(context.Cause(ctx)) })
+	// The end of ctx, whatever its cause, is a clean stop (nil cause =
+	// context.Canceled); only the tap failing makes Run return an error.
+	stop := context.AfterFunc(ctx, func() { s.cancel(nil) })
 	defer stop()
 
 	s.link.start()

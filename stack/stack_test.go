@@ -249,9 +249,7 @@ func TestVirtualNetworkNeverDialed(t *testing.T) {
 	cfg.EnableIPv6 = true
 	cfg.dial = d.dial
 	e := startEnv(t, cfg)
-	e.guest.AddProtocolAddress(1, tcpip.ProtocolAddress{Protocol: ipv6.ProtocolNumber,
-		AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpipAddr(netip.MustParseAddr("fd00::100")), PrefixLen: 64}}, gvstack.AddressProperties{})
-	e.guest.AddRoute(tcpip.Route{Destination: header.IPv6EmptySubnet, NIC: 1})
+	waitSLAAC(t, e)
 
 	for _, dst := range []string{
 		"10.0.2.3:80", "10.0.2.3:53", "10.0.2.50:80", "10.0.2.255:80", "10.0.2.0:80",
@@ -574,10 +572,8 @@ func TestPingOutsideForwarded(t *testing.T) {
 		t.Errorf("echo reply from %v, want %v", got, outside)
 	}
 
-	// IPv6 to the outside.
-	e.guest.AddProtocolAddress(1, tcpip.ProtocolAddress{Protocol: ipv6.ProtocolNumber,
-		AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpipAddr(netip.MustParseAddr("fd00::100")), PrefixLen: 64}}, gvstack.AddressProperties{})
-	e.guest.AddRoute(tcpip.Route{Destination: header.IPv6EmptySubnet, Gateway: tcpipAddr(gw6), NIC: 1})
+	// IPv6 to the outside, configured by router advertisements.
+	waitSLAAC(t, e)
 	out6 := netip.MustParseAddr("2001:db8::1")
 	if r := guestPing(t, e.guest, out6, []byte("v6"), 5*time.Second); r == nil || !bytes.HasSuffix(r, []byte("v6")) {
 		t.Errorf("ping %v: reply %x, want an echo reply with the payload", out6, r)
@@ -649,21 +645,15 @@ func TestIPv6RouterAdvertisementSLAACAndLoopback(t *testing.T) {
 	}
 
 	// SLAAC address in fd00::/64 (DAD passed) and a default route.
-	var addr netip.Addr
-	deadline := time.Now().Add(10 * time.Second)
-	for !addr.IsValid() && time.Now().Before(deadline) {
-		for _, pa := range e.guest.AllAddresses()[1] {
-			if a := addrFrom(pa.AddressWithPrefix.Address); netip.MustParsePrefix("fd00::/64").Contains(a) {
-				if a, err := e.guest.GetMainNICAddress(1, ipv6.ProtocolNumber); err == nil && a.Address.Len() == 16 {
-					addr = addrFrom(pa.AddressWithPrefix.Address)
-				}
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
+	addr := waitSLAAC(t, e)
+	e.ndp.mu.Lock()
+	if r, ok := e.ndp.dad[tcpipAddr(addr)]; !ok || fmt.Sprintf("%T", r) != "*stack.DADSucceeded" {
+		t.Errorf("DAD of the guest's SLAAC address %v: %v (ok=%v), want success; the stack must not answer for it", addr, r, ok)
 	}
-	if !addr.IsValid() {
-		t.Fatalf("guest got no SLAAC address in fd00::/64; addresses %v", e.guest.AllAddresses())
+	if fmt.Sprint(e.ndp.rdnss) == "[]" || e.ndp.rdnss[0] != tcpipAddr(dns6) {
+		t.Errorf("guest learned DNS servers %v from RAs, want fd00::3", e.ndp.rdnss)
 	}
+	e.ndp.mu.Unlock()
 
 	// A router solicitation is answered.
 	before := countRAs(e)
@@ -672,7 +662,7 @@ func TestIPv6RouterAdvertisementSLAACAndLoopback(t *testing.T) {
 	src := netip.MustParseAddr("fe80::64")
 	binary.BigEndian.PutUint16(rs[2:], fold(csum(pseudo6(src, netip.MustParseAddr("ff02::2"), header.ICMPv6ProtocolNumber, len(rs)), rs)))
 	injectFrame(t, e.guest, ipv6.ProtocolNumber, "\x33\x33\x00\x00\x00\x02", ipv6Packet(src, netip.MustParseAddr("ff02::2"), header.ICMPv6ProtocolNumber, 255, rs))
-	deadline = time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(5 * time.Second)
 	for countRAs(e) == before && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -700,6 +690,36 @@ func TestIPv6RouterAdvertisementSLAACAndLoopback(t *testing.T) {
 	}
 }
 
+// waitSLAAC waits until the guest has a SLAAC address in fd00::/64 and a
+// default route, as router advertisements teach it.
+func waitSLAAC(t testing.TB, e *env) netip.Addr {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		var addr netip.Addr
+		for _, pa := range e.guest.AllAddresses()[1] {
+			if a := addrFrom(pa.AddressWithPrefix.Address); netip.MustParsePrefix("fd00::/64").Contains(a) {
+				addr = a
+			}
+		}
+		hasDefault := false
+		for _, r := range e.guest.GetRouteTable() {
+			if r.Destination == header.IPv6EmptySubnet && r.Gateway == tcpipAddr(netip.MustParseAddr("fe80::2")) {
+				hasDefault = true
+			}
+		}
+		e.ndp.mu.Lock()
+		_, dadDone := e.ndp.dad[tcpipAddr(addr)]
+		e.ndp.mu.Unlock()
+		if addr.IsValid() && hasDefault && dadDone {
+			return addr
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("guest not configured by RAs within 10s: addresses %v, routes %v", e.guest.AllAddresses(), e.guest.GetRouteTable())
+	return netip.Addr{}
+}
+
 func countRAs(e *env) int {
 	e.sniff.mu.Lock()
 	defer e.sniff.mu.Unlock()
@@ -715,10 +735,11 @@ func countRAs(e *env) int {
 func TestNeighborsAnsweredOnlyForOwnAddresses(t *testing.T) {
 	goroutineLeakCheck(t)
 	cfg := testConfig(t)
+	cfg.EnableIPv6 = true
 	e := startEnv(t, cfg)
 	resolve := func(a netip.Addr) error {
 		ch := make(chan error, 1)
-		err := e.guest.GetLinkAddress(1, tcpipAddr(a), tcpip.Address{}, ipv4.ProtocolNumber, func(r gvstack.LinkResolutionResult) {
+		err := e.guest.GetLinkAddress(1, tcpipAddr(a), tcpip.Address{}, protoOf(a), func(r gvstack.LinkResolutionResult) {
 			if r.Err != nil {
 				ch <- errors.New(r.Err.String())
 				return
@@ -745,6 +766,38 @@ func TestNeighborsAnsweredOnlyForOwnAddresses(t *testing.T) {
 	}
 	if err := resolve(netip.MustParseAddr("10.0.2.50")); err == nil {
 		t.Errorf("ARP for 10.0.2.50 was answered; only the stack's own addresses may be")
+	}
+	waitSLAAC(t, e)
+	for _, a := range []string{"fd00::2", "fd00::3", "fe80::2"} {
+		if err := resolve(netip.MustParseAddr(a)); err != nil {
+			t.Errorf("neighbor solicitation for %s: %v", a, err)
+		}
+	}
+	for _, a := range []string{"fd00::50", "fe80::50"} {
+		if err := resolve(netip.MustParseAddr(a)); err == nil {
+			t.Errorf("neighbor solicitation for %s was answered; only the stack's own addresses may be", a)
+		}
+	}
+	// Unicast solicitations (NUD probes) reach gVisor's NS handling
+	// without a multicast group in the way; with spoofing on, it would
+	// answer them all.
+	isNA := func(target netip.Addr) func([]byte) bool {
+		return func(p []byte) bool {
+			return len(p) >= 64 && p[0]>>4 == 6 && p[6] == byte(header.ICMPv6ProtocolNumber) &&
+				p[40] == byte(header.ICMPv6NeighborAdvert) && netip.AddrFrom16([16]byte(p[48:64])) == target
+		}
+	}
+	src := netip.MustParseAddr("fd00::100")
+	for _, target := range []netip.Addr{netip.MustParseAddr("fd00::50"), gw6} {
+		ns := append([]byte{byte(header.ICMPv6NeighborSolicit), 0, 0, 0, 0, 0, 0, 0}, target.AsSlice()...)
+		ns = append(ns, 1, 1)
+		ns = append(ns, guestMAC...)
+		binary.BigEndian.PutUint16(ns[2:], fold(csum(pseudo6(src, target, header.ICMPv6ProtocolNumber, len(ns)), ns)))
+		injectFrame(t, e.guest, ipv6.ProtocolNumber, stackMAC, ipv6Packet(src, target, header.ICMPv6ProtocolNumber, 255, ns))
+	}
+	e.sniff.waitFor(t, 5*time.Second, "neighbor advertisement for fd00::2", isNA(gw6))
+	if e.sniff.any(isNA(netip.MustParseAddr("fd00::50"))) {
+		t.Errorf("unicast neighbor solicitation for fd00::50 was answered")
 	}
 }
 
@@ -1035,5 +1088,34 @@ func TestNewValidates(t *testing.T) {
 	}
 	if _, err := New(Config{Network: netip.MustParsePrefix("10.0.2.0/24")}); err == nil {
 		t.Errorf("New without Tap succeeded")
+	}
+}
+
+func TestRunEndsWithErrorWhenTapFails(t *testing.T) {
+	goroutineLeakCheck(t)
+	// A socketpair stands in for the tap: once the peer is closed, reads
+	// return 0 bytes, which fdbased treats as a failed read, as it does
+	// the error of a tap whose namespace is gone.
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_SEQPACKET, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t)
+	cfg.Tap = os.NewFile(uintptr(fds[0]), "tap")
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(context.Background()) }()
+	syscall.Close(fds[1])
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Errorf("Run() = nil after the tap failed, want an error")
+		}
+	case <-time.After(10 * time.Second):
+		s.Close()
+		t.Fatal("Run did not return after the tap failed")
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
 	"syscall"
 
@@ -40,6 +41,9 @@ func runMain(argv []string, stdout, stderr io.Writer) int {
 	child, err := nsrun.Start(args, resolv)
 	if err != nil {
 		fmt.Fprintf(stderr, "usernet run: %v\n", err)
+		if errors.Is(err, exec.ErrNotFound) {
+			return 127 // as a shell reports a command it cannot find
+		}
 		return 1
 	}
 
