@@ -45,7 +45,11 @@ func serve(ctx context.Context, o *options, t nsjoin.Target, out output, onReady
 		if err != nil {
 			return err
 		}
-		fwd, err := dns.New(dns.Config{Upstream: upstream})
+		if o.cidr.Contains(upstream.Addr()) || ipv6Net.Contains(upstream.Addr()) {
+			// It would be dialed on the host network: a leak, never a resolver.
+			return fmt.Errorf("dns upstream %s is inside the virtual network; set --dns-upstream", upstream)
+		}
+		fwd, err := dns.New(dns.Config{Upstream: upstream, Logf: logf(out.stderr, "dns")})
 		if err != nil {
 			return fmt.Errorf("dns forwarder: %w", err)
 		}
@@ -100,6 +104,7 @@ func serve(ctx context.Context, o *options, t nsjoin.Target, out output, onReady
 		OutboundAddr:        out4,
 		OutboundAddr6:       out6,
 		ServeDNS:            serveDNS,
+		Logf:                logf(out.stderr, "netstack"),
 	})
 	if err != nil {
 		f.Close()
@@ -153,6 +158,19 @@ func serve(ctx context.Context, o *options, t nsjoin.Target, out output, onReady
 		return nil
 	default:
 		return err
+	}
+}
+
+// ipv6Net is the virtual IPv6 network (fixed, as in slirp4netns).
+var ipv6Net = netip.MustParsePrefix("fd00::/64")
+
+// logf returns a Logf that writes one line per call to w.
+func logf(w io.Writer, component string) func(string, ...any) {
+	var mu sync.Mutex
+	return func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(w, "usernet: %s: %s\n", component, fmt.Sprintf(format, args...))
 	}
 }
 
