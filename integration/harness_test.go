@@ -136,11 +136,13 @@ func newTarget(t *testing.T) *target {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := cmd.StdoutPipe()
+	out, w, err := os.Pipe() // not StdoutPipe: Wait, in startProc, would close it under the reader
 	if err != nil {
 		t.Fatal(err)
 	}
+	cmd.Stdout = w
 	p := startProc(t, cmd)
+	w.Close()
 	tg := &target{pid: cmd.Process.Pid, p: p, stdin: stdin}
 	t.Cleanup(func() {
 		stdin.Close()
@@ -148,9 +150,10 @@ func newTarget(t *testing.T) *target {
 	})
 	line := make(chan string, 1)
 	go func() {
+		defer out.Close()
 		l, _ := readLine(out)
 		line <- l
-		io.Copy(io.Discard, out)
+		io.Copy(io.Discard, out) // until the target exits
 	}()
 	select {
 	case l := <-line:

@@ -53,6 +53,7 @@ cleanup() {
 		ip netns del "$ns" 2>/dev/null || true
 	done
 	rm -rf "/etc/netns/$host"
+	rmdir /etc/netns 2>/dev/null || true # only if no one else uses it
 }
 trap cleanup EXIT
 trap 'exit 130' INT

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"io"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -60,7 +61,9 @@ func TestDependencyRules(t *testing.T) {
 		}
 	}
 	for name := range rules {
-		if !seen[name] {
+		// A rule for a directory with Go files that go list did not
+		// report is a typo; a directory not written yet is not.
+		if files, _ := filepath.Glob(filepath.Join("..", "..", name, "*.go")); len(files) > 0 && !seen[name] {
 			t.Errorf("rule for package %s, which go list did not report", name)
 		}
 	}
