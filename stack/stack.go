@@ -54,6 +54,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
 	"gvisor.dev/gvisor/pkg/tcpip/link/fdbased"
 	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
@@ -212,10 +213,16 @@ func New(cfg Config) (*Stack, error) {
 	// s is set before Run attaches the link, the only way ClosedFunc can
 	// be called.
 	var s *Stack
-	link, err := fdbased.New(&fdbased.Options{
-		FDs:            []int{int(cfg.Tap.Fd())},
-		MTU:            mtu,
-		EthernetHeader: true,
+	raw, err := fdbased.New(&fdbased.Options{
+		FDs: []int{int(cfg.Tap.Fd())},
+		MTU: mtu,
+		// The Ethernet header is parsed by ethernet.New below, not by
+		// fdbased: fdbased's readv dispatcher stops for good on the first
+		// frame that is shorter than a header or unicast to another MAC
+		// (packet_dispatchers.go: `return false, nil`), so one stray frame
+		// from the namespace would take the whole link down. ethernet.New
+		// drops such frames and goes on (integration TestMalformedFrames).
+		EthernetHeader: false,
 		Address:        mac,
 		// One processor per channel: packets are handled inline on the
 		// dispatch goroutine, which Attach(nil) stops and waits for.
@@ -236,7 +243,7 @@ func New(cfg Config) (*Stack, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stack: fdbased endpoint on tap: %w", err)
 	}
-	s, err = newStack(cfg, link)
+	s, err = newStack(cfg, ethernet.New(raw))
 	if err != nil {
 		return nil, err
 	}
