@@ -220,7 +220,8 @@ func (n *guestNDP) OnDHCPv6Configuration(tcpip.NICID, ipv6.DHCPv6ConfigurationFr
 type sniffer struct {
 	nested.Endpoint
 	mu   sync.Mutex
-	pkts [][]byte // network-layer packets, +checklocks:mu
+	pkts [][]byte            // network-layer packets, +checklocks:mu
+	dsts []tcpip.LinkAddress // their Ethernet destinations, +checklocks:mu
 	ch   chan struct{}
 }
 
@@ -232,8 +233,13 @@ func newSniffer(child gvstack.LinkEndpoint) *sniffer {
 
 func (s *sniffer) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *gvstack.PacketBuffer) {
 	b := pkt.Data().AsRange().ToSlice()
+	var dst tcpip.LinkAddress
+	if h := pkt.LinkHeader().Slice(); len(h) >= header.EthernetMinimumSize {
+		dst = header.Ethernet(h).DestinationAddress()
+	}
 	s.mu.Lock()
 	s.pkts = append(s.pkts, b)
+	s.dsts = append(s.dsts, dst)
 	s.mu.Unlock()
 	select {
 	case s.ch <- struct{}{}:
@@ -245,23 +251,31 @@ func (s *sniffer) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *g
 // waitFor waits until match returns true for a recorded packet.
 func (s *sniffer) waitFor(t testing.TB, d time.Duration, what string, match func([]byte) bool) []byte {
 	t.Helper()
+	p, _ := s.waitForFrame(t, d, what, func(_ tcpip.LinkAddress, p []byte) bool { return match(p) })
+	return p
+}
+
+// waitForFrame waits until match returns true for a recorded packet and
+// its Ethernet destination.
+func (s *sniffer) waitForFrame(t testing.TB, d time.Duration, what string, match func(tcpip.LinkAddress, []byte) bool) ([]byte, tcpip.LinkAddress) {
+	t.Helper()
 	deadline := time.After(d)
 	seen := 0
 	for {
 		s.mu.Lock()
-		pkts := s.pkts[seen:]
+		pkts, dsts := s.pkts[seen:], s.dsts[seen:]
 		seen = len(s.pkts)
 		s.mu.Unlock()
-		for _, p := range pkts {
-			if match(p) {
-				return p
+		for i, p := range pkts {
+			if match(dsts[i], p) {
+				return p, dsts[i]
 			}
 		}
 		select {
 		case <-s.ch:
 		case <-deadline:
 			t.Fatalf("no %s reached the guest within %v", what, d)
-			return nil
+			return nil, ""
 		case <-time.After(20 * time.Millisecond):
 		}
 	}

@@ -15,7 +15,8 @@
 //	             RS → RA (ndp.go)                 │                 ├─ UDP ─────► udp.Forwarder ─► one host
 //	             SYN/UDP to gateway with          │                 │             socket per flow (udp.go)
 //	               DisableHostLoopback → ICMP     │                 ├─ DNS:53 ──► gonet listeners ─► Config.ServeDNS
-//	               net unreachable (icmp.go)      │                 └─ ARP, NDP, echo to .2/.3: gVisor itself
+//	               net unreachable (icmp.go)      │                 ├─ DHCP:67 ─► gonet endpoints ─► dhcp.Server (dhcp.go)
+//	                                              │                 └─ ARP, NDP, echo to .2/.3: gVisor itself
 //
 // Every inbound frame passes filterLink (link.go), a nested link endpoint
 // that sees packets before the stack does. It takes the packets gVisor would
@@ -30,12 +31,20 @@
 // address of the virtual network (nor loopback, multicast, link-local IPv6)
 // is ever dialed on the host.
 //
+// The other direction, host → namespace (port forwarding), is
+// Stack.DialTCP and Stack.DialUDP (dial.go): gVisor endpoints bound to a
+// spoofed source, the real client's address or the gateway, and connected
+// to a guest address; the guest's replies match those endpoints before
+// any forwarder sees them. The DHCP server (dhcp.go, protocol in package
+// dhcp) answers on 255.255.255.255:67 and the gateway's :67.
+//
 // # Lifetimes
 //
-// New builds the stack and binds the DNS listeners but starts nothing: the
+// New builds the stack and binds the DNS and DHCP endpoints but starts nothing: the
 // link is attached to its dispatcher only when Run starts. Every goroutine
-// (forwarder handlers, flow copiers, the control loop, ServeDNS) registers
-// with one tracker; Run cancels the stack context, waits for the tracker,
+// (forwarder handlers, flow copiers, the control loop, ServeDNS, the DHCP
+// server), and every connection DialTCP/DialUDP returned, registers with
+// one tracker; Run cancels the stack context, waits for the tracker,
 // stops the link's dispatcher, destroys the gVisor stack and closes the tap,
 // in that order.
 package stack
@@ -51,6 +60,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/usernet/usernet/dhcp"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -99,6 +109,12 @@ type Config struct {
 	// network (network+3, and fd00::3 with EnableIPv6). It must return
 	// when ctx ends. nil means --disable-dns: DNS:53 gets no answer.
 	ServeDNS func(ctx context.Context, pc net.PacketConn, ln net.Listener) error
+
+	// DisableDHCP turns off the DHCP server. By default (as with
+	// slirp4netns) a guest that does not configure itself gets
+	// network+15, +16, ... +30 with router network+2 and, when DNS is
+	// served, DNS network+3 (dhcp.go).
+	DisableDHCP bool
 
 	// DialTimeout bounds each outbound TCP dial. 0 means 30s.
 	DialTimeout time.Duration
@@ -173,6 +189,11 @@ type Stack struct {
 	// dnsConns are bound in New and handed to ServeDNS by Run.
 	dnsConns []dnsConn
 
+	// dhcp and dhcpConns (bound in New, served by Run) are nil with
+	// DisableDHCP.
+	dhcp      *dhcp.Server
+	dhcpConns []*gonet.UDPConn
+
 	// ctl queues packets the link filter wants sent (ICMP errors), so that
 	// they are written from the control goroutine and never re-enter the
 	// stack from inside the inbound path. raKick asks for an RA now.
@@ -194,8 +215,8 @@ type dnsConn struct {
 // errStopped is the cause recorded when Close ends the Stack.
 var errStopped = errors.New("stack closed")
 
-// New validates cfg and builds the stack on the tap fd. It binds the DNS
-// listeners but starts no goroutine (gVisor's protocol workers aside):
+// New validates cfg and builds the stack on the tap fd. It binds the DNS and
+// DHCP endpoints but starts no goroutine (gVisor's protocol workers aside):
 // packets are read from the tap only once Run starts. If New fails, the
 // caller still owns cfg.Tap.
 func New(cfg Config) (*Stack, error) {
@@ -404,6 +425,12 @@ func (s *Stack) build(link gvstack.LinkEndpoint) error {
 	udpFwd := udp.NewForwarder(s.gv, s.handleUDP)
 	s.gv.SetTransportProtocolHandler(udp.ProtocolNumber, udpFwd.HandlePacket)
 
+	if !s.cfg.DisableDHCP {
+		if err := s.bindDHCP(); err != nil {
+			return err
+		}
+	}
+
 	if s.cfg.ServeDNS != nil {
 		dns := []netip.Addr{s.dns4}
 		if s.cfg.EnableIPv6 {
@@ -456,6 +483,10 @@ func (s *Stack) Run(ctx context.Context) error {
 			d.pc.Close()
 			d.ln.Close()
 		})
+	}
+
+	for _, pc := range s.dhcpConns {
+		s.flows.goFunc(func() { s.serveDHCP(pc) })
 	}
 
 	<-s.ctx.Done()

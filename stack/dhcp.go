@@ -1,0 +1,127 @@
+package stack
+
+import (
+	"context"
+	"encoding/binary"
+	"net/netip"
+
+	"github.com/usernet/usernet/dhcp"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+// The DHCP server (slirp4netns parity: a guest that does not use
+// --configure, e.g. busybox udhcpc, gets network+15). The protocol and the
+// lease table are package dhcp; here are only the sockets.
+//
+// Requests arrive at two gVisor UDP endpoints, bound to
+// 255.255.255.255:67 (DISCOVER, REQUEST in SELECTING/INIT-REBOOT/
+// REBINDING) and to the gateway's :67 (unicast REQUEST when RENEWING,
+// RELEASE, INFORM), the two addresses libslirp answers on. Bound endpoints
+// are matched before the UDP forwarder is consulted, so DHCP traffic
+// never reaches the host: not even the gateway's :67, which would
+// otherwise be forwarded to the host's 127.0.0.1:67. DHCP to any other
+// address is ordinary UDP, forwarded as libslirp does.
+//
+// Replies are built here and written as raw frames: a client without an
+// address cannot answer ARP for the yiaddr the reply goes to, so the
+// Ethernet destination must be chaddr (or broadcast), which a UDP socket
+// cannot choose.
+
+const (
+	// dhcpPoolOffset and dhcpPoolSize are libslirp's pool: network+15
+	// (vdhcp_start) and NB_BOOTP_CLIENTS addresses.
+	dhcpPoolOffset = 15
+	dhcpPoolSize   = 16
+)
+
+var broadcastMAC = tcpip.LinkAddress("\xff\xff\xff\xff\xff\xff")
+
+// bindDHCP creates the lease table and binds the server's endpoints.
+func (s *Stack) bindDHCP() error {
+	cfg := dhcp.Config{
+		Network:   s.net4,
+		ServerID:  s.gw4,
+		PoolStart: nthAddr(s.net4, dhcpPoolOffset),
+		PoolSize:  dhcpPoolSize,
+	}
+	if s.cfg.ServeDNS != nil {
+		cfg.DNS = []netip.Addr{s.dns4}
+	}
+	srv, err := dhcp.NewServer(cfg)
+	if err != nil {
+		return err
+	}
+	s.dhcp = srv
+	for _, a := range []tcpip.Address{header.IPv4Broadcast, tcpipAddr(s.gw4)} {
+		full := tcpip.FullAddress{NIC: nicID, Addr: a, Port: dhcp.ServerPort}
+		pc, err := gonet.DialUDP(s.gv, &full, nil, header.IPv4ProtocolNumber)
+		if err != nil {
+			for _, c := range s.dhcpConns {
+				c.Close()
+			}
+			return err
+		}
+		s.dhcpConns = append(s.dhcpConns, pc)
+	}
+	return nil
+}
+
+// serveDHCP answers the requests arriving at pc until the Stack shuts
+// down. Anything that is not a DHCP request is dropped without a word.
+func (s *Stack) serveDHCP(pc *gonet.UDPConn) {
+	stop := context.AfterFunc(s.ctx, func() { pc.Close() })
+	defer stop()
+	defer pc.Close()
+	buf := make([]byte, maxDatagram)
+	for {
+		n, _, err := pc.ReadFrom(buf)
+		if err != nil {
+			if s.ctx.Err() == nil {
+				s.logf("stack: DHCP on %v: %v", pc.LocalAddr(), err)
+			}
+			return
+		}
+		req, err := dhcp.Parse(buf[:n])
+		if err != nil {
+			continue
+		}
+		r := s.dhcp.Handle(req)
+		if r == nil {
+			continue
+		}
+		if r.Msg.Type() == dhcp.Ack && r.Msg.YIAddr.IsValid() {
+			s.logf("stack: DHCP: %v acked to %v", r.Msg.YIAddr, req.HardwareAddr())
+		}
+		dst, mac := netip.AddrFrom4([4]byte{255, 255, 255, 255}), broadcastMAC
+		if !r.Broadcast {
+			dst, mac = r.IP, tcpip.LinkAddress(r.HW)
+		}
+		s.write(outPacket{
+			mac:   mac,
+			proto: header.IPv4ProtocolNumber,
+			data: ipv4Packet(s.gw4, dst, header.UDPProtocolNumber,
+				udp4(netip.AddrPortFrom(s.gw4, dhcp.ServerPort), netip.AddrPortFrom(dst, dhcp.ClientPort), r.Msg.Marshal())),
+		})
+	}
+}
+
+// udp4 builds a UDP datagram (header and payload) with its IPv4 checksum.
+func udp4(src, dst netip.AddrPort, payload []byte) []byte {
+	d := make([]byte, header.UDPMinimumSize+len(payload))
+	binary.BigEndian.PutUint16(d[0:], src.Port())
+	binary.BigEndian.PutUint16(d[2:], dst.Port())
+	binary.BigEndian.PutUint16(d[4:], uint16(len(d)))
+	copy(d[header.UDPMinimumSize:], payload)
+	s4, d4 := src.Addr().As4(), dst.Addr().As4()
+	sum := csum(0, s4[:])
+	sum = csum(sum, d4[:])
+	sum += uint32(header.UDPProtocolNumber) + uint32(len(d))
+	c := fold(csum(sum, d))
+	if c == 0 {
+		c = 0xffff // RFC 768: 0 means "no checksum"
+	}
+	binary.BigEndian.PutUint16(d[6:], c)
+	return d
+}
