@@ -109,11 +109,15 @@ func TestTCPLargeTransferIntact(t *testing.T) {
 	// its own.
 	hostSum := make(chan [32]byte, 1)
 	ln := listenTCP(t, "tcp4", "127.0.0.1:0", func(c net.Conn) {
-		go func() {
+		// listenTCP closes c when this returns: the writer must be done
+		// by then, or the guest sees an early FIN.
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		wg.Go(func() {
 			r := rand.New(rand.NewSource(2))
 			io.CopyN(c, r, size)
 			c.(*net.TCPConn).CloseWrite()
-		}()
+		})
 		h := sha256.New()
 		io.Copy(h, c)
 		hostSum <- [32]byte(h.Sum(nil))
