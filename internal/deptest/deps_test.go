@@ -20,6 +20,7 @@ var rules = map[string]map[string]string{
 	"dns":     {"gvisor.dev/": "dns serves whatever net.PacketConn/net.Listener it is handed", mod + "stack": "dns must not know the stack"},
 	"apisock": {"gvisor.dev/": "the wire format must not depend on the stack", mod + "stack": "apisock talks to portfwd only"},
 	"portfwd": {"gvisor.dev/": "portfwd reaches the namespace through its Dialer interface", mod + "stack": "the stack implements portfwd.Dialer, not the other way round"},
+	"dhcp":    {"gvisor.dev/": "dhcp is the protocol only; the stack moves its packets", mod + "stack": "the stack uses dhcp, not the other way round"},
 	"tap":     {"gvisor.dev/": "tap runs in the nsjoin child and must stay small"},
 	"nsjoin":  {"gvisor.dev/": "the nsjoin child must stay small", mod + "stack": "nsjoin only hands over the fd"},
 	"nsrun":   {"gvisor.dev/": "nsrun only makes namespaces", mod + "stack": "nsrun only makes namespaces"},
