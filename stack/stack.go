@@ -7,7 +7,7 @@
 //
 // # Data path
 //
-//	namespace ──tap fd──► fdbased endpoint ──► filterLink ──► gVisor NIC (promiscuous, spoofing)
+//	namespace ──tap fd──► tapLink ──► ethernet.New ──► filterLink ──► gVisor NIC (promiscuous, spoofing)
 //	                                              │                 │
 //	             ARP/NS for foreign addresses ✗ ──┤                 ├─ TCP SYN ─► tcp.Forwarder ─► handleTCP:
 //	             ICMP echo to the outside ────────┤                 │             dial host first, then handshake,
@@ -65,7 +65,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
-	"gvisor.dev/gvisor/pkg/tcpip/link/fdbased"
 	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
@@ -231,44 +230,30 @@ func New(cfg Config) (*Stack, error) {
 		mtu = defaultMTU
 	}
 	mac := macFor(cfg.Network)
-	// s is set before Run attaches the link, the only way ClosedFunc can
-	// be called.
+	// s is set before Run attaches the link, the only way onError can be
+	// called.
 	var s *Stack
-	raw, err := fdbased.New(&fdbased.Options{
-		FDs: []int{int(cfg.Tap.Fd())},
-		MTU: mtu,
-		// The Ethernet header is parsed by ethernet.New below, not by
-		// fdbased: fdbased's readv dispatcher stops for good on the first
-		// frame that is shorter than a header or unicast to another MAC
-		// (packet_dispatchers.go: `return false, nil`), so one stray frame
-		// from the namespace would take the whole link down. ethernet.New
-		// drops such frames and goes on (integration TestMalformedFrames).
-		EthernetHeader: false,
-		Address:        mac,
-		// One processor per channel: packets are handled inline on the
-		// dispatch goroutine, which Attach(nil) stops and waits for.
-		// More processors start goroutines in New that nothing waits for
-		// (fdbased's processorManager.close only signals them), and TCP
-		// has its own per-CPU processors behind this anyway.
-		ProcessorsPerChannel: 1,
-		// The dispatcher stops on a read error (the namespace, and
-		// with it the tap, is gone) and on our own stop; in the first
-		// case Run must end with the error. After our own stop the
-		// context is already done and the cause is kept.
-		ClosedFunc: func(err tcpip.Error) {
-			s.cancel(fmt.Errorf("stack: reading the tap: %s", err))
-		},
-		// TODO: VnetHdr (IFF_VNET_HDR + TUNSETOFFLOAD) goes here:
-		// GSOMaxSize and RXChecksumOffload; see NOTES.md §2.
-	})
-	if err != nil {
-		return nil, fmt.Errorf("stack: fdbased endpoint on tap: %w", err)
-	}
-	s, err = newStack(cfg, ethernet.New(raw))
+	tapFile, err := pollable(cfg.Tap)
 	if err != nil {
 		return nil, err
 	}
-	s.tap = cfg.Tap
+	raw, err := newTapLink(tapFile, mtu, mac, func(err error) {
+		// The namespace, and with it the tap, is gone.
+		s.cancel(fmt.Errorf("stack: reading the tap: %w", err))
+	})
+	if err != nil {
+		tapFile.Close()
+		return nil, err
+	}
+	// TODO(perf): IFF_VNET_HDR + TUNSETOFFLOAD (GSO/TSO, checksum offload)
+	// belong in tapLink; see NOTES.md §2.
+	s, err = newStack(cfg, ethernet.New(raw))
+	if err != nil {
+		tapFile.Close()
+		return nil, err
+	}
+	cfg.Tap.Close() // tapFile is our own dup of it
+	s.tap = tapFile
 	return s, nil
 }
 
@@ -524,7 +509,7 @@ func (s *Stack) shutdown() {
 		// 3. Abort what is left in gVisor (DNS conns the ServeDNS
 		//    handed out, endpoints in TIME_WAIT) and wait for its workers.
 		s.gv.Destroy()
-		// 4. fdbased does not own the fd.
+		// 4. tapLink does not own the fd.
 		if s.tap != nil {
 			s.tap.Close()
 		}
