@@ -1,0 +1,346 @@
+package main
+
+// The two phases of a run and their workloads.
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// startupPhase starts opt.runs fresh instances of every backend (interleaved) and measures
+// startup and idle RSS on each; on the last one it also opens opt.conns idle connections.
+func (d *driver) startupPhase() {
+	for i := 0; i < d.opt.runs && d.ctx.Err() == nil; i++ {
+		for _, b := range rotate(d.opt.backends, i) {
+			in := d.newInstance(b, 65520, false)
+			d.startupOnce(in, i == d.opt.runs-1)
+			in.stop()
+		}
+	}
+}
+
+func (d *driver) startupOnce(in *instance, last bool) {
+	b := in.backend
+	memIDs := []string{"mem_idle"}
+	if last {
+		memIDs = append(memIDs, "mem_conns")
+	}
+	failAll := func(err error, ids ...string) {
+		for _, id := range ids {
+			d.fail(id, b, err)
+		}
+	}
+	if err := in.start(); err != nil {
+		failAll(err, append([]string{"start_poll", "start_readyfd"}, memIDs...)...)
+		return
+	}
+	d.res.Backends[d.backendIndex(b)].Argv["startup, MTU 65520"] = strings.Join(in.argv, " ")
+	d.add("start_poll", b, ms(in.polled))
+	if in.hasReadyFD() {
+		d.add("start_readyfd", b, ms(in.readyFD))
+	} else {
+		d.naExpected("start_readyfd", b, "pasta has no ready fd")
+	}
+	d.logf("   %-12s startup: tap ready %.1f ms, ready fd %s", b, ms(in.polled), map[bool]string{true: fmt.Sprintf("%.1f ms", ms(in.readyFD)), false: "n/a"}[in.hasReadyFD()])
+	if err := in.checkGateway(); err != nil {
+		failAll(err, memIDs...)
+		return
+	}
+	time.Sleep(time.Second)
+	if v, err := vmMiB(in.pid(), "VmRSS"); err != nil {
+		d.fail("mem_idle", b, err)
+	} else {
+		d.add("mem_idle", b, v)
+	}
+	if !last {
+		return
+	}
+	if v, err := d.holdConns(in); err != nil {
+		d.fail("mem_conns", b, err)
+	} else {
+		d.add("mem_conns", b, v)
+		d.logf("   %-12s RSS idle %.1f MiB, with %d connections %.1f MiB", b, d.byID["mem_idle"].Results[b].Samples[len(d.byID["mem_idle"].Results[b].Samples)-1], d.opt.conns, v)
+	}
+}
+
+// holdConns opens opt.conns connections from the namespace to the host and returns the
+// backend's RSS while they are open.
+func (d *driver) holdConns(in *instance) (float64, error) {
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return 0, err
+	}
+	cmd := in.inNS(d.self, "hold", "-n", strconv.Itoa(d.opt.conns), "-addr", fmt.Sprintf("10.0.2.2:%d", port(d.srv.holdLn)))
+	cmd.Stdout = pw
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return 0, err
+	}
+	p, err := d.spawn(in.label+"-hold", cmd)
+	pw.Close()
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		stdin.Close() // the client closes its connections and exits
+		select {
+		case <-p.done:
+		case <-time.After(10 * time.Second):
+			p.stop(time.Second)
+		}
+	}()
+	if _, _, err := waitLine(lines(pr), "ready", 120*time.Second); err != nil {
+		return 0, fmt.Errorf("hold %d connections: %w: %s", d.opt.conns, err, p.logTail())
+	}
+	time.Sleep(time.Second)
+	if !in.be.alive() {
+		return 0, fmt.Errorf("%s exited with %d connections open: %s", in.backend, d.opt.conns, in.be.logTail())
+	}
+	return vmMiB(in.pid(), "VmRSS")
+}
+
+func (d *driver) backendIndex(b string) int {
+	for i, bi := range d.res.Backends {
+		if bi.Name == b {
+			return i
+		}
+	}
+	panic("unknown backend " + b)
+}
+
+// workload is one timed measurement on an instance; it records its own metrics.
+type workload struct {
+	name string
+	mtu  int
+	ids  []string // metrics it records, marked n/a when the instance is dead
+	run  func(in *instance) error
+}
+
+func (d *driver) throughputPhase() {
+	// One instance per backend and MTU, kept up for every run.
+	insts := map[string]map[int]*instance{}
+	for _, b := range d.opt.backends {
+		insts[b] = map[int]*instance{}
+		for _, mtu := range []int{65520, 1500} {
+			in := d.newInstance(b, mtu, mtu == 65520)
+			insts[b][mtu] = in
+			err := in.start()
+			if err == nil {
+				d.res.Backends[d.backendIndex(b)].Argv[fmt.Sprintf("MTU %d", mtu)] = strings.Join(in.argv, " ")
+				err = in.checkGateway()
+			}
+			if err == nil {
+				err = in.startIperf()
+			}
+			if err != nil {
+				in.dead = err.Error()
+				d.logf("   %s: %v", in.label, err)
+				continue
+			}
+			if in.fwd {
+				if in.backend == "usernet" && !d.usernetAPI {
+					d.naExpected("tcp_fwd_65520", b, "TODO: usernet has no --api-socket yet (port forwards come with the API)")
+					d.naExpected("cpu_fwd_65520", b, "TODO: usernet has no --api-socket yet")
+				} else if err := in.startForward(); err != nil {
+					d.na("tcp_fwd_65520", b, err.Error())
+					d.na("cpu_fwd_65520", b, err.Error())
+					in.fwdPort = 0
+				}
+			}
+		}
+	}
+	defer func() {
+		for _, b := range d.opt.backends {
+			for _, in := range insts[b] {
+				in.stop()
+			}
+		}
+	}()
+
+	dur := strconv.Itoa(int(d.opt.dur.Seconds()))
+	tcp := func(id, cpuID string, mtu int, extra ...string) workload {
+		return workload{name: id, mtu: mtu, ids: []string{id, cpuID}, run: func(in *instance) error {
+			return d.iperfTCP(in, id, cpuID, false, append([]string{"-c", "10.0.2.2", "-p", strconv.Itoa(in.iperfPort), "-t", dur}, extra...))
+		}}
+	}
+	udp := func(prefix, rate string) workload {
+		return workload{name: prefix, mtu: 65520, ids: []string{prefix + "_rate", prefix + "_loss"}, run: func(in *instance) error {
+			return d.iperfUDP(in, prefix, []string{"-c", "10.0.2.2", "-p", strconv.Itoa(in.iperfPort), "-t", dur, "-u", "-b", rate, "-l", "1400"})
+		}}
+	}
+	rr := func(mode string) workload {
+		return workload{name: mode, mtu: 65520, ids: []string{mode + "_tps", mode + "_p50", mode + "_p99"}, run: func(in *instance) error {
+			return d.rr(in, mode)
+		}}
+	}
+	wls := []workload{
+		tcp("tcp_n2h_65520", "cpu_n2h_65520", 65520),
+		tcp("tcp_h2n_65520", "cpu_h2n_65520", 65520, "-R"),
+		tcp("tcp_n2h_1500", "cpu_n2h_1500", 1500),
+		tcp("tcp_h2n_1500", "cpu_h2n_1500", 1500, "-R"),
+		{name: "tcp_fwd_65520", mtu: 65520, ids: []string{"tcp_fwd_65520", "cpu_fwd_65520"}, run: func(in *instance) error {
+			if in.fwdPort == 0 || (in.backend == "usernet" && !d.usernetAPI) {
+				return errSkip
+			}
+			return d.iperfTCP(in, "tcp_fwd_65520", "cpu_fwd_65520", true, []string{"-c", "127.0.0.1", "-p", strconv.Itoa(in.fwdPort), "-t", dur})
+		}},
+		udp("udp_1g", "1G"),
+		udp("udp_max", "0"),
+		rr("rr"),
+		rr("crr"),
+	}
+	for i := 0; i < d.opt.runs && d.ctx.Err() == nil; i++ {
+		d.logf("-- run %d/%d", i+1, d.opt.runs)
+		for _, w := range wls {
+			for _, b := range rotate(d.opt.backends, i) {
+				if d.ctx.Err() != nil {
+					return
+				}
+				in := insts[b][w.mtu]
+				in.check()
+				if in.dead != "" {
+					for _, id := range w.ids {
+						d.na(id, b, in.dead)
+					}
+					continue
+				}
+				if err := w.run(in); err != nil && !errors.Is(err, errSkip) {
+					for _, id := range w.ids {
+						d.fail(id, b, err)
+					}
+				}
+				in.check()
+			}
+		}
+	}
+	for _, b := range d.opt.backends {
+		in := insts[b][65520]
+		if in.dead != "" {
+			d.na("mem_peak", b, in.dead)
+			continue
+		}
+		if v, err := vmMiB(in.pid(), "VmHWM"); err != nil {
+			d.fail("mem_peak", b, err)
+		} else {
+			d.add("mem_peak", b, v)
+		}
+	}
+}
+
+var errSkip = errors.New("skipped")
+
+type iperfJSON struct {
+	Error string `json:"error"`
+	End   struct {
+		SumSent     iperfSum `json:"sum_sent"`
+		SumReceived iperfSum `json:"sum_received"`
+		Sum         iperfSum `json:"sum"` // UDP: the server's packet counts
+	} `json:"end"`
+}
+
+type iperfSum struct {
+	Bytes         float64 `json:"bytes"`
+	BitsPerSecond float64 `json:"bits_per_second"`
+	Packets       float64 `json:"packets"`
+	LostPackets   float64 `json:"lost_packets"`
+	LostPercent   float64 `json:"lost_percent"`
+}
+
+// iperf runs an iperf3 client (inside the namespace unless fromHost) and returns its JSON
+// and the backend's CPU seconds over the run. On failure it restarts the server(s).
+func (d *driver) iperf(in *instance, fromHost bool, args []string) (*iperfJSON, float64, error) {
+	argv := append([]string{"iperf3"}, args...)
+	argv = append(argv, "-J", "--connect-timeout", "5000")
+	if !fromHost {
+		argv = in.ns(argv...)
+	}
+	cpu0, err := cpuSeconds(in.pid())
+	if err != nil {
+		return nil, 0, err
+	}
+	out, runErr := d.run(d.opt.dur+40*time.Second, argv...)
+	cpu1, err := cpuSeconds(in.pid())
+	if err != nil {
+		return nil, 0, err
+	}
+	var j iperfJSON
+	jsonErr := json.Unmarshal(out, &j)
+	if runErr == nil && jsonErr == nil && j.Error == "" {
+		return &j, cpu1 - cpu0, nil
+	}
+	err = runErr
+	if j.Error != "" {
+		err = fmt.Errorf("iperf3: %s", j.Error)
+	} else if err == nil {
+		err = fmt.Errorf("iperf3 output: %w", jsonErr)
+	}
+	// A failed client can leave iperf3 -s busy: start afresh for the next run.
+	if rerr := in.startIperf(); rerr != nil {
+		in.dead = rerr.Error()
+	}
+	if fromHost {
+		if rerr := in.startForward(); rerr != nil {
+			in.fwdPort = 0
+		}
+	}
+	return nil, 0, err
+}
+
+func (d *driver) iperfTCP(in *instance, id, cpuID string, fromHost bool, args []string) error {
+	j, cpu, err := d.iperf(in, fromHost, args)
+	if err != nil {
+		return err
+	}
+	r := j.End.SumReceived
+	if r.Bytes == 0 {
+		return errors.New("iperf3: nothing received")
+	}
+	d.add(id, in.backend, r.BitsPerSecond/1e9)
+	d.add(cpuID, in.backend, cpu/(r.Bytes/1e9))
+	d.logf("   %-12s %-14s %6.2f Gbit/s  %.2f CPU s/GB", in.backend, id, r.BitsPerSecond/1e9, cpu/(r.Bytes/1e9))
+	return nil
+}
+
+func (d *driver) iperfUDP(in *instance, prefix string, args []string) error {
+	j, _, err := d.iperf(in, false, args)
+	if err != nil {
+		return err
+	}
+	s := j.End.Sum
+	if s.Packets == 0 {
+		return errors.New("iperf3: no UDP packets")
+	}
+	// Delivered = offered × the fraction of datagrams the server counted (iperf3 3.12's
+	// sum_received for UDP repeats the sender's byte count).
+	rate := j.End.SumSent.BitsPerSecond * (s.Packets - s.LostPackets) / s.Packets / 1e9
+	d.add(prefix+"_rate", in.backend, rate)
+	d.add(prefix+"_loss", in.backend, s.LostPercent)
+	d.logf("   %-12s %-14s %6.2f Gbit/s delivered (sent %.2f), loss %.2f%%", in.backend, prefix, rate, j.End.SumSent.BitsPerSecond/1e9, s.LostPercent)
+	return nil
+}
+
+func (d *driver) rr(in *instance, mode string) error {
+	out, err := d.run(d.opt.dur+40*time.Second, in.ns(d.self, "rr", "-mode", mode, "-d", d.opt.dur.String(), "-addr", fmt.Sprintf("10.0.2.2:%d", port(d.srv.echoLn)))...)
+	if err != nil {
+		return err
+	}
+	var r rrResult
+	if err := json.Unmarshal(out, &r); err != nil {
+		return fmt.Errorf("rr output %q: %w", out, err)
+	}
+	d.add(mode+"_tps", in.backend, r.TPS)
+	d.add(mode+"_p50", in.backend, r.P50us)
+	d.add(mode+"_p99", in.backend, r.P99us)
+	if r.Errors > 0 {
+		d.note("%s %s: %d failed transactions in one run (of %d)", in.backend, mode, r.Errors, r.Transactions+r.Errors)
+	}
+	d.logf("   %-12s %-14s %8.0f /s  p50 %.0f µs  p99 %.0f µs", in.backend, mode, r.TPS, r.P50us, r.P99us)
+	return nil
+}
+
+func ms(t time.Duration) float64 { return float64(t.Microseconds()) / 1e3 }

@@ -1,0 +1,317 @@
+package main
+
+// The small tools run inside a namespace (through nsenter), and the servers the driver runs
+// on the host's loopback for them.
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// tokenGet prints what the server at -addr sends before closing: the gateway check.
+func tokenGet(args []string) error {
+	fs := flag.NewFlagSet("token-get", flag.ContinueOnError)
+	addr := fs.String("addr", "10.0.2.2:0", "token server, seen from the namespace")
+	timeout := fs.Duration("timeout", 5*time.Second, "give up after")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	c, err := net.DialTimeout("tcp", *addr, *timeout)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(*timeout))
+	b, err := io.ReadAll(io.LimitReader(c, 256))
+	if err != nil {
+		return fmt.Errorf("read token from %s: %w", *addr, err)
+	}
+	fmt.Println(strings.TrimSpace(string(b)))
+	return nil
+}
+
+// rrResult is what `rr` prints as JSON.
+type rrResult struct {
+	Mode         string  `json:"mode"`
+	Transactions int     `json:"transactions"`
+	Seconds      float64 `json:"seconds"`
+	TPS          float64 `json:"tps"`
+	P50us        float64 `json:"p50_us"`
+	P99us        float64 `json:"p99_us"`
+	Errors       int     `json:"errors"`
+}
+
+// rrClient measures TCP request/response against an echo server: -mode rr is a 1-byte
+// ping-pong on one connection (netperf TCP_RR); -mode crr is connect, 1-byte request,
+// 1-byte response, close, per transaction (netperf TCP_CRR).
+func rrClient(args []string) error {
+	fs := flag.NewFlagSet("rr", flag.ContinueOnError)
+	addr := fs.String("addr", "10.0.2.2:0", "echo server")
+	mode := fs.String("mode", "rr", "rr (ping-pong on one connection) or crr (connection per transaction)")
+	dur := fs.Duration("d", 5*time.Second, "duration")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	lat := make([]time.Duration, 0, 1<<16)
+	res := rrResult{Mode: *mode}
+	buf := []byte{'x'}
+	start := time.Now()
+	end := start.Add(*dur)
+	switch *mode {
+	case "rr":
+		c, err := net.DialTimeout("tcp", *addr, 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(end.Add(10 * time.Second))
+		for time.Now().Before(end) {
+			t := time.Now()
+			if _, err := c.Write(buf); err != nil {
+				return fmt.Errorf("write after %d transactions: %w", len(lat), err)
+			}
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return fmt.Errorf("read after %d transactions: %w", len(lat), err)
+			}
+			lat = append(lat, time.Since(t))
+		}
+	case "crr":
+		for time.Now().Before(end) {
+			t := time.Now()
+			if err := crrOnce(*addr, buf); err != nil {
+				res.Errors++
+				if res.Errors > 100 && res.Errors > len(lat) {
+					return fmt.Errorf("too many errors (%d, %d ok): %w", res.Errors, len(lat), err)
+				}
+				continue
+			}
+			lat = append(lat, time.Since(t))
+		}
+	default:
+		return fmt.Errorf("unknown -mode %q", *mode)
+	}
+	res.Seconds = time.Since(start).Seconds()
+	res.Transactions = len(lat)
+	if len(lat) == 0 {
+		return errors.New("no transaction completed")
+	}
+	res.TPS = float64(len(lat)) / res.Seconds
+	slices.Sort(lat)
+	res.P50us = float64(lat[len(lat)*50/100].Nanoseconds()) / 1e3
+	res.P99us = float64(lat[len(lat)*99/100].Nanoseconds()) / 1e3
+	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+func crrOnce(addr string, buf []byte) error {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close() // the client closes first, as netperf's TCP_CRR does
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write(buf); err != nil {
+		return err
+	}
+	_, err = io.ReadFull(c, buf)
+	return err
+}
+
+// holdClient opens -n connections to a server that greets each with one byte, reads the
+// greeting (so the connection is established end to end, through the backend), prints
+// "ready N" and keeps them open until its stdin closes.
+func holdClient(args []string) error {
+	fs := flag.NewFlagSet("hold", flag.ContinueOnError)
+	addr := fs.String("addr", "10.0.2.2:0", "hold server")
+	n := fs.Int("n", 1000, "connections")
+	workers := fs.Int("workers", 16, "concurrent dials")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	conns := make([]net.Conn, *n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var firstErr atomic.Pointer[error]
+	for range *workers {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= *n || firstErr.Load() != nil {
+					return
+				}
+				c, err := net.DialTimeout("tcp", *addr, 10*time.Second)
+				if err == nil {
+					c.SetReadDeadline(time.Now().Add(10 * time.Second))
+					_, err = io.ReadFull(c, make([]byte, 1))
+					c.SetReadDeadline(time.Time{})
+				}
+				if err != nil {
+					err = fmt.Errorf("connection %d: %w", i, err)
+					firstErr.CompareAndSwap(nil, &err)
+					return
+				}
+				conns[i] = c
+			}
+		})
+	}
+	wg.Wait()
+	if p := firstErr.Load(); p != nil {
+		return *p
+	}
+	fmt.Printf("ready %d\n", *n)
+	io.Copy(io.Discard, os.Stdin)
+	for _, c := range conns {
+		c.Close()
+	}
+	return nil
+}
+
+// waitNet prints "polling", then "ready" as soon as -dev has -addr and a default route via
+// -gw: the startup measurement, the same method for every backend.
+func waitNet(args []string) error {
+	fs := flag.NewFlagSet("waitnet", flag.ContinueOnError)
+	dev := fs.String("dev", "tap0", "interface")
+	addr := fs.String("addr", "10.0.2.100", "IPv4 address the interface must have")
+	gw := fs.String("gw", "10.0.2.2", "default gateway that must be in place")
+	timeout := fs.Duration("timeout", 20*time.Second, "give up after")
+	interval := fs.Duration("interval", time.Millisecond, "poll interval")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	want := net.ParseIP(*addr).To4()
+	g := net.ParseIP(*gw).To4()
+	if want == nil || g == nil {
+		return errors.New("-addr and -gw must be IPv4 addresses")
+	}
+	// /proc/net/route prints addresses as the hex of the in-memory (little-endian) uint32.
+	gwHex := fmt.Sprintf("%02X%02X%02X%02X", g[3], g[2], g[1], g[0])
+	fmt.Println("polling")
+	deadline := time.Now().Add(*timeout)
+	for time.Now().Before(deadline) {
+		if hasRoute(*dev, gwHex) && hasAddr(*dev, want) {
+			fmt.Println("ready")
+			return nil
+		}
+		time.Sleep(*interval)
+	}
+	return fmt.Errorf("%s has no %s and default route via %s after %v", *dev, *addr, *gw, *timeout)
+}
+
+func hasRoute(dev, gwHex string) bool {
+	f, err := os.Open("/proc/net/route")
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		fl := strings.Fields(s.Text())
+		if len(fl) >= 3 && fl[0] == dev && fl[1] == "00000000" && fl[2] == gwHex {
+			return true
+		}
+	}
+	return false
+}
+
+func hasAddr(dev string, want net.IP) bool {
+	ifi, err := net.InterfaceByName(dev)
+	if err != nil {
+		return false
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.Equal(want) {
+			return true
+		}
+	}
+	return false
+}
+
+// hostServers are the driver's servers on the host's 127.0.0.1.
+type hostServers struct {
+	token    atomic.Pointer[string]
+	tokenLn  net.Listener
+	echoLn   net.Listener // rr and crr: echoes every byte until EOF
+	holdLn   net.Listener // greets each connection with one byte, then holds it until EOF
+	conns    sync.WaitGroup
+	mu       sync.Mutex
+	open     map[net.Conn]struct{}
+	accepted atomic.Int64
+}
+
+func startHostServers(ctx context.Context) (*hostServers, error) {
+	s := &hostServers{open: map[net.Conn]struct{}{}}
+	empty := ""
+	s.token.Store(&empty)
+	for _, ln := range []*net.Listener{&s.tokenLn, &s.echoLn, &s.holdLn} {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			s.close()
+			return nil, err
+		}
+		*ln = l
+	}
+	go s.serve(s.tokenLn, func(c net.Conn) { io.WriteString(c, *s.token.Load()+"\n") })
+	go s.serve(s.echoLn, func(c net.Conn) { io.Copy(c, c) })
+	go s.serve(s.holdLn, func(c net.Conn) {
+		c.Write([]byte{'h'})
+		io.Copy(io.Discard, c)
+	})
+	context.AfterFunc(ctx, s.close)
+	return s, nil
+}
+
+func (s *hostServers) serve(ln net.Listener, handle func(net.Conn)) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		s.mu.Lock()
+		if s.open == nil {
+			s.mu.Unlock()
+			c.Close()
+			return
+		}
+		s.open[c] = struct{}{}
+		s.mu.Unlock()
+		s.accepted.Add(1)
+		s.conns.Go(func() {
+			handle(c)
+			c.Close()
+			s.mu.Lock()
+			delete(s.open, c)
+			s.mu.Unlock()
+		})
+	}
+}
+
+func (s *hostServers) close() {
+	for _, ln := range []net.Listener{s.tokenLn, s.echoLn, s.holdLn} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+	s.mu.Lock()
+	for c := range s.open {
+		c.Close()
+	}
+	s.open = nil
+	s.mu.Unlock()
+}
+
+func port(ln net.Listener) int { return ln.Addr().(*net.TCPAddr).Port }
