@@ -46,7 +46,16 @@ command -v useradd >/dev/null || need+=(passwd)
 command -v gcc >/dev/null || need+=(gcc) # cgo: nsjoin's constructor, and go test -race
 [ -e /usr/include/stdio.h ] || need+=(libc6-dev)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates) # go mod download
-[ "${USERNET_COMPARE:-}" != 1 ] || command -v slirp4netns >/dev/null || need+=(slirp4netns)
+command -v slirp4netns >/dev/null || need+=(slirp4netns) # the reference; also run by the client tests
+# The real clients (integration/clients_test.go): rootlesskit, and rootless podman with runc,
+# a local busybox image (busybox-static: it must run alone in the image) and subordinate IDs.
+command -v rootlesskit >/dev/null && command -v rootlessctl >/dev/null || need+=(rootlesskit)
+command -v newuidmap >/dev/null && command -v newgidmap >/dev/null || need+=(uidmap)
+command -v podman >/dev/null || need+=(podman)
+command -v runc >/dev/null || need+=(runc)
+command -v conmon >/dev/null || need+=(conmon)
+command -v catatonit >/dev/null || need+=(catatonit) # podman's rootless pause process
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need+=(busybox-static)
 if [ "${#need[@]}" -gt 0 ]; then
 	echo "installing: ${need[*]}"
 	export DEBIAN_FRONTEND=noninteractive
