@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -25,8 +28,13 @@ type Watch struct {
 // to wait on; a stat a second costs nothing.
 const pathPoll = time.Second
 
-// NewWatch opens the watch for t.
+// NewWatch opens the watch for t. A path under /proc/PID/ is watched as
+// PID is: the file goes when the process does (and a stat of it cannot
+// work in the sandbox, which has no /proc).
 func NewWatch(t Target) (*Watch, error) {
+	if pid := procPID(t.NetnsPath); pid > 0 {
+		t = Target{PID: pid}
+	}
 	if t.NetnsPath == "" {
 		fd, err := unix.PidfdOpen(t.PID, 0)
 		if err != nil {
@@ -42,6 +50,51 @@ func NewWatch(t Target) (*Watch, error) {
 		return nil, &os.PathError{Op: "stat", Path: t.NetnsPath, Err: err}
 	}
 	return &Watch{pidfd: -1, path: t.NetnsPath, dev: st.Dev, ino: st.Ino}, nil
+}
+
+// procPID returns N for a path /proc/N/..., else 0.
+func procPID(path string) int {
+	rest, ok := strings.CutPrefix(filepath.Clean(path), "/proc/")
+	if !ok {
+		return 0
+	}
+	n, _, _ := strings.Cut(rest, "/")
+	pid, err := strconv.Atoi(n)
+	if err != nil || pid <= 0 {
+		return 0
+	}
+	return pid
+}
+
+// WatchState describes a Watch to a re-execution of this process that
+// inherits its pidfd (the sandbox: cmd/usernet/sandbox.go). A path target's
+// file must stay visible at the same path there.
+type WatchState struct {
+	PidFD int    // -1: a path target
+	Path  string `json:",omitempty"`
+	Dev   uint64 `json:",omitempty"`
+	Ino   uint64 `json:",omitempty"`
+}
+
+// State returns the watch's description and the fd to inherit under the
+// same number (-1: none).
+func (w *Watch) State() (WatchState, int) {
+	return WatchState{PidFD: w.pidfd, Path: w.path, Dev: w.dev, Ino: w.ino}, w.pidfd
+}
+
+// WatchFromState rebuilds, in a re-executed process, the watch State
+// described. It takes ownership of the inherited pidfd.
+func WatchFromState(s WatchState) (*Watch, error) {
+	if (s.PidFD >= 0) == (s.Path != "") {
+		return nil, errors.New("target watch: bad inherited state")
+	}
+	if s.PidFD >= 0 {
+		if !pollfd.IsOpen(s.PidFD) {
+			return nil, fmt.Errorf("target watch: inherited pidfd %d is not open", s.PidFD)
+		}
+		unix.CloseOnExec(s.PidFD)
+	}
+	return &Watch{pidfd: s.PidFD, path: s.Path, dev: s.Dev, ino: s.Ino}, nil
 }
 
 // Close releases the watch.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/usernet/usernet/sandbox"
 	"github.com/usernet/usernet/tap"
 )
 
@@ -71,8 +72,8 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	fs.BoolVar(&o.disableHostLoopback, "disable-host-loopback", false, "prohibit connecting to 127.0.0.1:* on the host namespace")
 	fs.StringVar(&o.netnsType, "netns-type", "pid", "specify network namespace type ([path|pid], default=pid)")
 	fs.StringVar(&o.usernsPath, "userns-path", "", "specify user namespace path")
-	fs.BoolVar(&o.enableSandbox, "enable-sandbox", false, "create a new mount namespace (not implemented yet)")
-	fs.BoolVar(&o.enableSeccomp, "enable-seccomp", false, "enable seccomp to limit syscalls (not implemented yet)")
+	fs.BoolVar(&o.enableSandbox, "enable-sandbox", false, "create a new mount namespace and root, and drop all caps except CAP_NET_BIND_SERVICE")
+	fs.BoolVar(&o.enableSeccomp, "enable-seccomp", false, "enable seccomp to limit syscalls (an allow-list; others fail with EPERM)")
 	fs.StringVar(&o.outboundAddr, "outbound-addr", "", "sets outbound ipv4 address (or interface) to bind to")
 	fs.StringVar(&o.outboundAddr6, "outbound-addr6", "", "sets outbound ipv6 address (or interface) to bind to")
 	fs.BoolVar(&o.disableDNS, "disable-dns", false, "disables the 10.0.2.3 (or configured internal ip) DNS forwarder")
@@ -90,7 +91,7 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 }
 
 // unimplementedFlags are slirp4netns flags usernet does not do yet.
-var unimplementedFlags = []string{"api-socket", "enable-sandbox", "enable-seccomp"}
+var unimplementedFlags = []string{"api-socket"}
 
 // metavars name flag values in --help as slirp4netns's help does.
 var metavars = map[string]string{
@@ -187,6 +188,14 @@ func parseFlagsMode(argv []string, out io.Writer, positional int, interspersed b
 	case "pid", "path":
 	default:
 		return nil, nil, fmt.Errorf("--netns-type must be pid or path, not %q", o.netnsType)
+	}
+	if o.enableSeccomp && !sandbox.SeccompSupported() {
+		return nil, nil, sandbox.ErrArch
+	}
+	if positional == 0 && (o.enableSandbox || o.enableSeccomp) {
+		// The run form stays the parent of its command; re-executing it
+		// into the sandbox would lose the child's exec.Cmd.
+		return nil, nil, errors.New("--enable-sandbox and --enable-seccomp are not supported by usernet run")
 	}
 
 	args := fs.Args()

@@ -82,7 +82,6 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"abc", "tap0"}, "PID must be a positive integer", false},
 		{[]string{"1", "tap0123456789abcdef"}, "too long", false},
 		{[]string{"--api-socket=/tmp/x", "1", "tap0"}, "not implemented", false},
-		{[]string{"--enable-sandbox", "1", "tap0"}, "not implemented", false},
 		{[]string{"--target-type=bess", "1", "tap0"}, "not supported", false},
 		{[]string{"--disable-dns", "--dns-upstream=127.0.0.1", "1", "tap0"}, "cannot be used together", false},
 	}
@@ -107,7 +106,7 @@ func TestHelpListsWhatCallersProbe(t *testing.T) {
 	usage(&out, newFlagSet(&options{}, &out))
 	help := out.String()
 	// rootlesskit and podman decide what to pass by searching --help.
-	for _, f := range []string{"--netns-type", "--enable-ipv6", "--cidr", "--disable-host-loopback", "--mtu", "--outbound-addr", "--configure", "--exit-fd", "--ready-fd", "--disable-dns", "--userns-path", "--macaddress"} {
+	for _, f := range []string{"--netns-type", "--enable-ipv6", "--cidr", "--disable-host-loopback", "--mtu", "--outbound-addr", "--configure", "--exit-fd", "--ready-fd", "--disable-dns", "--userns-path", "--macaddress", "--enable-sandbox", "--enable-seccomp"} {
 		if !strings.Contains(help, f) {
 			t.Errorf("--help lacks %s:\n%s", f, help)
 		}
@@ -142,5 +141,21 @@ func TestAddresses(t *testing.T) {
 	a = addressesOf(netip.MustParsePrefix("10.0.2.0/24"))
 	if a.guest.String() != "10.0.2.100" || a.gateway.String() != "10.0.2.2" || a.dns.String() != "10.0.2.3" || a.dhcpStart.String() != "10.0.2.15" {
 		t.Fatalf("addressesOf(10.0.2.0/24) = %+v", a)
+	}
+}
+
+func TestSandboxFlags(t *testing.T) {
+	o, _, err := parseFlags([]string{"--enable-sandbox", "--enable-seccomp", "-c", "1", "tap0"}, &bytes.Buffer{}, 2)
+	if err != nil {
+		t.Fatalf("parseFlags with --enable-sandbox --enable-seccomp: %v", err)
+	}
+	if c := sandboxConfig(o); !c.Mounts || !c.Seccomp || !c.Enabled() {
+		t.Fatalf("sandboxConfig = %+v; want both", c)
+	}
+	for _, f := range []string{"--enable-sandbox", "--enable-seccomp"} {
+		_, _, err := parseRunFlags([]string{f, "--", "true"}, &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), "not supported by usernet run") {
+			t.Errorf("usernet run %s: %v; want it refused", f, err)
+		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/usernet/usernet/nsjoin"
 	"github.com/usernet/usernet/nsrun"
+	"github.com/usernet/usernet/sandbox"
 )
 
 // version is set at link time (-ldflags "-X main.version=...").
@@ -35,6 +36,8 @@ func main() {
 		os.Exit(nsjoin.ChildMain())
 	case nsrun.IsInit():
 		os.Exit(nsrun.InitMain())
+	case sandbox.Resumed():
+		os.Exit(resumeMain(os.Args[1:], os.Stdout, os.Stderr))
 	}
 	os.Exit(realMain(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -47,10 +50,13 @@ func realMain(argv []string, stdout, stderr io.Writer) int {
 	if code, done := handleParse(o, err, stdout, stderr); done {
 		return code
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	t := nsjoin.Target{PID: o.pid, NetnsPath: o.path, UsernsPath: o.usernsPath}
 	out := output{stdout: stdout, stderr: stderr, announce: true}
+	if sandboxConfig(o).Enabled() {
+		return serveSandboxed(o, t, out) // sandbox.go
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
 	if err := serve(ctx, o, t, out, nil); err != nil {
 		fmt.Fprintf(stderr, "usernet: %v\n", err)
 		return 1

@@ -33,48 +33,63 @@ var (
 // stack, report ready, and run until ctx ends, the exit fd fires or the
 // target goes away. onReady, if set, runs once the network is ready.
 func serve(ctx context.Context, o *options, t nsjoin.Target, out output, onReady func() error) error {
-	addrs := addressesOf(o.cidr)
-	out4, out6, err := outboundAddrs(o)
+	p, err := prepare(ctx, o, t, out)
 	if err != nil {
 		return err
 	}
-	var serveDNS func(context.Context, net.PacketConn, net.Listener) error
-	var upstream netip.AddrPort
-	if !o.disableDNS {
-		upstream, err = dnsUpstream(o)
-		if err != nil {
-			return err
-		}
-		if o.cidr.Contains(upstream.Addr()) || ipv6Net.Contains(upstream.Addr()) {
-			// It would be dialed on the host network: a leak, never a resolver.
-			return fmt.Errorf("dns upstream %s is inside the virtual network; set --dns-upstream", upstream)
-		}
-		fwd, err := dns.New(dns.Config{Upstream: upstream, Logf: logf(out.stderr, "dns")})
-		if err != nil {
-			return fmt.Errorf("dns forwarder: %w", err)
-		}
-		serveDNS = fwd.Serve
-	}
-	readyFile, err := inheritedFD(o.readyFD, "ready-fd")
-	if err != nil {
-		return err
-	}
-	if readyFile != nil {
-		defer readyFile.Close()
-	}
-	exitFile, err := inheritedFD(o.exitFD, "exit-fd")
-	if err != nil {
-		return err
-	}
-	if exitFile != nil {
-		defer exitFile.Close()
-	}
+	defer p.close()
+	return p.run(ctx, out, onReady)
+}
 
-	watch, err := nsjoin.NewWatch(t)
-	if err != nil {
-		return err
+// prepared is what serving needs from the host's view of the system: the
+// resolved settings and the open fds. prepare gathers it before the sandbox
+// (which hides the host's filesystem and forbids netlink), run uses it,
+// possibly in a re-executed, sandboxed image of this process (sandbox.go).
+type prepared struct {
+	o          *options
+	t          nsjoin.Target
+	upstream   netip.AddrPort // the DNS forwarder's upstream; invalid with --disable-dns
+	out4, out6 netip.Addr     // --outbound-addr, --outbound-addr6 resolved
+	ready      *os.File       // --ready-fd, or nil
+	exit       *os.File       // --exit-fd, or nil
+	watch      *nsjoin.Watch  // the target's watch
+	tap        *os.File       // the tap's fd; nil once the stack owns it
+}
+
+// prepare checks the settings, opens the ready and exit fds and the target
+// watch, and gets the tap from the nsjoin child.
+func prepare(ctx context.Context, o *options, t nsjoin.Target, out output) (_ *prepared, err error) {
+	p := &prepared{o: o, t: t}
+	defer func() {
+		if err != nil {
+			p.close()
+		}
+	}()
+	if p.out4, p.out6, err = outboundAddrs(o); err != nil {
+		return nil, err
 	}
-	defer watch.Close()
+	if !o.disableDNS {
+		p.upstream, err = dnsUpstream(o)
+		if err != nil {
+			return nil, err
+		}
+		if o.cidr.Contains(p.upstream.Addr()) || ipv6Net.Contains(p.upstream.Addr()) {
+			// It would be dialed on the host network: a leak, never a resolver.
+			return nil, fmt.Errorf("dns upstream %s is inside the virtual network; set --dns-upstream", p.upstream)
+		}
+		if _, err := dns.New(dns.Config{Upstream: p.upstream}); err != nil {
+			return nil, fmt.Errorf("dns forwarder: %w", err)
+		}
+	}
+	if p.ready, err = inheritedFD(o.readyFD, "ready-fd"); err != nil {
+		return nil, err
+	}
+	if p.exit, err = inheritedFD(o.exitFD, "exit-fd"); err != nil {
+		return nil, err
+	}
+	if p.watch, err = nsjoin.NewWatch(t); err != nil {
+		return nil, err
+	}
 
 	req := nsjoin.Request{
 		Tap:       tap.Options{Name: o.tapName},
@@ -82,6 +97,7 @@ func serve(ctx context.Context, o *options, t nsjoin.Target, out output, onReady
 		Announce:  out.announce,
 	}
 	if o.configure {
+		addrs := addressesOf(o.cidr)
 		req.Config = tap.Config{
 			MTU:     o.mtu,
 			MAC:     o.mac,
@@ -89,28 +105,58 @@ func serve(ctx context.Context, o *options, t nsjoin.Target, out output, onReady
 			Gateway: addrs.gateway,
 		}
 	}
-	f, err := nsjoin.OpenTap(ctx, t, req)
-	if err != nil {
-		return err
+	if p.tap, err = nsjoin.OpenTap(ctx, t, req); err != nil {
+		return nil, err
 	}
-	fmt.Fprintf(out.stderr, "received tapfd=%d\n", f.Fd())
+	fmt.Fprintf(out.stderr, "received tapfd=%d\n", p.tap.Fd())
+	return p, nil
+}
 
+// close releases whatever run has not taken over.
+func (p *prepared) close() {
+	for _, f := range []*os.File{p.tap, p.ready, p.exit} {
+		if f != nil {
+			f.Close()
+		}
+	}
+	p.tap, p.ready, p.exit = nil, nil, nil
+	if p.watch != nil {
+		p.watch.Close()
+		p.watch = nil
+	}
+}
+
+// run builds the stack on the tap, reports ready, and serves until ctx
+// ends, the exit fd fires or the target goes away.
+func (p *prepared) run(ctx context.Context, out output, onReady func() error) error {
+	o := p.o
+	var serveDNS func(context.Context, net.PacketConn, net.Listener) error
+	if !o.disableDNS {
+		fwd, err := dns.New(dns.Config{Upstream: p.upstream, Logf: logf(out.stderr, "dns")})
+		if err != nil {
+			return fmt.Errorf("dns forwarder: %w", err)
+		}
+		serveDNS = fwd.Serve
+	}
 	st, err := stack.New(stack.Config{
-		Tap:                 f,
+		Tap:                 p.tap,
 		MTU:                 uint32(o.mtu),
 		Network:             o.cidr,
 		EnableIPv6:          o.enableIPv6,
 		DisableHostLoopback: o.disableHostLoopback,
-		OutboundAddr:        out4,
-		OutboundAddr6:       out6,
+		OutboundAddr:        p.out4,
+		OutboundAddr6:       p.out6,
 		ServeDNS:            serveDNS,
 		Logf:                logf(out.stderr, "netstack"),
 	})
 	if err != nil {
-		f.Close()
-		return fmt.Errorf("netstack: %w", err)
+		return fmt.Errorf("netstack: %w", err) // close closes the tap
 	}
-	printSettings(out.stdout, o, addrs, upstream)
+	p.tap = nil // the stack owns it now
+	printSettings(out.stdout, o, addressesOf(o.cidr), p.upstream)
+	if o.enableSeccomp {
+		printSeccomp(out.stdout)
+	}
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -124,24 +170,25 @@ func serve(ctx context.Context, o *options, t nsjoin.Target, out output, onReady
 			cancel(fmt.Errorf("netstack: %w", err))
 		}
 	})
-	if exitFile != nil {
+	if p.exit != nil {
 		wg.Go(func() {
-			if pollfd.Wait(ctx, int(exitFile.Fd())) == nil {
+			if pollfd.Wait(ctx, int(p.exit.Fd())) == nil {
 				cancel(errExitFD)
 			}
 		})
 	}
 	wg.Go(func() {
-		if watch.Wait(ctx) == nil {
+		if p.watch.Wait(ctx) == nil {
 			cancel(errTargetGone)
 		}
 	})
 
-	if readyFile != nil {
-		if _, err := readyFile.Write([]byte("1")); err != nil {
+	if p.ready != nil {
+		if _, err := p.ready.Write([]byte("1")); err != nil {
 			cancel(fmt.Errorf("write ready-fd %d: %w", o.readyFD, err))
 		}
-		readyFile.Close()
+		p.ready.Close()
+		p.ready = nil
 	}
 	if onReady != nil {
 		if err := onReady(); err != nil {
@@ -152,7 +199,7 @@ func serve(ctx context.Context, o *options, t nsjoin.Target, out output, onReady
 	wg.Wait()
 	switch err := context.Cause(ctx); {
 	case errors.Is(err, errTargetGone):
-		fmt.Fprintf(out.stderr, "usernet: %s is gone, exiting\n", t)
+		fmt.Fprintf(out.stderr, "usernet: %s is gone, exiting\n", p.t)
 		return nil
 	case errors.Is(err, errExitFD), errors.Is(err, context.Canceled):
 		return nil

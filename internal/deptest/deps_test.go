@@ -24,6 +24,7 @@ var rules = map[string]map[string]string{
 	"tap":     {"gvisor.dev/": "tap runs in the nsjoin child and must stay small"},
 	"nsjoin":  {"gvisor.dev/": "the nsjoin child must stay small", mod + "stack": "nsjoin only hands over the fd"},
 	"nsrun":   {"gvisor.dev/": "nsrun only makes namespaces", mod + "stack": "nsrun only makes namespaces"},
+	"sandbox": {"gvisor.dev/": "sandbox runs first in every usernet process and must stay small", mod + "stack": "sandbox only confines the process"},
 }
 
 type pkg struct {

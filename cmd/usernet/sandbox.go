@@ -1,0 +1,232 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/usernet/usernet/internal/pollfd"
+	"github.com/usernet/usernet/nsjoin"
+	"github.com/usernet/usernet/sandbox"
+)
+
+// --enable-sandbox and --enable-seccomp: once prepare has done everything
+// that needs the host's view (the tap from the nsjoin child, the DNS
+// upstream from resolv.conf, outbound interfaces, the target watch), the
+// process re-executes itself in place into the sandbox (same PID, same
+// argv), keeping the fds it needs, and the new image runs the network
+// (resumeMain). docs/sandbox.md explains why and what it costs.
+
+// sandboxState is what the re-executed image needs beyond its argv (which
+// it parses again) and what it inherits under the same fd numbers (the
+// ready and exit fds of the command line, and these).
+type sandboxState struct {
+	Tap      int               // the tap's fd
+	Watch    nsjoin.WatchState // the target watch: an inherited pidfd, or the path (see sandboxBinds)
+	Upstream string            `json:",omitempty"` // DNS upstream, resolved before the sandbox
+	Out4     string            `json:",omitempty"` // --outbound-addr, resolved
+	Out6     string            `json:",omitempty"` // --outbound-addr6, resolved
+}
+
+// serveSandboxed is realMain with --enable-sandbox or --enable-seccomp:
+// prepare here, then serve in the sandbox.
+func serveSandboxed(o *options, t nsjoin.Target, out output) int {
+	ctx, stop := notifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	p, err := prepare(ctx, o, t, out)
+	if err != nil {
+		fmt.Fprintf(out.stderr, "usernet: %v\n", err)
+		return 1
+	}
+	defer p.close()
+	// From here until the new image handles them again, SIGINT and
+	// SIGTERM kill the process (the default action): one caught now would
+	// be lost in the exec.
+	if stop() {
+		return 0 // a signal came during prepare
+	}
+	err = enterSandbox(p)
+	fmt.Fprintf(out.stderr, "usernet: %v\n", err)
+	return 1
+}
+
+// notifyContext is signal.NotifyContext, except that stop reports whether
+// one of the signals came: none is lost between the two.
+func notifyContext(parent context.Context, sigs ...os.Signal) (context.Context, func() bool) {
+	ctx, cancel := context.WithCancel(parent)
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, sigs...)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	var got bool // written by the goroutine, read after wg.Wait
+	wg.Go(func() {
+		select {
+		case <-c:
+			got = true
+			cancel()
+		case <-done:
+		}
+	})
+	var once sync.Once
+	return ctx, func() bool {
+		once.Do(func() {
+			signal.Stop(c)
+			close(done)
+			wg.Wait()
+			cancel()
+			got = got || len(c) > 0
+		})
+		return got
+	}
+}
+
+func sandboxConfig(o *options) sandbox.Config {
+	return sandbox.Config{Mounts: o.enableSandbox, Seccomp: o.enableSeccomp}
+}
+
+// sandboxBinds are the host directories the sandbox must show besides /etc
+// and /run: a path target's directory, read-only, so that the target watch
+// keeps seeing the namespace file at its path (and its removal). Not an fd
+// of the directory: with it the process could reach, and with unlinkat
+// delete, anything of the user's through "..".
+func sandboxBinds(o *options) ([]sandbox.Bind, error) {
+	if o.path == "" {
+		return nil, nil
+	}
+	abs, err := filepath.Abs(o.path)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	dir := filepath.Dir(abs)
+	switch {
+	case strings.HasPrefix(dir, "/proc/"):
+		return nil, nil // watched through a pidfd (nsjoin.NewWatch)
+	case dir == "/":
+		return nil, fmt.Errorf("sandbox: the namespace file %s would need all of / in the sandbox; move it to a directory of its own", abs)
+	}
+	return []sandbox.Bind{{Path: dir}}, nil
+}
+
+// enterSandbox re-executes the process into the sandbox with p's state. It
+// returns only on failure, with p unchanged.
+func enterSandbox(p *prepared) error {
+	s := sandboxState{Tap: int(p.tap.Fd())}
+	keep := []int{s.Tap}
+	var wfd int
+	if s.Watch, wfd = p.watch.State(); wfd >= 0 {
+		keep = append(keep, wfd)
+	}
+	if p.upstream.IsValid() {
+		s.Upstream = p.upstream.String()
+	}
+	if p.out4.IsValid() {
+		s.Out4 = p.out4.String()
+	}
+	if p.out6.IsValid() {
+		s.Out6 = p.out6.String()
+	}
+	// The ready and exit fds came inherited, so they stay open across
+	// exec as they are; listing them makes sure.
+	for _, f := range []*os.File{p.ready, p.exit} {
+		if f != nil {
+			keep = append(keep, int(f.Fd()))
+		}
+	}
+	b, err := json.Marshal(s)
+	if err != nil {
+		return fmt.Errorf("sandbox state: %w", err)
+	}
+	c := sandboxConfig(p.o)
+	if c.Mounts {
+		if c.Binds, err = sandboxBinds(p.o); err != nil {
+			return err
+		}
+	}
+	return sandbox.Exec(c, b, keep...)
+}
+
+// resumeMain is the re-executed image: it is in the sandbox (or reports
+// why not, and exits 1 without serving), rebuilds p from its argv and the
+// inherited state, and serves.
+func resumeMain(argv []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	p, err := resume(argv)
+	if err != nil {
+		fmt.Fprintf(stderr, "usernet: %v\n", err)
+		return 1
+	}
+	defer p.close()
+	out := output{stdout: stdout, stderr: stderr}
+	if err := p.run(ctx, out, nil); err != nil {
+		fmt.Fprintf(stderr, "usernet: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func resume(argv []string) (*prepared, error) {
+	b, err := sandbox.Resume()
+	if err != nil {
+		return nil, err
+	}
+	o, _, err := parseFlags(argv, io.Discard, 2)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: parse the command line again: %w", err)
+	}
+	var s sandboxState
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("sandbox: decode state: %w", err)
+	}
+	p := &prepared{o: o, t: nsjoin.Target{PID: o.pid, NetnsPath: o.path, UsernsPath: o.usernsPath}}
+	fail := func(err error) (*prepared, error) {
+		p.close()
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	for _, a := range []struct {
+		s   string
+		dst *netip.Addr
+	}{{s.Out4, &p.out4}, {s.Out6, &p.out6}} {
+		if a.s != "" {
+			if *a.dst, err = netip.ParseAddr(a.s); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	if s.Upstream != "" {
+		if p.upstream, err = netip.ParseAddrPort(s.Upstream); err != nil {
+			return fail(err)
+		}
+	}
+	if p.ready, err = inheritedFD(o.readyFD, "ready-fd"); err != nil {
+		return fail(err)
+	}
+	if p.exit, err = inheritedFD(o.exitFD, "exit-fd"); err != nil {
+		return fail(err)
+	}
+	if p.watch, err = nsjoin.WatchFromState(s.Watch); err != nil {
+		return fail(err)
+	}
+	if s.Tap < 0 || !pollfd.IsOpen(s.Tap) {
+		return fail(fmt.Errorf("inherited tap fd %d is not open", s.Tap))
+	}
+	unix.CloseOnExec(s.Tap)
+	p.tap = os.NewFile(uintptr(s.Tap), "tap")
+	return p, nil
+}
+
+// printSeccomp says what the filter does, where slirp4netns lists the
+// syscalls its deny-list blocks.
+func printSeccomp(w io.Writer) {
+	fmt.Fprintf(w, "seccomp: only %d syscalls are allowed, the others fail with EPERM (docs/sandbox.md)\n", len(sandbox.Allowed()))
+}

@@ -1,0 +1,312 @@
+package sandbox
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The kernel test runs the real thing in a child: the test binary re-executed
+// by Exec, sandboxed by the constructor (sandbox.c), with the Go runtime
+// (and, under -race, the race runtime) running under the filter. The child
+// reports what it sees and which syscalls fail, then waits for the parent
+// to look at it from outside.
+
+const envTestExec = "SANDBOX_TEST_EXEC" // JSON Config: call Exec with the inherited fd 3 (a listener)
+
+func TestMain(m *testing.M) {
+	switch {
+	case Resumed():
+		os.Exit(resumedChild())
+	case os.Getenv(envTestExec) != "":
+		var c Config
+		if err := json.Unmarshal([]byte(os.Getenv(envTestExec)), &c); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		os.Unsetenv(envTestExec)
+		err := Exec(c, []byte(`{"Listener":3}`), 3)
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	os.Exit(m.Run())
+}
+
+// childReport is what the sandboxed child found.
+type childReport struct {
+	ResumeErr string
+	Calls     map[string]string // operation → "" (it worked) or the errno name
+	Accepted  string            // the carried listener: what the peer sent
+	Unlinked  string            // removing the socket file by its path: "" or the error
+}
+
+func errName(err error) string {
+	var errno unix.Errno
+	if errors.As(err, &errno) {
+		return unix.ErrnoName(errno)
+	}
+	if err != nil {
+		return err.Error()
+	}
+	return ""
+}
+
+func resumedChild() int {
+	var r childReport
+	state, err := Resume()
+	if err != nil {
+		r.ResumeErr = err.Error()
+		json.NewEncoder(os.Stdout).Encode(r)
+		return 0
+	}
+	var carried struct{ Listener int }
+	json.Unmarshal(state, &carried)
+
+	r.Calls = map[string]string{}
+	try := func(name string, fn func() error) { r.Calls[name] = errName(fn()) }
+	try("socket AF_INET", func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		unix.Close(fd)
+		return err
+	})
+	try("socket AF_UNIX", func() error {
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		unix.Close(fd)
+		return err
+	})
+	try("socket AF_NETLINK", func() error {
+		fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
+		unix.Close(fd)
+		return err
+	})
+	try("open /etc/hosts", func() error {
+		fd, err := unix.Open("/etc/hosts", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		unix.Close(fd)
+		return err
+	})
+	try("unshare CLONE_NEWNS", func() error { return unix.Unshare(unix.CLONE_NEWNS) })
+	try("kill parent 0", func() error { return unix.Kill(os.Getppid(), 0) })
+	try("kill self 0", func() error { return unix.Kill(os.Getpid(), 0) })
+	try("ioctl TIOCGWINSZ", func() error { _, err := unix.IoctlGetWinsize(0, unix.TIOCGWINSZ); return err })
+	try("execve", func() error { return syscall.Exec("/proc/self/exe", []string{"x"}, nil) })
+	try("start a process", func() error { return exec.Command("/proc/self/exe").Start() })
+
+	// The carried listener: one connection, then remove the socket file,
+	// whose directory (under /tmp) is bound writable into the sandbox.
+	f := os.NewFile(uintptr(carried.Listener), "listener")
+	if ln, err := net.FileListener(f); err != nil {
+		r.Accepted = "FileListener: " + err.Error()
+	} else {
+		f.Close()
+		ln.(*net.UnixListener).SetDeadline(time.Now().Add(10 * time.Second))
+		if c, err := ln.Accept(); err != nil {
+			r.Accepted = "accept: " + err.Error()
+		} else {
+			b, _ := io.ReadAll(io.LimitReader(c, 64))
+			r.Accepted = string(b)
+			c.Close()
+		}
+		ln.(*net.UnixListener).SetUnlinkOnClose(false)
+		ln.Close()
+	}
+	r.Unlinked = errName(unix.Unlink(os.Getenv("SANDBOX_TEST_SOCK")))
+
+	json.NewEncoder(os.Stdout).Encode(r)
+	io.Copy(io.Discard, os.Stdin) // the parent looks at /proc/PID until it closes stdin
+	return 0
+}
+
+func status(t *testing.T, path string) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]string{}
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok {
+			m[k] = strings.TrimSpace(v)
+		}
+	}
+	return m
+}
+
+// TestSandboxedChild runs a re-executed child in each configuration and
+// checks, from inside and outside, what the flags promise.
+func TestSandboxedChild(t *testing.T) {
+	for _, c := range []Config{{Mounts: true, Seccomp: true}, {Seccomp: true}, {Mounts: true}} {
+		t.Run(fmt.Sprintf("mounts=%v,seccomp=%v", c.Mounts, c.Seccomp), func(t *testing.T) {
+			if c.Seccomp && !SeccompSupported() {
+				t.Skip(ErrArch)
+			}
+			t.Parallel()
+			dir := t.TempDir()
+			sock := filepath.Join(dir, "api.sock")
+			ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			ln.SetUnlinkOnClose(false)
+			lnFile, err := ln.File()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer lnFile.Close()
+			if c.Mounts {
+				c.Binds = []Bind{{Path: dir, Writable: true}, {Path: "/usr/share"}}
+			}
+
+			cfg, _ := json.Marshal(c)
+			cmd := exec.Command(os.Args[0], "-test.run=^$")
+			cmd.Env = append(os.Environ(), envTestExec+"="+string(cfg), "SANDBOX_TEST_SOCK="+sock)
+			cmd.ExtraFiles = []*os.File{lnFile}
+			cmd.Stderr = os.Stderr
+			stdin, err := cmd.StdinPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			stdout, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer func() {
+				stdin.Close()
+				cmd.Process.Kill()
+				cmd.Wait()
+			}()
+			pid := cmd.Process.Pid
+
+			conn, err := net.Dial("unix", sock)
+			if err != nil {
+				t.Fatalf("connect to the listener the child inherited: %v", err)
+			}
+			io.WriteString(conn, "hello from the parent")
+			conn.Close()
+
+			line, err := bufio.NewReader(stdout).ReadBytes('\n')
+			if err != nil {
+				t.Fatalf("child report: %v (%q)", err, line)
+			}
+			var r childReport
+			if err := json.Unmarshal(line, &r); err != nil {
+				t.Fatalf("child report %q: %v", line, err)
+			}
+			if r.ResumeErr != "" {
+				t.Fatalf("Resume in the child: %s", r.ResumeErr)
+			}
+			if r.Accepted != "hello from the parent" || r.Unlinked != "" {
+				t.Errorf("carried listener: accepted %q, unlink %q; want the parent's message and no error", r.Accepted, r.Unlinked)
+			}
+			if _, err := os.Lstat(sock); !os.IsNotExist(err) {
+				t.Errorf("%s after the child's unlinkat: %v; want it gone", sock, err)
+			}
+
+			var root []string
+			es, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/root")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range es {
+				root = append(root, e.Name())
+			}
+			if c.Mounts {
+				top := strings.Split(dir, "/")[1] // "tmp"
+				if want := []string{"etc", "run", top, "usr"}; !slices.Equal(root, want) {
+					t.Errorf("the child's root holds %q; want %q (/etc, /run and the two binds)", root, want)
+				}
+				ro := "/proc/" + strconv.Itoa(pid) + "/root/usr/share"
+				if err := unix.Access(ro, unix.W_OK); !errors.Is(err, unix.EROFS) {
+					t.Errorf("write access to the read-only bind %s: %v; want EROFS", ro, err)
+				}
+				if got, want := status(t, "/proc/"+strconv.Itoa(pid)+"/status")["Name"], filepath.Base(os.Args[0]); got != want[:min(len(want), 15)] {
+					t.Errorf("process name %q; want %q as before the re-execution", got, want)
+				}
+			} else if !slices.Contains(root, "proc") {
+				t.Errorf("the child's root holds %q; want the host's (seccomp alone)", root)
+			}
+			if c.Seccomp {
+				want := map[string]string{
+					"socket AF_INET":      "",
+					"socket AF_UNIX":      "EPERM",
+					"socket AF_NETLINK":   "EPERM",
+					"open /etc/hosts":     "EPERM",
+					"unshare CLONE_NEWNS": "EPERM",
+					"kill parent 0":       "EPERM",
+					"kill self 0":         "",
+					"ioctl TIOCGWINSZ":    "EPERM",
+					"execve":              "EPERM",
+					"start a process":     "", // any error: checked below
+				}
+				for op, w := range want {
+					got, ok := r.Calls[op]
+					switch {
+					case !ok:
+						t.Errorf("%s: not tried", op)
+					case op == "start a process":
+						if got == "" {
+							t.Errorf("%s under the filter: worked; want an error", op)
+						}
+					case got != w:
+						t.Errorf("%s under the filter: %q; want %q", op, got, w)
+					}
+				}
+			}
+
+			st := status(t, "/proc/"+strconv.Itoa(pid)+"/status")
+			if st["NoNewPrivs"] != "1" {
+				t.Errorf("NoNewPrivs %q; want 1", st["NoNewPrivs"])
+			}
+			if c.Mounts && (st["CapEff"] != "0000000000000400" || st["CapBnd"] != "0000000000000400") {
+				t.Errorf("CapEff %s, CapBnd %s; want CAP_NET_BIND_SERVICE only", st["CapEff"], st["CapBnd"])
+			}
+			tasks, _ := filepath.Glob("/proc/" + strconv.Itoa(pid) + "/task/*/status")
+			for _, task := range tasks {
+				want := map[bool]string{true: "2", false: "0"}[c.Seccomp]
+				if got := status(t, task)["Seccomp"]; got != want {
+					t.Errorf("%s: Seccomp %q; want %q", task, got, want)
+				}
+			}
+			stdin.Close()
+			if err := cmd.Wait(); err != nil {
+				t.Errorf("child: %v", err)
+			}
+		})
+	}
+}
+
+// TestResumeReportsFailure: a sandbox the constructor could not enter is
+// reported by Resume, not silently skipped. A bad filter stands in for any
+// failing step.
+func TestResumeReportsFailure(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), envOn+"=1", envBPF+"=zz", envState+"={}")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("child: %v", err)
+	}
+	var r childReport
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("child report %q: %v", out, err)
+	}
+	if want := "sandbox: decode the seccomp filter: invalid argument"; r.ResumeErr != want {
+		t.Fatalf("Resume with a bad filter: %q; want %q", r.ResumeErr, want)
+	}
+}
