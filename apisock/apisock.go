@@ -41,6 +41,10 @@ type Forwarder interface {
 type Config struct {
 	// Path is the socket path, shorter than 108 bytes (sun_path with its NUL).
 	Path string
+	// Listener, when set, is the socket already bound at Path by Listen
+	// (usernet binds it before entering its sandbox and carries the fd
+	// across the exec). New then takes it over instead of binding.
+	Listener *net.UnixListener
 	// Forwarder executes the commands. Required.
 	Forwarder Forwarder
 	// ReadTimeout is how long a client has, from connecting, to send a whole
@@ -74,41 +78,57 @@ type Server struct {
 	closeErr  error
 }
 
-// New checks cfg, replaces a stale socket file at cfg.Path, listens there and
-// makes the socket mode 0600 (only our user may connect: the API can open
-// ports). It refuses a path that is not a socket, and a socket a running
-// server still answers on. The socket file exists from New until Run returns
-// (or Close).
+// New makes a Server on cfg.Listener, or on a socket it binds at cfg.Path
+// with Listen. The socket file exists from New until Run returns (or Close).
 func New(cfg Config) (*Server, error) {
-	switch {
-	case cfg.Forwarder == nil:
+	if cfg.Forwarder == nil {
 		return nil, errors.New("apisock: no Forwarder")
-	case cfg.Path == "":
-		return nil, errors.New("api socket path is empty")
-	case len(cfg.Path) > maxPathLen:
-		return nil, fmt.Errorf("api socket path %s is too long (%d bytes, at most %d)", cfg.Path, len(cfg.Path), maxPathLen)
 	}
 	if cfg.ReadTimeout <= 0 {
 		cfg.ReadTimeout = defaultReadTimeout
 	}
-	if err := removeStale(cfg.Path); err != nil {
-		return nil, err
+	ln := cfg.Listener
+	if ln == nil {
+		var err error
+		if ln, err = Listen(cfg.Path); err != nil {
+			return nil, err
+		}
 	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: cfg.Path, Net: "unix"})
-	if err != nil {
-		return nil, fmt.Errorf("api socket: %w", err)
-	}
-	// Between bind and chmod the socket has the umask's mode; the parent
-	// directory (podman's and rootlesskit's are 0700) is what really guards it.
-	if err := os.Chmod(cfg.Path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("api socket: %w", err)
-	}
+	// Close removes the socket file, also for a listener rebuilt from an
+	// inherited fd (net.FileListener does not unlink by default).
+	ln.SetUnlinkOnClose(true)
 	s := &Server{cfg: cfg, logf: cfg.Logf, ln: ln}
 	if s.logf == nil {
 		s.logf = func(string, ...any) {}
 	}
 	return s, nil
+}
+
+// Listen checks path, replaces a stale socket file there, listens on it and
+// makes the socket mode 0600 (only our user may connect: the API can open
+// ports). It refuses a path that is not a socket, and a socket a running
+// server still answers on.
+func Listen(path string) (*net.UnixListener, error) {
+	switch {
+	case path == "":
+		return nil, errors.New("api socket path is empty")
+	case len(path) > maxPathLen:
+		return nil, fmt.Errorf("api socket path %s is too long (%d bytes, at most %d)", path, len(path), maxPathLen)
+	}
+	if err := removeStale(path); err != nil {
+		return nil, err
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("api socket: %w", err)
+	}
+	// Between bind and chmod the socket has the umask's mode; the parent
+	// directory (podman's and rootlesskit's are 0700) is what really guards it.
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("api socket: %w", err)
+	}
+	return ln, nil
 }
 
 // removeStale removes the socket file at path if no server answers on it.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/usernet/usernet/portfwd"
 	"github.com/usernet/usernet/sandbox"
 	"github.com/usernet/usernet/tap"
 )
@@ -33,8 +34,9 @@ type options struct {
 	outboundAddr6       string // IPv6 or interface name
 	disableDNS          bool
 	mac                 net.HardwareAddr
-	dnsUpstream         string // usernet: ADDR[:PORT]
-	resolvConf          string // usernet: where to read the upstream from
+	dnsUpstream         string         // usernet: ADDR[:PORT]
+	publish             []portfwd.Rule // usernet: -p/--publish, static forwards
+	resolvConf          string         // usernet: where to read the upstream from
 
 	help, version bool
 
@@ -78,6 +80,7 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	fs.StringVar(&o.outboundAddr6, "outbound-addr6", "", "sets outbound ipv6 address (or interface) to bind to")
 	fs.BoolVar(&o.disableDNS, "disable-dns", false, "disables the 10.0.2.3 (or configured internal ip) DNS forwarder")
 	fs.String("macaddress", "", "specify the MAC address of the TAP (only valid with -c)")
+	fs.StringArrayP("publish", "p", nil, "forward a host port to the namespace, [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp]; repeatable")
 	fs.StringVar(&o.dnsUpstream, "dns-upstream", "", "DNS server the forwarder relays to, ADDR[:PORT] (default: first nameserver of --resolv-conf)")
 	fs.StringVar(&o.resolvConf, "resolv-conf", "/etc/resolv.conf", "resolv.conf to take the DNS upstream from")
 	fs.String("target-type", "netns", "specify the target type ([netns], default=netns)")
@@ -91,13 +94,13 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 }
 
 // unimplementedFlags are slirp4netns flags usernet does not do yet.
-var unimplementedFlags = []string{"api-socket"}
+var unimplementedFlags = []string{}
 
 // metavars name flag values in --help as slirp4netns's help does.
 var metavars = map[string]string{
 	"exit-fd": "FD", "ready-fd": "FD", "api-socket": "PATH", "netns-type": "TYPE",
 	"userns-path": "PATH", "outbound-addr": "IPv4", "outbound-addr6": "IPv6",
-	"macaddress": "MAC", "dns-upstream": "ADDR[:PORT]", "resolv-conf": "PATH", "target-type": "TYPE",
+	"macaddress": "MAC", "publish": "SPEC", "dns-upstream": "ADDR[:PORT]", "resolv-conf": "PATH", "target-type": "TYPE",
 }
 
 func usage(w io.Writer, fs *pflag.FlagSet) {
@@ -180,6 +183,14 @@ func parseFlagsMode(argv []string, out io.Writer, positional int, interspersed b
 			return nil, nil, fmt.Errorf("invalid --macaddress %q: a multicast address cannot be a device address", mac)
 		}
 		o.mac = hw
+	}
+	specs, _ := fs.GetStringArray("publish")
+	for _, spec := range specs {
+		r, err := portfwd.ParsePublish(spec)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--publish %s: %w", spec, err)
+		}
+		o.publish = append(o.publish, r)
 	}
 	if o.dnsUpstream != "" && o.disableDNS {
 		return nil, nil, errors.New("--dns-upstream and --disable-dns cannot be used together")

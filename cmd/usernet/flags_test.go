@@ -81,7 +81,8 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"--netns-type=foo", "1", "tap0"}, "--netns-type must be pid or path", false},
 		{[]string{"abc", "tap0"}, "PID must be a positive integer", false},
 		{[]string{"1", "tap0123456789abcdef"}, "too long", false},
-		{[]string{"--api-socket=/tmp/x", "1", "tap0"}, "not implemented", false},
+		{[]string{"-p", "80", "1", "tap0"}, "--publish 80", false},
+		{[]string{"-p", "8080:80/sctp", "1", "tap0"}, "--publish 8080:80/sctp", false},
 		{[]string{"--target-type=bess", "1", "tap0"}, "not supported", false},
 		{[]string{"--disable-dns", "--dns-upstream=127.0.0.1", "1", "tap0"}, "cannot be used together", false},
 	}
@@ -157,5 +158,16 @@ func TestSandboxFlags(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "not supported by usernet run") {
 			t.Errorf("usernet run %s: %v; want it refused", f, err)
 		}
+	}
+}
+
+func TestParsePublish(t *testing.T) {
+	o, _, err := parseFlags([]string{"-p", "8080:80", "--publish=[::1]:5353:53/udp", "1", "tap0"}, &bytes.Buffer{}, 2)
+	if err != nil {
+		t.Fatalf("parseFlags: %v", err)
+	}
+	if len(o.publish) != 2 || o.publish[0].HostPort != 8080 || o.publish[0].GuestPort != 80 || o.publish[0].Proto != "tcp" ||
+		o.publish[1].Proto != "udp" || o.publish[1].HostAddr.String() != "::1" || o.publish[1].GuestPort != 53 {
+		t.Fatalf("publish = %+v", o.publish)
 	}
 }

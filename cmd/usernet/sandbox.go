@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -32,6 +33,7 @@ import (
 // ready and exit fds of the command line, and these).
 type sandboxState struct {
 	Tap      int               // the tap's fd
+	API      int               `json:",omitempty"` // the API socket's listening fd (--api-socket), 0 for none
 	Watch    nsjoin.WatchState // the target watch: an inherited pidfd, or the path (see sandboxBinds)
 	Upstream string            `json:",omitempty"` // DNS upstream, resolved before the sandbox
 	Out4     string            `json:",omitempty"` // --outbound-addr, resolved
@@ -100,8 +102,20 @@ func sandboxConfig(o *options) sandbox.Config {
 // of the directory: with it the process could reach, and with unlinkat
 // delete, anything of the user's through "..".
 func sandboxBinds(o *options) ([]sandbox.Bind, error) {
+	var binds []sandbox.Bind
+	if o.apiSocket != "" {
+		// Writable: the socket file is removed on exit, from inside.
+		abs, err := filepath.Abs(o.apiSocket)
+		if err != nil {
+			return nil, fmt.Errorf("sandbox: %w", err)
+		}
+		if filepath.Dir(abs) == "/" {
+			return nil, fmt.Errorf("sandbox: the API socket %s would need all of / writable in the sandbox; put it in a directory of its own", abs)
+		}
+		binds = append(binds, sandbox.Bind{Path: filepath.Dir(abs), Writable: true})
+	}
 	if o.path == "" {
-		return nil, nil
+		return binds, nil
 	}
 	abs, err := filepath.Abs(o.path)
 	if err != nil {
@@ -110,11 +124,11 @@ func sandboxBinds(o *options) ([]sandbox.Bind, error) {
 	dir := filepath.Dir(abs)
 	switch {
 	case strings.HasPrefix(dir, "/proc/"):
-		return nil, nil // watched through a pidfd (nsjoin.NewWatch)
+		return binds, nil // watched through a pidfd (nsjoin.NewWatch)
 	case dir == "/":
 		return nil, fmt.Errorf("sandbox: the namespace file %s would need all of / in the sandbox; move it to a directory of its own", abs)
 	}
-	return []sandbox.Bind{{Path: dir}}, nil
+	return append(binds, sandbox.Bind{Path: dir}), nil
 }
 
 // enterSandbox re-executes the process into the sandbox with p's state. It
@@ -125,6 +139,15 @@ func enterSandbox(p *prepared) error {
 	var wfd int
 	if s.Watch, wfd = p.watch.State(); wfd >= 0 {
 		keep = append(keep, wfd)
+	}
+	if p.api != nil {
+		f, err := p.api.File() // a dup; p.api stays open until the exec
+		if err != nil {
+			return fmt.Errorf("api socket fd: %w", err)
+		}
+		defer f.Close()
+		s.API = int(f.Fd())
+		keep = append(keep, s.API)
 	}
 	if p.upstream.IsValid() {
 		s.Upstream = p.upstream.String()
@@ -216,6 +239,24 @@ func resume(argv []string) (*prepared, error) {
 	}
 	if p.watch, err = nsjoin.WatchFromState(s.Watch); err != nil {
 		return fail(err)
+	}
+	if s.API > 0 {
+		if !pollfd.IsOpen(s.API) {
+			return fail(fmt.Errorf("inherited API socket fd %d is not open", s.API))
+		}
+		unix.CloseOnExec(s.API)
+		f := os.NewFile(uintptr(s.API), "api-socket")
+		ln, err := net.FileListener(f)
+		f.Close() // FileListener dups it
+		if err != nil {
+			return fail(fmt.Errorf("inherited API socket: %w", err))
+		}
+		ul, ok := ln.(*net.UnixListener)
+		if !ok {
+			ln.Close()
+			return fail(fmt.Errorf("inherited API socket fd %d is not a unix socket", s.API))
+		}
+		p.api = ul
 	}
 	if s.Tap < 0 || !pollfd.IsOpen(s.Tap) {
 		return fail(fmt.Errorf("inherited tap fd %d is not open", s.Tap))

@@ -10,9 +10,11 @@ import (
 	"os"
 	"sync"
 
+	"github.com/usernet/usernet/apisock"
 	"github.com/usernet/usernet/dns"
 	"github.com/usernet/usernet/internal/pollfd"
 	"github.com/usernet/usernet/nsjoin"
+	"github.com/usernet/usernet/portfwd"
 	"github.com/usernet/usernet/stack"
 	"github.com/usernet/usernet/tap"
 )
@@ -48,12 +50,13 @@ func serve(ctx context.Context, o *options, t nsjoin.Target, out output, onReady
 type prepared struct {
 	o          *options
 	t          nsjoin.Target
-	upstream   netip.AddrPort // the DNS forwarder's upstream; invalid with --disable-dns
-	out4, out6 netip.Addr     // --outbound-addr, --outbound-addr6 resolved
-	ready      *os.File       // --ready-fd, or nil
-	exit       *os.File       // --exit-fd, or nil
-	watch      *nsjoin.Watch  // the target's watch
-	tap        *os.File       // the tap's fd; nil once the stack owns it
+	upstream   netip.AddrPort    // the DNS forwarder's upstream; invalid with --disable-dns
+	out4, out6 netip.Addr        // --outbound-addr, --outbound-addr6 resolved
+	ready      *os.File          // --ready-fd, or nil
+	exit       *os.File          // --exit-fd, or nil
+	watch      *nsjoin.Watch     // the target's watch
+	tap        *os.File          // the tap's fd; nil once the stack owns it
+	api        *net.UnixListener // --api-socket, bound before the sandbox; nil once the server owns it
 }
 
 // prepare checks the settings, opens the ready and exit fds and the target
@@ -90,6 +93,11 @@ func prepare(ctx context.Context, o *options, t nsjoin.Target, out output) (_ *p
 	if p.watch, err = nsjoin.NewWatch(t); err != nil {
 		return nil, err
 	}
+	if o.apiSocket != "" {
+		if p.api, err = apisock.Listen(o.apiSocket); err != nil {
+			return nil, err
+		}
+	}
 
 	req := nsjoin.Request{
 		Tap:       tap.Options{Name: o.tapName},
@@ -120,6 +128,11 @@ func (p *prepared) close() {
 		}
 	}
 	p.tap, p.ready, p.exit = nil, nil, nil
+	if p.api != nil {
+		p.api.SetUnlinkOnClose(true)
+		p.api.Close()
+		p.api = nil
+	}
 	if p.watch != nil {
 		p.watch.Close()
 		p.watch = nil
@@ -153,7 +166,40 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		return fmt.Errorf("netstack: %w", err) // close closes the tap
 	}
 	p.tap = nil // the stack owns it now
-	printSettings(out.stdout, o, addressesOf(o.cidr), p.upstream)
+	addrs := addressesOf(o.cidr)
+
+	// Port forwarding: the registry dials into the namespace through the
+	// stack; static --publish forwards are bound now, API ones on request.
+	fwdCfg := portfwd.Config{
+		Dialer:   st,
+		Guest4:   addrs.guest,
+		Gateway4: addrs.gateway,
+		Net4:     o.cidr,
+		Logf:     logf(out.stderr, ""),
+	}
+	if o.enableIPv6 {
+		fwdCfg.Net6 = ipv6Net
+		fwdCfg.Gateway6 = netip.MustParseAddr("fd00::2")
+	}
+	reg := portfwd.New(fwdCfg)
+	for _, r := range o.publish {
+		if _, err := reg.Add(ctx, r); err != nil {
+			st.Close()
+			closeRegistry(reg)
+			return fmt.Errorf("--publish: %w", err)
+		}
+	}
+	var api *apisock.Server
+	if p.api != nil {
+		api, err = apisock.New(apisock.Config{Path: o.apiSocket, Listener: p.api, Forwarder: reg, Logf: logf(out.stderr, "")})
+		if err != nil {
+			st.Close()
+			closeRegistry(reg)
+			return err
+		}
+		p.api = nil // the server owns it now
+	}
+	printSettings(out.stdout, o, addrs, p.upstream)
 	if o.enableSeccomp {
 		printSeccomp(out.stdout)
 	}
@@ -170,6 +216,18 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 			cancel(fmt.Errorf("netstack: %w", err))
 		}
 	})
+	wg.Go(func() {
+		if err := reg.Run(ctx); err != nil {
+			cancel(fmt.Errorf("port forwarding: %w", err))
+		}
+	})
+	if api != nil {
+		wg.Go(func() {
+			if err := api.Run(ctx); err != nil {
+				cancel(fmt.Errorf("api socket: %w", err))
+			}
+		})
+	}
 	if p.exit != nil {
 		wg.Go(func() {
 			if pollfd.Wait(ctx, int(p.exit.Fd())) == nil {
@@ -208,6 +266,13 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 	}
 }
 
+// closeRegistry releases the sockets of a registry that never ran.
+func closeRegistry(r *portfwd.Registry) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	r.Run(ctx)
+}
+
 // ipv6Net is the virtual IPv6 network (fixed, as in slirp4netns).
 var ipv6Net = netip.MustParsePrefix("fd00::/64")
 
@@ -217,6 +282,10 @@ func logf(w io.Writer, component string) func(string, ...any) {
 	return func(format string, args ...any) {
 		mu.Lock()
 		defer mu.Unlock()
+		if component == "" { // the message names its component itself
+			fmt.Fprintf(w, "usernet: %s\n", fmt.Sprintf(format, args...))
+			return
+		}
 		fmt.Fprintf(w, "usernet: %s: %s\n", component, fmt.Sprintf(format, args...))
 	}
 }
@@ -267,7 +336,12 @@ func printSettings(w io.Writer, o *options, a addresses, upstream netip.AddrPort
 		fmt.Fprintf(w, "* DNS:             %s\n", a.dns)
 		fmt.Fprintf(w, "* DNS upstream:    %s\n", upstream)
 	}
+	fmt.Fprintf(w, "* DHCP begin:      %s\n", a.dhcpStart)
+	fmt.Fprintf(w, "* DHCP end:        %s\n", addN(a.dhcpStart, 15))
 	fmt.Fprintf(w, "* Recommended IP:  %s\n", a.guest)
+	if o.apiSocket != "" {
+		fmt.Fprintf(w, "* API Socket:      %s\n", o.apiSocket)
+	}
 	if o.enableIPv6 {
 		fmt.Fprintf(w, "* IPv6 network:    fd00::/64 (gateway fd00::2, DNS fd00::3)\n")
 	}
