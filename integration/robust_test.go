@@ -224,3 +224,23 @@ func TestNamespaceNotJoinable(t *testing.T) {
 		})
 	}
 }
+
+// TestNoTunDevice: without /dev/net/tun the error names it, in one line, exit 1.
+func TestNoTunDevice(t *testing.T) {
+	setup(t)
+	t.Parallel()
+	tg := newTarget(t)
+	// A private mount namespace (as root) hides /dev/net under a tmpfs; usernet then
+	// runs in it as the unprivileged user.
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
+		`mount -t tmpfs none /dev/net && exec setpriv --reuid="$1" --regid="$2" --clear-groups "$3" -c "$4" tap0`,
+		"sh", strconv.Itoa(int(suite.uid)), strconv.Itoa(int(suite.gid)), suite.bin, strconv.Itoa(tg.pid))
+	cmd.Dir = suite.dir
+	p := startProc(t, cmd)
+	t.Cleanup(p.stop)
+	code := p.waitExit(t, 10*time.Second)
+	stderr := p.stderr.String()
+	if code != 1 || !strings.Contains(firstLine(stderr), "/dev/net/tun") {
+		t.Fatalf("%s: exit status %d, stderr:\n%s\nwant 1, first line naming /dev/net/tun", p.name, code, stderr)
+	}
+}
