@@ -1,19 +1,17 @@
 package portfwd
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
-	"regexp"
-	"runtime"
-	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/usernet/usernet/internal/testutil"
 )
 
 // Test addresses of the virtual network, as slirp4netns's defaults.
@@ -154,68 +152,6 @@ func startRegistry(t *testing.T, cfg Config) *Registry {
 	return r
 }
 
-// quietLogf logs through t until the test ends.
-func quietLogf(t *testing.T) func(string, ...any) {
-	var mu sync.Mutex
-	done := false
-	t.Cleanup(func() { mu.Lock(); done = true; mu.Unlock() })
-	return func(format string, args ...any) {
-		mu.Lock()
-		defer mu.Unlock()
-		if !done {
-			t.Logf(format, args...)
-		}
-	}
-}
-
-var goroutineHeader = regexp.MustCompile(`(?m)^goroutine (\d+) \[`)
-
-// goroutines returns the stacks of all goroutines by ID.
-func goroutines() map[string]string {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-	out := map[string]string{}
-	for _, g := range bytes.Split(buf, []byte("\n\n")) {
-		if m := goroutineHeader.FindSubmatch(g); m != nil {
-			out[string(m[1])] = string(g)
-		}
-	}
-	return out
-}
-
-// checkNoLeaks fails the test if goroutines started during it are still
-// running (after a grace period) when its cleanups have run.
-func checkNoLeaks(t *testing.T) {
-	t.Helper()
-	before := goroutines()
-	t.Cleanup(func() {
-		var leaked []string
-		for deadline := time.Now().Add(5 * time.Second); ; {
-			leaked = leaked[:0]
-			for id, stack := range goroutines() {
-				if _, ok := before[id]; !ok && !strings.Contains(stack, "testing.(*T).Run") &&
-					!strings.Contains(stack, "testing.tRunner") {
-					leaked = append(leaked, stack)
-				}
-			}
-			if len(leaked) == 0 || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		if len(leaked) > 0 {
-			t.Errorf("%d goroutines leaked:\n\n%s", len(leaked), strings.Join(leaked, "\n\n"))
-		}
-	})
-}
-
 // freePort returns a port that was free on addr a moment ago.
 func freePort(t *testing.T, proto string, a netip.Addr) uint16 {
 	t.Helper()
@@ -317,3 +253,8 @@ func haveIPv6Loopback() bool {
 	ln.Close()
 	return true
 }
+
+var (
+	quietLogf    = testutil.QuietLogf
+	checkNoLeaks = testutil.CheckNoLeaks
+)
