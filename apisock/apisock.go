@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"os"
@@ -61,7 +62,7 @@ const (
 	defaultReadTimeout = 5 * time.Second
 	// maxConns bounds the connections served at once; further clients wait in
 	// the listen backlog. Each connection lasts at most ReadTimeout.
-	maxConns = 32
+	maxConns = 256
 	// maxPathLen is the longest socket path: sun_path is 108 bytes with its NUL.
 	maxPathLen = 107
 )
@@ -230,8 +231,25 @@ func (s *Server) serve(ctx context.Context, c *net.UnixConn) {
 		return // a client that never said anything gets nothing
 	}
 	c.SetWriteDeadline(time.Now().Add(s.cfg.ReadTimeout))
-	if _, err := c.Write(reply); err != nil && ctx.Err() == nil &&
-		!errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) { // the client left: nobody to tell
-		s.logf("api socket: writing reply: %v", err)
+	if _, err := c.Write(reply); err != nil {
+		if ctx.Err() == nil && !errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) { // the client left: nobody to tell
+			s.logf("api socket: writing reply: %v", err)
+		}
+		return
 	}
+	// The reply is all there is: EOF for clients that read to the end
+	// (rootlesskit's io.ReadAll). Closing with unread request bytes
+	// queued (a too large message, anything after the JSON value) would
+	// make the kernel reset the connection under the reply, so read and
+	// drop what is left first, for a short while.
+	c.CloseWrite()
+	c.SetReadDeadline(time.Now().Add(drainTimeout))
+	io.CopyN(io.Discard, c, maxDrain)
 }
+
+const (
+	// drainTimeout and maxDrain bound the reading of what a client sent
+	// after its request, before the connection is closed.
+	drainTimeout = 200 * time.Millisecond
+	maxDrain     = 1 << 20
+)
