@@ -199,7 +199,7 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		}
 		p.api = nil // the server owns it now
 	}
-	printSettings(out.stdout, o, addrs, p.upstream)
+	printSettings(out.stdout, o, addrs, p)
 	if o.enableSeccomp {
 		printSeccomp(out.stdout)
 	}
@@ -326,7 +326,8 @@ func addN(a netip.Addr, n uint32) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
 
-func printSettings(w io.Writer, o *options, a addresses, upstream netip.AddrPort) {
+func printSettings(w io.Writer, o *options, a addresses, p *prepared) {
+	upstream := p.upstream
 	fmt.Fprintf(w, "Starting slirp\n")
 	fmt.Fprintf(w, "* MTU:             %d\n", o.mtu)
 	fmt.Fprintf(w, "* Network:         %s\n", a.network)
@@ -341,6 +342,13 @@ func printSettings(w io.Writer, o *options, a addresses, upstream netip.AddrPort
 	fmt.Fprintf(w, "* Recommended IP:  %s\n", a.guest)
 	if o.apiSocket != "" {
 		fmt.Fprintf(w, "* API Socket:      %s\n", o.apiSocket)
+	}
+	// As slirp4netns: the resolved address, also for an interface name.
+	if p.out4.IsValid() {
+		fmt.Fprintf(w, "* Outbound IPv4:    %s\n", p.out4)
+	}
+	if p.out6.IsValid() {
+		fmt.Fprintf(w, "* Outbound IPv6:    %s\n", p.out6)
 	}
 	if o.enableIPv6 {
 		fmt.Fprintf(w, "* IPv6 network:    fd00::/64 (gateway fd00::2, DNS fd00::3)\n")
