@@ -37,7 +37,12 @@ type tapLink struct {
 	mu         sync.Mutex
 	dispatcher gvstack.NetworkDispatcher // +checklocks:mu
 	stopping   bool                      // +checklocks:mu
-	wg         sync.WaitGroup            // the reader
+	wg         sync.WaitGroup            // the reader and the SYN writer
+
+	// syns carries copies of outgoing TCP segments with SYN set to
+	// synWriter, which writes them after WritePackets has returned (see
+	// WritePackets). Closed by Attach(nil).
+	syns chan []byte
 }
 
 var _ gvstack.LinkEndpoint = (*tapLink)(nil)
@@ -101,7 +106,10 @@ func (l *tapLink) Attach(d gvstack.NetworkDispatcher) {
 		}
 		l.dispatcher = nil
 		l.stopping = true
+		syns := l.syns
+		l.syns = nil
 		l.mu.Unlock()
+		close(syns)
 		l.file.SetReadDeadline(time.Unix(1, 0))
 		l.wg.Wait()
 		return
@@ -111,7 +119,10 @@ func (l *tapLink) Attach(d gvstack.NetworkDispatcher) {
 		return
 	}
 	l.dispatcher = d
+	syns := make(chan []byte, synQueueLen)
+	l.syns = syns
 	l.wg.Go(func() { l.readLoop(d) })
+	l.wg.Go(func() { l.synWriter(syns) })
 }
 
 // Wait implements gvstack.LinkEndpoint.
@@ -149,11 +160,30 @@ func (l *tapLink) readLoop(d gvstack.NetworkDispatcher) {
 	}
 }
 
+// synQueueLen bounds the SYN frames waiting for synWriter; beyond it they
+// are written inline.
+const synQueueLen = 256
+
 // WritePackets implements gvstack.LinkEndpoint: one write(v) per frame,
 // as a tap takes one frame per write.
+//
+// TCP segments with SYN set (our SYN-ACKs, and SYNs of DialTCP) are not
+// written here but handed to synWriter. gVisor sends them while holding
+// the new endpoint's mutex (listenContext.startHandshake, connect), and the
+// guest kernel answers inside our write(2): its ACK, often with data, is
+// on the tap before we return. The TCP processor goroutine that gets it
+// finds the mutex taken, and re-queues and retries the endpoint in a
+// loop (tcp/dispatcher.go) until the holder unlocks: a busy loop on one of
+// our two Ps while the holder may be waiting for a P after its syscall.
+// Measured (bench rr -mode crr, MTU 65520, 2 cores): the processor loop
+// was 66% of usernet's CPU, p99 ≈ 7–13 ms; see the package benchmarks.
 func (l *tapLink) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error) {
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
+		if isTCPSyn(pkt) && l.deferFrame(pkt) {
+			n++
+			continue
+		}
 		if err := l.writeFrame(pkt.AsSlices()); err != nil {
 			if n == 0 {
 				return 0, err
@@ -163,6 +193,45 @@ func (l *tapLink) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error)
 		n++
 	}
 	return n, nil
+}
+
+// isTCPSyn reports whether pkt is a TCP segment with SYN set.
+func isTCPSyn(pkt *gvstack.PacketBuffer) bool {
+	if pkt.TransportProtocolNumber != header.TCPProtocolNumber {
+		return false
+	}
+	th := pkt.TransportHeader().Slice()
+	if len(th) < header.TCPMinimumSize {
+		return false
+	}
+	return header.TCP(th).Flags().Contains(header.TCPFlagSyn)
+}
+
+// deferFrame queues a copy of pkt for synWriter; false means it was not
+// queued (link stopping, queue full) and the caller writes it.
+func (l *tapLink) deferFrame(pkt *gvstack.PacketBuffer) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.syns == nil {
+		return false
+	}
+	v := pkt.ToView()
+	frame := append([]byte(nil), v.AsSlice()...)
+	v.Release()
+	select {
+	case l.syns <- frame:
+		return true
+	default:
+		return false
+	}
+}
+
+// synWriter writes the frames deferFrame queued until Attach(nil) closes
+// the channel.
+func (l *tapLink) synWriter(syns <-chan []byte) {
+	for frame := range syns {
+		l.writeFrame([][]byte{frame})
+	}
 }
 
 func (l *tapLink) writeFrame(slices [][]byte) tcpip.Error {

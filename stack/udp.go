@@ -17,6 +17,10 @@ import (
 // maxDatagram is the largest UDP payload (IPv4: 65535-20-8).
 const maxDatagram = 65535
 
+// udpRcvBuf is the receive buffer of each forwarded flow's gVisor endpoint
+// (gVisor's default is 32 KiB). Memory is only used while datagrams queue.
+const udpRcvBuf = 1 << 20
+
 var datagramPool = sync.Pool{New: func() any { b := make([]byte, maxDatagram); return &b }}
 
 // handleUDP is the udp.Forwarder handler. gVisor calls it synchronously on
@@ -43,6 +47,13 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 		s.flows.leave()
 		return true
 	}
+	// gVisor gives a UDP endpoint a 32 KiB receive buffer (~23 datagrams
+	// of 1400 bytes): a burst from the guest overflows it before the
+	// flow's goroutine is scheduled, and the rest is dropped silently.
+	// Measured (iperf3 -u -l 1400 ns→host, MTU 65520, 3 s, 2 runs each):
+	// gVisor UDP ReceiveBufferErrors ~400k → ~90k with 1 MiB, delivered
+	// 0.28 → 0.39 Gbit/s at -b 1G and 0.26 → 0.34 unlimited.
+	ep.SocketOptions().SetReceiveBufferSize(udpRcvBuf, true)
 	guest := gonet.NewUDPConn(&wq, ep)
 	idle := s.cfg.udpIdle
 	if dst.Port() == 53 {

@@ -1,0 +1,170 @@
+package stack
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
+)
+
+// Benchmarks over tapLink (tap.go) instead of the in-memory pipe: the two
+// ends of a SOCK_SEQPACKET socketpair stand in for the tap (one frame per
+// read/write, non-blocking, Go's poller), so the tap read loop, the
+// per-frame writes and the goroutine hand-offs they cause are measured as
+// in production. The guest is a second gVisor stack on the other end.
+// MTU 65520 as in podman and bench/run.sh.
+//
+//	go test -run '^$' -bench Tap -benchtime 3s ./stack/
+
+const tapBenchMTU = 65520
+
+// startTapEnv is startEnv with tapLinks on a socketpair.
+func startTapEnv(b *testing.B) *env {
+	b.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		b.Fatalf("socketpair: %v", err)
+	}
+	for _, fd := range fds {
+		// Room for a burst of full-size frames, as a tap's queue has.
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20)
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+	}
+	stackEnd, guestEnd := os.NewFile(uintptr(fds[0]), "stack-end"), os.NewFile(uintptr(fds[1]), "guest-end")
+	stackLink, err := newTapLink(stackEnd, tapBenchMTU, stackMAC, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	guestLink, err := newTapLink(guestEnd, tapBenchMTU, guestMAC, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg := testConfig(b)
+	cfg.MTU = tapBenchMTU
+	s, err := newStack(cfg, ethernet.New(stackLink))
+	if err != nil {
+		b.Fatalf("newStack: %v", err)
+	}
+	e := &env{s: s, runErr: make(chan error, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	e.cancel = cancel
+	go func() { e.runErr <- s.Run(ctx) }()
+	e.guest, e.sniff, e.ndp = newGuest(b, ethernet.New(guestLink), false)
+	b.Cleanup(func() {
+		e.stop(b)
+		e.guest.Destroy()
+		stackEnd.Close()
+		guestEnd.Close()
+	})
+	return e
+}
+
+// reportLatency reports the median and 99th percentile of lat.
+func reportLatency(b *testing.B, lat []time.Duration) {
+	if len(lat) == 0 {
+		return
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+}
+
+// BenchmarkTapTCPRR is bench/run.sh's rr: a 1-byte ping-pong with a host
+// echo server on one connection.
+func BenchmarkTapTCPRR(b *testing.B) {
+	ln := listenTCP(b, "tcp4", "127.0.0.1:0", echoServe)
+	e := startTapEnv(b)
+	c, err := guestDial(b, e.guest, netip.AddrPortFrom(gw4, portOf(ln.Addr())))
+	if err != nil {
+		b.Fatalf("guest dial: %v", err)
+	}
+	defer c.Close()
+	buf := []byte{1}
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for range b.N {
+		t := time.Now()
+		if _, err := c.Write(buf); err != nil {
+			b.Fatalf("guest write: %v", err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			b.Fatalf("guest read: %v", err)
+		}
+		lat = append(lat, time.Since(t))
+	}
+	b.StopTimer()
+	reportLatency(b, lat)
+}
+
+// BenchmarkTapTCPCRR is bench/run.sh's crr: connect, 1-byte request,
+// response, close (the guest closes first). It covers the forwarder's
+// handshake path, including the deferred SYN-ACK writes of tapLink.
+func BenchmarkTapTCPCRR(b *testing.B) {
+	ln := listenTCP(b, "tcp4", "127.0.0.1:0", echoServe)
+	e := startTapEnv(b)
+	dst := netip.AddrPortFrom(gw4, portOf(ln.Addr()))
+	buf := []byte{1}
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := range b.N {
+		t := time.Now()
+		c, err := guestDial(b, e.guest, dst)
+		if err != nil {
+			b.Fatalf("guest dial #%d: %v", i, err)
+		}
+		if _, err := c.Write(buf); err != nil {
+			b.Fatalf("guest write #%d: %v", i, err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			b.Fatalf("guest read #%d: %v", i, err)
+		}
+		c.Close()
+		lat = append(lat, time.Since(t))
+	}
+	b.StopTimer()
+	reportLatency(b, lat)
+}
+
+// BenchmarkTapUDPGuestToHost sends 1400-byte datagrams from the guest to
+// a host UDP socket as fast as the guest can, and reports the fraction
+// delivered (bench/run.sh's UDP ns→host, unlimited).
+func BenchmarkTapUDPGuestToHost(b *testing.B) {
+	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pc.Close()
+	pc.SetReadBuffer(4 << 20)
+	got := make(chan int, 1)
+	go func() {
+		n := 0
+		buf := make([]byte, 2048)
+		for {
+			pc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			if _, err := pc.Read(buf); err != nil {
+				got <- n
+				return
+			}
+			n++
+		}
+	}()
+	e := startTapEnv(b)
+	g := guestUDP(b, e.guest, false)
+	dst := net.UDPAddrFromAddrPort(netip.AddrPortFrom(gw4, portOf(pc.LocalAddr())))
+	msg := make([]byte, 1400)
+	b.SetBytes(int64(len(msg)))
+	b.ResetTimer()
+	for range b.N {
+		g.WriteTo(msg, dst)
+	}
+	b.StopTimer()
+	n := <-got
+	b.ReportMetric(100*float64(n)/float64(b.N), "%delivered")
+}
