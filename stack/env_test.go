@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usernet/usernet/internal/testutil"
+
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -69,20 +71,8 @@ func testConfig(t testing.TB) Config {
 	}
 }
 
-// quietLogf logs to t while the test runs and is silent afterwards
-// (tailscale's WhileTestRunningLogger).
-func quietLogf(t testing.TB) func(string, ...any) {
-	var mu sync.Mutex
-	done := false
-	t.Cleanup(func() { mu.Lock(); done = true; mu.Unlock() })
-	return func(format string, args ...any) {
-		mu.Lock()
-		defer mu.Unlock()
-		if !done {
-			t.Logf(format, args...)
-		}
-	}
-}
+// quietLogf logs through t until the test ends.
+var quietLogf = testutil.QuietLogf
 
 // startEnv builds the stack with cfg on a pipe, starts Run, and builds the
 // guest. Cleanup cancels Run, checks it returned nil, and destroys the
