@@ -212,15 +212,7 @@ func TestNamespaceNotJoinable(t *testing.T) {
 		{"not-a-namespace", []string{"--netns-type=path", "/etc/hostname", "tap0"}, "/etc/hostname"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cmd := asUser(exec.Command(suite.bin, tc.args...))
-			cmd.Dir = suite.dir
-			p := startProc(t, cmd)
-			t.Cleanup(p.stop)
-			code := p.waitExit(t, 10*time.Second)
-			stderr := p.stderr.String()
-			if code != 1 || !strings.Contains(firstLine(stderr), tc.want) {
-				t.Fatalf("%s: exit status %d, stderr:\n%s\nwant 1, first line containing %q", p.name, code, stderr, tc.want)
-			}
+			checkFails(t, asUser(exec.Command(suite.bin, tc.args...)), tc.want)
 		})
 	}
 }
@@ -235,12 +227,19 @@ func TestNoTunDevice(t *testing.T) {
 	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
 		`mount -t tmpfs none /dev/net && exec setpriv --reuid="$1" --regid="$2" --clear-groups "$3" -c "$4" tap0`,
 		"sh", strconv.Itoa(int(suite.uid)), strconv.Itoa(int(suite.gid)), suite.bin, strconv.Itoa(tg.pid))
+	checkFails(t, cmd, "/dev/net/tun")
+}
+
+// checkFails runs cmd (in suite.dir) and fails the test unless it exits 1
+// with want in the first line of its stderr, as every usernet error does.
+func checkFails(t *testing.T, cmd *exec.Cmd, want string) *proc {
+	t.Helper()
 	cmd.Dir = suite.dir
 	p := startProc(t, cmd)
 	t.Cleanup(p.stop)
 	code := p.waitExit(t, 10*time.Second)
-	stderr := p.stderr.String()
-	if code != 1 || !strings.Contains(firstLine(stderr), "/dev/net/tun") {
-		t.Fatalf("%s: exit status %d, stderr:\n%s\nwant 1, first line naming /dev/net/tun", p.name, code, stderr)
+	if stderr := p.stderr.String(); code != 1 || !strings.Contains(firstLine(stderr), want) {
+		t.Fatalf("%s: exit status %d, stderr:\n%s\nwant 1, first line containing %q", p.name, code, stderr, want)
 	}
+	return p
 }

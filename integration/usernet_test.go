@@ -596,16 +596,8 @@ func TestBadInput(t *testing.T) {
 			if tc.usernetOnly != "" {
 				usernetOnly(t, tc.usernetOnly)
 			}
-			cmd := asUser(exec.Command(suite.bin, tc.args...))
-			cmd.Dir = suite.dir
-			p := startProc(t, cmd)
-			t.Cleanup(p.stop)
-			code := p.waitExit(t, 10*time.Second)
-			stderr := p.stderr.String()
-			if code != 1 || !strings.Contains(firstLine(stderr), tc.want) {
-				t.Fatalf("%s: exit status %d, stderr:\n%s\nwant 1, first line containing %q", p.name, code, stderr, tc.want)
-			}
-			if suite.isUsernet && !strings.HasPrefix(stderr, "usernet: ") {
+			p := checkFails(t, asUser(exec.Command(suite.bin, tc.args...)), tc.want)
+			if stderr := p.stderr.String(); suite.isUsernet && !strings.HasPrefix(stderr, "usernet: ") {
 				t.Errorf("%s: stderr %q; want it to start with \"usernet: \" (docs/cli.md)", p.name, stderr)
 			}
 		})
