@@ -352,22 +352,29 @@ func startUsernet(t *testing.T, tg *target, o usernetOpts) *usernet {
 	})
 	if readyR != nil {
 		defer readyR.Close()
-		got := make(chan string, 1)
-		go func() {
-			b, _ := io.ReadAll(io.LimitReader(readyR, 16)) // "1", then the writer closes
-			got <- string(b)
-		}()
-		select {
-		case s := <-got:
-			if s != "1" {
-				u.stop()
-				t.Fatalf("%s: ready fd got %q, want \"1\"; exit: %v\nstderr:\n%s", u.name, s, u.err, u.stderr.String())
-			}
-		case <-time.After(20 * time.Second):
-			t.Fatalf("%s: ready fd silent after 20s\nstderr:\n%s", u.name, u.stderr.String())
-		}
+		waitReady(t, u, readyR)
 	}
 	return u
+}
+
+// waitReady fails the test unless u writes "1" to its ready fd (read end
+// readyR) and closes it within 20 s.
+func waitReady(t *testing.T, u *usernet, readyR io.Reader) {
+	t.Helper()
+	got := make(chan string, 1)
+	go func() {
+		b, _ := io.ReadAll(io.LimitReader(readyR, 16)) // "1", then the writer closes
+		got <- string(b)
+	}()
+	select {
+	case s := <-got:
+		if s != "1" {
+			u.stop()
+			t.Fatalf("%s: ready fd got %q, want \"1\"; exit: %v\nstderr:\n%s", u.name, s, u.err, u.stderr.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%s: ready fd silent after 20s\nstderr:\n%s", u.name, u.stderr.String())
+	}
 }
 
 func hasFlag(flags []string, name string) bool {

@@ -8,7 +8,6 @@ package integration
 
 import (
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -86,20 +85,7 @@ func startBin(t *testing.T, tg *target, b parityBin, o usernetOpts) *usernet {
 			t.Logf("%s\nstdout:\n%s\nstderr:\n%s", u.name, u.stdout.String(), u.stderr.String())
 		}
 	})
-	got := make(chan string, 1)
-	go func() {
-		b, _ := io.ReadAll(io.LimitReader(readyR, 16))
-		got <- string(b)
-	}()
-	select {
-	case s := <-got:
-		if s != "1" {
-			u.stop()
-			t.Fatalf("%s: ready fd got %q, want \"1\"; exit: %v\nstderr:\n%s", u.name, s, u.err, u.stderr.String())
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatalf("%s: ready fd silent after 20s\nstderr:\n%s", u.name, u.stderr.String())
-	}
+	waitReady(t, u, readyR)
 	return u
 }
 
