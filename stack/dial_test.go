@@ -145,14 +145,7 @@ func TestDialTCPIntoNamespaceKeepsSource(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			goroutineLeakCheck(t)
-			cfg := testConfig(t)
-			cfg.EnableIPv6 = tc.v6
-			d := &dialRecorder{}
-			cfg.dial = d.dial
-			e := startEnv(t, cfg)
-			if tc.v6 {
-				addGuest6(t, e)
-			}
+			e, d := startDialEnv(t, tc.v6)
 			src, dst := netip.MustParseAddrPort(tc.src), netip.MustParseAddrPort(tc.dst)
 			peers := guestEcho(t, e.guest, dst)
 
@@ -193,14 +186,7 @@ func TestDialUDPIntoNamespaceKeepsSource(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			goroutineLeakCheck(t)
-			cfg := testConfig(t)
-			cfg.EnableIPv6 = tc.v6
-			d := &dialRecorder{}
-			cfg.dial = d.dial
-			e := startEnv(t, cfg)
-			if tc.v6 {
-				addGuest6(t, e)
-			}
+			e, d := startDialEnv(t, tc.v6)
 			src, dst := netip.MustParseAddrPort(tc.src), netip.MustParseAddrPort(tc.dst)
 			from := guestUDPEcho(t, e.guest, dst)
 
@@ -438,4 +424,20 @@ func TestDialUDPClosedGuestPortReadsRefused(t *testing.T) {
 			t.Fatalf("Read #%d after ICMP port unreachable = %v, want ECONNREFUSED", i, err)
 		}
 	}
+}
+
+// startDialEnv starts a stack whose outbound dials are recorded (the
+// guest's replies to a dial into the namespace must never reach them) and,
+// with v6, gives the guest fd00::100.
+func startDialEnv(t *testing.T, v6 bool) (*env, *dialRecorder) {
+	t.Helper()
+	cfg := testConfig(t)
+	cfg.EnableIPv6 = v6
+	d := &dialRecorder{}
+	cfg.dial = d.dial
+	e := startEnv(t, cfg)
+	if v6 {
+		addGuest6(t, e)
+	}
+	return e, d
 }
