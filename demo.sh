@@ -10,6 +10,7 @@ need=()
 command -v curl >/dev/null || need+=(curl)
 command -v ip >/dev/null || need+=(iproute2)
 command -v python3 >/dev/null || need+=(python3)
+command -v gcc >/dev/null || need+=(gcc libc6-dev) # cgo: the namespace-join constructor
 if [ "${#need[@]}" -gt 0 ]; then
 	[ "$(id -u)" -eq 0 ] || { echo "demo.sh: please install: ${need[*]}" >&2; exit 1; }
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
