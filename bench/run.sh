@@ -17,7 +17,11 @@
 #                      dir, exit 1 if anything failed. Takes about a minute (plus the build).
 #   --runs N           runs of each workload (default 5)
 #   --duration SEC     length of each timed run (default 5)
-#   --backends LIST    default usernet,slirp4netns,pasta (usernet first: ratios are against it)
+#   --backends LIST    default usernet,slirp4netns,pasta (usernet first: ratios are against it);
+#                      usernet-nooffload is usernet without vnet headers/offloads (A/B runs)
+#   --workloads RE     only the workloads whose name matches RE (tcp_n2h_65520, tcp_h2n_65520,
+#                      tcp_n2h_1500, tcp_h2n_1500, tcp_fwd_65520, udp_1g, udp_max, rr, crr);
+#                      memory and startup always run. For quick A/B runs, not for the report.
 #   --out DIR          report directory (default docs/bench, or a temp dir with --quick)
 #   --provisional TXT  a warning printed at the top of the report
 #   --rev REV          build usernet from git revision REV (git archive, read-only) instead
@@ -30,13 +34,14 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 invocation="bench/run.sh$(printf ' %q' "$@")"
 
-quick=0 runs=5 duration=5 backends=usernet,slirp4netns,pasta out= provisional= rev= usernet_bin= keep_work=0
+quick=0 runs=5 duration=5 backends=usernet,slirp4netns,pasta out= provisional= rev= usernet_bin= keep_work=0 workloads=
 while [ "$#" -gt 0 ]; do
 	case "$1" in
 	--quick) quick=1 ;;
 	--runs) runs=$2; shift ;;
 	--duration) duration=$2; shift ;;
 	--backends) backends=$2; shift ;;
+	--workloads) workloads=$2; shift ;;
 	--out) out=$2; shift ;;
 	--provisional) provisional=$2; shift ;;
 	--rev) rev=$2; shift ;;
@@ -151,7 +156,7 @@ timeout --kill-after=30 "$limit" \
 	bash -c "$netns_setup"'
 exec setpriv --reuid=usernet-bench --regid=usernet-bench --clear-groups -- "$@"' bash \
 	env -i PATH="$PATH" HOME=/ "$work/bin/usernet-bench" drive \
-	-out "$work/run" -runs "$runs" -duration "${duration}s" -backends "$backends" \
+	-out "$work/run" -runs "$runs" -duration "${duration}s" -backends "$backends" -workloads "$workloads" \
 	$([ "$quick" = 1 ] && echo -quick) \
 	-usernet "$work/bin/usernet" -usernet-version "$usernet_version" \
 	-command "$invocation" &

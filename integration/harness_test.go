@@ -277,6 +277,25 @@ func (tg *target) links(t *testing.T, ctx context.Context) map[string]ipLink {
 	return m
 }
 
+// vnetHdr reports whether the tap named name is in IFF_VNET_HDR mode (`ip -d link`: the
+// flag of the fd that attached last, i.e. usernet's).
+func (tg *target) vnetHdr(t *testing.T, ctx context.Context, name string) bool {
+	t.Helper()
+	var links []struct {
+		LinkInfo struct {
+			Kind string `json:"info_kind"`
+			Data struct {
+				VnetHdr bool `json:"vnet_hdr"`
+			} `json:"info_data"`
+		} `json:"linkinfo"`
+	}
+	tg.ipJSON(t, ctx, &links, "-d", "link", "show", name)
+	if len(links) != 1 || links[0].LinkInfo.Kind != "tun" {
+		t.Fatalf("ip -d link show %s: %+v; want one tun device", name, links)
+	}
+	return links[0].LinkInfo.Data.VnetHdr
+}
+
 // ipRoute is one entry of `ip -j route show`.
 type ipRoute struct {
 	Dst     string `json:"dst"`

@@ -380,7 +380,7 @@ func TestParityOutboundAddr(t *testing.T) {
 					p, hashes := hostHashServer(t)
 					checkTCPUp(t, testContext(t, defaultTimeout), tg, "10.0.2.2:"+p, 1<<16, hashes)
 					if tc.want6 != "" {
-						waitSLAAC(t, tg)
+						waitSLAAC(t, testContext(t, 30*time.Second), tg)
 						rec.check(t, tg, suite.inet6, tc.want6)
 					}
 				})

@@ -219,7 +219,7 @@ func TestSandboxSeccomp(t *testing.T) {
 		checkDNS(t, tg, "10.0.2.3:53", "tcp", "A", "sandbox-tcp.usernet.test", []string{answer})
 	})
 	t.Run("ipv6", func(t *testing.T) {
-		waitSLAAC(t, tg)
+		waitSLAAC(t, testContext(t, 30*time.Second), tg)
 		ln := listenTCP(t, "[::1]:0")
 		checkTCPUp(t, ctx, tg, "[fd00::2]:"+port(ln.Addr()), 1<<20, hashServer(t, ln))
 		inet := inetListenTCP(t, "[::]:0")
@@ -232,24 +232,6 @@ func TestSandboxSeccomp(t *testing.T) {
 	w.Close()
 	if code := u.waitExit(t, 5*time.Second); code != 0 {
 		t.Fatalf("%s: exit status %d after the exit fd closed; want 0\nstderr:\n%s", u.name, code, u.stderr.String())
-	}
-}
-
-// waitSLAAC waits up to 15 s for an address in fd00::/64 on the target's tap0.
-func waitSLAAC(t *testing.T, tg *target) {
-	t.Helper()
-	ctx := testContext(t, 30*time.Second)
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		for _, a := range tg.links(t, ctx)["tap0"].AddrInfo {
-			if a.Family == "inet6" && a.PrefixLen == 64 && strings.HasPrefix(a.Local, "fd00::") && !a.Tentative {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no usable SLAAC address in fd00::/64 on tap0 after 15s")
-		}
-		time.Sleep(200 * time.Millisecond)
 	}
 }
 

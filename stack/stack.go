@@ -84,6 +84,11 @@ type Config struct {
 	// MTU of the link (the tap's MTU). 0 means 1500.
 	MTU uint32
 
+	// VnetHdr says Tap was opened with IFF_VNET_HDR and tap.Offloads:
+	// frames carry virtio-net headers and TCP moves in segments of up to
+	// 64 KiB with partial checksums, both ways (vnet.go).
+	VnetHdr bool
+
 	// Network is the IPv4 virtual network, e.g. 10.0.2.0/24. The gateway
 	// is network+2 (reaches the host's 127.0.0.1 unless
 	// DisableHostLoopback), the DNS address network+3, the recommended
@@ -237,7 +242,7 @@ func New(cfg Config) (*Stack, error) {
 	if err != nil {
 		return nil, err
 	}
-	raw, err := newTapLink(tapFile, mtu, mac, func(err error) {
+	raw, err := newTapLink(tapFile, mtu, mac, cfg.VnetHdr, func(err error) {
 		// The namespace, and with it the tap, is gone.
 		s.cancel(fmt.Errorf("stack: reading the tap: %w", err))
 	})
@@ -245,8 +250,6 @@ func New(cfg Config) (*Stack, error) {
 		tapFile.Close()
 		return nil, err
 	}
-	// TODO(perf): IFF_VNET_HDR + TUNSETOFFLOAD (GSO/TSO, checksum offload)
-	// belong in tapLink; see NOTES.md §2.
 	s, err = newStack(cfg, ethernet.New(raw))
 	if err != nil {
 		tapFile.Close()

@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/usernet/usernet/tap"
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -34,6 +35,12 @@ type tapLink struct {
 	addr    tcpip.LinkAddress
 	onError func(error) // a read failed: the namespace is gone
 
+	// vnetHdr: the tap was opened with IFF_VNET_HDR and TSO/CSUM offloads
+	// (tap.Offloads), so every frame carries a virtio_net_hdr both ways,
+	// the stack hands us TCP segments of up to gsoMaxSize with partial
+	// checksums (HostGSO), and the kernel hands us the same (see vnet.go).
+	vnetHdr bool
+
 	mu         sync.Mutex
 	dispatcher gvstack.NetworkDispatcher // +checklocks:mu
 	stopping   bool                      // +checklocks:mu
@@ -47,12 +54,12 @@ type tapLink struct {
 
 var _ gvstack.LinkEndpoint = (*tapLink)(nil)
 
-func newTapLink(f *os.File, mtu uint32, addr tcpip.LinkAddress, onError func(error)) (*tapLink, error) {
+func newTapLink(f *os.File, mtu uint32, addr tcpip.LinkAddress, vnetHdr bool, onError func(error)) (*tapLink, error) {
 	raw, err := f.SyscallConn()
 	if err != nil {
 		return nil, fmt.Errorf("stack: raw tap fd: %w", err)
 	}
-	return &tapLink{file: f, raw: raw, mtu: mtu, addr: addr, onError: onError}, nil
+	return &tapLink{file: f, raw: raw, mtu: mtu, addr: addr, vnetHdr: vnetHdr, onError: onError}, nil
 }
 
 // MTU implements gvstack.LinkEndpoint.
@@ -70,8 +77,17 @@ func (l *tapLink) LinkAddress() tcpip.LinkAddress { return l.addr }
 // SetLinkAddress implements gvstack.LinkEndpoint.
 func (l *tapLink) SetLinkAddress(a tcpip.LinkAddress) { l.addr = a }
 
-// Capabilities implements gvstack.LinkEndpoint.
-func (*tapLink) Capabilities() gvstack.LinkEndpointCapabilities { return 0 }
+// Capabilities implements gvstack.LinkEndpoint. With vnet headers the
+// kernel leaves TCP and UDP checksums partial (CHECKSUM_PARTIAL: only the
+// pseudo-header sum is filled in), so they cannot be verified; the frames
+// come from the namespace's kernel through memory, never a wire, and a
+// frame crafted with a bad checksum only harms its sender's own flow.
+func (l *tapLink) Capabilities() gvstack.LinkEndpointCapabilities {
+	if l.vnetHdr {
+		return gvstack.CapabilityRXChecksumOffload
+	}
+	return 0
+}
 
 // ARPHardwareType implements gvstack.LinkEndpoint (ethernet.New overrides it).
 func (*tapLink) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
@@ -131,7 +147,12 @@ func (l *tapLink) Wait() { l.wg.Wait() }
 // readLoop delivers every frame read from the tap until Attach(nil) or a
 // read error.
 func (l *tapLink) readLoop(d gvstack.NetworkDispatcher) {
-	buf := make([]byte, int(l.mtu)+header.EthernetMinimumSize)
+	size := int(l.mtu) + header.EthernetMinimumSize
+	if l.vnetHdr {
+		// TSO: one frame may be a 64 KiB segment whatever the MTU.
+		size = max(size, maxGSOFrame) + tap.VnetHdrLen
+	}
+	buf := make([]byte, size)
 	for {
 		n, err := l.file.Read(buf)
 		if err != nil {
@@ -149,11 +170,21 @@ func (l *tapLink) readLoop(d gvstack.NetworkDispatcher) {
 			}
 			return
 		}
-		if n == 0 {
+		frame := buf[:n]
+		if l.vnetHdr {
+			// The header says how the frame was segmented and summed; the
+			// stack takes any segment size and, with
+			// CapabilityRXChecksumOffload, does not verify sums.
+			if n < tap.VnetHdrLen {
+				continue
+			}
+			frame = frame[tap.VnetHdrLen:]
+		}
+		if len(frame) == 0 {
 			continue
 		}
 		pkt := gvstack.NewPacketBuffer(gvstack.PacketBufferOptions{
-			Payload: buffer.MakeWithData(buf[:n]),
+			Payload: buffer.MakeWithData(frame),
 		})
 		d.DeliverNetworkPacket(0, pkt) // ethernet.New reads the type from the header
 		pkt.DecRef()
@@ -184,7 +215,12 @@ func (l *tapLink) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error)
 			n++
 			continue
 		}
-		if err := l.writeFrame(pkt.AsSlices()); err != nil {
+		slices := pkt.AsSlices()
+		if l.vnetHdr {
+			hdr := vnetHeaderFor(pkt)
+			slices = append([][]byte{hdr[:]}, slices...)
+		}
+		if err := l.writeFrame(slices); err != nil {
 			if n == 0 {
 				return 0, err
 			}
@@ -216,7 +252,12 @@ func (l *tapLink) deferFrame(pkt *gvstack.PacketBuffer) bool {
 		return false
 	}
 	v := pkt.ToView()
-	frame := append([]byte(nil), v.AsSlice()...)
+	var frame []byte
+	if l.vnetHdr {
+		hdr := vnetHeaderFor(pkt)
+		frame = append(frame, hdr[:]...)
+	}
+	frame = append(frame, v.AsSlice()...)
 	v.Release()
 	select {
 	case l.syns <- frame:

@@ -44,7 +44,10 @@ type Options struct {
 	// Name of the device; created if missing, attached to if it exists
 	// (rootlesskit creates tap0 itself with `ip tuntap add`).
 	Name string
-	// VnetHdr asks for IFF_VNET_HDR (virtio-net headers on every frame).
+	// VnetHdr asks for IFF_VNET_HDR (a virtio_net_hdr of VnetHdrLen
+	// bytes before every frame, both ways) and turns on the offloads that
+	// let the namespace's kernel hand over, and take, 64 KiB TCP segments
+	// with partial checksums (TSO4, TSO6, CSUM; see Offloads).
 	VnetHdr bool
 }
 
@@ -77,8 +80,24 @@ func Open(opts Options) (*os.File, error) {
 		}
 		return nil, fmt.Errorf("create tap %s: %w", opts.Name, errno)
 	}
+	if opts.VnetHdr {
+		if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, Offloads); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("enable offloads on tap %s: %w", opts.Name, err)
+		}
+	}
 	return os.NewFile(uintptr(fd), "tap:"+opts.Name), nil
 }
+
+// VnetHdrLen is the size of the virtio_net_hdr the kernel puts before every
+// frame of a tap opened with IFF_VNET_HDR (its default TUNSETVNETHDRSZ).
+const VnetHdrLen = 10
+
+// Offloads is what usernet asks of a vnet-header tap (TUNSETOFFLOAD): the
+// reader takes partial checksums and TCP segments of up to 64 KiB over
+// IPv4 and IPv6. Not UDP segmentation (TUN_F_USO4/6): gVisor has no way
+// to take a UDP super-packet apart.
+const Offloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6
 
 // Config is what `--configure` sets up on the tap.
 type Config struct {

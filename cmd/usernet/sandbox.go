@@ -33,6 +33,7 @@ import (
 // ready and exit fds of the command line, and these).
 type sandboxState struct {
 	Tap      int               // the tap's fd
+	VnetHdr  bool              `json:",omitempty"` // the tap was opened with IFF_VNET_HDR
 	API      int               `json:",omitempty"` // the API socket's listening fd (--api-socket), 0 for none
 	Watch    nsjoin.WatchState // the target watch: an inherited pidfd, or the path (see sandboxBinds)
 	Upstream string            `json:",omitempty"` // DNS upstream, resolved before the sandbox
@@ -149,6 +150,7 @@ func enterSandbox(p *prepared) error {
 		s.API = int(f.Fd())
 		keep = append(keep, s.API)
 	}
+	s.VnetHdr = p.vnetHdr
 	if p.upstream.IsValid() {
 		s.Upstream = p.upstream.String()
 	}
@@ -226,6 +228,7 @@ func resume(argv []string) (*prepared, error) {
 			}
 		}
 	}
+	p.vnetHdr = s.VnetHdr
 	if s.Upstream != "" {
 		if p.upstream, err = netip.ParseAddrPort(s.Upstream); err != nil {
 			return fail(err)

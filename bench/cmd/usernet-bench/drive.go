@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -40,6 +41,8 @@ type options struct {
 	slirp          string
 	pasta          string
 	command        string
+	workloads      string
+	workloadRE     *regexp.Regexp // nil: all workloads
 }
 
 type driver struct {
@@ -73,7 +76,9 @@ func drive(args []string) error {
 	fs.StringVar(&o.slirp, "slirp4netns", "slirp4netns", "slirp4netns binary")
 	fs.StringVar(&o.pasta, "pasta", "pasta", "pasta binary")
 	fs.StringVar(&o.command, "command", "", "how the harness was invoked, for the report")
-	if err := fs.Parse(args); err != nil {
+	fs.StringVar(&o.workloads, "workloads", "", "run only the workloads whose name matches this regexp (e.g. 'tcp_.*_1500|crr'); memory and startup always run")
+	var err error
+	if err = fs.Parse(args); err != nil {
 		return err
 	}
 	if o.out == "" {
@@ -84,6 +89,11 @@ func drive(args []string) error {
 		o.dur = 2 * time.Second
 	}
 	o.backends = strings.Split(backends, ",")
+	if o.workloads != "" {
+		if o.workloadRE, err = regexp.Compile(o.workloads); err != nil {
+			return fmt.Errorf("-workloads: %w", err)
+		}
+	}
 
 	// Children (the backends above all) inherit this limit: 1000 connections need 1000+ fds
 	// in every backend, and slirp4netns does not raise its own soft limit. Setting it here
@@ -94,9 +104,10 @@ func drive(args []string) error {
 		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
 	}
 
+	var self string
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	self, err := os.Executable()
+	self, err = os.Executable()
 	if err != nil {
 		return err
 	}
@@ -176,7 +187,7 @@ func (d *driver) preflight() error {
 
 func (d *driver) binary(backend string) string {
 	switch backend {
-	case "usernet":
+	case "usernet", usernetNoOffload:
 		return d.opt.usernet
 	case "slirp4netns":
 		return d.opt.slirp
@@ -299,10 +310,13 @@ func (d *driver) note(format string, args ...any) {
 
 func (d *driver) version(b string) string {
 	switch b {
-	case "usernet":
+	case "usernet", usernetNoOffload:
 		v := firstLine(cmdOutput(d.opt.usernet, "--version"))
 		if d.opt.usernetVersion != "" {
 			v += " (" + d.opt.usernetVersion + ")"
+		}
+		if b == usernetNoOffload {
+			v += ", " + noOffloadEnv
 		}
 		return v
 	case "slirp4netns":
@@ -592,3 +606,14 @@ func rotate(s []string, i int) []string {
 	i %= len(s)
 	return append(append([]string{}, s[i:]...), s[:i]...)
 }
+
+// usernetNoOffload is a backend for A/B runs: usernet with its tap opened
+// without IFF_VNET_HDR and offloads (the debug-only noOffloadEnv), e.g.
+// `--backends usernet,usernet-nooffload`.
+const (
+	usernetNoOffload = "usernet-nooffload"
+	noOffloadEnv     = "USERNET_DEBUG_NO_OFFLOAD=1"
+)
+
+// isUsernet reports whether backend b runs the usernet binary.
+func isUsernet(b string) bool { return b == "usernet" || b == usernetNoOffload }

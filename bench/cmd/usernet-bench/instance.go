@@ -111,6 +111,9 @@ func (in *instance) start() error {
 		return err
 	}
 	cmd := exec.Command(in.argv[0], in.argv[1:]...)
+	if in.backend == usernetNoOffload {
+		cmd.Env = append(os.Environ(), noOffloadEnv)
+	}
 	var rr *os.File
 	if in.hasReadyFD() {
 		var rw *os.File
@@ -185,9 +188,9 @@ func (in *instance) command() ([]string, error) {
 		in.fwdPort = p
 	}
 	switch in.backend {
-	case "usernet", "slirp4netns":
+	case "usernet", usernetNoOffload, "slirp4netns":
 		argv := []string{d.binary(in.backend), "--configure", "--mtu=" + mtu, "--ready-fd=3"}
-		if in.fwd && (in.backend == "slirp4netns" || d.usernetAPI) {
+		if in.fwd && (in.backend == "slirp4netns" || isUsernet(in.backend) && d.usernetAPI) {
 			in.apiSock = filepath.Join(filepath.Dir(d.logs), "api-"+in.label+".sock")
 			argv = append(argv, "--api-socket="+in.apiSock)
 		}

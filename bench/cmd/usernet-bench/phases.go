@@ -143,7 +143,7 @@ func (d *driver) throughputPhase() {
 				continue
 			}
 			if in.fwd {
-				if in.backend == "usernet" && !d.usernetAPI {
+				if isUsernet(in.backend) && !d.usernetAPI {
 					d.naExpected("tcp_fwd_65520", b, "TODO: usernet has no --api-socket yet (port forwards come with the API)")
 					d.naExpected("cpu_fwd_65520", b, "TODO: usernet has no --api-socket yet")
 				} else if err := in.startForward(); err != nil {
@@ -184,7 +184,7 @@ func (d *driver) throughputPhase() {
 		tcp("tcp_n2h_1500", "cpu_n2h_1500", 1500),
 		tcp("tcp_h2n_1500", "cpu_h2n_1500", 1500, "-R"),
 		{name: "tcp_fwd_65520", mtu: 65520, ids: []string{"tcp_fwd_65520", "cpu_fwd_65520"}, run: func(in *instance) error {
-			if in.fwdPort == 0 || (in.backend == "usernet" && !d.usernetAPI) {
+			if in.fwdPort == 0 || (isUsernet(in.backend) && !d.usernetAPI) {
 				return errSkip
 			}
 			return d.iperfTCP(in, "tcp_fwd_65520", "cpu_fwd_65520", true, []string{"-c", "127.0.0.1", "-p", strconv.Itoa(in.fwdPort), "-t", dur})
@@ -197,6 +197,9 @@ func (d *driver) throughputPhase() {
 	for i := 0; i < d.opt.runs && d.ctx.Err() == nil; i++ {
 		d.logf("-- run %d/%d", i+1, d.opt.runs)
 		for _, w := range wls {
+			if d.opt.workloadRE != nil && !d.opt.workloadRE.MatchString(w.name) {
+				continue
+			}
 			for _, b := range rotate(d.opt.backends, i) {
 				if d.ctx.Err() != nil {
 					return
