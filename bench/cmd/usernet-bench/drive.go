@@ -178,9 +178,8 @@ func (d *driver) preflight() error {
 		return err
 	}
 	out, _ := exec.Command(d.opt.usernet, "--help").CombinedOutput()
-	// TODO(usernet API): when usernet grows --api-socket (slirp4netns's add_hostfwd), the
-	// port-forward workload runs for it through the same code as for slirp4netns; nothing
-	// else to change here.
+	// The port-forward workload goes through --api-socket (slirp4netns's add_hostfwd), as
+	// for slirp4netns; a usernet built without it (an old --rev) gets n/a.
 	d.usernetAPI = bytes.Contains(out, []byte("--api-socket"))
 	return nil
 }

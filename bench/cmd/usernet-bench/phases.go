@@ -144,8 +144,8 @@ func (d *driver) throughputPhase() {
 			}
 			if in.fwd {
 				if isUsernet(in.backend) && !d.usernetAPI {
-					d.naExpected("tcp_fwd_65520", b, "TODO: usernet has no --api-socket yet (port forwards come with the API)")
-					d.naExpected("cpu_fwd_65520", b, "TODO: usernet has no --api-socket yet")
+					d.naExpected("tcp_fwd_65520", b, "this usernet has no --api-socket (port forwards come with the API)")
+					d.naExpected("cpu_fwd_65520", b, "this usernet has no --api-socket")
 				} else if err := in.startForward(); err != nil {
 					d.na("tcp_fwd_65520", b, err.Error())
 					d.na("cpu_fwd_65520", b, err.Error())
