@@ -45,12 +45,11 @@ type tapLink struct {
 	mu         sync.Mutex
 	dispatcher gvstack.NetworkDispatcher // +checklocks:mu
 	stopping   bool                      // +checklocks:mu
-	wg         sync.WaitGroup            // the reader and the SYN writer
+	wg         sync.WaitGroup            // the reader and the tx writer
 
-	// syns carries copies of outgoing TCP segments with SYN set to
-	// synWriter, which writes them after WritePackets has returned (see
-	// WritePackets). Closed by Attach(nil).
-	syns chan []byte
+	// tx holds the frames WritePackets defers to the writer goroutine
+	// (txqueue.go); nil until Attach starts the writer.
+	tx *txQueue // +checklocks:mu
 }
 
 var _ gvstack.LinkEndpoint = (*tapLink)(nil)
@@ -123,10 +122,10 @@ func (l *tapLink) Attach(d gvstack.NetworkDispatcher) {
 		}
 		l.dispatcher = nil
 		l.stopping = true
-		syns := l.syns
-		l.syns = nil
+		tx := l.tx
+		l.tx = nil
 		l.mu.Unlock()
-		close(syns)
+		tx.stop()
 		l.file.SetReadDeadline(time.Unix(1, 0))
 		l.wg.Wait()
 		return
@@ -136,10 +135,10 @@ func (l *tapLink) Attach(d gvstack.NetworkDispatcher) {
 		return
 	}
 	l.dispatcher = d
-	syns := make(chan []byte, synQueueLen)
-	l.syns = syns
+	tx := newTxQueue()
+	l.tx = tx
 	l.wg.Go(func() { l.readLoop(d) })
-	l.wg.Go(func() { l.synWriter(syns) })
+	l.wg.Go(func() { tx.run(l.writePacket) })
 }
 
 // Wait implements gvstack.LinkEndpoint.
@@ -256,36 +255,50 @@ func (l *tapLink) readv(iov *[2][]byte, head, body []byte) (int, error) {
 // of usernet's CPU in bulk ns→host, profiled); now it is 128 bytes.
 const headSplit = 128
 
-// synQueueLen bounds the SYN frames waiting for synWriter; beyond it they
-// are written inline.
-const synQueueLen = 256
+// asyncMinSize is the frame size from which WritePackets hands frames to
+// the writer goroutine instead of writing them itself (see WritePackets).
+// Request/response traffic stays below it and is written inline, with no
+// goroutine hand-off; bulk segments (64 KiB with offloads or MTU 65520) go
+// to the writer.
+const asyncMinSize = 16 << 10
 
 // WritePackets implements gvstack.LinkEndpoint: one write(v) per frame,
 // as a tap takes one frame per write.
 //
-// TCP segments with SYN set (our SYN-ACKs, and SYNs of DialTCP) are not
-// written here but handed to synWriter. gVisor sends them while holding
-// the new endpoint's mutex (listenContext.startHandshake, connect), and the
-// guest kernel answers inside our write(2): its ACK, often with data, is
-// on the tap before we return. The TCP processor goroutine that gets it
-// finds the mutex taken, and re-queues and retries the endpoint in a
-// loop (tcp/dispatcher.go) until the holder unlocks: a busy loop on one of
-// our two Ps while the holder may be waiting for a P after its syscall.
-// Measured (bench rr -mode crr, MTU 65520, 2 cores): the processor loop
-// was 66% of usernet's CPU, p99 ≈ 7–13 ms; see the package benchmarks.
+// Some frames are not written here but queued for the link's writer
+// goroutine (txqueue.go), which writes them after WritePackets has
+// returned:
+//
+//   - TCP segments with SYN set (our SYN-ACKs, and SYNs of DialTCP). gVisor
+//     sends them while holding the new endpoint's mutex
+//     (listenContext.startHandshake, connect), and the guest kernel answers
+//     inside our write(2): its ACK, often with data, is on the tap before
+//     we return. The TCP processor goroutine that gets it finds the mutex
+//     taken, and re-queues and retries the endpoint in a loop
+//     (tcp/dispatcher.go) until the holder unlocks: a busy loop on one of
+//     our two Ps while the holder may be waiting for a P after its
+//     syscall. Measured (bench rr -mode crr, MTU 65520, 2 cores): the
+//     processor loop was 66% of usernet's CPU, p99 ≈ 7–13 ms.
+//   - Frames of asyncMinSize or more. The same holds for bulk data (the
+//     guest's ACK comes back while the sender holds the endpoint lock), and
+//     writing a 64 KiB segment into the namespace is a quarter of the CPU
+//     of a host→namespace transfer (the namespace's receive path runs in
+//     our write): on the writer goroutine it overlaps with the copy
+//     goroutine reading the next bytes from the host.
+//   - Any frame while frames are queued or being written, so that a flow's
+//     frames keep their order (a FIN never overtakes its data).
 func (l *tapLink) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error) {
+	l.mu.Lock()
+	tx := l.tx
+	l.mu.Unlock()
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
-		if isTCPSyn(pkt) && l.deferFrame(pkt) {
+		deferIt := pkt.Size() >= asyncMinSize || isTCPSyn(pkt)
+		if tx != nil && tx.offer(pkt, deferIt) {
 			n++
 			continue
 		}
-		slices := pkt.AsSlices()
-		if l.vnetHdr {
-			hdr := vnetHeaderFor(pkt)
-			slices = append([][]byte{hdr[:]}, slices...)
-		}
-		if err := l.writeFrame(slices); err != nil {
+		if err := l.writePacket(pkt); err != nil {
 			if n == 0 {
 				return 0, err
 			}
@@ -294,6 +307,17 @@ func (l *tapLink) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error)
 		n++
 	}
 	return n, nil
+}
+
+// writePacket writes one frame, with its virtio-net header if the tap has
+// them.
+func (l *tapLink) writePacket(pkt *gvstack.PacketBuffer) tcpip.Error {
+	slices := pkt.AsSlices()
+	if l.vnetHdr {
+		hdr := vnetHeaderFor(pkt)
+		slices = append([][]byte{hdr[:]}, slices...)
+	}
+	return l.writeFrame(slices)
 }
 
 // isTCPSyn reports whether pkt is a TCP segment with SYN set.
@@ -306,38 +330,6 @@ func isTCPSyn(pkt *gvstack.PacketBuffer) bool {
 		return false
 	}
 	return header.TCP(th).Flags().Contains(header.TCPFlagSyn)
-}
-
-// deferFrame queues a copy of pkt for synWriter; false means it was not
-// queued (link stopping, queue full) and the caller writes it.
-func (l *tapLink) deferFrame(pkt *gvstack.PacketBuffer) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.syns == nil {
-		return false
-	}
-	v := pkt.ToView()
-	var frame []byte
-	if l.vnetHdr {
-		hdr := vnetHeaderFor(pkt)
-		frame = append(frame, hdr[:]...)
-	}
-	frame = append(frame, v.AsSlice()...)
-	v.Release()
-	select {
-	case l.syns <- frame:
-		return true
-	default:
-		return false
-	}
-}
-
-// synWriter writes the frames deferFrame queued until Attach(nil) closes
-// the channel.
-func (l *tapLink) synWriter(syns <-chan []byte) {
-	for frame := range syns {
-		l.writeFrame([][]byte{frame})
-	}
 }
 
 func (l *tapLink) writeFrame(slices [][]byte) tcpip.Error {
