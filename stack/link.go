@@ -186,6 +186,9 @@ func (s *Stack) filterIPv4(pkt *gvstack.PacketBuffer) bool {
 		}
 		return true
 	case header.TCPProtocolNumber, header.UDPProtocolNumber:
+		if ip.TransportProtocol() == header.UDPProtocolNumber && !fragmented && s.udpFastSend(pkt, src, dst, ihl, total) {
+			return true
+		}
 		if dst != s.gw4 || !s.cfg.DisableHostLoopback || !firstFragment {
 			return false
 		}

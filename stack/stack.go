@@ -186,6 +186,10 @@ type Stack struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
+	// udpFast holds the UDP flows whose datagrams the link filter writes
+	// to the host itself (udpfast.go).
+	udpFast udpFastTable
+
 	// flows tracks every goroutine the Stack starts or gVisor starts on
 	// its behalf; teardown refuses new ones and waits for the rest.
 	flows tracker

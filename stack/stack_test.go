@@ -1123,3 +1123,60 @@ func TestRunEndsWithErrorWhenTapFails(t *testing.T) {
 		t.Fatal("Run did not return after the tap failed")
 	}
 }
+
+// TestUDPFastPath: after a flow's first datagram, the link filter writes
+// the flow's datagrams to its host socket itself (udpfast.go). Every
+// datagram still arrives, in order, with its content; replies come back;
+// the flow leaves the fast table when it expires.
+func TestUDPFastPath(t *testing.T) {
+	goroutineLeakCheck(t)
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { pc.Close(); wg.Wait() })
+	wg.Go(func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], from)
+		}
+	})
+	cfg := testConfig(t)
+	cfg.udpIdle = 300 * time.Millisecond
+	e := startEnv(t, cfg)
+	dst := net.UDPAddrFromAddrPort(netip.AddrPortFrom(gw4, portOf(pc.LocalAddr())))
+	u := guestUDP(t, e.guest, false)
+	buf := make([]byte, 2048)
+	for i := range 500 {
+		msg := fmt.Appendf(nil, "datagram %d %s", i, strings.Repeat("x", i))
+		if _, err := u.WriteTo(msg, dst); err != nil {
+			t.Fatalf("guest write #%d: %v", i, err)
+		}
+		u.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, _, err := u.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("guest read #%d: %v", i, err)
+		}
+		if !bytes.Equal(buf[:n], msg) {
+			t.Fatalf("echo #%d = %q, want %q", i, buf[:n], msg)
+		}
+		if i == 0 {
+			continue
+		}
+		if got := e.s.udpFast.n.Load(); got != 1 {
+			t.Fatalf("after datagram #%d: %d flows in the fast table, want 1", i, got)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for e.s.udpFast.n.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("expired flow still in the fast table after 5s (idle timeout 300ms)")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -81,9 +81,20 @@ func (s *Stack) serveUDP(guest *gonet.UDPConn, hostDst netip.AddrPort, idle time
 	}
 	defer host.Close()
 
-	var once sync.Once
+	var (
+		once   sync.Once
+		fastMu sync.Mutex
+		closed bool       // +checklocks:fastMu
+		fast   udpFastKey // +checklocks:fastMu; registered when valid
+	)
 	closeBoth := func() {
 		once.Do(func() {
+			fastMu.Lock()
+			closed = true
+			if fast.src.IsValid() {
+				s.udpFast.remove(fast)
+			}
+			fastMu.Unlock()
 			guest.Close()
 			host.Close()
 		})
@@ -93,6 +104,18 @@ func (s *Stack) serveUDP(guest *gonet.UDPConn, hostDst netip.AddrPort, idle time
 	timer := time.AfterFunc(idle, closeBoth)
 	defer timer.Stop()
 	extend := func() { timer.Reset(idle) }
+
+	// From now on the link filter writes this flow's datagrams to host
+	// itself (udpfast.go); those that reach the gVisor endpoint anyway
+	// (queued before, or not taken by the fast path) are relayed below.
+	if k, rc, ok := udpFastKeyOf(guest, host); ok {
+		fastMu.Lock()
+		if !closed {
+			fast = k
+			s.udpFast.add(k, &udpFastFlow{rc: rc, extend: extend})
+		}
+		fastMu.Unlock()
+	}
 
 	var wg sync.WaitGroup
 	wg.Go(func() {
