@@ -269,6 +269,7 @@ const asyncMinSize = 16 << 10
 // goroutine (txqueue.go), which writes them after WritePackets has
 // returned:
 //
+//   - Pure ACKs (see deferredTCP).
 //   - TCP segments with SYN set (our SYN-ACKs, and SYNs of DialTCP). gVisor
 //     sends them while holding the new endpoint's mutex
 //     (listenContext.startHandshake, connect), and the guest kernel answers
@@ -293,7 +294,7 @@ func (l *tapLink) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error)
 	l.mu.Unlock()
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
-		deferIt := pkt.Size() >= asyncMinSize || isTCPSyn(pkt)
+		deferIt := pkt.Size() >= asyncMinSize || deferredTCP(pkt)
 		if tx != nil && tx.offer(pkt, deferIt) {
 			n++
 			continue
@@ -320,8 +321,15 @@ func (l *tapLink) writePacket(pkt *gvstack.PacketBuffer) tcpip.Error {
 	return l.writeFrame(slices)
 }
 
-// isTCPSyn reports whether pkt is a TCP segment with SYN set.
-func isTCPSyn(pkt *gvstack.PacketBuffer) bool {
+// deferredTCP reports whether pkt is a TCP segment that WritePackets
+// always hands to the writer: one with SYN set, or a pure ACK (no data, no
+// other flag). gVisor acknowledges every batch of received data at once
+// (connect.go handleSegmentsLocked, no delayed ACK) on the TCP processor
+// goroutine, which has just woken the reader of that data: written inline,
+// the ACK's write(2), with the namespace's kernel processing it inside,
+// holds the P the reader is waiting for. An ACK is never urgent and never
+// overtakes anything (the queue keeps order).
+func deferredTCP(pkt *gvstack.PacketBuffer) bool {
 	if pkt.TransportProtocolNumber != header.TCPProtocolNumber {
 		return false
 	}
@@ -329,7 +337,8 @@ func isTCPSyn(pkt *gvstack.PacketBuffer) bool {
 	if len(th) < header.TCPMinimumSize {
 		return false
 	}
-	return header.TCP(th).Flags().Contains(header.TCPFlagSyn)
+	flags := header.TCP(th).Flags()
+	return flags.Contains(header.TCPFlagSyn) || (flags == header.TCPFlagAck && pkt.Data().Size() == 0)
 }
 
 func (l *tapLink) writeFrame(slices [][]byte) tcpip.Error {
