@@ -470,3 +470,26 @@ func injectFrame(t testing.TB, g *gvstack.Stack, proto tcpip.NetworkProtocolNumb
 		t.Fatalf("guest WriteRawPacket(%d bytes): %v", len(frame), err)
 	}
 }
+
+// udpEchoServer starts a UDP echo server on the host's 127.0.0.1, stopped
+// at cleanup.
+func udpEchoServer(t *testing.T) net.PacketConn {
+	t.Helper()
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { pc.Close(); wg.Wait() })
+	wg.Go(func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], from)
+		}
+	})
+	return pc
+}

@@ -343,22 +343,7 @@ func TestRouteTable(t *testing.T) {
 
 func TestUDPManyFlows(t *testing.T) {
 	goroutineLeakCheck(t)
-	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { pc.Close(); wg.Wait() })
-	wg.Go(func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(buf[:n], from)
-		}
-	})
+	pc := udpEchoServer(t)
 	e := startEnv(t, testConfig(t))
 
 	dst := netip.AddrPortFrom(gw4, portOf(pc.LocalAddr()))
@@ -400,22 +385,7 @@ func (c *closeNotifier) Close() error {
 
 func TestUDPIdleFlowExpires(t *testing.T) {
 	goroutineLeakCheck(t)
-	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { pc.Close(); wg.Wait() })
-	wg.Go(func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(buf[:n], from)
-		}
-	})
+	pc := udpEchoServer(t)
 	hostConns := make(chan *closeNotifier, 10)
 	d := &dialRecorder{onConn: func(c net.Conn) net.Conn {
 		cn := &closeNotifier{Conn: c, closed: make(chan struct{})}
@@ -1130,22 +1100,7 @@ func TestRunEndsWithErrorWhenTapFails(t *testing.T) {
 // the flow leaves the fast table when it expires.
 func TestUDPFastPath(t *testing.T) {
 	goroutineLeakCheck(t)
-	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { pc.Close(); wg.Wait() })
-	wg.Go(func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(buf[:n], from)
-		}
-	})
+	pc := udpEchoServer(t)
 	cfg := testConfig(t)
 	cfg.udpIdle = 300 * time.Millisecond
 	e := startEnv(t, cfg)

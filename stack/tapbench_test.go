@@ -196,21 +196,7 @@ var tapBulkCases = []struct {
 func BenchmarkTapTCPGuestToHost(b *testing.B) {
 	for _, tc := range tapBulkCases {
 		b.Run(tc.name, func(b *testing.B) {
-			ln := listenTCP(b, "tcp4", "127.0.0.1:0", func(c net.Conn) { io.Copy(io.Discard, c) })
-			e := startTapEnvWith(b, tc.mtu, tc.vnet)
-			c, err := guestDial(b, e.guest, netip.AddrPortFrom(gw4, portOf(ln.Addr())))
-			if err != nil {
-				b.Fatalf("guest dial: %v", err)
-			}
-			defer c.Close()
-			buf := make([]byte, 64<<10)
-			b.SetBytes(int64(len(buf)))
-			b.ResetTimer()
-			for range b.N {
-				if _, err := c.Write(buf); err != nil {
-					b.Fatalf("guest write: %v", err)
-				}
-			}
+			benchGuestToHost(b, func() *env { return startTapEnvWith(b, tc.mtu, tc.vnet) })
 		})
 	}
 }
@@ -220,28 +206,7 @@ func BenchmarkTapTCPGuestToHost(b *testing.B) {
 func BenchmarkTapTCPHostToGuest(b *testing.B) {
 	for _, tc := range tapBulkCases {
 		b.Run(tc.name, func(b *testing.B) {
-			src := make([]byte, 64<<10)
-			ln := listenTCP(b, "tcp4", "127.0.0.1:0", func(c net.Conn) {
-				for {
-					if _, err := c.Write(src); err != nil {
-						return
-					}
-				}
-			})
-			e := startTapEnvWith(b, tc.mtu, tc.vnet)
-			c, err := guestDial(b, e.guest, netip.AddrPortFrom(gw4, portOf(ln.Addr())))
-			if err != nil {
-				b.Fatalf("guest dial: %v", err)
-			}
-			defer c.Close()
-			buf := make([]byte, 64<<10)
-			b.SetBytes(int64(len(buf)))
-			b.ResetTimer()
-			for range b.N {
-				if _, err := io.ReadFull(c, buf); err != nil {
-					b.Fatalf("guest read: %v", err)
-				}
-			}
+			benchHostToGuest(b, func() *env { return startTapEnvWith(b, tc.mtu, tc.vnet) })
 		})
 	}
 }
