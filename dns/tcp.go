@@ -43,8 +43,10 @@ func (f *Forwarder) serveTCP(ctx context.Context, wg *sync.WaitGroup, ln net.Lis
 		select {
 		case f.tcpSem <- struct{}{}:
 		default:
-			c.Close()
+			// Counted before the close: whoever sees the close (a
+			// client, a test) must find it counted.
 			f.tcpRejected.Add(1)
+			c.Close()
 			if f.dropLog.allow() {
 				f.logf("dns: closing new TCP connections: %d open (%d closed so far)", cap(f.tcpSem), f.tcpRejected.Load())
 			}
