@@ -88,19 +88,7 @@ func helperResolve(args []string) (any, error) {
 		return nil, err
 	}
 	var res ResolveResult
-	if b, err := os.ReadFile("/etc/resolv.conf"); err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			if f := strings.Fields(l); len(f) >= 2 && f[0] == "nameserver" {
-				res.ResolvNS = append(res.ResolvNS, f[1])
-			}
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), helperTimeout)
-	defer cancel()
-	r := &net.Resolver{PreferGo: true}
-	var err error
-	res.Addrs, err = r.LookupHost(ctx, args[0])
-	res.Err = errName(err)
+	res.ResolvNS, res.Addrs, res.Err = lookupAsNamespace(args[0])
 	return res, nil
 }
 

@@ -529,20 +529,26 @@ func helperRunCheck(args []string) (any, error) {
 	if res.TCP, err = tcpExchange(args[0], "4096", false); err != nil {
 		return nil, err
 	}
+	res.ResolvNS, res.Lookup, res.LookErr = lookupAsNamespace(args[1])
+	if err := json.NewEncoder(os.Stdout).Encode(res); err != nil {
+		return nil, err
+	}
+	return exitCode(7), nil
+}
+
+// lookupAsNamespace reads the nameservers of the /etc/resolv.conf this process sees and
+// resolves name with the Go resolver (which uses that file), as a program in the namespace
+// would. It returns the nameservers, the addresses and the lookup error's name.
+func lookupAsNamespace(name string) (nameservers, addrs []string, errText string) {
 	if b, err := os.ReadFile("/etc/resolv.conf"); err == nil {
 		for _, l := range strings.Split(string(b), "\n") {
 			if f := strings.Fields(l); len(f) >= 2 && f[0] == "nameserver" {
-				res.ResolvNS = append(res.ResolvNS, f[1])
+				nameservers = append(nameservers, f[1])
 			}
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), helperTimeout)
 	defer cancel()
-	r := &net.Resolver{PreferGo: true}
-	res.Lookup, err = r.LookupHost(ctx, args[1])
-	res.LookErr = errName(err)
-	if err := json.NewEncoder(os.Stdout).Encode(res); err != nil {
-		return nil, err
-	}
-	return exitCode(7), nil
+	addrs, err := (&net.Resolver{PreferGo: true}).LookupHost(ctx, name)
+	return nameservers, addrs, errName(err)
 }

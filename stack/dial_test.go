@@ -35,33 +35,19 @@ func guestEcho(t *testing.T, g *gvstack.Stack, dst netip.AddrPort) <-chan netip.
 		t.Fatalf("guest ListenTCP(%v): %v", dst, err)
 	}
 	peers := make(chan netip.AddrPort, 16)
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			// A connection reset before Accept has no remote address
-			// any more: report the zero value, which no test expects.
-			var peer netip.AddrPort
-			if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-				peer = a.AddrPort()
-			}
-			select {
-			case peers <- peer:
-			default:
-			}
-			wg.Go(func() {
-				defer c.Close()
-				io.Copy(c, c)
-				c.(*gonet.TCPConn).CloseWrite()
-			})
+	serveListener(t, ln, func(c net.Conn) {
+		// A connection reset before Accept has no remote address any
+		// more: report the zero value, which no test expects.
+		var peer netip.AddrPort
+		if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+			peer = a.AddrPort()
 		}
+		select {
+		case peers <- peer:
+		default:
+		}
+		io.Copy(c, c)
+		c.(*gonet.TCPConn).CloseWrite()
 	})
 	return peers
 }

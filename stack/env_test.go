@@ -357,6 +357,14 @@ func listenTCP(t testing.TB, network, addr string, serve func(net.Conn)) *net.TC
 	if err != nil {
 		t.Fatalf("net.Listen(%q, %q): %v", network, addr, err)
 	}
+	serveListener(t, ln, serve)
+	return ln.(*net.TCPListener)
+}
+
+// serveListener accepts on ln until cleanup closes it and runs serve on a
+// goroutine of its own for each conn, closing the conn after; cleanup waits
+// for all of them.
+func serveListener(t testing.TB, ln net.Listener, serve func(net.Conn)) {
 	var wg sync.WaitGroup
 	t.Cleanup(func() {
 		ln.Close()
@@ -374,7 +382,6 @@ func listenTCP(t testing.TB, network, addr string, serve func(net.Conn)) *net.TC
 			})
 		}
 	})
-	return ln.(*net.TCPListener)
 }
 
 func echoServe(c net.Conn) {
