@@ -2,6 +2,7 @@ package stack
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 
@@ -107,15 +108,29 @@ func (s *Stack) dialHost(ctx context.Context, network string, dst netip.AddrPort
 		return dialPing(dst.Addr(), local)
 	}
 	d := net.Dialer{Timeout: s.cfg.DialTimeout}
+	var laddr netip.AddrPort
 	if local.IsValid() {
-		switch network {
-		case "tcp":
-			d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(local, 0))
-		case "udp":
-			d.LocalAddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(local, 0))
-		}
+		laddr = netip.AddrPortFrom(local, 0)
 	}
-	return d.DialContext(ctx, network, dst.String())
+	// DialTCP and DialUDP take the addresses as they are: no string to
+	// format and parse again, no resolver, no dialParallel (a connection
+	// per transaction pays for all of it). On error they return a typed
+	// nil, which must not become a non-nil net.Conn.
+	switch network {
+	case "tcp":
+		c, err := d.DialTCP(ctx, network, laddr, dst)
+		if err != nil {
+			return nil, err
+		}
+		return c, nil
+	case "udp":
+		c, err := d.DialUDP(ctx, network, laddr, dst)
+		if err != nil {
+			return nil, err
+		}
+		return c, nil
+	}
+	return nil, fmt.Errorf("dial %s %v: unknown network", network, dst)
 }
 
 // addrFrom converts a gVisor address to netip.
