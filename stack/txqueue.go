@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"runtime"
 	"sync"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -65,8 +66,20 @@ func (q *txQueue) run(write func(*gvstack.PacketBuffer) tcpip.Error) {
 	for {
 		q.mu.Lock()
 		q.writing = false
-		for len(q.frames) == 0 && !q.stopped {
-			q.ready.Wait()
+		if len(q.frames) == 0 && !q.stopped {
+			for len(q.frames) == 0 && !q.stopped {
+				q.ready.Wait()
+			}
+			// Woken: let the goroutines readied in the same burst run
+			// first. On one P (cmd/usernet oneProc) the TCP processor
+			// readies the copy goroutine and then us, for the pure ACK
+			// of the same segment, and the last readied runs first: the
+			// ACK's write (with the namespace's receive path in it)
+			// would delay the data on its way to the host. A/B, bench
+			// rr: p99 317/326 → 284/294 µs, p50 no worse, bulk no worse.
+			q.mu.Unlock()
+			runtime.Gosched()
+			q.mu.Lock()
 		}
 		if q.stopped {
 			for _, pkt := range q.frames {
