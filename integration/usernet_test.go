@@ -225,9 +225,12 @@ func TestTCPLargeTransfer(t *testing.T) {
 		{"mtu1500-ipv6", "1500", true, true},
 		{"mtu1500-no-offload-up", "1500", false, false},
 	} {
+		// One at a time: four 1 GiB transfers at once on two cores starve
+		// each other, and under that load the echo can hit the gVisor
+		// stall described in docs/design.md "Known limits" (seen once in
+		// a full run). A transfer takes 3–11 s; two minutes is a stall.
 		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			ctx := testContext(t, 5*time.Minute)
+			ctx := testContext(t, 2*time.Minute)
 			tg := newTarget(t)
 			opts := usernetOpts{flags: []string{"-c", "--mtu=" + tc.mtu}}
 			if tc.ipv6 {
