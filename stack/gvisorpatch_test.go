@@ -1,0 +1,37 @@
+package stack
+
+import (
+	"testing"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
+)
+
+// TestGVisorZeroWindowPatch fails when usernet is built against an unpatched gVisor (the
+// replace in go.mod dropped, or third_party/gvisor regenerated without
+// third_party/gvisor-patches/0001-*): with the receive window closed, a segment that starts
+// at RCV.NXT must be acceptable so that its ACK is acted on (Linux's tcp_sequence). Without
+// it a TCP connection saturated both ways can stall for good (docs/design.md, "Carried gVisor
+// patches"; integration test TestTCPLargeTransfer/mtu1500-no-offload).
+func TestGVisorZeroWindowPatch(t *testing.T) {
+	const nxt = seqnum.Value(100000)
+	for _, tc := range []struct {
+		name   string
+		seq    seqnum.Value
+		len    seqnum.Size
+		rcvAcc seqnum.Value
+		want   bool
+	}{
+		{"closed window, data at RCV.NXT", nxt, 1448, nxt, true},
+		{"closed window, pure ACK at RCV.NXT", nxt, 0, nxt, true},
+		{"closed window, data after RCV.NXT", nxt + 1, 1448, nxt, false},
+		{"closed window, old data", nxt - 1448, 1448, nxt, false},
+		{"open window, data at RCV.NXT", nxt, 1448, nxt + 65535, true},
+		{"open window, data past the window", nxt + 65536, 1448, nxt + 65535, false},
+	} {
+		if got := header.Acceptable(tc.seq, tc.len, nxt, tc.rcvAcc); got != tc.want {
+			t.Errorf("%s: header.Acceptable(seq %d, len %d, rcvNxt %d, rcvAcc %d) = %v, want %v",
+				tc.name, tc.seq, tc.len, nxt, tc.rcvAcc, got, tc.want)
+		}
+	}
+}
