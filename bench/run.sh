@@ -20,7 +20,8 @@
 #   --backends LIST    default usernet,slirp4netns,pasta (usernet first: ratios are against it);
 #                      usernet-nooffload is usernet without vnet headers/offloads (A/B runs)
 #   --workloads RE     only the workloads whose name matches RE (tcp_n2h_65520, tcp_h2n_65520,
-#                      tcp_n2h_1500, tcp_h2n_1500, tcp_fwd_65520, udp_1g, udp_max, rr, crr);
+#                      tcp_n2h_1500, tcp_h2n_1500, tcp_fwd_65520, tcp_fwdr_65520, udp_1g,
+#                      udp_max, rr, crr, rr_fwd, crr_fwd);
 #                      memory and startup always run. For quick A/B runs, not for the report.
 #   --out DIR          report directory (default docs/bench, or a temp dir with --quick)
 #   --provisional TXT  a warning printed at the top of the report

@@ -17,6 +17,7 @@ import (
 
 const (
 	guestIperfPort = 5201 // iperf3 -s inside the namespace, for port forwards
+	guestEchoPort  = 5202 // usernet-bench echo inside the namespace, for rr/crr through a forward
 	tapName        = "tap0"
 )
 
@@ -25,18 +26,21 @@ type instance struct {
 	backend string
 	mtu     int
 	label   string // e.g. "usernet/mtu65520"
-	fwd     bool   // set up a port forward 127.0.0.1:fwdPort → namespace :5201
+	fwd     bool   // set up port forwards 127.0.0.1:fwdPort → :5201 and fwdEchoPort → :5202
 
-	holder  *proc // unshare ... sleep: owns the namespaces
-	nsPID   int
-	be      *proc // the backend
-	argv    []string
-	apiSock string
-	fwdPort int
+	holder      *proc // unshare ... sleep: owns the namespaces
+	nsPID       int
+	be          *proc // the backend
+	argv        []string
+	apiSock     string
+	fwdPort     int // → iperf3 -s in the namespace; 0 when the forwards are not up
+	fwdEchoPort int // → the echo server in the namespace
+	fwdAdded    bool
 
 	iperfPort int   // host iperf3 server on 127.0.0.1, for this instance only
 	iperf     *proc // host iperf3 -s
 	nsIperf   *proc // iperf3 -s inside the namespace (port forward target)
+	nsEcho    *proc // usernet-bench echo inside the namespace (port forward target)
 
 	readyFD, polled time.Duration // startup
 	dead            string        // why this instance can run nothing more
@@ -181,11 +185,13 @@ func (in *instance) command() ([]string, error) {
 	pid := strconv.Itoa(in.nsPID)
 	mtu := strconv.Itoa(in.mtu)
 	if in.fwd {
-		p, err := freePort()
-		if err != nil {
+		var err error
+		if in.fwdPort, err = freePort(); err != nil {
 			return nil, err
 		}
-		in.fwdPort = p
+		if in.fwdEchoPort, err = freePort(); err != nil {
+			return nil, err
+		}
 	}
 	switch in.backend {
 	case "usernet", usernetNoOffload, "slirp4netns":
@@ -198,7 +204,7 @@ func (in *instance) command() ([]string, error) {
 	case "pasta":
 		tcp := "none"
 		if in.fwd {
-			tcp = fmt.Sprintf("127.0.0.1/%d:%d", in.fwdPort, guestIperfPort)
+			tcp = fmt.Sprintf("127.0.0.1/%d:%d,%d:%d", in.fwdPort, guestIperfPort, in.fwdEchoPort, guestEchoPort)
 		}
 		// -f: stay in the foreground (we own its PID); -4: IPv4 only, like the others here;
 		// -g 10.0.2.2 is mapped to the host's loopback by default (--no-map-gw turns it off);
@@ -255,35 +261,42 @@ func (in *instance) startIperf() error {
 	return fmt.Errorf("host iperf3 -s -p %d not listening: %s", in.iperfPort, in.iperf.logTail())
 }
 
-// startForward starts iperf3 -s in the namespace and, for backends with an API socket,
-// adds the forward 127.0.0.1:fwdPort → :5201 (pasta got it on its command line).
+// startForward starts iperf3 -s and the echo server in the namespace and, for backends with
+// an API socket, adds the forwards 127.0.0.1:fwdPort → :5201 and 127.0.0.1:fwdEchoPort →
+// :5202 (pasta got them on its command line).
 func (in *instance) startForward() error {
 	d := in.d
 	in.nsIperf.stop(time.Second)
+	in.nsEcho.stop(time.Second)
 	var err error
-	in.nsIperf, err = d.spawn(in.label+"-iperf3s-ns", in.inNS("iperf3", "-s", "-p", strconv.Itoa(guestIperfPort)))
-	if err != nil {
+	if in.nsIperf, err = d.spawn(in.label+"-iperf3s-ns", in.inNS("iperf3", "-s", "-p", strconv.Itoa(guestIperfPort))); err != nil {
+		return err
+	}
+	if in.nsEcho, err = d.spawn(in.label+"-echo-ns", in.inNS(d.self, "echo", "-addr", fmt.Sprintf("0.0.0.0:%d", guestEchoPort))); err != nil {
 		return err
 	}
 	up := false
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline) && !up; time.Sleep(50 * time.Millisecond) {
 		out, _ := d.run(5*time.Second, in.ns("cat", "/proc/net/tcp", "/proc/net/tcp6")...)
-		up = listening(string(out), guestIperfPort)
+		up = listening(string(out), guestIperfPort) && listening(string(out), guestEchoPort)
 	}
 	if !up {
-		return fmt.Errorf("iperf3 -s in the namespace not listening: %s", in.nsIperf.logTail())
+		return fmt.Errorf("iperf3 -s or the echo server in the namespace not listening: %s %s", in.nsIperf.logTail(), in.nsEcho.logTail())
 	}
-	if in.apiSock == "" {
-		return nil // pasta: forwarded from the start
+	if in.apiSock == "" || in.fwdAdded {
+		return nil // pasta: forwarded from the start; a restart keeps the forwards
 	}
-	req := fmt.Sprintf(`{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"127.0.0.1","host_port":%d,"guest_port":%d}}`, in.fwdPort, guestIperfPort)
-	reply, err := apiCall(in.apiSock, req)
-	if err != nil {
-		return fmt.Errorf("add_hostfwd via %s: %w", in.apiSock, err)
+	for _, f := range [][2]int{{in.fwdPort, guestIperfPort}, {in.fwdEchoPort, guestEchoPort}} {
+		req := fmt.Sprintf(`{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"127.0.0.1","host_port":%d,"guest_port":%d}}`, f[0], f[1])
+		reply, err := apiCall(in.apiSock, req)
+		if err != nil {
+			return fmt.Errorf("add_hostfwd via %s: %w", in.apiSock, err)
+		}
+		if !strings.Contains(reply, `"return"`) || strings.Contains(reply, `"error"`) {
+			return fmt.Errorf("add_hostfwd: %s", reply)
+		}
 	}
-	if !strings.Contains(reply, `"return"`) || strings.Contains(reply, `"error"`) {
-		return fmt.Errorf("add_hostfwd: %s", reply)
-	}
+	in.fwdAdded = true
 	return nil
 }
 
@@ -306,6 +319,7 @@ func apiCall(sock, req string) (string, error) {
 // stop kills the backend, its servers and the namespace holder.
 func (in *instance) stop() {
 	in.nsIperf.stop(time.Second)
+	in.nsEcho.stop(time.Second)
 	in.iperf.stop(time.Second)
 	in.be.stop(3 * time.Second)
 	in.holder.stop(time.Second)

@@ -38,6 +38,8 @@ func main() {
 		err = rrClient(args)
 	case "hold":
 		err = holdClient(args)
+	case "echo":
+		err = echoServer(args)
 	case "waitnet":
 		err = waitNet(args)
 	default:
@@ -50,6 +52,6 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: usernet-bench drive|report|token-get|rr|hold|waitnet [FLAGS] (see bench/README.md)")
+	fmt.Fprintln(os.Stderr, "usage: usernet-bench drive|report|token-get|rr|hold|echo|waitnet [FLAGS] (see bench/README.md)")
 	os.Exit(2)
 }

@@ -144,11 +144,13 @@ func (d *driver) throughputPhase() {
 			}
 			if in.fwd {
 				if isUsernet(in.backend) && !d.usernetAPI {
-					d.naExpected("tcp_fwd_65520", b, "this usernet has no --api-socket (port forwards come with the API)")
-					d.naExpected("cpu_fwd_65520", b, "this usernet has no --api-socket")
+					for _, id := range fwdMetrics {
+						d.naExpected(id, b, "this usernet has no --api-socket (port forwards come with the API)")
+					}
 				} else if err := in.startForward(); err != nil {
-					d.na("tcp_fwd_65520", b, err.Error())
-					d.na("cpu_fwd_65520", b, err.Error())
+					for _, id := range fwdMetrics {
+						d.na(id, b, err.Error())
+					}
 					in.fwdPort = 0
 				}
 			}
@@ -173,9 +175,24 @@ func (d *driver) throughputPhase() {
 			return d.iperfUDP(in, prefix, []string{"-c", "10.0.2.2", "-p", strconv.Itoa(in.iperfPort), "-t", dur, "-u", "-b", rate, "-l", "1400"})
 		}}
 	}
-	rr := func(mode string) workload {
-		return workload{name: mode, mtu: 65520, ids: []string{mode + "_tps", mode + "_p50", mode + "_p99"}, run: func(in *instance) error {
-			return d.rr(in, mode)
+	rr := func(mode string, fwd bool) workload {
+		name := mode
+		if fwd {
+			name += "_fwd"
+		}
+		return workload{name: name, mtu: 65520, ids: []string{name + "_tps", name + "_p50", name + "_p99"}, run: func(in *instance) error {
+			if fwd && in.fwdPort == 0 {
+				return errSkip
+			}
+			return d.rr(in, mode, name, fwd)
+		}}
+	}
+	fwdTCP := func(id, cpuID string, extra ...string) workload {
+		return workload{name: id, mtu: 65520, ids: []string{id, cpuID}, run: func(in *instance) error {
+			if in.fwdPort == 0 {
+				return errSkip
+			}
+			return d.iperfTCP(in, id, cpuID, true, append([]string{"-c", "127.0.0.1", "-p", strconv.Itoa(in.fwdPort), "-t", dur}, extra...))
 		}}
 	}
 	wls := []workload{
@@ -183,16 +200,14 @@ func (d *driver) throughputPhase() {
 		tcp("tcp_h2n_65520", "cpu_h2n_65520", 65520, "-R"),
 		tcp("tcp_n2h_1500", "cpu_n2h_1500", 1500),
 		tcp("tcp_h2n_1500", "cpu_h2n_1500", 1500, "-R"),
-		{name: "tcp_fwd_65520", mtu: 65520, ids: []string{"tcp_fwd_65520", "cpu_fwd_65520"}, run: func(in *instance) error {
-			if in.fwdPort == 0 || (isUsernet(in.backend) && !d.usernetAPI) {
-				return errSkip
-			}
-			return d.iperfTCP(in, "tcp_fwd_65520", "cpu_fwd_65520", true, []string{"-c", "127.0.0.1", "-p", strconv.Itoa(in.fwdPort), "-t", dur})
-		}},
+		fwdTCP("tcp_fwd_65520", "cpu_fwd_65520"),
+		fwdTCP("tcp_fwdr_65520", "cpu_fwdr_65520", "-R"),
 		udp("udp_1g", "1G"),
 		udp("udp_max", "0"),
-		rr("rr"),
-		rr("crr"),
+		rr("rr", false),
+		rr("crr", false),
+		rr("rr", true),
+		rr("crr", true),
 	}
 	for i := 0; i < d.opt.runs && d.ctx.Err() == nil; i++ {
 		d.logf("-- run %d/%d", i+1, d.opt.runs)
@@ -236,6 +251,10 @@ func (d *driver) throughputPhase() {
 }
 
 var errSkip = errors.New("skipped")
+
+// fwdMetrics are the metrics measured through the port forwards.
+var fwdMetrics = []string{"tcp_fwd_65520", "cpu_fwd_65520", "tcp_fwdr_65520", "cpu_fwdr_65520",
+	"rr_fwd_tps", "rr_fwd_p50", "rr_fwd_p99", "crr_fwd_tps", "crr_fwd_p50", "crr_fwd_p99"}
 
 type iperfJSON struct {
 	Error string `json:"error"`
@@ -327,8 +346,17 @@ func (d *driver) iperfUDP(in *instance, prefix string, args []string) error {
 	return nil
 }
 
-func (d *driver) rr(in *instance, mode string) error {
-	out, err := d.run(d.opt.dur+40*time.Second, in.ns(d.self, "rr", "-mode", mode, "-d", d.opt.dur.String(), "-addr", fmt.Sprintf("10.0.2.2:%d", port(d.srv.echoLn)))...)
+// rr runs the request/response client: in the namespace against the host's echo server
+// through the gateway, or (fwd) on the host against the namespace's echo server through the
+// port forward. Its metrics are name_tps, name_p50 and name_p99.
+func (d *driver) rr(in *instance, mode, name string, fwd bool) error {
+	argv := []string{d.self, "rr", "-mode", mode, "-d", d.opt.dur.String()}
+	if fwd {
+		argv = append(argv, "-addr", fmt.Sprintf("127.0.0.1:%d", in.fwdEchoPort))
+	} else {
+		argv = in.ns(append(argv, "-addr", fmt.Sprintf("10.0.2.2:%d", port(d.srv.echoLn)))...)
+	}
+	out, err := d.run(d.opt.dur+40*time.Second, argv...)
 	if err != nil {
 		return err
 	}
@@ -336,13 +364,13 @@ func (d *driver) rr(in *instance, mode string) error {
 	if err := json.Unmarshal(out, &r); err != nil {
 		return fmt.Errorf("rr output %q: %w", out, err)
 	}
-	d.add(mode+"_tps", in.backend, r.TPS)
-	d.add(mode+"_p50", in.backend, r.P50us)
-	d.add(mode+"_p99", in.backend, r.P99us)
+	d.add(name+"_tps", in.backend, r.TPS)
+	d.add(name+"_p50", in.backend, r.P50us)
+	d.add(name+"_p99", in.backend, r.P99us)
 	if r.Errors > 0 {
-		d.note("%s %s: %d failed transactions in one run (of %d)", in.backend, mode, r.Errors, r.Transactions+r.Errors)
+		d.note("%s %s: %d failed transactions in one run (of %d)", in.backend, name, r.Errors, r.Transactions+r.Errors)
 	}
-	d.logf("   %-12s %-14s %8.0f /s  p50 %.0f µs  p99 %.0f µs", in.backend, mode, r.TPS, r.P50us, r.P99us)
+	d.logf("   %-12s %-14s %8.0f /s  p50 %.0f µs  p99 %.0f µs", in.backend, name, r.TPS, r.P50us, r.P99us)
 	return nil
 }
 

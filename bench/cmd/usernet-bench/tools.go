@@ -128,6 +128,31 @@ func crrOnce(addr string, buf []byte) error {
 	return err
 }
 
+// echoServer listens on -addr and echoes every byte of every connection until EOF: the
+// server for rr and crr through a port forward, run inside the namespace (the host side's is
+// hostServers.echoLn). It runs until killed.
+func echoServer(args []string) error {
+	fs := flag.NewFlagSet("echo", flag.ContinueOnError)
+	addr := fs.String("addr", "0.0.0.0:5202", "listen address")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return err
+	}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer c.Close()
+			io.Copy(c, c)
+		}()
+	}
+}
+
 // holdClient opens -n connections to a server that greets each with one byte, reads the
 // greeting (so the connection is established end to end, through the backend), prints
 // "ready N" and keeps them open until its stdin closes.
