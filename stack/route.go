@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"syscall"
 
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
@@ -108,14 +110,35 @@ func (s *Stack) dialHost(ctx context.Context, network string, dst netip.AddrPort
 		return dialPing(dst.Addr(), local)
 	}
 	d := net.Dialer{Timeout: s.cfg.DialTimeout}
-	var laddr netip.AddrPort
-	if local.IsValid() {
-		laddr = netip.AddrPortFrom(local, 0)
+	if !local.IsValid() {
+		// No local address: the kernel picks the port at connect(2), which
+		// lets connections to different destinations share a port. The
+		// typed DialTCP/DialUDP below cannot say "no local address" (a zero
+		// AddrPort still becomes a bind to 0.0.0.0:0, and every such bind
+		// takes a port of its own: 28k connections, TIME_WAIT included, and
+		// the host runs out; TestDialHostSharesEphemeralPorts).
+		return d.DialContext(ctx, network, dst.String())
+	}
+	laddr := netip.AddrPortFrom(local, 0)
+	if network == "tcp" {
+		// Bound to an address, still leave the port to connect(2)
+		// (IP_BIND_ADDRESS_NO_PORT), for the same reason.
+		d.Control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+			}); err != nil {
+				return err
+			}
+			if serr != nil {
+				return fmt.Errorf("setsockopt IP_BIND_ADDRESS_NO_PORT: %w", serr)
+			}
+			return nil
+		}
 	}
 	// DialTCP and DialUDP take the addresses as they are: no string to
-	// format and parse again, no resolver, no dialParallel (a connection
-	// per transaction pays for all of it). On error they return a typed
-	// nil, which must not become a non-nil net.Conn.
+	// format and parse again, no resolver, no dialParallel. On error they
+	// return a typed nil, which must not become a non-nil net.Conn.
 	switch network {
 	case "tcp":
 		c, err := d.DialTCP(ctx, network, laddr, dst)
