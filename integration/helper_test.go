@@ -40,6 +40,7 @@ var helpers = map[string]func(args []string) (any, error){
 	"tcp-echo": helperTCPEcho,
 	"dial":     helperDial,
 	"udp-echo": helperUDPEcho,
+	"udp-talk": helperUDPTalk,
 	"ping":     helperPing,
 	"dns":      helperDNS,
 	"runcheck": helperRunCheck,
@@ -250,6 +251,60 @@ func helperUDPEcho(args []string) (any, error) {
 		})
 	}
 	wg.Wait()
+	return res, nil
+}
+
+// UDPTalkResult is what udp-talk reports: who answered, with what.
+type UDPTalkResult struct {
+	Replies map[string]string `json:"replies"` // source address → payload
+}
+
+// helperUDPTalk sends "hello" from one unconnected socket to ADDR (again each second until
+// something comes back), collects datagrams from any source for up to 3 s until WANT
+// sources have answered, then sends "answer" to every source other than ADDR.
+func helperUDPTalk(args []string) (any, error) {
+	if err := argN(args, 2, "udp-talk ADDR WANT"); err != nil {
+		return nil, err
+	}
+	want, err := strconv.Atoi(args[1])
+	if err != nil {
+		return nil, err
+	}
+	to, err := net.ResolveUDPAddr("udp", args[0])
+	if err != nil {
+		return nil, err
+	}
+	c, err := net.ListenUDP("udp", nil)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	res := UDPTalkResult{Replies: map[string]string{}}
+	buf := make([]byte, 2048)
+	end := time.Now().Add(helperTimeout)
+	for len(res.Replies) < want && time.Now().Before(end) {
+		if len(res.Replies) == 0 {
+			if _, err := c.WriteToUDP([]byte("hello"), to); err != nil {
+				return nil, err
+			}
+		}
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		n, from, err := c.ReadFromUDP(buf)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return nil, err
+		}
+		res.Replies[from.String()] = string(buf[:n])
+	}
+	for src := range res.Replies {
+		if src != to.String() {
+			a, _ := net.ResolveUDPAddr("udp", src)
+			c.WriteToUDP([]byte("answer"), a)
+		}
+	}
 	return res, nil
 }
 

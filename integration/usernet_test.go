@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -299,6 +300,49 @@ func TestUDPManyFlows(t *testing.T) {
 	pc := listenUDP(t, "127.0.0.1:0")
 	udpEchoServer(t, pc)
 	checkUDP(t, tg, "10.0.2.2:"+port(pc.LocalAddr()), 200)
+}
+
+// TestUDPReplyFromOtherPort: a datagram from another port of the host the namespace talks
+// to reaches it (a TFTP server answers from a new port; slirp4netns passes these), from the
+// gateway's address, and the namespace's answer to that port leaves from the same host
+// address and port as its first datagram.
+func TestUDPReplyFromOtherPort(t *testing.T) {
+	setup(t)
+	t.Parallel()
+	tg := newTarget(t)
+	startUsernet(t, tg, usernetOpts{flags: []string{"-c"}})
+	a, b := listenUDP(t, "127.0.0.1:0"), listenUDP(t, "127.0.0.1:0")
+	seen := make(chan net.Addr, 1)
+	go func() {
+		buf := make([]byte, 100)
+		for {
+			n, from, err := a.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if string(buf[:n]) == "hello" {
+				a.WriteTo([]byte("from a"), from)
+				b.WriteTo([]byte("from b"), from)
+				select {
+				case seen <- from:
+				default:
+				}
+			}
+		}
+	}()
+	var res UDPTalkResult
+	tg.helper(t, testContext(t, 30*time.Second), &res, "udp-talk", "10.0.2.2:"+port(a.LocalAddr()), "2")
+	want := map[string]string{"10.0.2.2:" + port(a.LocalAddr()): "from a", "10.0.2.2:" + port(b.LocalAddr()): "from b"}
+	if !maps.Equal(res.Replies, want) {
+		t.Fatalf("the namespace received %v; want %v", res.Replies, want)
+	}
+	guest := <-seen
+	b.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 100)
+	n, from, err := b.ReadFrom(buf)
+	if err != nil || string(buf[:n]) != "answer" || from.String() != guest.String() {
+		t.Errorf("b read %q from %v (%v); want \"answer\" from %v, where the namespace's first datagram came from", buf[:n], from, err, guest)
+	}
 }
 
 // TestPingGateway pings 10.0.2.2.

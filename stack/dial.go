@@ -130,6 +130,12 @@ func (s *Stack) connectTCP(ctx context.Context, src, dst netip.AddrPort) (tcpip.
 // reaches the conn only when src is one of our own addresses (the
 // gateway): the link filter drops ICMP to foreign ones.
 func (s *Stack) DialUDP(src, dst netip.AddrPort) (net.Conn, error) {
+	return s.dialUDP(src, dst, false)
+}
+
+// dialUDP is DialUDP; with exactSrc a source port that is taken is an
+// error instead of a reason to pick another one.
+func (s *Stack) dialUDP(src, dst netip.AddrPort, exactSrc bool) (net.Conn, error) {
 	src, err := s.checkDial("udp", src, dst)
 	if err != nil {
 		return nil, err
@@ -151,7 +157,7 @@ func (s *Stack) DialUDP(src, dst netip.AddrPort) (net.Conn, error) {
 		}
 		if terr != nil {
 			ep.Close()
-			if portTaken(terr) && src.Port() != 0 {
+			if portTaken(terr) && src.Port() != 0 && !exactSrc {
 				src = netip.AddrPortFrom(src.Addr(), 0)
 				continue
 			}

@@ -89,8 +89,9 @@ func (s *Stack) route(dst netip.AddrPort) (netip.AddrPort, verdict) {
 	return dst, forward
 }
 
-// dialHost opens the host socket for one flow. network is "tcp", "udp",
-// "ping4" or "ping6" (an unprivileged ICMP echo socket, port ignored).
+// dialHost opens the host socket for one flow. network is "tcp", "ping4"
+// or "ping6" (an unprivileged ICMP echo socket, port ignored); UDP flows
+// use openHostUDP.
 // Host sockets are bound to OutboundAddr/OutboundAddr6 when set, except for
 // loopback destinations (the gateway mapping), which must stay on lo.
 func (s *Stack) dialHost(ctx context.Context, network string, dst netip.AddrPort) (net.Conn, error) {
@@ -113,7 +114,7 @@ func (s *Stack) dialHost(ctx context.Context, network string, dst netip.AddrPort
 	if !local.IsValid() {
 		// No local address: the kernel picks the port at connect(2), which
 		// lets connections to different destinations share a port. The
-		// typed DialTCP/DialUDP below cannot say "no local address" (a zero
+		// typed DialTCP below cannot say "no local address" (a zero
 		// AddrPort still becomes a bind to 0.0.0.0:0, and every such bind
 		// takes a port of its own: 28k connections, TIME_WAIT included, and
 		// the host runs out; TestDialHostSharesEphemeralPorts).
@@ -136,9 +137,9 @@ func (s *Stack) dialHost(ctx context.Context, network string, dst netip.AddrPort
 			return nil
 		}
 	}
-	// DialTCP and DialUDP take the addresses as they are: no string to
-	// format and parse again, no resolver, no dialParallel. On error they
-	// return a typed nil, which must not become a non-nil net.Conn.
+	// DialTCP takes the addresses as they are: no string to format and
+	// parse again, no resolver, no dialParallel. On error it returns a
+	// typed nil, which must not become a non-nil net.Conn.
 	switch network {
 	case "tcp":
 		c, err := d.DialTCP(ctx, network, laddr, dst)
@@ -146,14 +147,41 @@ func (s *Stack) dialHost(ctx context.Context, network string, dst netip.AddrPort
 			return nil, err
 		}
 		return c, nil
-	case "udp":
-		c, err := d.DialUDP(ctx, network, laddr, dst)
+	}
+	return nil, fmt.Errorf("dial %s %v: unknown network", network, dst)
+}
+
+// openHostUDP opens the host socket of a UDP flow to dst: not connected
+// (see serveUDP), bound to the host's loopback address for the gateway
+// mapping (nothing but local processes can answer then), else to
+// OutboundAddr/OutboundAddr6 when set, else to the wildcard address (as
+// slirp4netns). A test's dialer (Config.dial) makes a connected one.
+func (s *Stack) openHostUDP(ctx context.Context, dst netip.AddrPort) (*udpHost, error) {
+	if s.cfg.dial != nil {
+		c, err := s.cfg.dial(ctx, "udp", dst)
 		if err != nil {
 			return nil, err
 		}
-		return c, nil
+		return &udpHost{c: c, dst: dst}, nil
 	}
-	return nil, fmt.Errorf("dial %s %v: unknown network", network, dst)
+	a := dst.Addr()
+	network, local := "udp4", netip.IPv4Unspecified()
+	if a.Is6() {
+		network, local = "udp6", netip.IPv6Unspecified()
+	}
+	switch {
+	case a.IsLoopback():
+		local = a
+	case a.Is4() && s.cfg.OutboundAddr.IsValid():
+		local = s.cfg.OutboundAddr.Unmap()
+	case a.Is6() && s.cfg.OutboundAddr6.IsValid():
+		local = s.cfg.OutboundAddr6
+	}
+	pc, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(local, 0)))
+	if err != nil {
+		return nil, fmt.Errorf("udp socket for %v: %w", dst, err)
+	}
+	return &udpHost{pc: pc, dst: dst}, nil
 }
 
 // addrFrom converts a gVisor address to netip.

@@ -61,18 +61,32 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 	}
 	go func() {
 		defer s.flows.leave()
-		s.serveUDP(guest, hostDst, idle)
+		s.serveUDP(guest, dst, hostDst, idle)
 	}()
 	return true
 }
 
-// serveUDP relays one flow between the guest endpoint and a connected host
-// socket until it has been idle (no datagram either way) for idle, or the
-// stack shuts down. Replies reach the guest from the flow's original
-// destination address, the local address of the guest endpoint.
-func (s *Stack) serveUDP(guest *gonet.UDPConn, hostDst netip.AddrPort, idle time.Duration) {
+// maxOtherSources bounds the other host addresses (address:port) whose
+// datagrams one flow passes to the guest (see serveUDP); more are dropped.
+// A TFTP or STUN exchange needs one or two.
+const maxOtherSources = 16
+
+// serveUDP relays one flow between the guest endpoint and its host socket
+// until it has been idle (no datagram either way) for idle, or the stack
+// shuts down. Datagrams from the flow's destination reach the guest from
+// the original destination address, the local address of the guest
+// endpoint.
+//
+// The host socket is not connected, as slirp4netns's is not: datagrams
+// from other addresses or ports of the host's network reach the guest as
+// well (a TFTP server answers from a new port, a STUN server or a peer
+// from another address), from the address the guest would use to reach
+// them (the host's loopback as the gateway), each through a gVisor
+// endpoint of its own, which also carries the guest's answers back out
+// through the same host socket, so the peer sees one address and port.
+func (s *Stack) serveUDP(guest *gonet.UDPConn, dst, hostDst netip.AddrPort, idle time.Duration) {
 	defer guest.Close()
-	host, err := s.dialHost(s.ctx, "udp", hostDst)
+	host, err := s.openHostUDP(s.ctx, hostDst)
 	if err != nil {
 		if s.ctx.Err() == nil {
 			s.logf("stack: udp %v → %v: %v", guest.RemoteAddr(), hostDst, err)
@@ -80,58 +94,125 @@ func (s *Stack) serveUDP(guest *gonet.UDPConn, hostDst netip.AddrPort, idle time
 		return
 	}
 	defer host.Close()
+	guestSrc, _ := netip.ParseAddrPort(guest.RemoteAddr().String())
 
 	var (
+		wg     sync.WaitGroup
 		once   sync.Once
-		fastMu sync.Mutex
-		closed bool       // +checklocks:fastMu
-		fast   udpFastKey // +checklocks:fastMu; registered when valid
+		mu     sync.Mutex
+		closed bool                            // +checklocks:mu
+		fast   udpFastKey                      // +checklocks:mu; registered when valid
+		others = map[netip.AddrPort]net.Conn{} // +checklocks:mu; host address → its guest endpoint
 	)
-	closeBoth := func() {
+	closeAll := func() {
 		once.Do(func() {
-			fastMu.Lock()
+			mu.Lock()
 			closed = true
 			if fast.src.IsValid() {
 				s.udpFast.remove(fast)
 			}
-			fastMu.Unlock()
+			for _, c := range others {
+				c.Close()
+			}
+			mu.Unlock()
 			guest.Close()
 			host.Close()
 		})
 	}
-	stop := context.AfterFunc(s.ctx, closeBoth)
+	stop := context.AfterFunc(s.ctx, closeAll)
 	defer stop()
-	timer := time.AfterFunc(idle, closeBoth)
+	timer := time.AfterFunc(idle, closeAll)
 	defer timer.Stop()
 	extend := func() { timer.Reset(idle) }
 
 	// From now on the link filter writes this flow's datagrams to host
 	// itself (udpfast.go); those that reach the gVisor endpoint anyway
 	// (queued before, or not taken by the fast path) are relayed below.
-	if k, rc, ok := udpFastKeyOf(guest, host); ok {
-		fastMu.Lock()
+	if k, f, ok := udpFastFlowOf(guest, host, extend); ok {
+		mu.Lock()
 		if !closed {
 			fast = k
-			s.udpFast.add(k, &udpFastFlow{rc: rc, extend: extend})
+			s.udpFast.add(k, f)
 		}
-		fastMu.Unlock()
+		mu.Unlock()
 	}
 
-	var wg sync.WaitGroup
+	// other returns the guest endpoint for datagrams from the host address
+	// from, making it (and its goroutine for the guest's answers) on first
+	// use; nil drops the datagram.
+	other := func(from netip.AddrPort) net.Conn {
+		mu.Lock()
+		defer mu.Unlock()
+		if c, ok := others[from]; ok || closed || len(others) >= maxOtherSources {
+			return c
+		}
+		src, ok := s.guestVisibleSource(from, dst, hostDst)
+		if !ok {
+			return nil
+		}
+		c, err := s.dialUDP(src, guestSrc, true)
+		if err != nil {
+			return nil // e.g. the guest has a flow of its own to src
+		}
+		others[from] = c
+		wg.Go(func() {
+			relayDatagrams(c, func(b []byte) { host.write(b, from) }, extend)
+		})
+		return c
+	}
+
 	wg.Go(func() {
-		defer closeBoth()
-		relayDatagrams(host, guest, extend)
+		defer closeAll()
+		bp := datagramPool.Get().(*[]byte)
+		defer datagramPool.Put(bp)
+		buf := *bp
+		for {
+			n, from, err := host.read(buf)
+			if err != nil {
+				if errors.Is(err, syscall.ECONNREFUSED) {
+					continue
+				}
+				return
+			}
+			extend()
+			if from == hostDst {
+				guest.Write(buf[:n])
+			} else if c := other(from); c != nil {
+				c.Write(buf[:n])
+			}
+		}
 	})
-	relayDatagrams(guest, host, extend)
-	closeBoth()
+	relayDatagrams(guest, func(b []byte) { host.write(b, hostDst) }, extend)
+	closeAll()
 	wg.Wait()
 }
 
-// relayDatagrams reads datagrams from src and writes them to dst until src
-// fails (closed). Errors writing one datagram do not end the flow: a
-// connected UDP socket reports an earlier ICMP error (ECONNREFUSED) on its
-// next operation, and the next datagram may well get through.
-func relayDatagrams(dst, src net.Conn, extend func()) {
+// guestVisibleSource is the address the guest sees a datagram from the
+// host address from come from, in a flow to dst (hostDst on the host):
+// the flow's destination itself for its own host address (the gateway for
+// the host's loopback), else from unchanged if the guest could reach it
+// directly; false (drop) for anything else: another loopback address, our
+// own or the virtual network's addresses, the other address family.
+func (s *Stack) guestVisibleSource(from, dst, hostDst netip.AddrPort) (netip.AddrPort, bool) {
+	a := from.Addr().Unmap()
+	if a == hostDst.Addr() {
+		return netip.AddrPortFrom(dst.Addr(), from.Port()), true
+	}
+	if a.Is4() != dst.Addr().Is4() || s.isOwn(a) {
+		return netip.AddrPort{}, false
+	}
+	if to, v := s.route(netip.AddrPortFrom(a, from.Port())); v != forward || to.Addr() != a {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(a, from.Port()), true
+}
+
+// relayDatagrams reads datagrams from src and hands them to send until src
+// fails (closed). Errors of one datagram do not end the flow: a connected
+// socket (the endpoints of other sources, a test's dialer) reports an
+// earlier ICMP error (ECONNREFUSED) on its next operation, and the next
+// datagram may well get through.
+func relayDatagrams(src net.Conn, send func([]byte), extend func()) {
 	bp := datagramPool.Get().(*[]byte)
 	defer datagramPool.Put(bp)
 	buf := *bp
@@ -144,6 +225,42 @@ func relayDatagrams(dst, src net.Conn, extend func()) {
 			return
 		}
 		extend()
-		dst.Write(buf[:n])
+		send(buf[:n])
 	}
+}
+
+// udpHost is a flow's host socket: not connected when we open it (replies
+// from any address reach the flow), connected when a test's dialer makes
+// it (Config.dial), in which case everything read is from dst.
+type udpHost struct {
+	pc  *net.UDPConn // not connected; or nil
+	c   net.Conn     // connected; when pc is nil
+	dst netip.AddrPort
+}
+
+func (h *udpHost) read(b []byte) (int, netip.AddrPort, error) {
+	if h.pc == nil {
+		n, err := h.c.Read(b)
+		return n, h.dst, err
+	}
+	n, from, err := h.pc.ReadFromUDPAddrPort(b)
+	return n, netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), err
+}
+
+// write sends one datagram to to; errors cost this datagram only.
+func (h *udpHost) write(b []byte, to netip.AddrPort) {
+	if h.pc == nil {
+		if to == h.dst {
+			h.c.Write(b)
+		}
+		return
+	}
+	h.pc.WriteToUDPAddrPort(b, to)
+}
+
+func (h *udpHost) Close() error {
+	if h.pc == nil {
+		return h.c.Close()
+	}
+	return h.pc.Close()
 }

@@ -32,7 +32,8 @@ type udpFastKey struct {
 // udpFastFlow is a flow's host socket as the fast path writes to it.
 type udpFastFlow struct {
 	rc     syscall.RawConn
-	extend func() // the flow's idle timer: traffic seen
+	to     unix.Sockaddr // the flow's host destination; nil: the socket is connected
+	extend func()        // the flow's idle timer: traffic seen
 }
 
 // udpFastTable maps flows to their host sockets.
@@ -90,20 +91,27 @@ func (s *Stack) udpFastSend(pkt *gvstack.PacketBuffer, src, dst netip.Addr, ihl,
 	// would. Errors (ECONNREFUSED from an earlier ICMP error, a socket
 	// closed just now) cost this datagram only, as in relayDatagrams.
 	f.rc.Write(func(fd uintptr) bool {
-		unix.Write(int(fd), (*bp)[:n])
+		if f.to == nil {
+			unix.Write(int(fd), (*bp)[:n])
+		} else {
+			unix.Sendto(int(fd), (*bp)[:n], 0, f.to)
+		}
 		return true
 	})
 	f.extend()
 	return true
 }
 
-// udpFastKeyOf returns the fast-path key of an IPv4 flow and its host
-// socket's raw conn; false for IPv6 flows and for host conns that are not
-// sockets (tests' dialers).
-func udpFastKeyOf(guest, host net.Conn) (udpFastKey, syscall.RawConn, bool) {
-	sc, ok := host.(syscall.Conn)
-	if !ok {
-		return udpFastKey{}, nil, false
+// udpFastFlowOf returns the fast-path key and entry of an IPv4 flow: its
+// host socket's raw conn and the sockaddr to send to; false for IPv6 flows
+// and for host conns that are not sockets (tests' dialers).
+func udpFastFlowOf(guest net.Conn, host *udpHost, extend func()) (udpFastKey, *udpFastFlow, bool) {
+	var sc syscall.Conn = host.pc
+	if host.pc == nil {
+		var ok bool
+		if sc, ok = host.c.(syscall.Conn); !ok {
+			return udpFastKey{}, nil, false
+		}
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
@@ -111,8 +119,12 @@ func udpFastKeyOf(guest, host net.Conn) (udpFastKey, syscall.RawConn, bool) {
 	}
 	src, serr := netip.ParseAddrPort(guest.RemoteAddr().String())
 	dst, derr := netip.ParseAddrPort(guest.LocalAddr().String())
-	if serr != nil || derr != nil || !src.Addr().Is4() || !dst.Addr().Is4() {
+	if serr != nil || derr != nil || !src.Addr().Is4() || !dst.Addr().Is4() || !host.dst.Addr().Is4() {
 		return udpFastKey{}, nil, false
 	}
-	return udpFastKey{src: src, dst: dst}, rc, true
+	f := &udpFastFlow{rc: rc, extend: extend}
+	if host.pc != nil {
+		f.to = &unix.SockaddrInet4{Port: int(host.dst.Port()), Addr: host.dst.Addr().As4()}
+	}
+	return udpFastKey{src: src, dst: dst}, f, true
 }

@@ -1,0 +1,98 @@
+package stack
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// TestUDPReplyFromOtherPort: as with slirp4netns, a datagram from another port of the
+// flow's host reaches the guest (a TFTP server answers from a new port), from the address
+// the guest sent to, and the guest's answer to that port leaves through the same host
+// socket, so the host sees one address and port for the guest.
+func TestUDPReplyFromOtherPort(t *testing.T) {
+	e := startEnv(t, testConfig(t))
+	a, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	pa, pb := uint16(a.LocalAddr().(*net.UDPAddr).Port), uint16(b.LocalAddr().(*net.UDPAddr).Port)
+
+	g := guestUDP(t, e.guest, false)
+	gw := func(p uint16) *net.UDPAddr { return &net.UDPAddr{IP: net.IPv4(10, 0, 2, 2), Port: int(p)} }
+	if _, err := g.WriteTo([]byte("hello"), gw(pa)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 100)
+	a.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, guestOnHost, err := a.ReadFromUDPAddrPort(buf)
+	if err != nil || string(buf[:n]) != "hello" {
+		t.Fatalf("host server a: read %q, %v; want hello", buf[:n], err)
+	}
+	a.WriteToUDPAddrPort([]byte("from a"), guestOnHost)
+	b.WriteToUDPAddrPort([]byte("from b"), guestOnHost)
+
+	got := map[string]string{}
+	g.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for len(got) < 2 {
+		n, from, err := g.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("guest: %v after %v; want a datagram from 10.0.2.2:%d and one from 10.0.2.2:%d", err, got, pa, pb)
+		}
+		got[from.String()] = string(buf[:n])
+	}
+	want := map[string]string{gw(pa).String(): "from a", gw(pb).String(): "from b"}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("guest received %v, want %v", got, want)
+			break
+		}
+	}
+
+	// The guest answers b; b must see the same host address and port as a did.
+	if _, err := g.WriteTo([]byte("to b"), gw(pb)); err != nil {
+		t.Fatal(err)
+	}
+	b.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, from, err := b.ReadFromUDPAddrPort(buf)
+	if err != nil || string(buf[:n]) != "to b" || from != guestOnHost {
+		t.Errorf("host server b: read %q from %v, %v; want \"to b\" from %v (the flow's host socket)", buf[:n], from, err, guestOnHost)
+	}
+}
+
+// TestGuestVisibleSource: which host addresses the guest may see datagrams from.
+func TestGuestVisibleSource(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.EnableIPv6 = true
+	e := startEnv(t, cfg)
+	ap := netip.MustParseAddrPort
+	gwFlow := [2]netip.AddrPort{ap("10.0.2.2:53"), ap("127.0.0.1:53")}
+	outFlow := [2]netip.AddrPort{ap("198.51.100.7:3478"), ap("198.51.100.7:3478")}
+	for _, tc := range []struct {
+		flow   [2]netip.AddrPort // dst as the guest sent it, on the host
+		from   netip.AddrPort
+		want   netip.AddrPort
+		wantOK bool
+	}{
+		{gwFlow, ap("127.0.0.1:69"), ap("10.0.2.2:69"), true},             // the gateway's other port
+		{gwFlow, ap("127.0.0.2:69"), netip.AddrPort{}, false},             // another loopback address
+		{outFlow, ap("198.51.100.8:3479"), ap("198.51.100.8:3479"), true}, // another host, as itself
+		{outFlow, ap("[::ffff:198.51.100.8]:3479"), ap("198.51.100.8:3479"), true},
+		{outFlow, ap("10.0.2.50:1"), netip.AddrPort{}, false},     // the virtual network
+		{outFlow, ap("10.0.2.2:1"), netip.AddrPort{}, false},      // our own address
+		{outFlow, ap("[2001:db8::1]:1"), netip.AddrPort{}, false}, // the other family
+		{outFlow, ap("224.0.0.1:1"), netip.AddrPort{}, false},     // multicast
+	} {
+		got, ok := e.s.guestVisibleSource(tc.from, tc.flow[0], tc.flow[1])
+		if got != tc.want || ok != tc.wantOK {
+			t.Errorf("guestVisibleSource(%v) in a flow to %v (%v on the host) = %v, %v; want %v, %v", tc.from, tc.flow[0], tc.flow[1], got, ok, tc.want, tc.wantOK)
+		}
+	}
+}
