@@ -480,9 +480,13 @@ func injectFrame(t testing.TB, g *gvstack.Stack, proto tcpip.NetworkProtocolNumb
 
 // udpEchoServer starts a UDP echo server on the host's 127.0.0.1, stopped
 // at cleanup.
-func udpEchoServer(t *testing.T) net.PacketConn {
+func udpEchoServer(t *testing.T, v6 bool) net.PacketConn {
 	t.Helper()
-	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	network, addr := "udp4", "127.0.0.1:0"
+	if v6 {
+		network, addr = "udp6", "[::1]:0"
+	}
+	pc, err := net.ListenPacket(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}

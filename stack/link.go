@@ -250,6 +250,11 @@ func (s *Stack) filterIPv6(pkt *gvstack.PacketBuffer) bool {
 		}
 		return false
 	case header.TCPProtocolNumber, header.UDPProtocolNumber:
+		// UDP right after the fixed header: no extension headers, so
+		// not a fragment either.
+		if tcpip.TransportProtocolNumber(ip.NextHeader()) == header.UDPProtocolNumber && s.udpFastSend(pkt, src, dst, hl, total) {
+			return true
+		}
 		if dst != s.gw6 || !s.cfg.DisableHostLoopback {
 			return false
 		}

@@ -343,7 +343,7 @@ func TestRouteTable(t *testing.T) {
 
 func TestUDPManyFlows(t *testing.T) {
 	goroutineLeakCheck(t)
-	pc := udpEchoServer(t)
+	pc := udpEchoServer(t, false)
 	e := startEnv(t, testConfig(t))
 
 	dst := netip.AddrPortFrom(gw4, portOf(pc.LocalAddr()))
@@ -385,7 +385,7 @@ func (c *closeNotifier) Close() error {
 
 func TestUDPIdleFlowExpires(t *testing.T) {
 	goroutineLeakCheck(t)
-	pc := udpEchoServer(t)
+	pc := udpEchoServer(t, false)
 	hostConns := make(chan *closeNotifier, 10)
 	d := &dialRecorder{onConn: func(c net.Conn) net.Conn {
 		cn := &closeNotifier{Conn: c, closed: make(chan struct{})}
@@ -1095,43 +1095,58 @@ func TestRunEndsWithErrorWhenTapFails(t *testing.T) {
 }
 
 // TestUDPFastPath: after a flow's first datagram, the link filter writes
-// the flow's datagrams to its host socket itself (udpfast.go). Every
-// datagram still arrives, in order, with its content; replies come back;
-// the flow leaves the fast table when it expires.
+// the flow's datagrams to its host socket itself (udpfast.go), for IPv4 and
+// IPv6. Every datagram still arrives, in order, with its content; replies
+// come back; the flow leaves the fast table when it expires.
 func TestUDPFastPath(t *testing.T) {
-	goroutineLeakCheck(t)
-	pc := udpEchoServer(t)
-	cfg := testConfig(t)
-	cfg.udpIdle = 300 * time.Millisecond
-	e := startEnv(t, cfg)
-	dst := net.UDPAddrFromAddrPort(netip.AddrPortFrom(gw4, portOf(pc.LocalAddr())))
-	u := guestUDP(t, e.guest, false)
-	buf := make([]byte, 2048)
-	for i := range 500 {
-		msg := fmt.Appendf(nil, "datagram %d %s", i, strings.Repeat("x", i))
-		if _, err := u.WriteTo(msg, dst); err != nil {
-			t.Fatalf("guest write #%d: %v", i, err)
-		}
-		u.SetReadDeadline(time.Now().Add(5 * time.Second))
-		n, _, err := u.ReadFrom(buf)
-		if err != nil {
-			t.Fatalf("guest read #%d: %v", i, err)
-		}
-		if !bytes.Equal(buf[:n], msg) {
-			t.Fatalf("echo #%d = %q, want %q", i, buf[:n], msg)
-		}
-		if i == 0 {
-			continue
-		}
-		if got := e.s.udpFast.n.Load(); got != 1 {
-			t.Fatalf("after datagram #%d: %d flows in the fast table, want 1", i, got)
-		}
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for e.s.udpFast.n.Load() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("expired flow still in the fast table after 5s (idle timeout 300ms)")
-		}
-		time.Sleep(20 * time.Millisecond)
+	for _, v6 := range []bool{false, true} {
+		t.Run(map[bool]string{false: "ipv4", true: "ipv6"}[v6], func(t *testing.T) {
+			goroutineLeakCheck(t)
+			pc := udpEchoServer(t, v6)
+			cfg := testConfig(t)
+			cfg.udpIdle = 300 * time.Millisecond
+			cfg.EnableIPv6 = v6
+			e := startEnv(t, cfg)
+			gw := gw4
+			if v6 {
+				waitSLAAC(t, e)
+				gw = gw6
+			}
+			dst := net.UDPAddrFromAddrPort(netip.AddrPortFrom(gw, portOf(pc.LocalAddr())))
+			u := guestUDP(t, e.guest, v6)
+			buf := make([]byte, 2048)
+			for i := range 500 {
+				msg := fmt.Appendf(nil, "datagram %d %s", i, strings.Repeat("x", i))
+				if _, err := u.WriteTo(msg, dst); err != nil {
+					t.Fatalf("guest write #%d: %v", i, err)
+				}
+				u.SetReadDeadline(time.Now().Add(5 * time.Second))
+				n, _, err := u.ReadFrom(buf)
+				if err != nil {
+					t.Fatalf("guest read #%d: %v", i, err)
+				}
+				if !bytes.Equal(buf[:n], msg) {
+					t.Fatalf("echo #%d = %q, want %q", i, buf[:n], msg)
+				}
+				if i == 0 {
+					continue
+				}
+				if got := e.s.udpFast.n.Load(); got != 1 {
+					t.Fatalf("after datagram #%d: %d flows in the fast table, want 1", i, got)
+				}
+			}
+			// The first datagram opens the flow; a few more may pass
+			// through gVisor before the fast path has it.
+			if got := e.s.udpFast.sent.Load(); got < 490 {
+				t.Errorf("the fast path took %d of 500 datagrams, want all but the first few", got)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for e.s.udpFast.n.Load() != 0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("expired flow still in the fast table after 5s (idle timeout 300ms)")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
 	}
 }

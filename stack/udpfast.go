@@ -20,9 +20,10 @@ import (
 // cost its UDP demultiplexing, a queue, a goroutine wake-up of the flow's
 // reader and a copy; at 1 Gbit/s of 1400-byte datagrams (89k/s) the queue
 // overflowed and most of them were dropped (bench udp_1g). Datagrams the
-// fast path does not take (fragments, IPv6, the flow's first one, any
-// that arrive before the host socket is ready) go through gVisor as
-// before. Replies (host → guest) always go through gVisor.
+// fast path does not take (fragments, IPv6 with extension headers, the
+// flow's first one, any that arrive before the host socket is ready) go
+// through gVisor as before. Replies (host → guest) always go through
+// gVisor.
 
 // udpFastKey names a flow as the guest sees it.
 type udpFastKey struct {
@@ -38,8 +39,9 @@ type udpFastFlow struct {
 
 // udpFastTable maps flows to their host sockets.
 type udpFastTable struct {
-	n     atomic.Int64 // entries; 0 skips the lookup
-	flows sync.Map     // udpFastKey → *udpFastFlow
+	n     atomic.Int64  // entries; 0 skips the lookup
+	sent  atomic.Uint64 // datagrams the fast path took (tests)
+	flows sync.Map      // udpFastKey → *udpFastFlow
 }
 
 func (t *udpFastTable) add(k udpFastKey, f *udpFastFlow) {
@@ -54,8 +56,9 @@ func (t *udpFastTable) remove(k udpFastKey) {
 	}
 }
 
-// udpFastSend takes an unfragmented IPv4 UDP datagram (ip is its header,
-// ihl and total from it) for a flow in the table: it writes the payload to
+// udpFastSend takes an unfragmented UDP datagram, IPv4 or IPv6 without
+// extension headers (ihl is the IP header's length, total the packet's),
+// for a flow in the table: it writes the payload to
 // the flow's host socket and reports true. false means the stack handles
 // the packet.
 func (s *Stack) udpFastSend(pkt *gvstack.PacketBuffer, src, dst netip.Addr, ihl, total int) bool {
@@ -99,12 +102,13 @@ func (s *Stack) udpFastSend(pkt *gvstack.PacketBuffer, src, dst netip.Addr, ihl,
 		return true
 	})
 	f.extend()
+	s.udpFast.sent.Add(1)
 	return true
 }
 
-// udpFastFlowOf returns the fast-path key and entry of an IPv4 flow: its
-// host socket's raw conn and the sockaddr to send to; false for IPv6 flows
-// and for host conns that are not sockets (tests' dialers).
+// udpFastFlowOf returns the fast-path key and entry of a flow: its host
+// socket's raw conn and the sockaddr to send to; false for host conns that
+// are not sockets (tests' dialers).
 func udpFastFlowOf(guest net.Conn, host *udpHost, extend func()) (udpFastKey, *udpFastFlow, bool) {
 	var sc syscall.Conn = host.pc
 	if host.pc == nil {
@@ -119,12 +123,20 @@ func udpFastFlowOf(guest net.Conn, host *udpHost, extend func()) (udpFastKey, *u
 	}
 	src, serr := netip.ParseAddrPort(guest.RemoteAddr().String())
 	dst, derr := netip.ParseAddrPort(guest.LocalAddr().String())
-	if serr != nil || derr != nil || !src.Addr().Is4() || !dst.Addr().Is4() || !host.dst.Addr().Is4() {
+	if serr != nil || derr != nil {
 		return udpFastKey{}, nil, false
 	}
+	// The key is what the link filter sees on the wire: plain IPv4 or
+	// IPv6 addresses, never IPv4-mapped ones.
+	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
 	f := &udpFastFlow{rc: rc, extend: extend}
 	if host.pc != nil {
-		f.to = &unix.SockaddrInet4{Port: int(host.dst.Port()), Addr: host.dst.Addr().As4()}
+		if a := host.dst.Addr(); a.Is4() {
+			f.to = &unix.SockaddrInet4{Port: int(host.dst.Port()), Addr: a.As4()}
+		} else {
+			f.to = &unix.SockaddrInet6{Port: int(host.dst.Port()), Addr: a.As16()}
+		}
 	}
 	return udpFastKey{src: src, dst: dst}, f, true
 }
