@@ -41,6 +41,7 @@ var helpers = map[string]func(args []string) (any, error){
 	"dial":     helperDial,
 	"udp-echo": helperUDPEcho,
 	"udp-talk": helperUDPTalk,
+	"udp-send": helperUDPSend,
 	"ping":     helperPing,
 	"dns":      helperDNS,
 	"runcheck": helperRunCheck,
@@ -212,6 +213,26 @@ func helperDial(args []string) (any, error) {
 	if err == nil {
 		c.Close()
 	}
+	return DialResult{Err: errName(err)}, nil
+}
+
+// helperUDPSend sends one datagram from a connected UDP socket to ADDR and reads: it
+// reports the read's error ("ECONNREFUSED" when an ICMP port unreachable came back,
+// "timeout" after 5 s of silence, "" for an answer).
+func helperUDPSend(args []string) (any, error) {
+	if err := argN(args, 1, "udp-send ADDR"); err != nil {
+		return nil, err
+	}
+	c, err := net.Dial("udp", args[0])
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("anyone?")); err != nil {
+		return DialResult{Err: errName(err)}, nil
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = c.Read(make([]byte, 100))
 	return DialResult{Err: errName(err)}, nil
 }
 

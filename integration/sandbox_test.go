@@ -209,6 +209,15 @@ func TestSandboxSeccomp(t *testing.T) {
 		pc := listenUDP(t, "127.0.0.1:0")
 		udpEchoServer(t, pc)
 		checkUDP(t, tg, "10.0.2.2:"+port(pc.LocalAddr()), 20)
+		// The ICMP error relay reads the socket's error queue (recvmsg MSG_ERRQUEUE).
+		closed := listenUDP(t, "127.0.0.1:0")
+		addr := "10.0.2.2:" + port(closed.LocalAddr())
+		closed.Close()
+		var res DialResult
+		tg.helper(t, testContext(t, 30*time.Second), &res, "udp-send", addr)
+		if res.Err != "ECONNREFUSED" {
+			t.Errorf("udp-send %s (a closed port) under the sandbox: read error %q, want ECONNREFUSED", addr, res.Err)
+		}
 	})
 	t.Run("ping", func(t *testing.T) {
 		checkPing(t, tg, "10.0.2.2")

@@ -345,6 +345,46 @@ func TestUDPReplyFromOtherPort(t *testing.T) {
 	}
 }
 
+// TestUDPPortUnreachable: a datagram to a closed UDP port fails the namespace's socket with
+// ECONNREFUSED, as on a real network: the ICMP port unreachable the host's kernel gets is
+// relayed. Through the fake internet (slirp4netns does the same) and to the gateway
+// (slirp4netns stays silent: docs/differences.md), IPv4 and IPv6.
+func TestUDPPortUnreachable(t *testing.T) {
+	setup(t)
+	t.Parallel()
+	tg := newTarget(t)
+	startUsernet(t, tg, usernetOpts{flags: []string{"-c", "--enable-ipv6"}})
+	closedUDP := func(t *testing.T, listen func(*testing.T, string) net.PacketConn, addr string) string {
+		pc := listen(t, addr)
+		p := port(pc.LocalAddr())
+		pc.Close()
+		return p
+	}
+	check := func(t *testing.T, addr string) {
+		var res DialResult
+		tg.helper(t, testContext(t, 30*time.Second), &res, "udp-send", addr)
+		if res.Err != "ECONNREFUSED" {
+			t.Errorf("udp-send %s (a closed port): read error %q, want ECONNREFUSED", addr, res.Err)
+		}
+	}
+	t.Run("internet", func(t *testing.T) {
+		check(t, net.JoinHostPort(suite.inet4, closedUDP(t, inetListenUDP, "[::]:0")))
+	})
+	t.Run("internet-ipv6", func(t *testing.T) {
+		waitSLAAC(t, testContext(t, 30*time.Second), tg)
+		check(t, net.JoinHostPort(suite.inet6, closedUDP(t, inetListenUDP, "[::]:0")))
+	})
+	t.Run("gateway", func(t *testing.T) {
+		usernetOnly(t, "ICMP errors from the host's loopback")
+		check(t, "10.0.2.2:"+closedUDP(t, listenUDP, "127.0.0.1:0"))
+	})
+	t.Run("gateway-ipv6", func(t *testing.T) {
+		usernetOnly(t, "ICMP errors from the host's loopback")
+		waitSLAAC(t, testContext(t, 30*time.Second), tg)
+		check(t, "[fd00::2]:"+closedUDP(t, listenUDP, "[::1]:0"))
+	})
+}
+
 // TestPingGateway pings 10.0.2.2.
 func TestPingGateway(t *testing.T) {
 	setup(t)

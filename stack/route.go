@@ -2,6 +2,7 @@ package stack
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -181,7 +182,17 @@ func (s *Stack) openHostUDP(ctx context.Context, dst netip.AddrPort) (*udpHost, 
 	if err != nil {
 		return nil, fmt.Errorf("udp socket for %v: %w", dst, err)
 	}
-	return &udpHost{pc: pc, dst: dst}, nil
+	rc, err := pc.SyscallConn()
+	if err == nil {
+		var serr error
+		err = rc.Control(func(fd uintptr) { serr = setRecvErr(int(fd), a.Is6()) })
+		err = errors.Join(err, serr)
+	}
+	if err != nil {
+		pc.Close()
+		return nil, fmt.Errorf("udp socket for %v: IP_RECVERR: %w", dst, err)
+	}
+	return &udpHost{pc: pc, rc: rc, dst: dst}, nil
 }
 
 // addrFrom converts a gVisor address to netip.

@@ -169,10 +169,20 @@ func (s *Stack) serveUDP(guest *gonet.UDPConn, dst, hostDst netip.AddrPort, idle
 		for {
 			n, from, err := host.read(buf)
 			if err != nil {
-				if errors.Is(err, syscall.ECONNREFUSED) {
-					continue
+				if !isICMPError(err) {
+					return
 				}
-				return
+				for _, e := range host.icmpErrors() {
+					visible := dst
+					if e.dst != hostDst {
+						var ok bool
+						if visible, ok = s.guestVisibleSource(e.dst, dst, hostDst); !ok {
+							continue
+						}
+					}
+					s.relayICMPError(e, guestSrc, visible)
+				}
+				continue
 			}
 			extend()
 			if from == hostDst {
@@ -233,9 +243,20 @@ func relayDatagrams(src net.Conn, send func([]byte), extend func()) {
 // from any address reach the flow), connected when a test's dialer makes
 // it (Config.dial), in which case everything read is from dst.
 type udpHost struct {
-	pc  *net.UDPConn // not connected; or nil
-	c   net.Conn     // connected; when pc is nil
+	pc  *net.UDPConn    // not connected, with IP_RECVERR; or nil
+	rc  syscall.RawConn // pc's
+	c   net.Conn        // connected; when pc is nil
 	dst netip.AddrPort
+}
+
+// icmpErrors returns the ICMP errors queued for the socket (see udperr.go).
+func (h *udpHost) icmpErrors() []icmpError {
+	if h.pc == nil {
+		return nil
+	}
+	var errs []icmpError
+	h.rc.Control(func(fd uintptr) { errs = readErrQueue(int(fd)) })
+	return errs
 }
 
 func (h *udpHost) read(b []byte) (int, netip.AddrPort, error) {

@@ -3,8 +3,13 @@ package stack
 import (
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 )
 
 // TestUDPReplyFromOtherPort: as with slirp4netns, a datagram from another port of the
@@ -93,6 +98,40 @@ func TestGuestVisibleSource(t *testing.T) {
 		got, ok := e.s.guestVisibleSource(tc.from, tc.flow[0], tc.flow[1])
 		if got != tc.want || ok != tc.wantOK {
 			t.Errorf("guestVisibleSource(%v) in a flow to %v (%v on the host) = %v, %v; want %v, %v", tc.from, tc.flow[0], tc.flow[1], got, ok, tc.want, tc.wantOK)
+		}
+	}
+}
+
+// TestUDPPortUnreachableRelayed: a datagram to a closed port of the host's loopback comes
+// back to the guest as ICMP port unreachable, so the guest's connected socket fails with
+// ECONNREFUSED (the host kernel's error, read from the socket's error queue).
+func TestUDPPortUnreachableRelayed(t *testing.T) {
+	e := startEnv(t, testConfig(t))
+	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	pc.Close()
+	c, err := gonet.DialUDP(e.guest, nil, &tcpip.FullAddress{NIC: 1, Addr: tcpipAddr(gw4), Port: closed}, ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 100)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		// gVisor reports the error on the socket's next call, a write or a read.
+		_, err := c.Write([]byte("anyone?"))
+		if err == nil {
+			c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+			_, err = c.Read(buf)
+		}
+		if err != nil && strings.Contains(err.Error(), "refused") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("guest read after a datagram to 10.0.2.2:%d (closed on the host): %v, want connection refused", closed, err)
 		}
 	}
 }
