@@ -152,47 +152,50 @@ func (s *Stack) dialHost(ctx context.Context, network string, dst netip.AddrPort
 	return nil, fmt.Errorf("dial %s %v: unknown network", network, dst)
 }
 
-// openHostUDP opens the host socket of a UDP flow to dst: not connected
-// (see serveUDP), bound to the host's loopback address for the gateway
-// mapping (nothing but local processes can answer then), else to
-// OutboundAddr/OutboundAddr6 when set, else to the wildcard address (as
-// slirp4netns). A test's dialer (Config.dial) makes a connected one.
-func (s *Stack) openHostUDP(ctx context.Context, dst netip.AddrPort) (*udpHost, error) {
+// openHostUDP opens the host socket of a guest UDP port (udpPort): not
+// connected, with IP_RECVERR, bound to the host's loopback address for
+// flows to the gateway (nothing but local processes can reach it then),
+// else to OutboundAddr/OutboundAddr6 when set, else to the wildcard address
+// (as slirp4netns). A test's dialer (Config.dial) makes a connected one for
+// k.dst.
+func (s *Stack) openHostUDP(ctx context.Context, k udpPortKey) (*udpHost, error) {
 	if s.cfg.dial != nil {
-		c, err := s.cfg.dial(ctx, "udp", dst)
+		c, err := s.cfg.dial(ctx, "udp", k.dst)
 		if err != nil {
 			return nil, err
 		}
-		return &udpHost{c: c, dst: dst}, nil
+		return &udpHost{c: c, dst: k.dst}, nil
 	}
-	a := dst.Addr()
+	v6 := k.src.Addr().Is6()
 	network, local := "udp4", netip.IPv4Unspecified()
-	if a.Is6() {
+	if v6 {
 		network, local = "udp6", netip.IPv6Unspecified()
 	}
 	switch {
-	case a.IsLoopback():
-		local = a
-	case a.Is4() && s.cfg.OutboundAddr.IsValid():
+	case k.loopback && v6:
+		local = hostLoopback6
+	case k.loopback:
+		local = hostLoopback4
+	case !v6 && s.cfg.OutboundAddr.IsValid():
 		local = s.cfg.OutboundAddr.Unmap()
-	case a.Is6() && s.cfg.OutboundAddr6.IsValid():
+	case v6 && s.cfg.OutboundAddr6.IsValid():
 		local = s.cfg.OutboundAddr6
 	}
 	pc, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(local, 0)))
 	if err != nil {
-		return nil, fmt.Errorf("udp socket for %v: %w", dst, err)
+		return nil, fmt.Errorf("udp socket for %v: %w", k.src, err)
 	}
 	rc, err := pc.SyscallConn()
 	if err == nil {
 		var serr error
-		err = rc.Control(func(fd uintptr) { serr = setRecvErr(int(fd), a.Is6()) })
+		err = rc.Control(func(fd uintptr) { serr = setRecvErr(int(fd), v6) })
 		err = errors.Join(err, serr)
 	}
 	if err != nil {
 		pc.Close()
-		return nil, fmt.Errorf("udp socket for %v: IP_RECVERR: %w", dst, err)
+		return nil, fmt.Errorf("udp socket for %v: IP_RECVERR: %w", k.src, err)
 	}
-	return &udpHost{pc: pc, rc: rc, dst: dst}, nil
+	return &udpHost{pc: pc, rc: rc}, nil
 }
 
 // addrFrom converts a gVisor address to netip.

@@ -190,6 +190,10 @@ type Stack struct {
 	// to the host itself (udpfast.go).
 	udpFast udpFastTable
 
+	// udpPorts are the host sockets of the guest's UDP ports (udp.go).
+	udpPortsMu sync.Mutex
+	udpPorts   map[udpPortKey]*udpPort // +checklocks:udpPortsMu
+
 	// flows tracks every goroutine the Stack starts or gVisor starts on
 	// its behalf; teardown refuses new ones and waits for the rest.
 	flows tracker
@@ -318,6 +322,7 @@ func newStack(cfg Config, link gvstack.LinkEndpoint) (*Stack, error) {
 	}
 	s.ctx, s.cancel = context.WithCancelCause(context.Background())
 	s.ping.flows = make(map[pingKey]*pingFlow)
+	s.udpPorts = make(map[udpPortKey]*udpPort)
 
 	if err := s.build(link); err != nil {
 		s.cancel(err)

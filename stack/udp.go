@@ -59,156 +59,232 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 	if dst.Port() == 53 {
 		idle = s.cfg.dnsIdle
 	}
+	src := netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort)
 	go func() {
 		defer s.flows.leave()
-		s.serveUDP(guest, dst, hostDst, idle)
+		port, err := s.acquireUDPPort(src, hostDst)
+		if err != nil {
+			guest.Close()
+			if s.ctx.Err() == nil {
+				s.logf("stack: udp %v → %v: %v", src, hostDst, err)
+			}
+			return
+		}
+		s.serveUDPFlow(port, guest, dst, hostDst, idle)
 	}()
 	return true
 }
 
-// maxOtherSources bounds the other host addresses (address:port) whose
-// datagrams one flow passes to the guest (see serveUDP); more are dropped.
-// A TFTP or STUN exchange needs one or two.
-const maxOtherSources = 16
+// maxHostFirstFlows bounds the flows one guest UDP port gets from the host
+// side (datagrams from addresses the guest has not sent to); more are
+// dropped. A TFTP or STUN exchange needs one or two.
+const maxHostFirstFlows = 16
 
-// serveUDP relays one flow between the guest endpoint and its host socket
-// until it has been idle (no datagram either way) for idle, or the stack
-// shuts down. Datagrams from the flow's destination reach the guest from
-// the original destination address, the local address of the guest
-// endpoint.
-//
-// The host socket is not connected, as slirp4netns's is not: datagrams
-// from other addresses or ports of the host's network reach the guest as
-// well (a TFTP server answers from a new port, a STUN server or a peer
-// from another address), from the address the guest would use to reach
-// them (the host's loopback as the gateway), each through a gVisor
-// endpoint of its own, which also carries the guest's answers back out
-// through the same host socket, so the peer sees one address and port.
-func (s *Stack) serveUDP(guest *gonet.UDPConn, dst, hostDst netip.AddrPort, idle time.Duration) {
-	defer guest.Close()
-	host, err := s.openHostUDP(s.ctx, hostDst)
-	if err != nil {
-		if s.ctx.Err() == nil {
-			s.logf("stack: udp %v → %v: %v", guest.RemoteAddr(), hostDst, err)
-		}
-		return
-	}
-	defer host.Close()
-	guestSrc, _ := netip.ParseAddrPort(guest.RemoteAddr().String())
+// UDP, host side. Each guest UDP port (address:port) has one host socket,
+// not connected, that all its flows share (udpPort): the host's network
+// sees the guest's port as one address and port whatever the destination,
+// and a datagram from any address reaches the guest (endpoint-independent
+// mapping and filtering, RFC 4787; slirp4netns's sockets behave the same).
+// A flow is one guest port and one remote: a gVisor endpoint for the guest
+// side, made by the forwarder for the guest's first datagram (handleUDP)
+// or, for a datagram from a remote the guest has not written to, by the
+// port's reader (a TFTP server answering from a new port, a STUN or
+// peer-to-peer peer), from the address the guest would use to reach it.
 
-	var (
-		wg     sync.WaitGroup
-		once   sync.Once
-		mu     sync.Mutex
-		closed bool                            // +checklocks:mu
-		fast   udpFastKey                      // +checklocks:mu; registered when valid
-		others = map[netip.AddrPort]net.Conn{} // +checklocks:mu; host address → its guest endpoint
-	)
-	closeAll := func() {
-		once.Do(func() {
-			mu.Lock()
-			closed = true
-			if fast.src.IsValid() {
-				s.udpFast.remove(fast)
-			}
-			for _, c := range others {
-				c.Close()
-			}
-			mu.Unlock()
-			guest.Close()
-			host.Close()
-		})
-	}
-	stop := context.AfterFunc(s.ctx, closeAll)
-	defer stop()
-	timer := time.AfterFunc(idle, closeAll)
-	defer timer.Stop()
-	extend := func() { timer.Reset(idle) }
-
-	// From now on the link filter writes this flow's datagrams to host
-	// itself (udpfast.go); those that reach the gVisor endpoint anyway
-	// (queued before, or not taken by the fast path) are relayed below.
-	if k, f, ok := udpFastFlowOf(guest, host, extend); ok {
-		mu.Lock()
-		if !closed {
-			fast = k
-			s.udpFast.add(k, f)
-		}
-		mu.Unlock()
-	}
-
-	// other returns the guest endpoint for datagrams from the host address
-	// from, making it (and its goroutine for the guest's answers) on first
-	// use; nil drops the datagram.
-	other := func(from netip.AddrPort) net.Conn {
-		mu.Lock()
-		defer mu.Unlock()
-		if c, ok := others[from]; ok || closed || len(others) >= maxOtherSources {
-			return c
-		}
-		src, ok := s.guestVisibleSource(from, dst, hostDst)
-		if !ok {
-			return nil
-		}
-		c, err := s.dialUDP(src, guestSrc, true)
-		if err != nil {
-			return nil // e.g. the guest has a flow of its own to src
-		}
-		others[from] = c
-		wg.Go(func() {
-			relayDatagrams(c, func(b []byte) { host.write(b, from) }, extend)
-		})
-		return c
-	}
-
-	wg.Go(func() {
-		defer closeAll()
-		bp := datagramPool.Get().(*[]byte)
-		defer datagramPool.Put(bp)
-		buf := *bp
-		for {
-			n, from, err := host.read(buf)
-			if err != nil {
-				if !isICMPError(err) {
-					return
-				}
-				for _, e := range host.icmpErrors() {
-					visible := dst
-					if e.dst != hostDst {
-						var ok bool
-						if visible, ok = s.guestVisibleSource(e.dst, dst, hostDst); !ok {
-							continue
-						}
-					}
-					s.relayICMPError(e, guestSrc, visible)
-				}
-				continue
-			}
-			extend()
-			if from == hostDst {
-				guest.Write(buf[:n])
-			} else if c := other(from); c != nil {
-				c.Write(buf[:n])
-			}
-		}
-	})
-	relayDatagrams(guest, func(b []byte) { host.write(b, hostDst) }, extend)
-	closeAll()
-	wg.Wait()
+// udpPortKey names a guest UDP port's host socket. Flows to the host's
+// loopback (the gateway) get a socket of their own on the loopback address,
+// so that --outbound-addr never applies to them and only local processes
+// can reach it.
+type udpPortKey struct {
+	src      netip.AddrPort
+	loopback bool
+	dst      netip.AddrPort // only with a test's dialer (Config.dial): a connected socket per flow
 }
 
-// guestVisibleSource is the address the guest sees a datagram from the
-// host address from come from, in a flow to dst (hostDst on the host):
-// the flow's destination itself for its own host address (the gateway for
-// the host's loopback), else from unchanged if the guest could reach it
-// directly; false (drop) for anything else: another loopback address, our
-// own or the virtual network's addresses, the other address family.
-func (s *Stack) guestVisibleSource(from, dst, hostDst netip.AddrPort) (netip.AddrPort, bool) {
-	a := from.Addr().Unmap()
-	if a == hostDst.Addr() {
-		return netip.AddrPortFrom(dst.Addr(), from.Port()), true
+// udpPort is the host socket of one guest UDP port and its flows. Its
+// reader goroutine dispatches what the socket receives; the last flow to
+// end closes the socket, which ends the reader.
+type udpPort struct {
+	key  udpPortKey
+	host *udpHost
+	refs int // flows; +checklocks:Stack.udpPortsMu
+
+	mu    sync.Mutex
+	flows map[netip.AddrPort]*udpFlow // by host address; +checklocks:mu
+}
+
+// udpFlow is one flow of a udpPort.
+type udpFlow struct {
+	guest   net.Conn       // the gVisor endpoint: local visible, remote the guest port
+	visible netip.AddrPort // the remote as the guest sees it
+	extend  func()         // the flow's idle timer: traffic seen
+	fast    udpFastKey     // in s.udpFast with fastF when valid
+	fastF   *udpFastFlow
+}
+
+// acquireUDPPort returns the host socket of guest port src for loopback or
+// other destinations, opening it (and starting its reader) for the first
+// flow; each call must be paired with releaseUDPPort.
+func (s *Stack) acquireUDPPort(src, hostDst netip.AddrPort) (*udpPort, error) {
+	k := udpPortKey{src: src, loopback: hostDst.Addr().IsLoopback()}
+	if s.cfg.dial != nil {
+		k.dst = hostDst
 	}
-	if a.Is4() != dst.Addr().Is4() || s.isOwn(a) {
+	s.udpPortsMu.Lock()
+	defer s.udpPortsMu.Unlock()
+	if p := s.udpPorts[k]; p != nil {
+		p.refs++
+		return p, nil
+	}
+	host, err := s.openHostUDP(s.ctx, k)
+	if err != nil {
+		return nil, err
+	}
+	p := &udpPort{key: k, host: host, refs: 1, flows: map[netip.AddrPort]*udpFlow{}}
+	if !s.flows.goFunc(func() { s.readUDPPort(p) }) {
+		host.Close()
+		return nil, errShutDown
+	}
+	s.udpPorts[k] = p
+	return p, nil
+}
+
+func (s *Stack) releaseUDPPort(p *udpPort) {
+	s.udpPortsMu.Lock()
+	defer s.udpPortsMu.Unlock()
+	if p.refs--; p.refs == 0 {
+		delete(s.udpPorts, p.key)
+		p.host.Close()
+	}
+}
+
+// readUDPPort reads the port's host socket until it is closed and hands
+// each datagram to the flow of its sender, making a flow for a new sender.
+func (s *Stack) readUDPPort(p *udpPort) {
+	bp := datagramPool.Get().(*[]byte)
+	defer datagramPool.Put(bp)
+	buf := *bp
+	for {
+		n, from, err := p.host.read(buf)
+		if err != nil {
+			if !isICMPError(err) {
+				return
+			}
+			for _, e := range p.host.icmpErrors() {
+				p.mu.Lock()
+				f := p.flows[e.dst]
+				p.mu.Unlock()
+				if f != nil {
+					s.relayICMPError(e, p.key.src, f.visible)
+				}
+			}
+			continue
+		}
+		p.mu.Lock()
+		f := p.flows[from]
+		p.mu.Unlock()
+		if f == nil {
+			f = s.hostFirstFlow(p, from)
+		}
+		if f != nil {
+			f.extend()
+			f.guest.Write(buf[:n])
+		}
+	}
+}
+
+// hostFirstFlow makes the flow for a datagram from a remote the guest has
+// not written to from this port; nil drops the datagram.
+func (s *Stack) hostFirstFlow(p *udpPort, from netip.AddrPort) *udpFlow {
+	visible, ok := s.guestVisible(from, p.key.src.Addr().Is6())
+	if !ok {
+		return nil
+	}
+	p.mu.Lock()
+	n := len(p.flows)
+	p.mu.Unlock()
+	if n >= maxHostFirstFlows {
+		return nil
+	}
+	c, err := s.dialUDP(visible, p.key.src, true)
+	if err != nil {
+		return nil // e.g. shutting down
+	}
+	s.udpPortsMu.Lock()
+	p.refs++
+	s.udpPortsMu.Unlock()
+	f := s.startUDPFlow(p, c, visible, from, s.cfg.udpIdle)
+	if !s.flows.goFunc(func() { s.runUDPFlow(p, f, from) }) {
+		c.Close()
+		s.endUDPFlow(p, f, from)
+		return nil
+	}
+	return f
+}
+
+// serveUDPFlow runs a flow the guest started (handleUDP).
+func (s *Stack) serveUDPFlow(p *udpPort, guest net.Conn, dst, hostDst netip.AddrPort, idle time.Duration) {
+	f := s.startUDPFlow(p, guest, dst, hostDst, idle)
+	s.runUDPFlow(p, f, hostDst)
+}
+
+// startUDPFlow registers a flow with its port (and the fast path) and
+// arms its idle timer, which closes the guest endpoint.
+func (s *Stack) startUDPFlow(p *udpPort, guest net.Conn, visible, hostDst netip.AddrPort, idle time.Duration) *udpFlow {
+	timer := time.AfterFunc(idle, func() { guest.Close() })
+	f := &udpFlow{guest: guest, visible: visible, extend: func() { timer.Reset(idle) }}
+	p.mu.Lock()
+	p.flows[hostDst] = f
+	p.mu.Unlock()
+	// From now on the link filter writes this flow's datagrams to the
+	// host itself (udpfast.go); those that reach the gVisor endpoint
+	// anyway (queued before, or not taken by the fast path) are relayed
+	// by runUDPFlow.
+	if k, ff, ok := udpFastFlowOf(guest, p.host, hostDst, f.extend); ok {
+		f.fast, f.fastF = k, ff
+		s.udpFast.add(k, ff)
+	}
+	return f
+}
+
+// runUDPFlow relays the guest's datagrams of a flow to the host until the
+// guest endpoint is closed (idle, or the stack shuts down), then ends it.
+func (s *Stack) runUDPFlow(p *udpPort, f *udpFlow, hostDst netip.AddrPort) {
+	stop := context.AfterFunc(s.ctx, func() { f.guest.Close() })
+	defer stop()
+	relayDatagrams(f.guest, func(b []byte) { p.host.write(b, hostDst) }, f.extend)
+	f.guest.Close()
+	s.endUDPFlow(p, f, hostDst)
+}
+
+func (s *Stack) endUDPFlow(p *udpPort, f *udpFlow, hostDst netip.AddrPort) {
+	if f.fast.src.IsValid() {
+		s.udpFast.remove(f.fast, f.fastF)
+	}
+	p.mu.Lock()
+	if p.flows[hostDst] == f {
+		delete(p.flows, hostDst)
+	}
+	p.mu.Unlock()
+	s.releaseUDPPort(p)
+}
+
+// guestVisible is the address the guest sees a datagram from the host
+// address from come from: the gateway for the host's loopback address
+// (unless DisableHostLoopback), else from itself if the guest could reach
+// it directly; false (drop) for anything else: other loopback addresses,
+// our own or the virtual network's addresses, the other address family.
+func (s *Stack) guestVisible(from netip.AddrPort, v6 bool) (netip.AddrPort, bool) {
+	a := from.Addr().Unmap()
+	if a.Is6() != v6 {
+		return netip.AddrPort{}, false
+	}
+	switch {
+	case a == hostLoopback4 && !s.cfg.DisableHostLoopback:
+		return netip.AddrPortFrom(s.gw4, from.Port()), true
+	case a == hostLoopback6 && s.gw6.IsValid() && !s.cfg.DisableHostLoopback:
+		return netip.AddrPortFrom(s.gw6, from.Port()), true
+	case s.isOwn(a):
 		return netip.AddrPort{}, false
 	}
 	if to, v := s.route(netip.AddrPortFrom(a, from.Port())); v != forward || to.Addr() != a {

@@ -50,8 +50,10 @@ func (t *udpFastTable) add(k udpFastKey, f *udpFastFlow) {
 	}
 }
 
-func (t *udpFastTable) remove(k udpFastKey) {
-	if _, loaded := t.flows.LoadAndDelete(k); loaded {
+// remove deletes k if it still maps to f (a new flow with the same key may
+// have replaced it).
+func (t *udpFastTable) remove(k udpFastKey, f *udpFastFlow) {
+	if t.flows.CompareAndDelete(k, f) {
 		t.n.Add(-1)
 	}
 }
@@ -106,10 +108,28 @@ func (s *Stack) udpFastSend(pkt *gvstack.PacketBuffer, src, dst netip.Addr, ihl,
 	return true
 }
 
-// udpFastFlowOf returns the fast-path key and entry of a flow: its host
-// socket's raw conn and the sockaddr to send to; false for host conns that
-// are not sockets (tests' dialers).
-func udpFastFlowOf(guest net.Conn, host *udpHost, extend func()) (udpFastKey, *udpFastFlow, bool) {
+// udpFastKeyFor is the fast-path key of a flow's guest endpoint: what the
+// link filter sees on the wire (plain IPv4 or IPv6 addresses, never
+// IPv4-mapped ones).
+func udpFastKeyFor(guest net.Conn) (udpFastKey, bool) {
+	if guest.RemoteAddr() == nil || guest.LocalAddr() == nil {
+		return udpFastKey{}, false // closed already
+	}
+	src, serr := netip.ParseAddrPort(guest.RemoteAddr().String())
+	dst, derr := netip.ParseAddrPort(guest.LocalAddr().String())
+	if serr != nil || derr != nil {
+		return udpFastKey{}, false
+	}
+	return udpFastKey{
+		src: netip.AddrPortFrom(src.Addr().Unmap(), src.Port()),
+		dst: netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port()),
+	}, true
+}
+
+// udpFastFlowOf returns the fast-path key and entry of a flow to hostDst:
+// its host socket's raw conn and the sockaddr to send to; false for host
+// conns that are not sockets (tests' dialers).
+func udpFastFlowOf(guest net.Conn, host *udpHost, hostDst netip.AddrPort, extend func()) (udpFastKey, *udpFastFlow, bool) {
 	var sc syscall.Conn = host.pc
 	if host.pc == nil {
 		var ok bool
@@ -121,22 +141,17 @@ func udpFastFlowOf(guest net.Conn, host *udpHost, extend func()) (udpFastKey, *u
 	if err != nil {
 		return udpFastKey{}, nil, false
 	}
-	src, serr := netip.ParseAddrPort(guest.RemoteAddr().String())
-	dst, derr := netip.ParseAddrPort(guest.LocalAddr().String())
-	if serr != nil || derr != nil {
+	k, ok := udpFastKeyFor(guest)
+	if !ok {
 		return udpFastKey{}, nil, false
 	}
-	// The key is what the link filter sees on the wire: plain IPv4 or
-	// IPv6 addresses, never IPv4-mapped ones.
-	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
 	f := &udpFastFlow{rc: rc, extend: extend}
 	if host.pc != nil {
-		if a := host.dst.Addr(); a.Is4() {
-			f.to = &unix.SockaddrInet4{Port: int(host.dst.Port()), Addr: a.As4()}
+		if a := hostDst.Addr(); a.Is4() {
+			f.to = &unix.SockaddrInet4{Port: int(hostDst.Port()), Addr: a.As4()}
 		} else {
-			f.to = &unix.SockaddrInet6{Port: int(host.dst.Port()), Addr: a.As16()}
+			f.to = &unix.SockaddrInet6{Port: int(hostDst.Port()), Addr: a.As16()}
 		}
 	}
-	return udpFastKey{src: src, dst: dst}, f, true
+	return k, f, true
 }

@@ -72,33 +72,67 @@ func TestUDPReplyFromOtherPort(t *testing.T) {
 	}
 }
 
-// TestGuestVisibleSource: which host addresses the guest may see datagrams from.
-func TestGuestVisibleSource(t *testing.T) {
+// TestGuestVisible: which host addresses the guest may see datagrams from, and as what.
+func TestGuestVisible(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.EnableIPv6 = true
 	e := startEnv(t, cfg)
 	ap := netip.MustParseAddrPort
-	gwFlow := [2]netip.AddrPort{ap("10.0.2.2:53"), ap("127.0.0.1:53")}
-	outFlow := [2]netip.AddrPort{ap("198.51.100.7:3478"), ap("198.51.100.7:3478")}
+	none := netip.AddrPort{}
 	for _, tc := range []struct {
-		flow   [2]netip.AddrPort // dst as the guest sent it, on the host
 		from   netip.AddrPort
+		v6     bool
 		want   netip.AddrPort
 		wantOK bool
 	}{
-		{gwFlow, ap("127.0.0.1:69"), ap("10.0.2.2:69"), true},             // the gateway's other port
-		{gwFlow, ap("127.0.0.2:69"), netip.AddrPort{}, false},             // another loopback address
-		{outFlow, ap("198.51.100.8:3479"), ap("198.51.100.8:3479"), true}, // another host, as itself
-		{outFlow, ap("[::ffff:198.51.100.8]:3479"), ap("198.51.100.8:3479"), true},
-		{outFlow, ap("10.0.2.50:1"), netip.AddrPort{}, false},     // the virtual network
-		{outFlow, ap("10.0.2.2:1"), netip.AddrPort{}, false},      // our own address
-		{outFlow, ap("[2001:db8::1]:1"), netip.AddrPort{}, false}, // the other family
-		{outFlow, ap("224.0.0.1:1"), netip.AddrPort{}, false},     // multicast
+		{ap("127.0.0.1:69"), false, ap("10.0.2.2:69"), true},            // the host's loopback: the gateway
+		{ap("[::1]:69"), true, ap("[fd00::2]:69"), true},                // the same in IPv6
+		{ap("127.0.0.2:69"), false, none, false},                        // another loopback address
+		{ap("198.51.100.8:3479"), false, ap("198.51.100.8:3479"), true}, // another host, as itself
+		{ap("[::ffff:198.51.100.8]:3479"), false, ap("198.51.100.8:3479"), true},
+		{ap("10.0.2.50:1"), false, none, false},     // the virtual network
+		{ap("10.0.2.2:1"), false, none, false},      // our own address
+		{ap("[2001:db8::1]:1"), false, none, false}, // the other family
+		{ap("224.0.0.1:1"), false, none, false},     // multicast
 	} {
-		got, ok := e.s.guestVisibleSource(tc.from, tc.flow[0], tc.flow[1])
+		got, ok := e.s.guestVisible(tc.from, tc.v6)
 		if got != tc.want || ok != tc.wantOK {
-			t.Errorf("guestVisibleSource(%v) in a flow to %v (%v on the host) = %v, %v; want %v, %v", tc.from, tc.flow[0], tc.flow[1], got, ok, tc.want, tc.wantOK)
+			t.Errorf("guestVisible(%v, v6 %v) = %v, %v; want %v, %v", tc.from, tc.v6, got, ok, tc.want, tc.wantOK)
 		}
+	}
+}
+
+// TestUDPOnePortPerGuestPort: datagrams from one guest port to two destinations leave the
+// host from one address and port (endpoint-independent mapping, as slirp4netns), so a peer
+// learns the guest's public port from a third party (STUN) and can use it.
+func TestUDPOnePortPerGuestPort(t *testing.T) {
+	e := startEnv(t, testConfig(t))
+	var servers [2]*net.UDPConn
+	for i := range servers {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		servers[i] = c
+	}
+	g := guestUDP(t, e.guest, false)
+	var seen [2]netip.AddrPort
+	buf := make([]byte, 100)
+	for i, srv := range servers {
+		to := &net.UDPAddr{IP: net.IPv4(10, 0, 2, 2), Port: srv.LocalAddr().(*net.UDPAddr).Port}
+		if _, err := g.WriteTo([]byte("hi"), to); err != nil {
+			t.Fatal(err)
+		}
+		srv.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, from, err := srv.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("server %d: %v", i, err)
+		}
+		seen[i] = from
+	}
+	if seen[0] != seen[1] {
+		t.Errorf("one guest port reached two servers from %v and %v; want one host address and port", seen[0], seen[1])
 	}
 }
 
