@@ -109,8 +109,9 @@ type udpPort struct {
 	host *udpHost
 	refs int // flows; +checklocks:Stack.udpPortsMu
 
-	mu    sync.Mutex
-	flows map[netip.AddrPort]*udpFlow // by host address; +checklocks:mu
+	mu        sync.Mutex
+	flows     map[netip.AddrPort]*udpFlow // by host address; +checklocks:mu
+	hostFirst int                         // flows made by the reader; +checklocks:mu
 }
 
 // udpFlow is one flow of a udpPort.
@@ -120,6 +121,8 @@ type udpFlow struct {
 	extend  func()         // the flow's idle timer: traffic seen
 	fast    udpFastKey     // in s.udpFast with fastF when valid
 	fastF   *udpFastFlow
+	// hostFirst: made by the port's reader, counted in udpPort.hostFirst.
+	hostFirst bool
 }
 
 // acquireUDPPort returns the host socket of guest port src for loopback or
@@ -201,19 +204,25 @@ func (s *Stack) hostFirstFlow(p *udpPort, from netip.AddrPort) *udpFlow {
 		return nil
 	}
 	p.mu.Lock()
-	n := len(p.flows)
+	full := p.hostFirst >= maxHostFirstFlows
+	if !full {
+		p.hostFirst++ // only this goroutine makes such flows
+	}
 	p.mu.Unlock()
-	if n >= maxHostFirstFlows {
+	if full {
 		return nil
 	}
 	c, err := s.dialUDP(visible, p.key.src, true)
 	if err != nil {
+		p.mu.Lock()
+		p.hostFirst--
+		p.mu.Unlock()
 		return nil // e.g. shutting down
 	}
 	s.udpPortsMu.Lock()
 	p.refs++
 	s.udpPortsMu.Unlock()
-	f := s.startUDPFlow(p, c, visible, from, s.cfg.udpIdle)
+	f := s.startUDPFlow(p, c, visible, from, s.cfg.udpIdle, true)
 	if !s.flows.goFunc(func() { s.runUDPFlow(p, f, from) }) {
 		c.Close()
 		s.endUDPFlow(p, f, from)
@@ -224,15 +233,15 @@ func (s *Stack) hostFirstFlow(p *udpPort, from netip.AddrPort) *udpFlow {
 
 // serveUDPFlow runs a flow the guest started (handleUDP).
 func (s *Stack) serveUDPFlow(p *udpPort, guest net.Conn, dst, hostDst netip.AddrPort, idle time.Duration) {
-	f := s.startUDPFlow(p, guest, dst, hostDst, idle)
+	f := s.startUDPFlow(p, guest, dst, hostDst, idle, false)
 	s.runUDPFlow(p, f, hostDst)
 }
 
 // startUDPFlow registers a flow with its port (and the fast path) and
 // arms its idle timer, which closes the guest endpoint.
-func (s *Stack) startUDPFlow(p *udpPort, guest net.Conn, visible, hostDst netip.AddrPort, idle time.Duration) *udpFlow {
+func (s *Stack) startUDPFlow(p *udpPort, guest net.Conn, visible, hostDst netip.AddrPort, idle time.Duration, hostFirst bool) *udpFlow {
 	timer := time.AfterFunc(idle, func() { guest.Close() })
-	f := &udpFlow{guest: guest, visible: visible, extend: func() { timer.Reset(idle) }}
+	f := &udpFlow{guest: guest, visible: visible, extend: func() { timer.Reset(idle) }, hostFirst: hostFirst}
 	p.mu.Lock()
 	p.flows[hostDst] = f
 	p.mu.Unlock()
@@ -264,6 +273,9 @@ func (s *Stack) endUDPFlow(p *udpPort, f *udpFlow, hostDst netip.AddrPort) {
 	p.mu.Lock()
 	if p.flows[hostDst] == f {
 		delete(p.flows, hostDst)
+	}
+	if f.hostFirst {
+		p.hostFirst--
 	}
 	p.mu.Unlock()
 	s.releaseUDPPort(p)
