@@ -119,6 +119,7 @@ type udpFlow struct {
 	guest   net.Conn       // the gVisor endpoint: local visible, remote the guest port
 	visible netip.AddrPort // the remote as the guest sees it
 	extend  func()         // the flow's idle timer: traffic seen
+	stop    func()         // the flow's idle timer: the flow has ended
 	fast    udpFastKey     // in s.udpFast with fastF when valid
 	fastF   *udpFastFlow
 	// hostFirst: made by the port's reader, counted in udpPort.hostFirst.
@@ -241,7 +242,7 @@ func (s *Stack) serveUDPFlow(p *udpPort, guest net.Conn, dst, hostDst netip.Addr
 // arms its idle timer, which closes the guest endpoint.
 func (s *Stack) startUDPFlow(p *udpPort, guest net.Conn, visible, hostDst netip.AddrPort, idle time.Duration, hostFirst bool) *udpFlow {
 	timer := time.AfterFunc(idle, func() { guest.Close() })
-	f := &udpFlow{guest: guest, visible: visible, extend: func() { timer.Reset(idle) }, hostFirst: hostFirst}
+	f := &udpFlow{guest: guest, visible: visible, extend: func() { timer.Reset(idle) }, stop: func() { timer.Stop() }, hostFirst: hostFirst}
 	p.mu.Lock()
 	p.flows[hostDst] = f
 	p.mu.Unlock()
@@ -267,6 +268,7 @@ func (s *Stack) runUDPFlow(p *udpPort, f *udpFlow, hostDst netip.AddrPort) {
 }
 
 func (s *Stack) endUDPFlow(p *udpPort, f *udpFlow, hostDst netip.AddrPort) {
+	f.stop()
 	if f.fast.src.IsValid() {
 		s.udpFast.remove(f.fast, f.fastF)
 	}
