@@ -179,28 +179,36 @@ func (s *Stack) echoReply(key pingKey, msg []byte) []byte {
 
 // netUnreachable builds ICMP destination unreachable, code net unreachable
 // (ICMPv6: no route to destination), from the gateway to src, quoting orig
-// (the offending IP packet) as far as RFC 1812 / RFC 4443 allow.
+// (the offending IP packet).
 func (s *Stack) netUnreachable(src netip.Addr, orig []byte) []byte {
 	if src.Is4() {
-		orig = orig[:min(len(orig), 576-header.IPv4MinimumSize-header.ICMPv4MinimumSize)]
-		msg := make([]byte, header.ICMPv4MinimumSize+len(orig))
-		msg[0] = byte(header.ICMPv4DstUnreachable)
-		msg[1] = byte(header.ICMPv4NetUnreachable)
-		copy(msg[8:], orig)
-		binary.BigEndian.PutUint16(msg[2:], fold(csum(0, msg)))
-		return ipv4Packet(s.gw4, src, header.ICMPv4ProtocolNumber, msg)
+		return dstUnreachable(s.gw4, src, uint8(header.ICMPv4NetUnreachable), orig)
 	}
 	from := s.gw6
 	if src.IsLinkLocalUnicast() {
 		from = s.router6
 	}
+	return dstUnreachable(from, src, uint8(header.ICMPv6NetworkUnreachable), orig)
+}
+
+// dstUnreachable builds an ICMP (ICMPv6 for IPv6 addresses) destination
+// unreachable with code from from to to, quoting orig (the offending IP
+// packet) as far as RFC 1812 / RFC 4443 allow.
+func dstUnreachable(from, to netip.Addr, code uint8, orig []byte) []byte {
+	if to.Is4() {
+		orig = orig[:min(len(orig), 576-header.IPv4MinimumSize-header.ICMPv4MinimumSize)]
+		msg := make([]byte, header.ICMPv4MinimumSize+len(orig))
+		msg[0], msg[1] = byte(header.ICMPv4DstUnreachable), code
+		copy(msg[8:], orig)
+		binary.BigEndian.PutUint16(msg[2:], fold(csum(0, msg)))
+		return ipv4Packet(from, to, header.ICMPv4ProtocolNumber, msg)
+	}
 	orig = orig[:min(len(orig), header.IPv6MinimumMTU-header.IPv6MinimumSize-header.ICMPv6MinimumSize-4)]
 	msg := make([]byte, 8+len(orig))
-	msg[0] = byte(header.ICMPv6DstUnreachable)
-	msg[1] = byte(header.ICMPv6NetworkUnreachable)
+	msg[0], msg[1] = byte(header.ICMPv6DstUnreachable), code
 	copy(msg[8:], orig)
-	binary.BigEndian.PutUint16(msg[2:], fold(csum(pseudo6(from, src, header.ICMPv6ProtocolNumber, len(msg)), msg)))
-	return ipv6Packet(from, src, header.ICMPv6ProtocolNumber, 64, msg)
+	binary.BigEndian.PutUint16(msg[2:], fold(csum(pseudo6(from, to, header.ICMPv6ProtocolNumber, len(msg)), msg)))
+	return ipv6Packet(from, to, header.ICMPv6ProtocolNumber, 64, msg)
 }
 
 var ipv4ID atomic.Uint32

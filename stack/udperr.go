@@ -118,22 +118,13 @@ func icmpUnreachableFor(e icmpError, guestSrc, visibleDst netip.AddrPort) []byte
 	binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
 	copy(udp[8:], e.payload)
 	from, to := visibleDst.Addr(), guestSrc.Addr()
+	var quote []byte
 	if to.Is4() {
-		quote := ipv4Packet(to, from, header.UDPProtocolNumber, udp)
-		quote = quote[:min(len(quote), 576-header.IPv4MinimumSize-header.ICMPv4MinimumSize)]
-		msg := make([]byte, header.ICMPv4MinimumSize+len(quote))
-		msg[0], msg[1] = byte(header.ICMPv4DstUnreachable), e.code
-		copy(msg[8:], quote)
-		binary.BigEndian.PutUint16(msg[2:], fold(csum(0, msg)))
-		return ipv4Packet(from, to, header.ICMPv4ProtocolNumber, msg)
+		quote = ipv4Packet(to, from, header.UDPProtocolNumber, udp)
+	} else {
+		quote = ipv6Packet(to, from, header.UDPProtocolNumber, 64, udp)
 	}
-	quote := ipv6Packet(to, from, header.UDPProtocolNumber, 64, udp)
-	quote = quote[:min(len(quote), header.IPv6MinimumMTU-header.IPv6MinimumSize-header.ICMPv6MinimumSize-4)]
-	msg := make([]byte, 8+len(quote))
-	msg[0], msg[1] = byte(header.ICMPv6DstUnreachable), e.code
-	copy(msg[8:], quote)
-	binary.BigEndian.PutUint16(msg[2:], fold(csum(pseudo6(from, to, header.ICMPv6ProtocolNumber, len(msg)), msg)))
-	return ipv6Packet(from, to, header.ICMPv6ProtocolNumber, 64, msg)
+	return dstUnreachable(from, to, e.code, quote)
 }
 
 // relayICMPError sends the guest at guestSrc the ICMP error for its datagram
