@@ -1137,8 +1137,8 @@ func TestUDPFastPath(t *testing.T) {
 			}
 			// The first datagram opens the flow; a few more may pass
 			// through gVisor before the fast path has it.
-			if got := e.s.udpFast.sent.Load(); got < 490 {
-				t.Errorf("the fast path took %d of 500 datagrams, want all but the first few", got)
+			if got := e.s.gv.Stats().UDP.PacketsReceived.Value(); got > 10 {
+				t.Errorf("gVisor received %d of the 500 datagrams, want only the first few (the fast path takes the rest)", got)
 			}
 			deadline := time.Now().Add(5 * time.Second)
 			for e.s.udpFast.n.Load() != 0 {
