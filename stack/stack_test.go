@@ -839,11 +839,21 @@ func TestDNSListenersServedAndAnswered(t *testing.T) {
 	}
 	c.Close()
 
-	mu.Lock()
-	if !served["10.0.2.3:53"] || !served["[fd00::3]:53"] {
-		t.Errorf("ServeDNS called for %v, want 10.0.2.3:53 and [fd00::3]:53", served)
+	// Run calls ServeDNS for each listener on a goroutine of its own: the
+	// IPv6 one, not used above, may not have started yet.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		ok := served["10.0.2.3:53"] && served["[fd00::3]:53"]
+		got := fmt.Sprint(served)
+		mu.Unlock()
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("ServeDNS called for %v after 5 s, want 10.0.2.3:53 and [fd00::3]:53", got)
+			break
+		}
 	}
-	mu.Unlock()
 	if got := d.dialed(); len(got) != 0 {
 		t.Errorf("DNS traffic dialed %v", got)
 	}
