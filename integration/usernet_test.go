@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -382,6 +383,28 @@ func TestUDPPortUnreachable(t *testing.T) {
 		usernetOnly(t, "ICMP errors from the host's loopback")
 		waitSLAAC(t, testContext(t, 30*time.Second), tg)
 		check(t, "[fd00::2]:"+closedUDP(t, listenUDP, "[::1]:0"))
+	})
+}
+
+// TestTCPHostUnreachable: a connection to an address the host cannot reach (on the fake
+// internet's link, nobody answers ARP/NDP for it) fails in the namespace with EHOSTUNREACH,
+// from the ICMP error usernet sends for the host's failed connect; slirp4netns lets the
+// namespace's SYNs time out.
+func TestTCPHostUnreachable(t *testing.T) {
+	setup(t)
+	usernetOnly(t, "ICMP host unreachable for a failed host connect")
+	t.Parallel()
+	tg := newTarget(t)
+	startUsernet(t, tg, usernetOpts{flags: []string{"-c", "--enable-ipv6"}})
+	// An unassigned address on the fake internet's link: its host .77 (::77).
+	a4, a6 := netip.MustParseAddr(suite.inet4).As4(), netip.MustParseAddr(suite.inet6).As16()
+	a4[3], a6[15] = 77, 0x77
+	t.Run("ipv4", func(t *testing.T) {
+		checkDial(t, tg, netip.AddrPortFrom(netip.AddrFrom4(a4), 80).String(), "EHOSTUNREACH")
+	})
+	t.Run("ipv6", func(t *testing.T) {
+		waitSLAAC(t, testContext(t, 30*time.Second), tg)
+		checkDial(t, tg, netip.AddrPortFrom(netip.AddrFrom16(a6), 80).String(), "EHOSTUNREACH")
 	})
 }
 

@@ -189,6 +189,11 @@ func (s *Stack) filterIPv4(pkt *gvstack.PacketBuffer) bool {
 		if ip.TransportProtocol() == header.UDPProtocolNumber && !fragmented && s.udpFastSend(pkt, src, dst, ihl, total) {
 			return true
 		}
+		if ip.TransportProtocol() == header.TCPProtocolNumber && !fragmented {
+			if b := peek(pkt, ihl+header.TCPMinimumSize); len(b) == ihl+header.TCPMinimumSize {
+				s.noteSYN(src, dst, header.TCP(b[ihl:]))
+			}
+		}
 		if dst != s.gw4 || !s.cfg.DisableHostLoopback || !firstFragment {
 			return false
 		}
@@ -254,6 +259,11 @@ func (s *Stack) filterIPv6(pkt *gvstack.PacketBuffer) bool {
 		// not a fragment either.
 		if tcpip.TransportProtocolNumber(ip.NextHeader()) == header.UDPProtocolNumber && s.udpFastSend(pkt, src, dst, hl, total) {
 			return true
+		}
+		if tcpip.TransportProtocolNumber(ip.NextHeader()) == header.TCPProtocolNumber {
+			if b := peek(pkt, hl+header.TCPMinimumSize); len(b) == hl+header.TCPMinimumSize {
+				s.noteSYN(src, dst, header.TCP(b[hl:]))
+			}
 		}
 		if dst != s.gw6 || !s.cfg.DisableHostLoopback {
 			return false

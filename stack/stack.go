@@ -190,6 +190,9 @@ type Stack struct {
 	// to the host itself (udpfast.go).
 	udpFast udpFastTable
 
+	// syns notes the guests' SYNs for tcpunreach.go.
+	syns synTable
+
 	// udpPorts are the host sockets of the guest's UDP ports (udp.go).
 	udpPortsMu sync.Mutex
 	udpPorts   map[udpPortKey]*udpPort // +checklocks:udpPortsMu

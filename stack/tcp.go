@@ -32,6 +32,8 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 
 	id := r.ID()
 	dst := netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort)
+	src := netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort)
+	seq, haveSeq := s.syns.take(synKey{src, dst})
 	hostDst, v := s.route(dst)
 	switch v {
 	case forward:
@@ -47,7 +49,13 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	host, err := s.dialHost(dctx, "tcp", hostDst)
 	cancel()
 	if err != nil {
-		// Refused, unreachable, timed out, or shutting down: RST.
+		// Unreachable: the ICMP error a router would send
+		// (tcpunreach.go). Refused, timed out, shutting down, or no
+		// sequence number: RST.
+		if code, ok := unreachableCode(err, dst.Addr().Is6()); ok && haveSeq && s.tcpUnreachable(src, dst, seq, code) {
+			r.Complete(false)
+			return
+		}
 		r.Complete(true)
 		return
 	}
