@@ -157,7 +157,9 @@ func (s *Stack) releaseUDPPort(p *udpPort) {
 	s.udpPortsMu.Lock()
 	defer s.udpPortsMu.Unlock()
 	if p.refs--; p.refs == 0 {
-		delete(s.udpPorts, p.key)
+		if s.udpPorts[p.key] == p {
+			delete(s.udpPorts, p.key)
+		}
 		p.host.Close()
 	}
 }
@@ -214,15 +216,26 @@ func (s *Stack) hostFirstFlow(p *udpPort, from netip.AddrPort) *udpFlow {
 		return nil
 	}
 	c, err := s.dialUDP(visible, p.key.src, true)
+	if err == nil {
+		s.udpPortsMu.Lock()
+		if p.refs == 0 {
+			// The port's last flow ended after this datagram came
+			// in: the socket is closed, the datagram too late.
+			err = errShutDown
+		} else {
+			p.refs++
+		}
+		s.udpPortsMu.Unlock()
+		if err != nil {
+			c.Close()
+		}
+	}
 	if err != nil {
 		p.mu.Lock()
 		p.hostFirst--
 		p.mu.Unlock()
 		return nil // e.g. shutting down
 	}
-	s.udpPortsMu.Lock()
-	p.refs++
-	s.udpPortsMu.Unlock()
 	f := s.startUDPFlow(p, c, visible, from, s.cfg.udpIdle, true)
 	if !s.flows.goFunc(func() { s.runUDPFlow(p, f, from) }) {
 		c.Close()
