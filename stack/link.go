@@ -190,9 +190,7 @@ func (s *Stack) filterIPv4(pkt *gvstack.PacketBuffer) bool {
 			return true
 		}
 		if ip.TransportProtocol() == header.TCPProtocolNumber && !fragmented {
-			if b := peek(pkt, ihl+header.TCPMinimumSize); len(b) == ihl+header.TCPMinimumSize {
-				s.noteSYN(src, dst, header.TCP(b[ihl:]))
-			}
+			s.noteSYN(pkt, src, dst, ihl)
 		}
 		if dst != s.gw4 || !s.cfg.DisableHostLoopback || !firstFragment {
 			return false
@@ -261,9 +259,7 @@ func (s *Stack) filterIPv6(pkt *gvstack.PacketBuffer) bool {
 			return true
 		}
 		if tcpip.TransportProtocolNumber(ip.NextHeader()) == header.TCPProtocolNumber {
-			if b := peek(pkt, hl+header.TCPMinimumSize); len(b) == hl+header.TCPMinimumSize {
-				s.noteSYN(src, dst, header.TCP(b[hl:]))
-			}
+			s.noteSYN(pkt, src, dst, hl)
 		}
 		if dst != s.gw6 || !s.cfg.DisableHostLoopback {
 			return false

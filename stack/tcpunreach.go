@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
 // A guest's connection to a host the host cannot reach. When the host's
@@ -57,11 +58,21 @@ func (t *synTable) take(k synKey) (uint32, bool) {
 	return v.(uint32), true
 }
 
-// noteSYN records the sequence number of a guest's SYN (tcp is its TCP
-// header) to a foreign address for handleTCP. Our own addresses are never
-// unreachable (the gateway's host side is the loopback).
-func (s *Stack) noteSYN(src, dst netip.Addr, tcp header.TCP) {
-	if f := tcp.Flags(); !f.Contains(header.TCPFlagSyn) || f.Contains(header.TCPFlagAck) || s.isOwn(dst) {
+// noteSYN records the sequence number of a guest's SYN to a foreign
+// address (pkt is an IP packet whose TCP header starts at hl) for
+// handleTCP. Our own addresses are never unreachable (the gateway's host
+// side is the loopback), so their segments — most bulk traffic — are not
+// even looked at.
+func (s *Stack) noteSYN(pkt *gvstack.PacketBuffer, src, dst netip.Addr, hl int) {
+	if s.isOwn(dst) {
+		return
+	}
+	b := peek(pkt, hl+header.TCPMinimumSize)
+	if len(b) < hl+header.TCPMinimumSize {
+		return
+	}
+	tcp := header.TCP(b[hl:])
+	if f := tcp.Flags(); !f.Contains(header.TCPFlagSyn) || f.Contains(header.TCPFlagAck) {
 		return
 	}
 	s.syns.note(synKey{netip.AddrPortFrom(src, tcp.SourcePort()), netip.AddrPortFrom(dst, tcp.DestinationPort())}, tcp.SequenceNumber())

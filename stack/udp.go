@@ -263,9 +263,11 @@ func (s *Stack) startUDPFlow(p *udpPort, guest net.Conn, visible, hostDst netip.
 	// host itself (udpfast.go); those that reach the gVisor endpoint
 	// anyway (queued before, or not taken by the fast path) are relayed
 	// by runUDPFlow.
-	if k, ff, ok := udpFastFlowOf(guest, p.host, hostDst, f.extend); ok {
-		f.fast, f.fastF = k, ff
-		s.udpFast.add(k, ff)
+	// The key is what the link filter sees on the wire: the guest port
+	// and the remote as the guest addresses it (both plain, unmapped).
+	if ff, ok := udpFastFlowOf(p.host, hostDst, f.extend); ok {
+		f.fast, f.fastF = udpFastKey{src: p.key.src, dst: visible}, ff
+		s.udpFast.add(f.fast, ff)
 	}
 	return f
 }

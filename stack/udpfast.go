@@ -1,7 +1,6 @@
 package stack
 
 import (
-	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -106,42 +105,20 @@ func (s *Stack) udpFastSend(pkt *gvstack.PacketBuffer, src, dst netip.Addr, ihl,
 	return true
 }
 
-// udpFastKeyFor is the fast-path key of a flow's guest endpoint: what the
-// link filter sees on the wire (plain IPv4 or IPv6 addresses, never
-// IPv4-mapped ones).
-func udpFastKeyFor(guest net.Conn) (udpFastKey, bool) {
-	if guest.RemoteAddr() == nil || guest.LocalAddr() == nil {
-		return udpFastKey{}, false // closed already
-	}
-	src, serr := netip.ParseAddrPort(guest.RemoteAddr().String())
-	dst, derr := netip.ParseAddrPort(guest.LocalAddr().String())
-	if serr != nil || derr != nil {
-		return udpFastKey{}, false
-	}
-	return udpFastKey{
-		src: netip.AddrPortFrom(src.Addr().Unmap(), src.Port()),
-		dst: netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port()),
-	}, true
-}
-
-// udpFastFlowOf returns the fast-path key and entry of a flow to hostDst:
-// its host socket's raw conn and the sockaddr to send to; false for host
-// conns that are not sockets (tests' dialers).
-func udpFastFlowOf(guest net.Conn, host *udpHost, hostDst netip.AddrPort, extend func()) (udpFastKey, *udpFastFlow, bool) {
-	var sc syscall.Conn = host.pc
+// udpFastFlowOf returns the fast-path entry of a flow to hostDst: its host
+// socket's raw conn and the sockaddr to send to; false for host conns that
+// are not sockets (tests' dialers).
+func udpFastFlowOf(host *udpHost, hostDst netip.AddrPort, extend func()) (*udpFastFlow, bool) {
+	rc := host.rc
 	if host.pc == nil {
-		var ok bool
-		if sc, ok = host.c.(syscall.Conn); !ok {
-			return udpFastKey{}, nil, false
+		sc, ok := host.c.(syscall.Conn)
+		if !ok {
+			return nil, false
 		}
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return udpFastKey{}, nil, false
-	}
-	k, ok := udpFastKeyFor(guest)
-	if !ok {
-		return udpFastKey{}, nil, false
+		var err error
+		if rc, err = sc.SyscallConn(); err != nil {
+			return nil, false
+		}
 	}
 	f := &udpFastFlow{rc: rc, extend: extend}
 	if host.pc != nil {
@@ -151,5 +128,5 @@ func udpFastFlowOf(guest net.Conn, host *udpHost, hostDst netip.AddrPort, extend
 			f.to = &unix.SockaddrInet6{Port: int(hostDst.Port()), Addr: a.As16()}
 		}
 	}
-	return k, f, true
+	return f, true
 }
