@@ -56,6 +56,16 @@ type Config struct {
 	// Upstream is the resolver to relay to, dialled from the host (so
 	// 127.0.0.x works). Port 0 means 53.
 	Upstream netip.AddrPort
+	// ResolvConf, if set, is the resolv.conf file Upstream was taken
+	// from: the forwarder follows it, switching to its first usable
+	// nameserver (port 53) when the file changes, looked at no more than
+	// once a second, on a query. A version of the file without a usable
+	// nameserver, or one that Check refuses, is logged and leaves the
+	// upstream as it was, as does a file that cannot be read.
+	ResolvConf string
+	// Check, if set, vets each upstream taken from ResolvConf (not
+	// Upstream, which the caller vetted).
+	Check func(netip.AddrPort) error
 	// Timeout bounds each query: dial, send and wait for the reply. With no
 	// reply in time a UDP query is dropped and a TCP client connection is
 	// closed. 0 means DefaultTimeout.
@@ -65,12 +75,13 @@ type Config struct {
 	Logf func(format string, args ...any)
 }
 
-// Forwarder relays DNS queries to one upstream resolver. It is safe for
-// concurrent use; Serve may run several times at once (e.g. one call for the
-// IPv4 and one for the IPv6 DNS address), and the in-flight limits are
-// shared between the calls.
+// Forwarder relays DNS queries to one upstream resolver (at a time: see
+// Config.ResolvConf). It is safe for concurrent use; Serve may run several
+// times at once (e.g. one call for the IPv4 and one for the IPv6 DNS
+// address), and the in-flight limits are shared between the calls.
 type Forwarder struct {
-	upstream netip.AddrPort
+	upstream atomic.Pointer[netip.AddrPort] // never nil after New
+	follow   *resolvFollower                // nil: Upstream is fixed
 	timeout  time.Duration
 	logf     func(format string, args ...any)
 	dialer   net.Dialer
@@ -102,7 +113,6 @@ func New(cfg Config) (*Forwarder, error) {
 		return nil, fmt.Errorf("dns: negative timeout %v", cfg.Timeout)
 	}
 	f := &Forwarder{
-		upstream:    up,
 		timeout:     cfg.Timeout,
 		logf:        cfg.Logf,
 		idleTimeout: tcpIdleTimeout,
@@ -115,11 +125,36 @@ func New(cfg Config) (*Forwarder, error) {
 	if f.logf == nil {
 		f.logf = func(string, ...any) {}
 	}
+	f.upstream.Store(&up)
+	if cfg.ResolvConf != "" {
+		f.follow = &resolvFollower{
+			path:  cfg.ResolvConf,
+			check: cfg.Check,
+			logf:  f.logf,
+			port:  53,
+			every: resolvCheckEvery,
+		}
+	}
 	return f, nil
 }
 
-// Upstream returns the resolver f relays to, with its port filled in.
-func (f *Forwarder) Upstream() netip.AddrPort { return f.upstream }
+// Upstream returns the resolver f relays to now, with its port filled in.
+func (f *Forwarder) Upstream() netip.AddrPort { return *f.upstream.Load() }
+
+// upstreamForQuery returns the resolver a query starting now goes to,
+// first following the resolv.conf file if it is time to look at it.
+func (f *Forwarder) upstreamForQuery() netip.AddrPort {
+	cur := f.upstream.Load()
+	if f.follow == nil {
+		return *cur
+	}
+	next, ok := f.follow.poll(time.Now(), *cur)
+	if !ok {
+		return *cur
+	}
+	f.upstream.Store(&next) // only the poller that holds follow.mu stores
+	return next
+}
 
 // Serve relays DNS over UDP from pc and over TCP from ln until ctx ends.
 // Either may be nil. Serve owns pc and ln from the moment it is called: it

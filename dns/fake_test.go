@@ -51,20 +51,31 @@ type fakeUpstream struct {
 // and TCP on the same port, stopped when the test ends.
 func startFakeUpstream(t *testing.T, ip string) *fakeUpstream {
 	t.Helper()
+	u, err := startFakeUpstreamOn(t, ip, 0)
+	if err != nil {
+		t.Skipf("cannot listen on %s: %v", ip, err)
+	}
+	return u
+}
+
+// startFakeUpstreamOn is startFakeUpstream on the given port (0: any); it
+// returns the error if that port is taken.
+func startFakeUpstreamOn(t *testing.T, ip string, fixed int) (*fakeUpstream, error) {
+	t.Helper()
 	u := &fakeUpstream{conns: map[net.Conn]bool{}}
 	for try := 0; ; try++ {
-		pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(ip)})
+		pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(ip), Port: fixed})
 		if err != nil {
-			t.Skipf("cannot listen on %s: %v", ip, err)
+			return nil, err
 		}
 		port := pc.LocalAddr().(*net.UDPAddr).Port
 		ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.ParseIP(ip), Port: port})
 		if err != nil {
 			pc.Close()
-			if try < 20 {
+			if try < 20 && fixed == 0 {
 				continue // the TCP port was taken; try another
 			}
-			t.Fatalf("ListenTCP(%s:%d): %v", ip, port, err)
+			return nil, fmt.Errorf("ListenTCP(%s:%d): %w", ip, port, err)
 		}
 		u.udp, u.ln = pc, ln
 		u.addr = netip.AddrPortFrom(netip.MustParseAddr(ip), uint16(port))
@@ -82,7 +93,7 @@ func startFakeUpstream(t *testing.T, ip string) *fakeUpstream {
 		u.mu.Unlock()
 		u.wg.Wait()
 	})
-	return u
+	return u, nil
 }
 
 func (u *fakeUpstream) serveUDP() {

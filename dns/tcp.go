@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -81,10 +82,11 @@ func (f *Forwarder) serveTCPConn(ctx context.Context, c net.Conn) {
 			return
 		}
 		deadline := time.Now().Add(f.timeout)
-		reply, err := f.exchangeTCP(ctx, &up, q, deadline)
+		to := f.upstreamForQuery()
+		reply, err := f.exchangeTCP(ctx, &up, to, q, deadline)
 		if err != nil {
 			if ctx.Err() == nil && f.upstreamLog.allow() {
-				f.logf("dns: tcp query to %v: %v", f.upstream, err)
+				f.logf("dns: tcp query to %v: %v", to, err)
 			}
 			return
 		}
@@ -100,8 +102,9 @@ func (f *Forwarder) serveTCPConn(ctx context.Context, c net.Conn) {
 // tcpUpstream is one TCP connection to the upstream, owned by the
 // serveTCPConn goroutine that dialled it.
 type tcpUpstream struct {
-	c net.Conn
-	w *interruptible
+	to netip.AddrPort // the resolver it is connected to
+	c  net.Conn
+	w  *interruptible
 }
 
 // close closes u; a nil u is fine.
@@ -113,15 +116,20 @@ func (u *tcpUpstream) close() {
 	u.c.Close()
 }
 
-// exchangeTCP relays q over *up, dialling it if nil, and returns the reply.
-// On failure *up is closed and set to nil; if the failed connection had
-// been reused, the query is retried once on a fresh one. Everything must
-// happen before deadline.
-func (f *Forwarder) exchangeTCP(ctx context.Context, up **tcpUpstream, q []byte, deadline time.Time) ([]byte, error) {
+// exchangeTCP relays q to the resolver to over *up, dialling it if nil or
+// connected to another resolver (the upstream moved), and returns the
+// reply. On failure *up is closed and set to nil; if the failed connection
+// had been reused, the query is retried once on a fresh one. Everything
+// must happen before deadline.
+func (f *Forwarder) exchangeTCP(ctx context.Context, up **tcpUpstream, to netip.AddrPort, q []byte, deadline time.Time) ([]byte, error) {
+	if *up != nil && (*up).to != to {
+		(*up).close()
+		*up = nil
+	}
 	for {
 		fresh := *up == nil
 		if fresh {
-			u, err := f.dialTCP(ctx, deadline)
+			u, err := f.dialTCP(ctx, to, deadline)
 			if err != nil {
 				return nil, err
 			}
@@ -146,14 +154,14 @@ func (f *Forwarder) exchangeTCP(ctx context.Context, up **tcpUpstream, q []byte,
 	}
 }
 
-func (f *Forwarder) dialTCP(ctx context.Context, deadline time.Time) (*tcpUpstream, error) {
+func (f *Forwarder) dialTCP(ctx context.Context, to netip.AddrPort, deadline time.Time) (*tcpUpstream, error) {
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	c, err := f.dialer.DialContext(dctx, "tcp", f.upstream.String())
+	c, err := f.dialer.DialContext(dctx, "tcp", to.String())
 	if err != nil {
 		return nil, err
 	}
-	return &tcpUpstream{c: c, w: watch(ctx, c)}, nil
+	return &tcpUpstream{to: to, c: c, w: watch(ctx, c)}, nil
 }
 
 // exchange writes q and reads responses until one carries q's ID.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -82,10 +83,11 @@ func (f *Forwarder) relayUDP(ctx context.Context, pc net.PacketConn, q []byte, c
 	bufp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bufp)
 
-	reply, err := f.exchangeUDP(qctx, q, *bufp)
+	up := f.upstreamForQuery()
+	reply, err := f.exchangeUDP(qctx, up, q, *bufp)
 	if err != nil {
 		if ctx.Err() == nil && f.upstreamLog.allow() {
-			f.logf("dns: udp query to %v: %v", f.upstream, err)
+			f.logf("dns: udp query to %v: %v", up, err)
 		}
 		return
 	}
@@ -94,11 +96,11 @@ func (f *Forwarder) relayUDP(ctx context.Context, pc net.PacketConn, q []byte, c
 	}
 }
 
-// exchangeUDP sends q to the upstream over a new connected socket and
-// returns the first response with q's ID, read into buf. Other datagrams
-// are ignored. It gives up when ctx ends.
-func (f *Forwarder) exchangeUDP(ctx context.Context, q, buf []byte) ([]byte, error) {
-	c, err := f.dialer.DialContext(ctx, "udp", f.upstream.String())
+// exchangeUDP sends q to up over a new connected socket and returns the
+// first response with q's ID, read into buf. Other datagrams are ignored.
+// It gives up when ctx ends.
+func (f *Forwarder) exchangeUDP(ctx context.Context, up netip.AddrPort, q, buf []byte) ([]byte, error) {
+	c, err := f.dialer.DialContext(ctx, "udp", up.String())
 	if err != nil {
 		return nil, err
 	}

@@ -454,6 +454,74 @@ func TestDNSResolvConf(t *testing.T) {
 	checkDNS(t, tg, "10.0.2.3:53", "udp", "A", "resolvconf.usernet.test", []string{resolvAnswer})
 }
 
+// TestDNSFollowsResolvConf: the upstream follows the resolv.conf it came from, as
+// slirp4netns's does (libslirp re-reads /etc/resolv.conf when it changes): a host that
+// changes networks rewrites it, and the namespace must then ask the new resolver. Here the
+// file (--resolv-conf, a usernet flag; slirp4netns was compared by hand on a bind-mounted
+// /etc/resolv.conf) is replaced as NetworkManager does, by a rename, then emptied, which
+// keeps the upstream. Also with both sandbox flags, as podman passes them: the sandbox
+// shows the file's directory and the seccomp filter lets it be read.
+func TestDNSFollowsResolvConf(t *testing.T) {
+	setup(t)
+	usernetOnly(t, "--resolv-conf")
+	t.Parallel()
+	const moved = "198.51.100.54"
+	second, err := newDNSServer("127.0.0.54", "53", net.ParseIP(moved), nil, sameNetns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(second.Close)
+	for _, tt := range []struct {
+		name  string
+		flags []string
+	}{
+		{"plain", nil},
+		{"sandbox-seccomp", []string{"--enable-sandbox", "--enable-seccomp"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			path := filepath.Join(userDir(t), "resolv.conf")
+			replace := func(text string) {
+				t.Helper()
+				if err := os.WriteFile(path+".new", []byte(text), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Rename(path+".new", path); err != nil {
+					t.Fatal(err)
+				}
+			}
+			replace("nameserver " + suite.resolvNS + "\n")
+			tg := newTarget(t)
+			u := startUsernet(t, tg, usernetOpts{flags: append([]string{"-c", "--resolv-conf", path}, tt.flags...), noDNSFlag: true})
+			checkDNS(t, tg, "10.0.2.3:53", "udp", "A", "before.usernet.test", []string{resolvAnswer})
+
+			replace("# another network\nnameserver 127.0.0.54\n")
+			// The file is looked at once a second, on a query.
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				var res DNSResult
+				tg.helper(t, testContext(t, 30*time.Second), &res, "dns", "10.0.2.3:53", "udp", "A", "after.usernet.test")
+				if slices.Equal(res.Answers, []string{moved}) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("10 s after resolv.conf moved to 127.0.0.54, 10.0.2.3 still answers %+v; want %s\nstderr:\n%s", res, moved, u.stderr.String())
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+			checkDNS(t, tg, "10.0.2.3:53", "tcp", "A", "tcp.usernet.test", []string{moved})
+
+			replace("# reconnecting\n")
+			time.Sleep(1200 * time.Millisecond) // past the next look
+			checkDNS(t, tg, "10.0.2.3:53", "udp", "A", "kept.usernet.test", []string{moved})
+			if !strings.Contains(u.stderr.String(), "usernet: dns: upstream is now 127.0.0.54:53") ||
+				!strings.Contains(u.stderr.String(), "no nameserver line") {
+				t.Errorf("stderr does not report the move and the empty file:\n%s", u.stderr.String())
+			}
+		})
+	}
+}
+
 // TestDisableHostLoopback: connecting to 10.0.2.2 fails with ENETUNREACH (not refused, not
 // a timeout) and reaches nothing, neither the host's loopback nor the network; ping to
 // 10.0.2.2 and DNS through a loopback upstream still work.

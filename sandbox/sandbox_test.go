@@ -98,6 +98,16 @@ func resumedChild() int {
 		unix.Close(fd)
 		return err
 	})
+	try("open /etc/hosts to write", func() error {
+		fd, err := unix.Open("/etc/hosts", unix.O_WRONLY|unix.O_CLOEXEC, 0)
+		unix.Close(fd)
+		return err
+	})
+	try("create /tmp/x", func() error {
+		fd, err := unix.Open("/tmp/usernet-sandbox-test-must-not-exist", unix.O_RDONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o600)
+		unix.Close(fd)
+		return err
+	})
 	try("unshare CLONE_NEWNS", func() error { return unix.Unshare(unix.CLONE_NEWNS) })
 	try("kill parent 0", func() error { return unix.Kill(os.Getppid(), 0) })
 	try("kill self 0", func() error { return unix.Kill(os.Getpid(), 0) })
@@ -244,16 +254,18 @@ func TestSandboxedChild(t *testing.T) {
 			}
 			if c.Seccomp {
 				want := map[string]string{
-					"socket AF_INET":      "",
-					"socket AF_UNIX":      "EPERM",
-					"socket AF_NETLINK":   "EPERM",
-					"open /etc/hosts":     "EPERM",
-					"unshare CLONE_NEWNS": "EPERM",
-					"kill parent 0":       "EPERM",
-					"kill self 0":         "",
-					"ioctl TIOCGWINSZ":    "EPERM",
-					"execve":              "EPERM",
-					"start a process":     "", // any error: checked below
+					"socket AF_INET":           "",
+					"socket AF_UNIX":           "EPERM",
+					"socket AF_NETLINK":        "EPERM",
+					"open /etc/hosts":          "", // reading is allowed (resolv.conf is followed)
+					"open /etc/hosts to write": "EPERM",
+					"create /tmp/x":            "EPERM",
+					"unshare CLONE_NEWNS":      "EPERM",
+					"kill parent 0":            "EPERM",
+					"kill self 0":              "",
+					"ioctl TIOCGWINSZ":         "EPERM",
+					"execve":                   "EPERM",
+					"start a process":          "", // any error: checked below
 				}
 				for op, w := range want {
 					got, ok := r.Calls[op]

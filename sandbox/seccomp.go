@@ -40,10 +40,11 @@ func argLow(i int) uint32 { return offArgs + 8*uint32(i) }
 type ruleKind int
 
 const (
-	allow       ruleKind = iota // always allowed
-	errnoRet                    // fails with errno (clone3 → ENOSYS, so that glibc falls back to clone)
-	arg0In                      // allowed when the low word of argument 0 is one of vals
-	cloneThread                 // clone that makes a thread (CLONE_THREAD) and no namespace
+	allow        ruleKind = iota // always allowed
+	errnoRet                     // fails with errno (clone3 → ENOSYS, so that glibc falls back to clone)
+	arg0In                       // allowed when the low word of argument 0 is one of vals
+	cloneThread                  // clone that makes a thread (CLONE_THREAD) and no namespace
+	openReadOnly                 // openat whose flags (argument 2) neither write nor create
 )
 
 type rule struct {
@@ -60,6 +61,10 @@ type rule struct {
 // exit signal.
 const cloneNamespaces = unix.CLONE_NEWNS | unix.CLONE_NEWUSER | unix.CLONE_NEWNET | unix.CLONE_NEWPID |
 	unix.CLONE_NEWIPC | unix.CLONE_NEWUTS | unix.CLONE_NEWCGROUP
+
+// openWrites are the open flags that write or create: an openReadOnly
+// rule refuses any of them (O_TMPFILE needs a write mode, so it is out too).
+const openWrites = unix.O_WRONLY | unix.O_RDWR | unix.O_CREAT | unix.O_TRUNC | unix.O_APPEND
 
 // ErrArch means there is no seccomp filter for this architecture.
 var ErrArch = errors.New("--enable-seccomp is only implemented for amd64 (linux/" + runtime.GOARCH + ")")
@@ -104,6 +109,13 @@ func program(arch uint32, rules []rule, pid int) ([]bpf.Instruction, error) {
 				bpf.LoadAbsolute{Off: argLow(0), Size: 4},
 				bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: cloneNamespaces, SkipTrue: 2},
 				bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: unix.CLONE_THREAD, SkipFalse: 1},
+				bpf.RetConstant{Val: retAllow},
+				bpf.RetConstant{Val: deny},
+			}
+		case openReadOnly:
+			block = []bpf.Instruction{
+				bpf.LoadAbsolute{Off: argLow(2), Size: 4},
+				bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: openWrites, SkipTrue: 1},
 				bpf.RetConstant{Val: retAllow},
 				bpf.RetConstant{Val: deny},
 			}

@@ -66,6 +66,9 @@ func actionName(a uint32) string {
 	return fmt.Sprintf("%#x", a)
 }
 
+// atFDCWD is AT_FDCWD as the 64-bit register holds it.
+const atFDCWD = uint64(1<<64 - 100)
+
 func TestFilterDecisions(t *testing.T) {
 	if !SeccompSupported() {
 		t.Skip(ErrArch)
@@ -100,8 +103,16 @@ func TestFilterDecisions(t *testing.T) {
 		{"vfork(2)", auditArch, unix.SYS_VFORK, nil, "errno EPERM"},
 		{"execve", auditArch, unix.SYS_EXECVE, nil, "errno EPERM"},
 		{"execveat", auditArch, unix.SYS_EXECVEAT, nil, "errno EPERM"},
-		{"openat", auditArch, unix.SYS_OPENAT, nil, "errno EPERM"},
+		{"openat to read, as os.Open", auditArch, unix.SYS_OPENAT, []uint64{atFDCWD, 0, unix.O_RDONLY | unix.O_CLOEXEC}, "allow"},
+		{"openat O_PATH", auditArch, unix.SYS_OPENAT, []uint64{atFDCWD, 0, unix.O_PATH | unix.O_CLOEXEC}, "allow"},
+		{"openat O_WRONLY", auditArch, unix.SYS_OPENAT, []uint64{atFDCWD, 0, unix.O_WRONLY}, "errno EPERM"},
+		{"openat O_RDWR", auditArch, unix.SYS_OPENAT, []uint64{atFDCWD, 0, unix.O_RDWR | unix.O_CLOEXEC}, "errno EPERM"},
+		{"openat O_CREAT", auditArch, unix.SYS_OPENAT, []uint64{atFDCWD, 0, unix.O_RDONLY | unix.O_CREAT, 0o600}, "errno EPERM"},
+		{"openat O_TRUNC", auditArch, unix.SYS_OPENAT, []uint64{atFDCWD, 0, unix.O_TRUNC}, "errno EPERM"},
+		{"openat O_APPEND", auditArch, unix.SYS_OPENAT, []uint64{atFDCWD, 0, unix.O_APPEND}, "errno EPERM"},
+		{"openat O_TMPFILE", auditArch, unix.SYS_OPENAT, []uint64{atFDCWD, 0, unix.O_TMPFILE | unix.O_RDWR}, "errno EPERM"},
 		{"open", auditArch, unix.SYS_OPEN, nil, "errno EPERM"},
+		{"openat2", auditArch, unix.SYS_OPENAT2, nil, "errno EPERM"},
 		{"ioctl", auditArch, unix.SYS_IOCTL, []uint64{0, unix.TIOCSTI}, "errno EPERM"},
 		{"mount", auditArch, unix.SYS_MOUNT, nil, "errno EPERM"},
 		{"umount2", auditArch, unix.SYS_UMOUNT2, nil, "errno EPERM"},
@@ -169,6 +180,8 @@ func TestFilterAllowsEveryRule(t *testing.T) {
 			}
 		case cloneThread:
 			args = []uint64{unix.CLONE_VM | unix.CLONE_THREAD | unix.CLONE_SIGHAND}
+		case openReadOnly:
+			args = []uint64{atFDCWD, 0, unix.O_RDONLY | unix.O_CLOEXEC}
 		case errnoRet:
 			want = retErrno | uint32(r.errno)
 		}

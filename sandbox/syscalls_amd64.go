@@ -13,8 +13,8 @@ const auditArch = unix.AUDIT_ARCH_X86_64
 // docs/sandbox.md says how to redo it for a new Go or gVisor.
 //
 // Not allowed, among others: execve and every way to make a process
-// (fork, clone without CLONE_THREAD), openat (nothing opens a file once
-// serving: the DNS upstream is read before the sandbox), ioctl (a tty on
+// (fork, clone without CLONE_THREAD), openat to write or create (reading
+// is allowed: the DNS forwarder follows resolv.conf), ioctl (a tty on
 // stdin would allow TIOCSTI), unix/netlink/packet sockets, mount, unshare,
 // setns, ptrace, bpf, io_uring, keyctl, signals to other processes.
 var rules = []rule{
@@ -51,9 +51,13 @@ var rules = []rule{
 	{name: "accept4", nr: unix.SYS_ACCEPT4},
 
 	// Files. newfstatat: the path target's watch (a stat of the netns
-	// file, whose directory the sandbox shows). unlinkat: not reached by
-	// the suite; removes the API socket on exit (its directory is bound
-	// writable into the sandbox).
+	// file, whose directory the sandbox shows) and the DNS forwarder's
+	// look at resolv.conf, which openat then reads when it changed
+	// (read-only: the sandbox shows little, and none of it writable but
+	// the API socket's directory). unlinkat: not reached by the suite;
+	// removes the API socket on exit (its directory is bound writable
+	// into the sandbox).
+	{name: "openat", nr: unix.SYS_OPENAT, kind: openReadOnly},
 	{name: "close", nr: unix.SYS_CLOSE},
 	{name: "fcntl", nr: unix.SYS_FCNTL},
 	{name: "fstat", nr: unix.SYS_FSTAT},

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -37,6 +38,7 @@ type sandboxState struct {
 	API      int               `json:",omitempty"` // the API socket's listening fd (--api-socket), 0 for none
 	Watch    nsjoin.WatchState // the target watch: an inherited pidfd, or the path (see sandboxBinds)
 	Upstream string            `json:",omitempty"` // DNS upstream, resolved before the sandbox
+	Resolv   string            `json:",omitempty"` // the resolv.conf the upstream follows, absolute
 	Out4     string            `json:",omitempty"` // --outbound-addr, resolved
 	Out6     string            `json:",omitempty"` // --outbound-addr6, resolved
 }
@@ -98,14 +100,18 @@ func sandboxConfig(o *options) sandbox.Config {
 }
 
 // sandboxBinds are the host directories the sandbox must show besides /etc
-// and /run: a path target's directory, read-only, so that the target watch
-// keeps seeing the namespace file at its path (and its removal). Not an fd
-// of the directory: with it the process could reach, and with unlinkat
-// delete, anything of the user's through "..".
-func sandboxBinds(o *options) ([]sandbox.Bind, error) {
+// and /run (which it always shows, read-only):
+//   - the API socket's directory, writable: the socket file is removed on
+//     exit, from inside;
+//   - a path target's directory, read-only, so that the target watch keeps
+//     seeing the namespace file at its path (and its removal). Not an fd of
+//     the directory: with it the process could reach, and with unlinkat
+//     delete, anything of the user's through "..";
+//   - the followed resolv.conf's directory and that of the file it links
+//     to, read-only, when elsewhere (a --resolv-conf of one's own).
+func sandboxBinds(o *options, resolvConf string) ([]sandbox.Bind, error) {
 	var binds []sandbox.Bind
 	if o.apiSocket != "" {
-		// Writable: the socket file is removed on exit, from inside.
 		abs, err := filepath.Abs(o.apiSocket)
 		if err != nil {
 			return nil, fmt.Errorf("sandbox: %w", err)
@@ -114,6 +120,18 @@ func sandboxBinds(o *options) ([]sandbox.Bind, error) {
 			return nil, fmt.Errorf("sandbox: the API socket %s would need all of / writable in the sandbox; put it in a directory of its own", abs)
 		}
 		binds = append(binds, sandbox.Bind{Path: filepath.Dir(abs), Writable: true})
+	}
+	if resolvConf != "" {
+		dirs := []string{filepath.Dir(resolvConf)}
+		if real, err := filepath.EvalSymlinks(resolvConf); err == nil {
+			dirs = append(dirs, filepath.Dir(real))
+		}
+		for _, dir := range dirs {
+			// Not / itself: a file there is not followed (logged once).
+			if dir != "/" && !underAny(dir, "/etc", "/run") && !slices.ContainsFunc(binds, func(b sandbox.Bind) bool { return b.Path == dir }) {
+				binds = append(binds, sandbox.Bind{Path: dir})
+			}
+		}
 	}
 	if o.path == "" {
 		return binds, nil
@@ -130,6 +148,16 @@ func sandboxBinds(o *options) ([]sandbox.Bind, error) {
 		return nil, fmt.Errorf("sandbox: the namespace file %s would need all of / in the sandbox; move it to a directory of its own", abs)
 	}
 	return append(binds, sandbox.Bind{Path: dir}), nil
+}
+
+// underAny reports whether dir is one of roots or below one.
+func underAny(dir string, roots ...string) bool {
+	for _, r := range roots {
+		if dir == r || strings.HasPrefix(dir, r+"/") {
+			return true
+		}
+	}
+	return false
 }
 
 // enterSandbox re-executes the process into the sandbox with p's state. It
@@ -154,6 +182,7 @@ func enterSandbox(p *prepared) error {
 	if p.upstream.IsValid() {
 		s.Upstream = p.upstream.String()
 	}
+	s.Resolv = p.resolvConf
 	if p.out4.IsValid() {
 		s.Out4 = p.out4.String()
 	}
@@ -173,7 +202,7 @@ func enterSandbox(p *prepared) error {
 	}
 	c := sandboxConfig(p.o)
 	if c.Mounts {
-		if c.Binds, err = sandboxBinds(p.o); err != nil {
+		if c.Binds, err = sandboxBinds(p.o, p.resolvConf); err != nil {
 			return err
 		}
 	}
@@ -229,6 +258,7 @@ func resume(argv []string) (*prepared, error) {
 		}
 	}
 	p.vnetHdr = s.VnetHdr
+	p.resolvConf = s.Resolv
 	if s.Upstream != "" {
 		if p.upstream, err = netip.ParseAddrPort(s.Upstream); err != nil {
 			return fail(err)

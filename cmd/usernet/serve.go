@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sync"
 
 	"github.com/usernet/usernet/apisock"
@@ -51,6 +52,7 @@ type prepared struct {
 	o          *options
 	t          nsjoin.Target
 	upstream   netip.AddrPort    // the DNS forwarder's upstream; invalid with --disable-dns
+	resolvConf string            // the resolv.conf upstream follows (absolute); "" for --dns-upstream or --disable-dns
 	out4, out6 netip.Addr        // --outbound-addr, --outbound-addr6 resolved
 	ready      *os.File          // --ready-fd, or nil
 	exit       *os.File          // --exit-fd, or nil
@@ -82,9 +84,15 @@ func prepare(ctx context.Context, o *options, t nsjoin.Target, out output) (_ *p
 		if err != nil {
 			return nil, err
 		}
-		if o.cidr.Contains(p.upstream.Addr()) || ipv6Net.Contains(p.upstream.Addr()) {
-			// It would be dialed on the host network: a leak, never a resolver.
-			return nil, fmt.Errorf("dns upstream %s is inside the virtual network; set --dns-upstream", p.upstream)
+		if err := upstreamOutside(o)(p.upstream); err != nil {
+			return nil, fmt.Errorf("%w; set --dns-upstream", err)
+		}
+		if o.dnsUpstream == "" {
+			// Followed from now on (dns.Config.ResolvConf), also from
+			// inside the sandbox, whose working directory is another.
+			if p.resolvConf, err = filepath.Abs(o.resolvConf); err != nil {
+				return nil, fmt.Errorf("--resolv-conf: %w", err)
+			}
 		}
 		if _, err := dns.New(dns.Config{Upstream: p.upstream}); err != nil {
 			return nil, fmt.Errorf("dns forwarder: %w", err)
@@ -150,9 +158,18 @@ func (p *prepared) close() {
 // ends, the exit fd fires or the target goes away.
 func (p *prepared) run(ctx context.Context, out output, onReady func() error) error {
 	o := p.o
+	logf := lineLogger(out.stderr) // one writer for every component's lines
 	var serveDNS func(context.Context, net.PacketConn, net.Listener) error
 	if !o.disableDNS {
-		fwd, err := dns.New(dns.Config{Upstream: p.upstream, Logf: logf(out.stderr, "dns")})
+		// The upstream follows resolv.conf as libslirp's does: a host
+		// that changes networks rewrites it, and the namespace must not
+		// keep asking a resolver that is gone.
+		fwd, err := dns.New(dns.Config{
+			Upstream:   p.upstream,
+			ResolvConf: p.resolvConf,
+			Check:      upstreamOutside(o),
+			Logf:       logf,
+		})
 		if err != nil {
 			return fmt.Errorf("dns forwarder: %w", err)
 		}
@@ -168,7 +185,7 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		OutboundAddr:        p.out4,
 		OutboundAddr6:       p.out6,
 		ServeDNS:            serveDNS,
-		Logf:                logf(out.stderr, "netstack"),
+		Logf:                logf,
 	})
 	if err != nil {
 		return fmt.Errorf("netstack: %w", err) // close closes the tap
@@ -183,7 +200,7 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		Guest4:   addrs.guest,
 		Gateway4: addrs.gateway,
 		Net4:     o.cidr,
-		Logf:     logf(out.stderr, ""),
+		Logf:     logf,
 	}
 	if o.enableIPv6 {
 		fwdCfg.Net6 = ipv6Net
@@ -199,7 +216,7 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 	}
 	var api *apisock.Server
 	if p.api != nil {
-		api, err = apisock.New(apisock.Config{Path: o.apiSocket, Listener: p.api, Forwarder: reg, Logf: logf(out.stderr, "")})
+		api, err = apisock.New(apisock.Config{Path: o.apiSocket, Listener: p.api, Forwarder: reg, Logf: logf})
 		if err != nil {
 			st.Close()
 			closeRegistry(reg)
@@ -284,17 +301,13 @@ func closeRegistry(r *portfwd.Registry) {
 // ipv6Net is the virtual IPv6 network (fixed, as in slirp4netns).
 var ipv6Net = netip.MustParsePrefix("fd00::/64")
 
-// logf returns a Logf that writes one line per call to w.
-func logf(w io.Writer, component string) func(string, ...any) {
+// lineLogger returns a Logf that writes one line per call to w.
+func lineLogger(w io.Writer) func(string, ...any) {
 	var mu sync.Mutex
 	return func(format string, args ...any) {
 		mu.Lock()
 		defer mu.Unlock()
-		if component == "" { // the message names its component itself
-			fmt.Fprintf(w, "usernet: %s\n", fmt.Sprintf(format, args...))
-			return
-		}
-		fmt.Fprintf(w, "usernet: %s: %s\n", component, fmt.Sprintf(format, args...))
+		fmt.Fprintf(w, "usernet: %s\n", fmt.Sprintf(format, args...))
 	}
 }
 
@@ -363,6 +376,17 @@ func printSettings(w io.Writer, o *options, a addresses, p *prepared) {
 	}
 	if !o.disableHostLoopback {
 		fmt.Fprintf(w, "WARNING: 127.0.0.1:* on the host is accessible as %s (set --disable-host-loopback to prohibit connecting to 127.0.0.1:*)\n", a.gateway)
+	}
+}
+
+// upstreamOutside refuses a DNS upstream inside the virtual network: it
+// would be dialled on the host network, a leak, never a resolver.
+func upstreamOutside(o *options) func(netip.AddrPort) error {
+	return func(ap netip.AddrPort) error {
+		if o.cidr.Contains(ap.Addr()) || ipv6Net.Contains(ap.Addr()) {
+			return fmt.Errorf("dns upstream %s is inside the virtual network", ap)
+		}
+		return nil
 	}
 }
 

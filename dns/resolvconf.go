@@ -1,0 +1,122 @@
+package dns
+
+import (
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// resolvCheckEvery is how often, at most, the forwarder looks at the
+// resolv.conf its upstream came from: a stat(2) on a query at least this
+// long after the last look, as libslirp does (1 s), so a host that changes
+// networks (Wi-Fi, a VPN) moves the namespace's DNS along with it.
+const resolvCheckEvery = time.Second
+
+// resolvFollower keeps a Forwarder's upstream in step with a resolv.conf
+// file. The file is looked at on the query path, by one query at a time;
+// the others go on with the upstream they find. Nothing runs in between
+// queries: a forwarder nobody asks does not touch the file.
+type resolvFollower struct {
+	path  string
+	check func(netip.AddrPort) error // vets a new upstream; nil accepts all
+	logf  func(format string, args ...any)
+	port  uint16        // 53; tests move it to their fake resolvers' port
+	every time.Duration // resolvCheckEvery; tests lower it
+
+	mu      sync.Mutex // held by the query that looks at the file
+	next    time.Time  // no look before then; guarded by mu
+	seen    fileID     // the version of the file last read; guarded by mu
+	lastErr string     // the last failure logged, so it is logged once; guarded by mu
+}
+
+// fileID tells versions of a file apart: a rewrite in place changes the
+// size or the times, a replacement (write a new file, rename it over the
+// old, as NetworkManager and systemd-resolved do) the inode.
+type fileID struct {
+	dev, ino     uint64
+	size         int64
+	mtime, ctime syscall.Timespec
+}
+
+func idOf(fi os.FileInfo) (fileID, bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fileID{}, false
+	}
+	return fileID{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, mtime: st.Mtim, ctime: st.Ctim}, true
+}
+
+// poll looks at the file if it is time to, and returns the upstream to
+// switch to (ok) when the file changed and names a usable one other than
+// cur. Failures are logged once each and leave the upstream as it was: a
+// resolv.conf that is briefly empty or missing while the host reconnects
+// must not take DNS down with it.
+func (r *resolvFollower) poll(now time.Time, cur netip.AddrPort) (next netip.AddrPort, ok bool) {
+	if !r.mu.TryLock() {
+		return cur, false // another query is looking
+	}
+	defer r.mu.Unlock()
+	if now.Before(r.next) {
+		return cur, false
+	}
+	r.next = now.Add(r.every)
+
+	fi, err := os.Stat(r.path)
+	if err != nil {
+		r.fail(cur, err)
+		return cur, false
+	}
+	if id, ok := idOf(fi); ok && id == r.seen {
+		return cur, false
+	}
+	ap, id, err := r.read()
+	r.seen = id // a version that fails is not read again until it changes
+	if err == nil && r.check != nil {
+		err = r.check(ap)
+	}
+	if err != nil {
+		r.fail(cur, err)
+		return cur, false
+	}
+	r.lastErr = ""
+	if ap == cur {
+		return cur, false
+	}
+	r.logf("dns: upstream is now %v (%s changed; was %v)", ap, r.path, cur)
+	return ap, true
+}
+
+// read returns the file's first usable nameserver and the version read.
+func (r *resolvFollower) read() (netip.AddrPort, fileID, error) {
+	f, err := os.Open(r.path)
+	if err != nil {
+		return netip.AddrPort{}, fileID{}, err
+	}
+	defer f.Close()
+	var id fileID
+	if fi, err := f.Stat(); err == nil {
+		id, _ = idOf(fi)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxResolvConf))
+	if err != nil {
+		return netip.AddrPort{}, id, fmt.Errorf("read %s: %w", r.path, err)
+	}
+	ap, err := parseResolvConf(string(data))
+	if err != nil {
+		return netip.AddrPort{}, id, fmt.Errorf("%s: %w", r.path, err)
+	}
+	return netip.AddrPortFrom(ap.Addr(), r.port), id, nil
+}
+
+func (r *resolvFollower) fail(cur netip.AddrPort, err error) {
+	msg := err.Error()
+	if msg == r.lastErr {
+		return
+	}
+	r.lastErr = msg
+	r.logf("dns: keeping upstream %v: %s", cur, msg)
+}
