@@ -4,8 +4,13 @@ import (
 	"bytes"
 	"errors"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/usernet/usernet/sandbox"
 )
 
 func TestParseFlagsSlirp4netnsForms(t *testing.T) {
@@ -169,5 +174,43 @@ func TestParsePublish(t *testing.T) {
 	if len(o.publish) != 2 || o.publish[0].HostPort != 8080 || o.publish[0].GuestPort != 80 || o.publish[0].Proto != "tcp" ||
 		o.publish[1].Proto != "udp" || o.publish[1].HostAddr.String() != "::1" || o.publish[1].GuestPort != 53 {
 		t.Fatalf("publish = %+v", o.publish)
+	}
+}
+
+// TestSandboxBindsResolvConf: a followed resolv.conf outside /etc and /run gets its
+// directory, and that of its symlink's target, shown read-only in the sandbox; one under
+// /etc or /run (shown already) or directly in / gets nothing.
+func TestSandboxBindsResolvConf(t *testing.T) {
+	dir := t.TempDir()
+	real := filepath.Join(dir, "real")
+	link := filepath.Join(dir, "link")
+	if err := os.MkdirAll(real, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(real, "resolv.conf"), []byte("nameserver 127.0.0.53\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(link, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(real, "resolv.conf"), filepath.Join(link, "resolv.conf")); err != nil {
+		t.Fatal(err)
+	}
+	o := &options{}
+	for _, tt := range []struct {
+		path string
+		want []sandbox.Bind
+	}{
+		{"", nil},
+		{"/etc/resolv.conf", nil},
+		{"/run/systemd/resolve/stub-resolv.conf", nil},
+		{"/resolv.conf", nil},
+		{filepath.Join(real, "resolv.conf"), []sandbox.Bind{{Path: real}}},
+		{filepath.Join(link, "resolv.conf"), []sandbox.Bind{{Path: link}, {Path: real}}},
+	} {
+		got, err := sandboxBinds(o, tt.path)
+		if err != nil || !slices.Equal(got, tt.want) {
+			t.Errorf("sandboxBinds(resolv.conf %q) = %+v, %v; want %+v", tt.path, got, err, tt.want)
+		}
 	}
 }
