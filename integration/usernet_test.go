@@ -514,8 +514,16 @@ func TestDNSFollowsResolvConf(t *testing.T) {
 			replace("# reconnecting\n")
 			time.Sleep(1200 * time.Millisecond) // past the next look
 			checkDNS(t, tg, "10.0.2.3:53", "udp", "A", "kept.usernet.test", []string{moved})
-			if !strings.Contains(u.stderr.String(), "usernet: dns: upstream is now 127.0.0.54:53") ||
-				!strings.Contains(u.stderr.String(), "no nameserver line") {
+			// The lines were written before those answers; the harness copies them over
+			// a pipe, so give it a moment.
+			reported := func() bool {
+				e := u.stderr.String()
+				return strings.Contains(e, "usernet: dns: upstream is now 127.0.0.54:53") && strings.Contains(e, "no nameserver line")
+			}
+			for end := time.Now().Add(5 * time.Second); !reported() && time.Now().Before(end); {
+				time.Sleep(50 * time.Millisecond)
+			}
+			if !reported() {
 				t.Errorf("stderr does not report the move and the empty file:\n%s", u.stderr.String())
 			}
 		})
