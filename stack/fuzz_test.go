@@ -180,7 +180,7 @@ func guestFrameSeeds(flowSrc, flowDst netip.AddrPort) [][]byte {
 	bootp[0], bootp[1], bootp[2] = 1, 1, 6 // BOOTREQUEST, Ethernet, hlen
 	copy(bootp[28:], guestMAC)
 	copy(bootp[236:], []byte{99, 130, 83, 99}) // magic cookie
-	bootp = append(bootp, 53, 1, 1, 255)        // DHCPDISCOVER, end
+	bootp = append(bootp, 53, 1, 1, 255)       // DHCPDISCOVER, end
 
 	arp := []byte{0, 1, 8, 0, 6, 4, 0, 1}
 	arp = append(arp, guestMAC...)
