@@ -144,16 +144,10 @@ func (f *Forwarder) Upstream() netip.AddrPort { return *f.upstream.Load() }
 // upstreamForQuery returns the resolver a query starting now goes to,
 // first following the resolv.conf file if it is time to look at it.
 func (f *Forwarder) upstreamForQuery() netip.AddrPort {
-	cur := f.upstream.Load()
-	if f.follow == nil {
-		return *cur
+	if f.follow != nil {
+		f.follow.poll(time.Now(), &f.upstream)
 	}
-	next, ok := f.follow.poll(time.Now(), *cur)
-	if !ok {
-		return *cur
-	}
-	f.upstream.Store(&next) // only the poller that holds follow.mu stores
-	return next
+	return *f.upstream.Load()
 }
 
 // Serve relays DNS over UDP from pc and over TCP from ln until ctx ends.

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -50,44 +51,48 @@ func idOf(fi os.FileInfo) (fileID, bool) {
 	return fileID{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, mtime: st.Mtim, ctime: st.Ctim}, true
 }
 
-// poll looks at the file if it is time to, and returns the upstream to
-// switch to (ok) when the file changed and names a usable one other than
-// cur. Failures are logged once each and leave the upstream as it was: a
-// resolv.conf that is briefly empty or missing while the host reconnects
-// must not take DNS down with it.
-func (r *resolvFollower) poll(now time.Time, cur netip.AddrPort) (next netip.AddrPort, ok bool) {
+// poll looks at the file if it is time to and, when it changed and names
+// a usable upstream other than the current one, stores that in up (only
+// poll stores there, under r.mu, so versions are stored in the order they
+// were read). Failures are logged once each and leave the upstream as it
+// was: a resolv.conf that is briefly empty or missing while the host
+// reconnects must not take DNS down with it.
+func (r *resolvFollower) poll(now time.Time, up *atomic.Pointer[netip.AddrPort]) {
 	if !r.mu.TryLock() {
-		return cur, false // another query is looking
+		return // another query is looking
 	}
 	defer r.mu.Unlock()
 	if now.Before(r.next) {
-		return cur, false
+		return
 	}
 	r.next = now.Add(r.every)
 
+	cur := *up.Load()
 	fi, err := os.Stat(r.path)
 	if err != nil {
 		r.fail(cur, err)
-		return cur, false
+		return
 	}
 	if id, ok := idOf(fi); ok && id == r.seen {
-		return cur, false
+		return
 	}
 	ap, id, err := r.read()
-	r.seen = id // a version that fails is not read again until it changes
+	// A version that fails is not read again until it changes; a file
+	// that could not be opened has no version and is tried at each look.
+	r.seen = id
 	if err == nil && r.check != nil {
 		err = r.check(ap)
 	}
 	if err != nil {
 		r.fail(cur, err)
-		return cur, false
+		return
 	}
 	r.lastErr = ""
 	if ap == cur {
-		return cur, false
+		return
 	}
+	up.Store(&ap)
 	r.logf("dns: upstream is now %v (%s changed; was %v)", ap, r.path, cur)
-	return ap, true
 }
 
 // read returns the file's first usable nameserver and the version read.
