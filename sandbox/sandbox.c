@@ -11,6 +11,8 @@
 //	_USERNET_SANDBOX_BINDS=...  more host directories to show at their own path, one a
 //	                            line, "ro /path" or "rw /path" (with _FS only)
 //	_USERNET_SANDBOX_COMM=NAME  the process name before the re-execution (else "exe")
+//	_USERNET_SANDBOX_READ=...   the only directories files may be read from (and below),
+//	                            one a line, enforced with Landlock (see Config.Read)
 //
 // Errors are recorded, not printed: the Go side reports them (Resume) and
 // exits before it serves anything. docs/sandbox.md explains the design.
@@ -19,6 +21,7 @@
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
+#include <linux/landlock.h>
 #include <linux/seccomp.h>
 #include <sched.h>
 #include <stdio.h>
@@ -341,6 +344,48 @@ static int install_seccomp(const char *hex) {
 	return 0;
 }
 
+// confine_reads lets the process open files for reading, and list
+// directories, only beneath the directories of lines (absolute paths, one a
+// line): a Landlock ruleset that handles just those two rights, so that
+// nothing else changes. A directory that is not there is skipped. It needs
+// no_new_privs.
+static int confine_reads(const char *lines) {
+	const __u64 rights = LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_READ_DIR;
+	struct landlock_ruleset_attr attr = {.handled_access_fs = rights};
+	int rfd = syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0);
+	if (rfd < 0)
+		return fail("create the landlock ruleset");
+	char *copy = strdup(lines), *save = NULL;
+	if (copy == NULL) {
+		close(rfd);
+		return fail("create the landlock ruleset");
+	}
+	for (char *path = strtok_r(copy, "\n", &save); path != NULL; path = strtok_r(NULL, "\n", &save)) {
+		int fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		struct landlock_path_beneath_attr rule = {.allowed_access = rights, .parent_fd = fd};
+		int r = syscall(SYS_landlock_add_rule, rfd, LANDLOCK_RULE_PATH_BENEATH, &rule, 0);
+		int e = errno;
+		close(fd);
+		if (r < 0) {
+			free(copy);
+			close(rfd);
+			errno = e;
+			return fail("add a landlock rule");
+		}
+	}
+	free(copy);
+	int r = syscall(SYS_landlock_restrict_self, rfd, 0);
+	int e = errno;
+	close(rfd);
+	if (r < 0) {
+		errno = e;
+		return fail("enforce the landlock ruleset");
+	}
+	return 0;
+}
+
 __attribute__((constructor)) static void usernet_sandbox(void) {
 	if (!env_is("_USERNET_SANDBOX", "1"))
 		return;
@@ -357,6 +402,10 @@ __attribute__((constructor)) static void usernet_sandbox(void) {
 		fail("set no_new_privs");
 		return;
 	}
+	// Before the filter, which refuses the landlock syscalls.
+	const char *reads = getenv("_USERNET_SANDBOX_READ");
+	if (reads != NULL && *reads != '\0' && confine_reads(reads) < 0)
+		return;
 	const char *bpf = getenv("_USERNET_SANDBOX_BPF");
 	if (bpf != NULL && *bpf != '\0')
 		install_seccomp(bpf);

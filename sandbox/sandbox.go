@@ -40,6 +40,7 @@ const (
 	envBinds = "_USERNET_SANDBOX_BINDS"
 	envComm  = "_USERNET_SANDBOX_COMM"
 	envState = "_USERNET_SANDBOX_STATE"
+	envRead  = "_USERNET_SANDBOX_READ"
 )
 
 // Config says what the re-executed process enters.
@@ -54,6 +55,12 @@ type Config struct {
 	// besides /etc and /run, with what is mounted below them. Read-only
 	// ones under /etc or /run are there already.
 	Binds []Bind
+	// Read, when set, are the only directories whose files (and those of
+	// their subdirectories) the process may open for reading once in the
+	// sandbox, enforced with a Landlock ruleset (Env fails if the kernel
+	// has none: see LandlockSupported); with Seccomp, the filter then
+	// allows openat for reading (refused otherwise).
+	Read []string
 }
 
 // Bind is a host directory shown in the sandbox. Path must be absolute.
@@ -88,8 +95,19 @@ func Env(c Config, pid int, state []byte) ([]string, error) {
 		// Else the kernel names the new image after /proc/self/exe: "exe".
 		env = append(env, envComm+"="+strings.TrimSpace(string(comm)))
 	}
+	if len(c.Read) > 0 {
+		if !LandlockSupported() {
+			return nil, errors.New("sandbox: confining reads needs Landlock, which this kernel does not offer")
+		}
+		for _, p := range c.Read {
+			if !filepath.IsAbs(p) || strings.ContainsAny(p, "\n\x00") {
+				return nil, fmt.Errorf("sandbox: cannot allow reading %q", p)
+			}
+		}
+		env = append(env, envRead+"="+strings.Join(c.Read, "\n"))
+	}
 	if c.Seccomp {
-		h, err := filterHex(pid)
+		h, err := filterHex(pid, len(c.Read) > 0)
 		if err != nil {
 			return nil, err
 		}
@@ -135,7 +153,7 @@ func Resumed() bool { return os.Getenv(envOn) == "1" }
 // sandbox's entries from the environment.
 func Resume() ([]byte, error) {
 	state := os.Getenv(envState)
-	for _, k := range []string{envOn, envFS, envBPF, envBinds, envComm, envState} {
+	for _, k := range []string{envOn, envFS, envBPF, envBinds, envComm, envState, envRead} {
 		os.Unsetenv(k)
 	}
 	if C.usernet_sandbox_failed != nil {
@@ -156,4 +174,12 @@ func cleanEnv(env []string) []string {
 		}
 	}
 	return out
+}
+
+// LandlockSupported reports whether the kernel offers Landlock (ABI 1 or
+// later: reading files and directories can be confined), which Config.Read
+// needs.
+func LandlockSupported() bool {
+	abi, _, errno := unix.Syscall(unix.SYS_LANDLOCK_CREATE_RULESET, 0, 0, unix.LANDLOCK_CREATE_RULESET_VERSION)
+	return errno == 0 && int(abi) >= 1
 }

@@ -98,6 +98,11 @@ func resumedChild() int {
 		unix.Close(fd)
 		return err
 	})
+	try("open a file of a Read directory", func() error {
+		fd, err := unix.Open(filepath.Join(filepath.Dir(os.Getenv("SANDBOX_TEST_SOCK")), "readable"), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		unix.Close(fd)
+		return err
+	})
 	try("open /etc/hosts to write", func() error {
 		fd, err := unix.Open("/etc/hosts", unix.O_WRONLY|unix.O_CLOEXEC, 0)
 		unix.Close(fd)
@@ -158,13 +163,25 @@ func status(t *testing.T, path string) map[string]string {
 // TestSandboxedChild runs a re-executed child in each configuration and
 // checks, from inside and outside, what the flags promise.
 func TestSandboxedChild(t *testing.T) {
-	for _, c := range []Config{{Mounts: true, Seccomp: true}, {Seccomp: true}, {Mounts: true}} {
-		t.Run(fmt.Sprintf("mounts=%v,seccomp=%v", c.Mounts, c.Seccomp), func(t *testing.T) {
+	// "read" stands for a Config.Read of the test's directory, which
+	// holds the file "readable".
+	for _, c := range []Config{{Mounts: true, Seccomp: true}, {Seccomp: true}, {Mounts: true},
+		{Mounts: true, Seccomp: true, Read: []string{"read"}}, {Seccomp: true, Read: []string{"read"}}} {
+		t.Run(fmt.Sprintf("mounts=%v,seccomp=%v,read=%v", c.Mounts, c.Seccomp, len(c.Read) > 0), func(t *testing.T) {
 			if c.Seccomp && !SeccompSupported() {
 				t.Skip(ErrArch)
 			}
+			if len(c.Read) > 0 && !LandlockSupported() {
+				t.Skip("no Landlock in this kernel")
+			}
 			t.Parallel()
 			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, "readable"), []byte("yes"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if len(c.Read) > 0 {
+				c.Read = []string{dir}
+			}
 			sock := filepath.Join(dir, "api.sock")
 			ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
 			if err != nil {
@@ -254,18 +271,24 @@ func TestSandboxedChild(t *testing.T) {
 			}
 			if c.Seccomp {
 				want := map[string]string{
-					"socket AF_INET":           "",
-					"socket AF_UNIX":           "EPERM",
-					"socket AF_NETLINK":        "EPERM",
-					"open /etc/hosts":          "", // reading is allowed (resolv.conf is followed)
-					"open /etc/hosts to write": "EPERM",
-					"create /tmp/x":            "EPERM",
-					"unshare CLONE_NEWNS":      "EPERM",
-					"kill parent 0":            "EPERM",
-					"kill self 0":              "",
-					"ioctl TIOCGWINSZ":         "EPERM",
-					"execve":                   "EPERM",
-					"start a process":          "", // any error: checked below
+					"socket AF_INET":                  "",
+					"socket AF_UNIX":                  "EPERM",
+					"socket AF_NETLINK":               "EPERM",
+					"open /etc/hosts":                 "EPERM",
+					"open a file of a Read directory": "EPERM",
+					"open /etc/hosts to write":        "EPERM",
+					"create /tmp/x":                   "EPERM",
+					"unshare CLONE_NEWNS":             "EPERM",
+					"kill parent 0":                   "EPERM",
+					"kill self 0":                     "",
+					"ioctl TIOCGWINSZ":                "EPERM",
+					"execve":                          "EPERM",
+					"start a process":                 "", // any error: checked below
+				}
+				if len(c.Read) > 0 {
+					// The filter lets reads through, Landlock only those of Read.
+					want["open /etc/hosts"] = "EACCES"
+					want["open a file of a Read directory"] = ""
 				}
 				for op, w := range want {
 					got, ok := r.Calls[op]

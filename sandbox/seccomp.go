@@ -69,8 +69,9 @@ const openWrites = unix.O_WRONLY | unix.O_RDWR | unix.O_CREAT | unix.O_TRUNC | u
 // ErrArch means there is no seccomp filter for this architecture.
 var ErrArch = errors.New("--enable-seccomp is only implemented for amd64 (linux/" + runtime.GOARCH + ")")
 
-// program assembles the filter for the table, for the process pid.
-func program(arch uint32, rules []rule, pid int) ([]bpf.Instruction, error) {
+// program assembles the filter for the table, for the process pid; the
+// openReadOnly rules are left out (so refused) unless openRead.
+func program(arch uint32, rules []rule, pid int, openRead bool) ([]bpf.Instruction, error) {
 	if arch == 0 {
 		return nil, ErrArch
 	}
@@ -84,6 +85,9 @@ func program(arch uint32, rules []rule, pid int) ([]bpf.Instruction, error) {
 	// path through a block returns, so no jump crosses another rule: no
 	// offset can outgrow the 8 bits of a conditional jump.
 	for _, r := range rules {
+		if r.kind == openReadOnly && !openRead {
+			continue
+		}
 		var block []bpf.Instruction
 		switch r.kind {
 		case allow:
@@ -138,8 +142,11 @@ func program(arch uint32, rules []rule, pid int) ([]bpf.Instruction, error) {
 // Filter returns the seccomp program for a process with the given pid (the
 // pid is part of the program: kill and tgkill may target only the process
 // itself), as struct sock_filter bytes in the machine's byte order.
-func Filter(pid int) ([]byte, error) {
-	p, err := program(auditArch, rules, pid)
+//
+// openRead allows openat for reading: only for a process whose reads
+// Landlock confines (Config.Read).
+func Filter(pid int, openRead bool) ([]byte, error) {
+	p, err := program(auditArch, rules, pid, openRead)
 	if err != nil {
 		return nil, err
 	}
@@ -156,8 +163,8 @@ func Filter(pid int) ([]byte, error) {
 	return b, nil
 }
 
-func filterHex(pid int) (string, error) {
-	b, err := Filter(pid)
+func filterHex(pid int, openRead bool) (string, error) {
+	b, err := Filter(pid, openRead)
 	if err != nil {
 		return "", err
 	}
@@ -166,10 +173,10 @@ func filterHex(pid int) (string, error) {
 
 // Allowed lists the syscalls the filter lets through (some only with
 // certain arguments), for docs and messages.
-func Allowed() []string {
+func Allowed(openRead bool) []string {
 	var names []string
 	for _, r := range rules {
-		if r.kind != errnoRet {
+		if r.kind != errnoRet && (r.kind != openReadOnly || openRead) {
 			names = append(names, r.name)
 		}
 	}

@@ -25,9 +25,9 @@ func seccompData(arch, nr uint32, args ...uint64) []byte {
 }
 
 // vm runs the filter as the kernel gets it: assembled, encoded, decoded.
-func vm(t *testing.T, pid int) *bpf.VM {
+func vm(t *testing.T, pid int, openRead bool) *bpf.VM {
 	t.Helper()
-	b, err := Filter(pid)
+	b, err := Filter(pid, openRead)
 	if err != nil {
 		t.Fatalf("Filter(%d): %v", pid, err)
 	}
@@ -74,7 +74,7 @@ func TestFilterDecisions(t *testing.T) {
 		t.Skip(ErrArch)
 	}
 	const pid = 4242
-	v := vm(t, pid)
+	v := vm(t, pid, true)
 	const goThread = unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLONE_SIGHAND | unix.CLONE_SYSVSEM | unix.CLONE_THREAD
 	tests := []struct {
 		name string
@@ -153,6 +153,22 @@ func TestFilterDecisions(t *testing.T) {
 			t.Errorf("%s (arch %#x, nr %d, args %#x): %s; want %s", tt.name, tt.arch, tt.nr, tt.args, a, tt.want)
 		}
 	}
+	// Without openRead (no Landlock to confine it), openat is refused
+	// whatever its flags, and nothing else changes.
+	closed := vm(t, pid, false)
+	for _, tt := range tests {
+		want := tt.want
+		if tt.nr == unix.SYS_OPENAT && tt.arch == auditArch {
+			want = "errno EPERM"
+		}
+		got, err := closed.Run(seccompData(tt.arch, tt.nr, tt.args...))
+		if a := actionName(uint32(got)); err != nil || a != want {
+			t.Errorf("without openRead, %s: %s, %v; want %s", tt.name, a, err, want)
+		}
+	}
+	if n, m := len(Allowed(true)), len(Allowed(false)); n != m+1 {
+		t.Errorf("Allowed(true) lists %d syscalls, Allowed(false) %d; want one more (openat)", n, m)
+	}
 }
 
 // TestFilterAllowsEveryRule: each syscall of the table gets its rule's
@@ -162,7 +178,7 @@ func TestFilterAllowsEveryRule(t *testing.T) {
 		t.Skip(ErrArch)
 	}
 	const pid = 77
-	v := vm(t, pid)
+	v := vm(t, pid, true)
 	seen := map[uint32]string{}
 	for _, r := range rules {
 		if prev, dup := seen[r.nr]; dup {

@@ -121,16 +121,10 @@ func sandboxBinds(o *options, resolvConf string) ([]sandbox.Bind, error) {
 		}
 		binds = append(binds, sandbox.Bind{Path: filepath.Dir(abs), Writable: true})
 	}
-	if resolvConf != "" {
-		dirs := []string{filepath.Dir(resolvConf)}
-		if real, err := filepath.EvalSymlinks(resolvConf); err == nil {
-			dirs = append(dirs, filepath.Dir(real))
-		}
-		for _, dir := range dirs {
-			// Not / itself: a file there is not followed (logged once).
-			if dir != "/" && !underAny(dir, "/etc", "/run") && !slices.ContainsFunc(binds, func(b sandbox.Bind) bool { return b.Path == dir }) {
-				binds = append(binds, sandbox.Bind{Path: dir})
-			}
+	for _, dir := range resolvDirs(resolvConf) {
+		// Not / itself: a file there is not followed (logged once).
+		if dir != "/" && !underAny(dir, "/etc", "/run") && !slices.ContainsFunc(binds, func(b sandbox.Bind) bool { return b.Path == dir }) {
+			binds = append(binds, sandbox.Bind{Path: dir})
 		}
 	}
 	if o.path == "" {
@@ -150,6 +144,19 @@ func sandboxBinds(o *options, resolvConf string) ([]sandbox.Bind, error) {
 	return append(binds, sandbox.Bind{Path: dir}), nil
 }
 
+// resolvDirs are the directories a followed resolv.conf is read from: its
+// own and, if it is a symlink, its target's (none for "").
+func resolvDirs(resolvConf string) []string {
+	if resolvConf == "" {
+		return nil
+	}
+	dirs := []string{filepath.Dir(resolvConf)}
+	if real, err := filepath.EvalSymlinks(resolvConf); err == nil && filepath.Dir(real) != dirs[0] {
+		dirs = append(dirs, filepath.Dir(real))
+	}
+	return dirs
+}
+
 // underAny reports whether dir is one of roots or below one.
 func underAny(dir string, roots ...string) bool {
 	for _, r := range roots {
@@ -163,6 +170,20 @@ func underAny(dir string, roots ...string) bool {
 // enterSandbox re-executes the process into the sandbox with p's state. It
 // returns only on failure, with p unchanged.
 func enterSandbox(p *prepared) error {
+	c := sandboxConfig(p.o)
+	if c.Seccomp && p.resolvConf != "" {
+		// Following resolv.conf means opening it, and the filter lets
+		// openat through only when Landlock confines reading to the
+		// file's directories: else a sandboxed usernet could read
+		// whatever the user can (podman's registry credentials under
+		// /run/user/UID, say). No Landlock: the upstream stays fixed
+		// (run says so).
+		if sandbox.LandlockSupported() {
+			c.Read = resolvDirs(p.resolvConf)
+		} else {
+			p.resolvConf = ""
+		}
+	}
 	s := sandboxState{Tap: int(p.tap.Fd())}
 	keep := []int{s.Tap}
 	var wfd int
@@ -200,7 +221,6 @@ func enterSandbox(p *prepared) error {
 	if err != nil {
 		return fmt.Errorf("sandbox state: %w", err)
 	}
-	c := sandboxConfig(p.o)
 	if c.Mounts {
 		if c.Binds, err = sandboxBinds(p.o, p.resolvConf); err != nil {
 			return err
@@ -300,7 +320,8 @@ func resume(argv []string) (*prepared, error) {
 }
 
 // printSeccomp says what the filter does, where slirp4netns lists the
-// syscalls its deny-list blocks.
-func printSeccomp(w io.Writer) {
-	fmt.Fprintf(w, "seccomp: only %d syscalls are allowed, the others fail with EPERM (docs/sandbox.md)\n", len(sandbox.Allowed()))
+// syscalls its deny-list blocks; openRead: openat is allowed for reading
+// (the DNS upstream follows resolv.conf, under Landlock).
+func printSeccomp(w io.Writer, openRead bool) {
+	fmt.Fprintf(w, "seccomp: only %d syscalls are allowed, the others fail with EPERM (docs/sandbox.md)\n", len(sandbox.Allowed(openRead)))
 }

@@ -164,6 +164,9 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		// The upstream follows resolv.conf as libslirp's does: a host
 		// that changes networks rewrites it, and the namespace must not
 		// keep asking a resolver that is gone.
+		if o.enableSeccomp && o.dnsUpstream == "" && p.resolvConf == "" {
+			logf("dns: not following %s: under --enable-seccomp that needs Landlock, which this kernel lacks; the upstream stays %v", o.resolvConf, p.upstream)
+		}
 		fwd, err := dns.New(dns.Config{
 			Upstream:   p.upstream,
 			ResolvConf: p.resolvConf,
@@ -226,7 +229,7 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 	}
 	printSettings(out.stdout, o, addrs, p)
 	if o.enableSeccomp {
-		printSeccomp(out.stdout)
+		printSeccomp(out.stdout, p.resolvConf != "")
 	}
 
 	ctx, cancel := context.WithCancelCause(ctx)
