@@ -480,7 +480,7 @@ func injectFrame(t testing.TB, g *gvstack.Stack, proto tcpip.NetworkProtocolNumb
 
 // udpEchoServer starts a UDP echo server on the host's 127.0.0.1, stopped
 // at cleanup.
-func udpEchoServer(t *testing.T, v6 bool) net.PacketConn {
+func udpEchoServer(t testing.TB, v6 bool) net.PacketConn {
 	t.Helper()
 	network, addr := "udp4", "127.0.0.1:0"
 	if v6 {

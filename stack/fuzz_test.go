@@ -27,7 +27,7 @@ import (
 // a frame asks for leaves the machine's loopback.
 func FuzzGuestFrame(f *testing.F) {
 	ln := listenTCP(f, "tcp4", "127.0.0.1:0", echoServe)
-	echo := udpEchoServerTB(f)
+	echo := udpEchoServer(f, false)
 	cfg := testConfig(f)
 	cfg.EnableIPv6 = true
 	cfg.dial = loopbackOnlyDial
@@ -118,29 +118,6 @@ func udpRoundTrip(t testing.TB, u net.PacketConn, dst netip.AddrPort, what strin
 			return
 		}
 	}
-}
-
-// udpEchoServerTB is udpEchoServer for a fuzz target's F.
-func udpEchoServerTB(t testing.TB) net.PacketConn {
-	t.Helper()
-	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	t.Cleanup(func() { pc.Close(); <-done })
-	go func() {
-		defer close(done)
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(buf[:n], from)
-		}
-	}()
-	return pc
 }
 
 // guestFrameSeeds are frames a namespace sends, well-formed or nearly,
