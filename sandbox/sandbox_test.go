@@ -166,7 +166,7 @@ func TestSandboxedChild(t *testing.T) {
 	// "read" stands for a Config.Read of the test's directory, which
 	// holds the file "readable".
 	for _, c := range []Config{{Mounts: true, Seccomp: true}, {Seccomp: true}, {Mounts: true},
-		{Mounts: true, Seccomp: true, Read: []string{"read"}}, {Seccomp: true, Read: []string{"read"}}} {
+		{Mounts: true, Seccomp: true, Read: []string{"read"}}, {Seccomp: true, Read: []string{"read"}}, {Mounts: true, Read: []string{"read"}}} {
 		t.Run(fmt.Sprintf("mounts=%v,seccomp=%v,read=%v", c.Mounts, c.Seccomp, len(c.Read) > 0), func(t *testing.T) {
 			if c.Seccomp && !SeccompSupported() {
 				t.Skip(ErrArch)
@@ -301,6 +301,15 @@ func TestSandboxedChild(t *testing.T) {
 						}
 					case got != w:
 						t.Errorf("%s under the filter: %q; want %q", op, got, w)
+					}
+				}
+			}
+
+			if len(c.Read) > 0 {
+				// Landlock, with or without the filter: reading only in Read.
+				for op, w := range map[string]string{"open /etc/hosts": "EACCES", "open a file of a Read directory": ""} {
+					if got := r.Calls[op]; got != w {
+						t.Errorf("%s with Read: %q; want %q", op, got, w)
 					}
 				}
 			}

@@ -171,18 +171,19 @@ func underAny(dir string, roots ...string) bool {
 // returns only on failure, with p unchanged.
 func enterSandbox(p *prepared) error {
 	c := sandboxConfig(p.o)
-	if c.Seccomp && p.resolvConf != "" {
-		// Following resolv.conf means opening it, and the filter lets
-		// openat through only when Landlock confines reading to the
-		// file's directories: else a sandboxed usernet could read
-		// whatever the user can (podman's registry credentials under
-		// /run/user/UID, say). No Landlock: the upstream stays fixed
-		// (run says so).
-		if sandbox.LandlockSupported() {
-			c.Read = resolvDirs(p.resolvConf)
-		} else {
-			p.resolvConf = ""
-		}
+	switch {
+	case p.resolvConf == "":
+		// Nothing to read once serving: the filter refuses openat.
+	case sandbox.LandlockSupported():
+		// Following resolv.conf means opening it. Landlock confines
+		// reading to the file's directories, and only then does the
+		// filter let openat through: else a sandboxed usernet could
+		// read whatever the user can (podman's registry credentials
+		// under /run/user/UID, say). Also with --enable-sandbox alone,
+		// whose root shows all of /run.
+		c.Read = resolvDirs(p.resolvConf)
+	case c.Seccomp:
+		p.resolvConf = "" // no Landlock: the upstream stays fixed (run says so)
 	}
 	s := sandboxState{Tap: int(p.tap.Fd())}
 	keep := []int{s.Tap}
