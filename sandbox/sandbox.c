@@ -11,8 +11,9 @@
 //	_USERNET_SANDBOX_BINDS=...  more host directories to show at their own path, one a
 //	                            line, "ro /path" or "rw /path" (with _FS only)
 //	_USERNET_SANDBOX_COMM=NAME  the process name before the re-execution (else "exe")
-//	_USERNET_SANDBOX_READ=...   the only directories files may be read from (and below),
-//	                            one a line, enforced with Landlock (see Config.Read)
+//	_USERNET_SANDBOX_READ=...   set (even empty): the only directories files may be read
+//	                            from (and below), one a line, enforced with Landlock
+//	                            (Config.ConfineReads)
 //
 // Errors are recorded, not printed: the Go side reports them (Resume) and
 // exits before it serves anything. docs/sandbox.md explains the design.
@@ -404,7 +405,7 @@ __attribute__((constructor)) static void usernet_sandbox(void) {
 	}
 	// Before the filter, which refuses the landlock syscalls.
 	const char *reads = getenv("_USERNET_SANDBOX_READ");
-	if (reads != NULL && *reads != '\0' && confine_reads(reads) < 0)
+	if (reads != NULL && confine_reads(reads) < 0)
 		return;
 	const char *bpf = getenv("_USERNET_SANDBOX_BPF");
 	if (bpf != NULL && *bpf != '\0')

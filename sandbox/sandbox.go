@@ -55,11 +55,14 @@ type Config struct {
 	// besides /etc and /run, with what is mounted below them. Read-only
 	// ones under /etc or /run are there already.
 	Binds []Bind
-	// Read, when set, are the only directories whose files (and those of
-	// their subdirectories) the process may open for reading once in the
-	// sandbox, enforced with a Landlock ruleset (Env fails if the kernel
-	// has none: see LandlockSupported); with Seccomp, the filter then
-	// allows openat for reading (refused otherwise).
+	// ConfineReads makes the process unable, once in the sandbox, to open
+	// files for reading or list directories but beneath Read (nothing if
+	// Read is empty), with a Landlock ruleset; Env fails if the kernel has
+	// none (see LandlockSupported).
+	ConfineReads bool
+	// Read are the directories ConfineReads leaves readable. With Seccomp
+	// and ConfineReads, a non-empty Read makes the filter allow openat
+	// for reading (refused otherwise).
 	Read []string
 }
 
@@ -95,7 +98,8 @@ func Env(c Config, pid int, state []byte) ([]string, error) {
 		// Else the kernel names the new image after /proc/self/exe: "exe".
 		env = append(env, envComm+"="+strings.TrimSpace(string(comm)))
 	}
-	if len(c.Read) > 0 {
+	openRead := false
+	if c.ConfineReads {
 		if !LandlockSupported() {
 			return nil, errors.New("sandbox: confining reads needs Landlock, which this kernel does not offer")
 		}
@@ -105,9 +109,12 @@ func Env(c Config, pid int, state []byte) ([]string, error) {
 			}
 		}
 		env = append(env, envRead+"="+strings.Join(c.Read, "\n"))
+		openRead = len(c.Read) > 0
+	} else if len(c.Read) > 0 {
+		return nil, errors.New("sandbox: Read without ConfineReads")
 	}
 	if c.Seccomp {
-		h, err := filterHex(pid, len(c.Read) > 0)
+		h, err := filterHex(pid, openRead)
 		if err != nil {
 			return nil, err
 		}

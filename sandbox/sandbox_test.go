@@ -165,13 +165,15 @@ func status(t *testing.T, path string) map[string]string {
 func TestSandboxedChild(t *testing.T) {
 	// "read" stands for a Config.Read of the test's directory, which
 	// holds the file "readable".
+	read := []string{"read"}
 	for _, c := range []Config{{Mounts: true, Seccomp: true}, {Seccomp: true}, {Mounts: true},
-		{Mounts: true, Seccomp: true, Read: []string{"read"}}, {Seccomp: true, Read: []string{"read"}}, {Mounts: true, Read: []string{"read"}}} {
-		t.Run(fmt.Sprintf("mounts=%v,seccomp=%v,read=%v", c.Mounts, c.Seccomp, len(c.Read) > 0), func(t *testing.T) {
+		{Mounts: true, Seccomp: true, ConfineReads: true, Read: read}, {Seccomp: true, ConfineReads: true, Read: read},
+		{Mounts: true, ConfineReads: true, Read: read}, {Mounts: true, ConfineReads: true}} {
+		t.Run(fmt.Sprintf("mounts=%v,seccomp=%v,confine=%v,read=%v", c.Mounts, c.Seccomp, c.ConfineReads, len(c.Read) > 0), func(t *testing.T) {
 			if c.Seccomp && !SeccompSupported() {
 				t.Skip(ErrArch)
 			}
-			if len(c.Read) > 0 && !LandlockSupported() {
+			if c.ConfineReads && !LandlockSupported() {
 				t.Skip("no Landlock in this kernel")
 			}
 			t.Parallel()
@@ -305,9 +307,10 @@ func TestSandboxedChild(t *testing.T) {
 				}
 			}
 
-			if len(c.Read) > 0 {
+			if c.ConfineReads {
 				// Landlock, with or without the filter: reading only in Read.
-				for op, w := range map[string]string{"open /etc/hosts": "EACCES", "open a file of a Read directory": ""} {
+				inRead := map[bool]string{true: "", false: "EACCES"}[len(c.Read) > 0]
+				for op, w := range map[string]string{"open /etc/hosts": "EACCES", "open a file of a Read directory": inRead} {
 					if got := r.Calls[op]; got != w {
 						t.Errorf("%s with Read: %q; want %q", op, got, w)
 					}

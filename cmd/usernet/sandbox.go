@@ -171,19 +171,17 @@ func underAny(dir string, roots ...string) bool {
 // returns only on failure, with p unchanged.
 func enterSandbox(p *prepared) error {
 	c := sandboxConfig(p.o)
-	switch {
-	case p.resolvConf == "":
-		// Nothing to read once serving: the filter refuses openat.
-	case sandbox.LandlockSupported():
-		// Following resolv.conf means opening it. Landlock confines
-		// reading to the file's directories, and only then does the
-		// filter let openat through: else a sandboxed usernet could
-		// read whatever the user can (podman's registry credentials
-		// under /run/user/UID, say). Also with --enable-sandbox alone,
-		// whose root shows all of /run.
+	if sandbox.LandlockSupported() {
+		// Once serving, usernet reads nothing but the resolv.conf it
+		// follows (none with --dns-upstream): Landlock confines reading
+		// to that, so that a sandboxed usernet cannot read what the
+		// sandbox shows (all of /run, podman's registry credentials
+		// under /run/user/UID among it) or, with the filter alone, what
+		// the user can. Only then does the filter let openat through.
+		c.ConfineReads = true
 		c.Read = resolvDirs(p.resolvConf)
-	case c.Seccomp:
-		p.resolvConf = "" // no Landlock: the upstream stays fixed (run says so)
+	} else if c.Seccomp {
+		p.resolvConf = "" // no Landlock, no openat: the upstream stays fixed (run says so)
 	}
 	s := sandboxState{Tap: int(p.tap.Fd())}
 	keep := []int{s.Tap}
