@@ -19,7 +19,8 @@ import (
 // FuzzGuestFrame feeds whole Ethernet frames from the namespace, the
 // untrusted side, through the stack's whole input path: the link filter
 // (ARP, DHCP, NDP, the UDP fast path, SYN notes, the gateway's
-// unreachables) and gVisor behind it. No frame may panic or wedge the
+// unreachables) and gVisor behind it, of a stack as usual and of one with
+// DisableHostLoopback. No frame may panic or wedge the
 // stack: a TCP connection and a UDP flow (on the fast path) opened before
 // the first frame must still carry data after the last one. Without
 // -fuzz, `go test` runs the seeds below; with -fuzz=FuzzGuestFrame it
@@ -41,6 +42,11 @@ func FuzzGuestFrame(f *testing.F) {
 		}
 	})
 	e := startEnv(f, cfg)
+	// The same frames also go to a stack with --disable-host-loopback,
+	// whose gateway answers with unreachables of its own.
+	cfgNoLoop := cfg
+	cfgNoLoop.DisableHostLoopback = true
+	noLoop := startEnv(f, cfgNoLoop)
 
 	c, err := guestDial(f, e.guest, netip.AddrPortFrom(gw4, portOf(ln.Addr())))
 	if err != nil {
@@ -76,6 +82,7 @@ func FuzzGuestFrame(f *testing.F) {
 		}
 		// An error only means the guest's NIC refused to send it.
 		e.guest.WriteRawPacket(1, proto, buffer.MakeWithData(append([]byte(nil), frame...)))
+		noLoop.guest.WriteRawPacket(1, proto, buffer.MakeWithData(append([]byte(nil), frame...)))
 	})
 }
 
