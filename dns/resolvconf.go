@@ -1,8 +1,6 @@
 package dns
 
 import (
-	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"sync"
@@ -95,26 +93,11 @@ func (r *resolvFollower) poll(now time.Time, up *atomic.Pointer[netip.AddrPort])
 	r.logf("dns: upstream is now %v (%s changed; was %v)", ap, r.path, cur)
 }
 
-// read returns the file's first usable nameserver and the version read.
+// read returns the file's first usable nameserver, on r.port, and the
+// version read.
 func (r *resolvFollower) read() (netip.AddrPort, fileID, error) {
-	f, err := os.Open(r.path)
-	if err != nil {
-		return netip.AddrPort{}, fileID{}, err
-	}
-	defer f.Close()
-	var id fileID
-	if fi, err := f.Stat(); err == nil {
-		id, _ = idOf(fi)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, maxResolvConf))
-	if err != nil {
-		return netip.AddrPort{}, id, fmt.Errorf("read %s: %w", r.path, err)
-	}
-	ap, err := parseResolvConf(string(data))
-	if err != nil {
-		return netip.AddrPort{}, id, fmt.Errorf("%s: %w", r.path, err)
-	}
-	return netip.AddrPortFrom(ap.Addr(), r.port), id, nil
+	ap, id, err := readResolvConf(r.path)
+	return netip.AddrPortFrom(ap.Addr(), r.port), id, err
 }
 
 func (r *resolvFollower) fail(cur netip.AddrPort, err error) {

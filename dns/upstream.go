@@ -48,20 +48,35 @@ const maxResolvConf = 1 << 20
 // nameservers it cannot use (not an IP address; unspecified or multicast).
 // It fails if no nameserver line is usable.
 func UpstreamFromResolvConf(path string) (netip.AddrPort, error) {
-	f, err := os.Open(path)
+	ap, _, err := readResolvConf(path)
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("dns upstream: %w", err)
 	}
+	return ap, nil
+}
+
+// readResolvConf returns the first usable nameserver of the file at path
+// (port 53) and the version of the file it read (zero if it could not be
+// opened; see resolvFollower).
+func readResolvConf(path string) (netip.AddrPort, fileID, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return netip.AddrPort{}, fileID{}, err
+	}
 	defer f.Close()
+	var id fileID
+	if fi, err := f.Stat(); err == nil {
+		id, _ = idOf(fi)
+	}
 	data, err := io.ReadAll(io.LimitReader(f, maxResolvConf))
 	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("dns upstream: read %s: %w", path, err)
+		return netip.AddrPort{}, id, fmt.Errorf("read %s: %w", path, err)
 	}
 	ap, err := parseResolvConf(string(data))
 	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("dns upstream: %s: %w", path, err)
+		return netip.AddrPort{}, id, fmt.Errorf("%s: %w", path, err)
 	}
-	return ap, nil
+	return ap, id, nil
 }
 
 // parseResolvConf returns the first usable nameserver in data.
