@@ -54,7 +54,7 @@ func (l *filterLink) Attach(d gvstack.NetworkDispatcher) {
 	}
 }
 
-// start attaches the child: tapLink starts its reader goroutine.
+// start attaches the child: link.Tap starts its reader goroutine.
 func (l *filterLink) start() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -64,7 +64,7 @@ func (l *filterLink) start() {
 	}
 }
 
-// stop detaches the child; tapLink stops its reader goroutine and waits
+// stop detaches the child; link.Tap stops its reader goroutine and waits
 // for it. It must not be called with a stack lock held.
 func (l *filterLink) stop() {
 	l.mu.Lock()

@@ -7,7 +7,7 @@
 //
 // # Data path
 //
-//	namespace ──tap fd──► tapLink ──► ethernet.New ──► filterLink ──► gVisor NIC (promiscuous, spoofing)
+//	namespace ──tap fd──► link.Tap ──► ethernet.New ──► filterLink ──► gVisor NIC (promiscuous, spoofing)
 //	                                              │                 │
 //	             ARP/NS for foreign addresses ✗ ──┤                 ├─ TCP SYN ─► tcp.Forwarder ─► handleTCP:
 //	             ICMP echo to the outside ────────┤                 │             dial host first, then handshake,
@@ -61,6 +61,7 @@ import (
 	"time"
 
 	"github.com/usernet/usernet/dhcp"
+	"github.com/usernet/usernet/link"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -249,11 +250,11 @@ func New(cfg Config) (*Stack, error) {
 	// s is set before Run attaches the link, the only way onError can be
 	// called.
 	var s *Stack
-	tapFile, err := pollable(cfg.Tap)
+	tapFile, err := link.Pollable(cfg.Tap)
 	if err != nil {
 		return nil, err
 	}
-	raw, err := newTapLink(tapFile, mtu, mac, cfg.VnetHdr, func(err error) {
+	raw, err := link.New(tapFile, mtu, mac, cfg.VnetHdr, func(err error) {
 		// The namespace, and with it the tap, is gone.
 		s.cancel(fmt.Errorf("stack: reading the tap: %w", err))
 	})
@@ -525,7 +526,7 @@ func (s *Stack) shutdown() {
 		// 3. Abort what is left in gVisor (DNS conns the ServeDNS
 		//    handed out, endpoints in TIME_WAIT) and wait for its workers.
 		s.gv.Destroy()
-		// 4. tapLink does not own the fd.
+		// 4. link.Tap does not own the fd.
 		if s.tap != nil {
 			s.tap.Close()
 		}

@@ -1078,7 +1078,7 @@ func TestNewValidates(t *testing.T) {
 func TestRunEndsWithErrorWhenTapFails(t *testing.T) {
 	goroutineLeakCheck(t)
 	// A socketpair stands in for the tap: once the peer is closed, reads
-	// return 0 bytes, which tapLink treats as a failed read, as it does
+	// return 0 bytes, which link.Tap treats as a failed read, as it does
 	// the error of a tap whose namespace is gone.
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_SEQPACKET, 0)
 	if err != nil {

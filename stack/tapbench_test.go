@@ -2,6 +2,7 @@ package stack
 
 import (
 	"context"
+	"github.com/usernet/usernet/link"
 	"io"
 	"net"
 	"net/netip"
@@ -14,7 +15,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
 )
 
-// Benchmarks over tapLink (tap.go) instead of the in-memory pipe: the two
+// Benchmarks over link.Tap instead of the in-memory pipe: the two
 // ends of a SOCK_SEQPACKET socketpair stand in for the tap (one frame per
 // read/write, non-blocking, Go's poller), so the tap read loop, the
 // per-frame writes and the goroutine hand-offs they cause are measured as
@@ -25,7 +26,7 @@ import (
 
 const tapBenchMTU = 65520
 
-// startTapEnv is startEnv with tapLinks on a socketpair, MTU 65520 without
+// startTapEnv is startEnv with link.Taps on a socketpair, MTU 65520 without
 // vnet headers.
 func startTapEnv(b *testing.B) *env { return startTapEnvWith(b, tapBenchMTU, false) }
 
@@ -44,11 +45,11 @@ func startTapEnvWith(b *testing.B, mtu uint32, vnet bool) *env {
 		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
 	}
 	stackEnd, guestEnd := os.NewFile(uintptr(fds[0]), "stack-end"), os.NewFile(uintptr(fds[1]), "guest-end")
-	stackLink, err := newTapLink(stackEnd, mtu, stackMAC, vnet, nil)
+	stackLink, err := link.New(stackEnd, mtu, stackMAC, vnet, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
-	guestLink, err := newTapLink(guestEnd, mtu, guestMAC, vnet, nil)
+	guestLink, err := link.New(guestEnd, mtu, guestMAC, vnet, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -115,7 +116,7 @@ func BenchmarkTapTCPRR(b *testing.B) {
 
 // BenchmarkTapTCPCRR is bench/run.sh's crr: connect, 1-byte request,
 // response, close (the guest closes first). It covers the forwarder's
-// handshake path, including the deferred SYN-ACK writes of tapLink.
+// handshake path, including the deferred SYN-ACK writes of link.Tap.
 func BenchmarkTapTCPCRR(b *testing.B) {
 	ln := listenTCP(b, "tcp4", "127.0.0.1:0", echoServe)
 	e := startTapEnv(b)
@@ -191,7 +192,7 @@ var tapBulkCases = []struct {
 	{"mtu65520-vnet", tapBenchMTU, true},
 }
 
-// BenchmarkTapTCPGuestToHost is bench/run.sh's bulk ns→host over tapLink:
+// BenchmarkTapTCPGuestToHost is bench/run.sh's bulk ns→host over link.Tap:
 // the guest writes 64 KiB at a time to a host sink through the gateway.
 func BenchmarkTapTCPGuestToHost(b *testing.B) {
 	for _, tc := range tapBulkCases {
@@ -201,7 +202,7 @@ func BenchmarkTapTCPGuestToHost(b *testing.B) {
 	}
 }
 
-// BenchmarkTapTCPHostToGuest is bulk host→ns over tapLink: a host source
+// BenchmarkTapTCPHostToGuest is bulk host→ns over link.Tap: a host source
 // writes through the gateway connection and the guest reads.
 func BenchmarkTapTCPHostToGuest(b *testing.B) {
 	for _, tc := range tapBulkCases {

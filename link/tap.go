@@ -1,4 +1,4 @@
-package stack
+package link
 
 import (
 	"errors"
@@ -17,7 +17,7 @@ import (
 	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
-// tapLink is the link endpoint on the tap fd. It moves whole Ethernet
+// Tap is the link endpoint on the tap fd. It moves whole Ethernet
 // frames and leaves the header to ethernet.New, which wraps it.
 //
 // It replaces gVisor's fdbased endpoint, whose readv dispatcher ends its
@@ -29,7 +29,7 @@ import (
 //
 // Reads and writes go through Go's poller (the fd is non-blocking), so
 // Attach(nil) stops the reader with a read deadline; no stop pipe needed.
-type tapLink struct {
+type Tap struct {
 	file    *os.File
 	raw     syscall.RawConn
 	mtu     uint32
@@ -52,37 +52,37 @@ type tapLink struct {
 	tx *txQueue // +checklocks:mu
 }
 
-var _ gvstack.LinkEndpoint = (*tapLink)(nil)
+var _ gvstack.LinkEndpoint = (*Tap)(nil)
 
-func newTapLink(f *os.File, mtu uint32, addr tcpip.LinkAddress, vnetHdr bool, onError func(error)) (*tapLink, error) {
+func New(f *os.File, mtu uint32, addr tcpip.LinkAddress, vnetHdr bool, onError func(error)) (*Tap, error) {
 	raw, err := f.SyscallConn()
 	if err != nil {
-		return nil, fmt.Errorf("stack: raw tap fd: %w", err)
+		return nil, fmt.Errorf("link: raw tap fd: %w", err)
 	}
-	return &tapLink{file: f, raw: raw, mtu: mtu, addr: addr, vnetHdr: vnetHdr, onError: onError}, nil
+	return &Tap{file: f, raw: raw, mtu: mtu, addr: addr, vnetHdr: vnetHdr, onError: onError}, nil
 }
 
 // MTU implements gvstack.LinkEndpoint.
-func (l *tapLink) MTU() uint32 { return l.mtu }
+func (l *Tap) MTU() uint32 { return l.mtu }
 
 // SetMTU implements gvstack.LinkEndpoint.
-func (l *tapLink) SetMTU(mtu uint32) { l.mtu = mtu }
+func (l *Tap) SetMTU(mtu uint32) { l.mtu = mtu }
 
 // MaxHeaderLength implements gvstack.LinkEndpoint: ethernet.New adds its own.
-func (*tapLink) MaxHeaderLength() uint16 { return 0 }
+func (*Tap) MaxHeaderLength() uint16 { return 0 }
 
 // LinkAddress implements gvstack.LinkEndpoint.
-func (l *tapLink) LinkAddress() tcpip.LinkAddress { return l.addr }
+func (l *Tap) LinkAddress() tcpip.LinkAddress { return l.addr }
 
 // SetLinkAddress implements gvstack.LinkEndpoint.
-func (l *tapLink) SetLinkAddress(a tcpip.LinkAddress) { l.addr = a }
+func (l *Tap) SetLinkAddress(a tcpip.LinkAddress) { l.addr = a }
 
 // Capabilities implements gvstack.LinkEndpoint. With vnet headers the
 // kernel leaves TCP and UDP checksums partial (CHECKSUM_PARTIAL: only the
 // pseudo-header sum is filled in), so they cannot be verified; the frames
 // come from the namespace's kernel through memory, never a wire, and a
 // frame crafted with a bad checksum only harms its sender's own flow.
-func (l *tapLink) Capabilities() gvstack.LinkEndpointCapabilities {
+func (l *Tap) Capabilities() gvstack.LinkEndpointCapabilities {
 	if l.vnetHdr {
 		return gvstack.CapabilityRXChecksumOffload
 	}
@@ -90,22 +90,22 @@ func (l *tapLink) Capabilities() gvstack.LinkEndpointCapabilities {
 }
 
 // ARPHardwareType implements gvstack.LinkEndpoint (ethernet.New overrides it).
-func (*tapLink) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
+func (*Tap) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
 
 // AddHeader implements gvstack.LinkEndpoint: there is no header of our own.
-func (*tapLink) AddHeader(*gvstack.PacketBuffer) {}
+func (*Tap) AddHeader(*gvstack.PacketBuffer) {}
 
 // ParseHeader implements gvstack.LinkEndpoint.
-func (*tapLink) ParseHeader(*gvstack.PacketBuffer) bool { return true }
+func (*Tap) ParseHeader(*gvstack.PacketBuffer) bool { return true }
 
 // Close implements gvstack.LinkEndpoint. The fd belongs to the Stack.
-func (*tapLink) Close() {}
+func (*Tap) Close() {}
 
 // SetOnCloseAction implements gvstack.LinkEndpoint.
-func (*tapLink) SetOnCloseAction(func()) {}
+func (*Tap) SetOnCloseAction(func()) {}
 
 // IsAttached implements gvstack.LinkEndpoint.
-func (l *tapLink) IsAttached() bool {
+func (l *Tap) IsAttached() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.dispatcher != nil
@@ -113,7 +113,7 @@ func (l *tapLink) IsAttached() bool {
 
 // Attach implements gvstack.LinkEndpoint: a dispatcher starts the reader,
 // nil stops it and waits for it.
-func (l *tapLink) Attach(d gvstack.NetworkDispatcher) {
+func (l *Tap) Attach(d gvstack.NetworkDispatcher) {
 	l.mu.Lock()
 	if d == nil {
 		if l.dispatcher == nil {
@@ -142,7 +142,7 @@ func (l *tapLink) Attach(d gvstack.NetworkDispatcher) {
 }
 
 // Wait implements gvstack.LinkEndpoint.
-func (l *tapLink) Wait() { l.wg.Wait() }
+func (l *Tap) Wait() { l.wg.Wait() }
 
 // readLoop delivers every frame read from the tap until Attach(nil) or a
 // read error.
@@ -153,7 +153,7 @@ func (l *tapLink) Wait() { l.wg.Wait() }
 // 64 KiB segment is never copied in user space (the view is kept for the
 // next read when the frame fits in the head or is small enough to copy). Two chunks also keep the
 // headers apart from the payload; see frameBuffer for why that matters.
-func (l *tapLink) readLoop(d gvstack.NetworkDispatcher) {
+func (l *Tap) readLoop(d gvstack.NetworkDispatcher) {
 	size := int(l.mtu) + header.EthernetMinimumSize
 	hdrLen := 0
 	if l.vnetHdr {
@@ -222,7 +222,7 @@ func (l *tapLink) readLoop(d gvstack.NetworkDispatcher) {
 // readv reads one frame into head and then body (iov is the caller's
 // scratch for the pair), through Go's poller (so
 // that Attach(nil)'s read deadline stops it).
-func (l *tapLink) readv(iov *[2][]byte, head, body []byte) (int, error) {
+func (l *Tap) readv(iov *[2][]byte, head, body []byte) (int, error) {
 	iov[0], iov[1] = head, body
 	var n int
 	var rerr error
@@ -288,7 +288,7 @@ const asyncMinSize = 16 << 10
 //     goroutine reading the next bytes from the host.
 //   - Any frame while frames are queued or being written, so that a flow's
 //     frames keep their order (a FIN never overtakes its data).
-func (l *tapLink) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error) {
+func (l *Tap) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error) {
 	l.mu.Lock()
 	tx := l.tx
 	l.mu.Unlock()
@@ -312,7 +312,7 @@ func (l *tapLink) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error)
 
 // writePacket writes one frame, with its virtio-net header if the tap has
 // them.
-func (l *tapLink) writePacket(pkt *gvstack.PacketBuffer) tcpip.Error {
+func (l *Tap) writePacket(pkt *gvstack.PacketBuffer) tcpip.Error {
 	slices := pkt.AsSlices()
 	if l.vnetHdr {
 		hdr := vnetHeaderFor(pkt)
@@ -341,7 +341,7 @@ func deferredTCP(pkt *gvstack.PacketBuffer) bool {
 	return flags.Contains(header.TCPFlagSyn) || (flags == header.TCPFlagAck && pkt.Data().Size() == 0)
 }
 
-func (l *tapLink) writeFrame(slices [][]byte) tcpip.Error {
+func (l *Tap) writeFrame(slices [][]byte) tcpip.Error {
 	var werr error
 	err := l.raw.Write(func(fd uintptr) bool {
 		_, werr = unix.Writev(int(fd), slices)
@@ -362,25 +362,25 @@ func (l *tapLink) writeFrame(slices [][]byte) tcpip.Error {
 	}
 }
 
-// pollable returns a dup of f's fd in non-blocking mode, wrapped so that
+// Pollable returns a dup of f's fd in non-blocking mode, wrapped so that
 // Go's poller serves it: os.File.Fd(), called by anyone before, puts a
 // file into blocking mode for good, and then read deadlines do nothing.
-func pollable(f *os.File) (*os.File, error) {
+func Pollable(f *os.File) (*os.File, error) {
 	rc, err := f.SyscallConn()
 	if err != nil {
-		return nil, fmt.Errorf("stack: tap fd: %w", err)
+		return nil, fmt.Errorf("link: tap fd: %w", err)
 	}
 	var nfd int
 	var derr error
 	if err := rc.Control(func(fd uintptr) { nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-		return nil, fmt.Errorf("stack: tap fd: %w", err)
+		return nil, fmt.Errorf("link: tap fd: %w", err)
 	}
 	if derr != nil {
-		return nil, fmt.Errorf("stack: dup tap fd: %w", derr)
+		return nil, fmt.Errorf("link: dup tap fd: %w", derr)
 	}
 	if err := unix.SetNonblock(nfd, true); err != nil {
 		unix.Close(nfd)
-		return nil, fmt.Errorf("stack: tap fd non-blocking: %w", err)
+		return nil, fmt.Errorf("link: tap fd non-blocking: %w", err)
 	}
 	return os.NewFile(uintptr(nfd), "tap"), nil
 }

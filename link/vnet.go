@@ -1,4 +1,4 @@
-package stack
+package link
 
 import (
 	"encoding/binary"
@@ -35,10 +35,10 @@ const gsoMaxSize = 65535 - header.IPv4MinimumSize
 // header.
 const maxGSOFrame = 1<<16 + header.EthernetMinimumSize
 
-var _ gvstack.GSOEndpoint = (*tapLink)(nil)
+var _ gvstack.GSOEndpoint = (*Tap)(nil)
 
 // GSOMaxSize implements gvstack.GSOEndpoint.
-func (l *tapLink) GSOMaxSize() uint32 {
+func (l *Tap) GSOMaxSize() uint32 {
 	if l.vnetHdr {
 		return gsoMaxSize
 	}
@@ -47,7 +47,7 @@ func (l *tapLink) GSOMaxSize() uint32 {
 
 // SupportedGSO implements gvstack.GSOEndpoint: host GSO, i.e. the segments
 // go to the kernel whole, described by a virtio-net header.
-func (l *tapLink) SupportedGSO() gvstack.SupportedGSO {
+func (l *Tap) SupportedGSO() gvstack.SupportedGSO {
 	if l.vnetHdr {
 		return gvstack.HostGSOSupported
 	}

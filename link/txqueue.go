@@ -1,4 +1,4 @@
-package stack
+package link
 
 import (
 	"runtime"
@@ -14,7 +14,7 @@ import (
 const txQueueLen = 512
 
 // txQueue is the tap link's outbound FIFO and its writer goroutine (run).
-// tapLink.WritePackets decides which frames go through it; the queue only
+// Tap.WritePackets decides which frames go through it; the queue only
 // keeps them in order: a frame that could be written inline is queued
 // anyway while earlier frames are waiting or being written.
 type txQueue struct {
