@@ -18,7 +18,7 @@ const auditArch = unix.AUDIT_ARCH_X86_64
 // stdin would allow TIOCSTI), unix/netlink/packet sockets, mount, unshare,
 // setns, ptrace, bpf, io_uring, keyctl, signals to other processes.
 var rules = []rule{
-	// Data path: the tap (stack/tap.go: readv, writev), host
+	// Data path: the tap (link/tap.go: readv, writev), host
 	// sockets through the Go poller, the runtime's scheduler.
 	{name: "read", nr: unix.SYS_READ},
 	{name: "write", nr: unix.SYS_WRITE},

@@ -1,52 +1,51 @@
 // Package stack runs the gVisor netstack that terminates the namespace's
-// traffic on the tap device and proxies it to real host sockets.
+// traffic on the tap and proxies each flow to a real host socket.
 //
-// It is the only package of usernet that imports gVisor (outside tests and
-// bench). Everything it needs comes in Config; everything it starts is owned
-// by Run.
+// It owns the gVisor stack, every goroutine it or gVisor starts for a flow
+// (one tracker, tracker.go) and every host socket of a flow. It must not
+// import portfwd, apisock, dns or cmd: they sit on top of it (portfwd
+// reaches the namespace through DialTCP/DialUDP, dns through
+// Config.ServeDNS).
 //
-// # Data path
+// # Data path, by file
 //
-//	namespace ──tap fd──► link.Tap ──► ethernet.New ──► filterLink ──► gVisor NIC (promiscuous, spoofing)
-//	                                              │                 │
-//	             ARP/NS for foreign addresses ✗ ──┤                 ├─ TCP SYN ─► tcp.Forwarder ─► handleTCP:
-//	             ICMP echo to the outside ────────┤                 │             dial host first, then handshake,
-//	               → host ping socket (icmp.go)   │                 │             proxy with half-close (tcp.go)
-//	             RS → RA (ndp.go)                 │                 ├─ UDP ─────► udp.Forwarder ─► one host
-//	             SYN/UDP to gateway with          │                 │             socket per flow (udp.go)
-//	               DisableHostLoopback → ICMP     │                 ├─ DNS:53 ──► gonet listeners ─► Config.ServeDNS
-//	               net unreachable (icmp.go)      │                 ├─ DHCP:67 ─► gonet endpoints ─► dhcp.Server (dhcp.go)
-//	                                              │                 └─ ARP, NDP, echo to .2/.3: gVisor itself
+//	namespace ─tap fd─► link.Tap ─► ethernet ─► filter.go ─► gVisor NIC (promiscuous, spoofing)
 //
-// Every inbound frame passes filterLink (link.go), a nested link endpoint
-// that sees packets before the stack does. It takes the packets gVisor would
-// get wrong in promiscuous/spoofing mode: it would answer ARP and neighbor
-// solicitations for every address (breaking the guest's duplicate address
-// detection), and echo requests to any address (making every host look
-// alive). Everything else goes to the stack, whose forwarders create one
-// gVisor endpoint per flow and proxy it to a host socket.
+// filter.go sees every frame from the guest first. It answers or drops what
+// gVisor would get wrong as a transparent proxy (ARP and neighbor
+// solicitations for foreign addresses, echo to any address), sends ICMP
+// echo to ping.go, UDP of known flows to udpfast.go, notes SYNs for
+// tcpunreach.go, and gives everything else to gVisor, whose forwarders hand
+// each new flow to:
 //
-// Where a flow may go is decided in one place, Stack.route (route.go): the
-// gateway maps to the host's loopback (unless DisableHostLoopback), and no
-// address of the virtual network (nor loopback, multicast, link-local IPv6)
-// is ever dialed on the host.
+//	tcp.go       guest TCP: route, dial the host (hostsock.go), then complete
+//	             the handshake and relay both ways (package relay)
+//	udp.go       guest UDP: one host socket per guest port, one gVisor
+//	             endpoint per remote; udpfast.go writes known flows' datagrams
+//	             from the filter; udperr.go turns host ICMP errors into ICMP
+//	ping.go      ICMP echo → an unprivileged host ping socket
+//	route.go     where a flow may go: the single place that keeps traffic for
+//	             the virtual network off the host's network
+//	hostsock.go  every host socket of a flow is opened here
 //
-// The other direction, host → namespace (port forwarding), is
-// Stack.DialTCP and Stack.DialUDP (dial.go): gVisor endpoints bound to a
-// spoofed source, the real client's address or the gateway, and connected
-// to a guest address; the guest's replies match those endpoints before
-// any forwarder sees them. The DHCP server (dhcp.go, protocol in package
-// dhcp) answers on 255.255.255.255:67 and the gateway's :67.
+// The services of the virtual network: DNS at the plan's DNS address
+// (Config.ServeDNS), DHCP (dhcp.go, protocol in package dhcp), router
+// advertisements (ra.go); ICMP errors are built in packets.go.
+//
+// Host → namespace (port forwarding) is dialin.go: DialTCP and DialUDP make
+// gVisor endpoints bound to a spoofed source (the real client's address or
+// the gateway) and connected to the guest; the guest's replies match them
+// before any forwarder sees them.
 //
 // # Lifetimes
 //
-// New builds the stack and binds the DNS and DHCP endpoints but starts nothing: the
-// link is attached to its dispatcher only when Run starts. Every goroutine
-// (forwarder handlers, flow copiers, the control loop, ServeDNS, the DHCP
-// server), and every connection DialTCP/DialUDP returned, registers with
-// one tracker; Run cancels the stack context, waits for the tracker,
-// stops the link's dispatcher, destroys the gVisor stack and closes the tap,
-// in that order.
+// New builds the stack and binds the DNS and DHCP endpoints but starts
+// nothing: the link is attached to its dispatcher only when Run starts.
+// Every goroutine (forwarder handlers, flow copiers, the control loop,
+// ServeDNS, the DHCP server), and every connection DialTCP/DialUDP
+// returned, registers with one tracker; Run cancels the stack context,
+// waits for the tracker, stops the link's dispatcher, destroys the gVisor
+// stack and closes the tap, in that order.
 package stack
 
 import (
@@ -87,7 +86,7 @@ type Config struct {
 
 	// VnetHdr says Tap was opened with IFF_VNET_HDR and tap.Offloads:
 	// frames carry virtio-net headers and TCP moves in segments of up to
-	// 64 KiB with partial checksums, both ways (vnet.go).
+	// 64 KiB with partial checksums, both ways (package link).
 	VnetHdr bool
 
 	// Network is the IPv4 virtual network, e.g. 10.0.2.0/24. The gateway
@@ -389,7 +388,7 @@ func (s *Stack) build(link gvstack.LinkEndpoint) error {
 	// forwarders see flows to the whole internet. Spoofing: let endpoints
 	// bind to, and send from, any address (the original destinations).
 	// Both are what makes a transparent proxy; the link filter undoes their
-	// side effects (link.go).
+	// side effects (filter.go).
 	if err := s.gv.SetPromiscuousMode(nicID, true); err != nil {
 		return fmt.Errorf("stack: promiscuous mode: %v", err)
 	}
@@ -531,47 +530,6 @@ func (s *Stack) shutdown() {
 			s.tap.Close()
 		}
 	})
-}
-
-// tracker counts goroutines that belong to the Stack. Once closed it
-// refuses new members, so closeAndWait cannot miss one.
-type tracker struct {
-	mu     sync.Mutex
-	closed bool // +checklocks:mu
-	wg     sync.WaitGroup
-}
-
-// enter registers one member; false means the tracker is closed.
-func (t *tracker) enter() bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
-		return false
-	}
-	t.wg.Add(1)
-	return true
-}
-
-func (t *tracker) leave() { t.wg.Done() }
-
-// goFunc runs f on a new tracked goroutine; false means the tracker is
-// closed and f did not run.
-func (t *tracker) goFunc(f func()) bool {
-	if !t.enter() {
-		return false
-	}
-	go func() {
-		defer t.leave()
-		f()
-	}()
-	return true
-}
-
-func (t *tracker) closeAndWait() {
-	t.mu.Lock()
-	t.closed = true
-	t.mu.Unlock()
-	t.wg.Wait()
 }
 
 // validateNetwork applies slirp4netns's --cidr rules: an IPv4 network

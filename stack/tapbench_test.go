@@ -2,7 +2,6 @@ package stack
 
 import (
 	"context"
-	"github.com/usernet/usernet/link"
 	"io"
 	"net"
 	"net/netip"
@@ -10,6 +9,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/usernet/usernet/link"
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"

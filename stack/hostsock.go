@@ -1,0 +1,158 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// dialHost opens the host socket for one flow. network is "tcp", "ping4"
+// or "ping6" (an unprivileged ICMP echo socket, port ignored); UDP flows
+// use openHostUDP.
+// Host sockets are bound to OutboundAddr/OutboundAddr6 when set, except for
+// loopback destinations (the gateway mapping), which must stay on lo.
+func (s *Stack) dialHost(ctx context.Context, network string, dst netip.AddrPort) (net.Conn, error) {
+	if s.cfg.dial != nil {
+		return s.cfg.dial(ctx, network, dst)
+	}
+	var local netip.Addr
+	if !dst.Addr().IsLoopback() {
+		if dst.Addr().Is4() {
+			local = s.cfg.OutboundAddr.Unmap()
+		} else {
+			local = s.cfg.OutboundAddr6
+		}
+	}
+	switch network {
+	case "ping4", "ping6":
+		return dialPing(dst.Addr(), local)
+	}
+	d := net.Dialer{Timeout: s.cfg.DialTimeout}
+	if !local.IsValid() {
+		// No local address: the kernel picks the port at connect(2), which
+		// lets connections to different destinations share a port. The
+		// typed DialTCP below cannot say "no local address" (a zero
+		// AddrPort still becomes a bind to 0.0.0.0:0, and every such bind
+		// takes a port of its own: 28k connections, TIME_WAIT included, and
+		// the host runs out; TestDialHostSharesEphemeralPorts).
+		return d.DialContext(ctx, network, dst.String())
+	}
+	laddr := netip.AddrPortFrom(local, 0)
+	if network == "tcp" {
+		// Bound to an address, still leave the port to connect(2)
+		// (IP_BIND_ADDRESS_NO_PORT), for the same reason.
+		d.Control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+			}); err != nil {
+				return err
+			}
+			if serr != nil {
+				return fmt.Errorf("setsockopt IP_BIND_ADDRESS_NO_PORT: %w", serr)
+			}
+			return nil
+		}
+	}
+	// DialTCP takes the addresses as they are: no string to format and
+	// parse again, no resolver, no dialParallel. On error it returns a
+	// typed nil, which must not become a non-nil net.Conn.
+	switch network {
+	case "tcp":
+		c, err := d.DialTCP(ctx, network, laddr, dst)
+		if err != nil {
+			return nil, err
+		}
+		return c, nil
+	}
+	return nil, fmt.Errorf("dial %s %v: unknown network", network, dst)
+}
+
+// openHostUDP opens the host socket of a guest UDP port (udpPort): not
+// connected, with IP_RECVERR, bound to the host's loopback address for
+// flows to the gateway (nothing but local processes can reach it then),
+// else to OutboundAddr/OutboundAddr6 when set, else to the wildcard address
+// (as slirp4netns). A test's dialer (Config.dial) makes a connected one for
+// k.dst.
+func (s *Stack) openHostUDP(ctx context.Context, k udpPortKey) (*udpHost, error) {
+	if s.cfg.dial != nil {
+		c, err := s.cfg.dial(ctx, "udp", k.dst)
+		if err != nil {
+			return nil, err
+		}
+		return &udpHost{c: c, dst: k.dst}, nil
+	}
+	v6 := k.src.Addr().Is6()
+	network, local := "udp4", netip.IPv4Unspecified()
+	if v6 {
+		network, local = "udp6", netip.IPv6Unspecified()
+	}
+	switch {
+	case k.loopback && v6:
+		local = hostLoopback6
+	case k.loopback:
+		local = hostLoopback4
+	case !v6 && s.cfg.OutboundAddr.IsValid():
+		local = s.cfg.OutboundAddr.Unmap()
+	case v6 && s.cfg.OutboundAddr6.IsValid():
+		local = s.cfg.OutboundAddr6
+	}
+	pc, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(local, 0)))
+	if err != nil {
+		return nil, fmt.Errorf("udp socket for %v: %w", k.src, err)
+	}
+	rc, err := pc.SyscallConn()
+	if err == nil {
+		var serr error
+		err = rc.Control(func(fd uintptr) { serr = setRecvErr(int(fd), v6) })
+		err = errors.Join(err, serr)
+	}
+	if err != nil {
+		pc.Close()
+		return nil, fmt.Errorf("udp socket for %v: IP_RECVERR: %w", k.src, err)
+	}
+	return &udpHost{pc: pc, rc: rc}, nil
+}
+
+// dialPing opens a connected unprivileged ICMP echo socket to dst, bound
+// to local if valid. Its Read and Write carry ICMP messages without the IP
+// header; the kernel sets the identifier and the checksum.
+func dialPing(dst, local netip.Addr) (net.Conn, error) {
+	family, proto := unix.AF_INET, unix.IPPROTO_ICMP
+	if dst.Is6() {
+		family, proto = unix.AF_INET6, unix.IPPROTO_ICMPV6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
+	if err != nil {
+		return nil, fmt.Errorf("ping socket: %w", err)
+	}
+	sa := func(a netip.Addr) unix.Sockaddr {
+		if a.Is4() {
+			return &unix.SockaddrInet4{Addr: a.As4()}
+		}
+		return &unix.SockaddrInet6{Addr: a.As16()}
+	}
+	if local.IsValid() {
+		if err := unix.Bind(fd, sa(local)); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("ping socket: bind %v: %w", local, err)
+		}
+	}
+	if err := unix.Connect(fd, sa(dst)); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("ping socket: connect %v: %w", dst, err)
+	}
+	f := os.NewFile(uintptr(fd), "ping")
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("ping socket: %w", err)
+	}
+	return c, nil
+}
