@@ -160,8 +160,8 @@ func TestDHCPLeasesLikeSlirp(t *testing.T) {
 	goroutineLeakCheck(t)
 	cfg := testConfig(t)
 	cfg.ServeDNS = serveNoDNS
-	d := &dialRecorder{}
-	cfg.dial = d.dial
+	d := &redirect{}
+	cfg.host = d
 	e := startEnv(t, cfg)
 
 	a := &dhcpClient{e: e, mac: "\x02\x00\x00\x00\x00\x0a", xid: 100}
@@ -222,8 +222,8 @@ func TestDHCPBroadcastFlagAndDisabledHostLoopback(t *testing.T) {
 	goroutineLeakCheck(t)
 	cfg := testConfig(t)
 	cfg.DisableHostLoopback = true // must not turn DHCP renewals into ICMP errors
-	d := &dialRecorder{}
-	cfg.dial = d.dial
+	d := &redirect{}
+	cfg.host = d
 	e := startEnv(t, cfg)
 
 	c := &dhcpClient{e: e, mac: "\x02\x00\x00\x00\x00\x0c", xid: 300}
@@ -271,8 +271,8 @@ func TestDHCPDisabledGetsNoAnswer(t *testing.T) {
 	goroutineLeakCheck(t)
 	cfg := testConfig(t)
 	cfg.DisableDHCP = true
-	d := &dialRecorder{}
-	cfg.dial = d.dial
+	d := &redirect{}
+	cfg.host = d
 	e := startEnv(t, cfg)
 	// The link is up once the gateway answers.
 	if guestPing(t, e.guest, gw4, []byte("up?"), 5*time.Second) == nil {

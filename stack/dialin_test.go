@@ -415,12 +415,12 @@ func TestDialUDPClosedGuestPortReadsRefused(t *testing.T) {
 // startDialEnv starts a stack whose outbound dials are recorded (the
 // guest's replies to a dial into the namespace must never reach them) and,
 // with v6, gives the guest fd00::100.
-func startDialEnv(t *testing.T, v6 bool) (*env, *dialRecorder) {
+func startDialEnv(t *testing.T, v6 bool) (*env, *redirect) {
 	t.Helper()
 	cfg := testConfig(t)
 	cfg.EnableIPv6 = v6
-	d := &dialRecorder{}
-	cfg.dial = d.dial
+	d := &redirect{}
+	cfg.host = d
 	e := startEnv(t, cfg)
 	if v6 {
 		addGuest6(t, e)

@@ -8,13 +8,14 @@ package stack
 import (
 	"bytes"
 	"context"
-	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"runtime"
 	"runtime/pprof"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -283,39 +284,53 @@ func (s *sniffer) any(match func([]byte) bool) bool {
 	return false
 }
 
-// dialRecorder is a Config.dial that records every call and maps
-// destinations through route (nil: dial the destination itself, which
-// tests use only for loopback).
-type dialRecorder struct {
-	mu     sync.Mutex
-	calls  []string // "network dst"
-	route  func(network string, dst netip.AddrPort) (netip.AddrPort, error)
-	onConn func(net.Conn) net.Conn
+// redirect is the tests' hostSeam. It records every flow's host address
+// ("network dst"), maps it through to (nil: keep it), refuses whatever is
+// then not a loopback address (nothing may leave the machine), and maps
+// the sources of replies back.
+type redirect struct {
+	to func(ctx context.Context, network string, dst netip.AddrPort) (netip.AddrPort, error)
+
+	mu    sync.Mutex
+	calls []string
+	back  map[netip.AddrPort]netip.AddrPort // loopback server → the address it stands for
 }
 
-func (d *dialRecorder) dial(ctx context.Context, network string, dst netip.AddrPort) (net.Conn, error) {
+func (d *redirect) toHost(ctx context.Context, network string, dst netip.AddrPort) (netip.AddrPort, error) {
 	d.mu.Lock()
 	d.calls = append(d.calls, network+" "+dst.String())
 	d.mu.Unlock()
 	to := dst
-	if d.route != nil {
+	if d.to != nil {
 		var err error
-		if to, err = d.route(network, dst); err != nil {
-			return nil, err
+		if to, err = d.to(ctx, network, dst); err != nil {
+			return netip.AddrPort{}, err
 		}
 	}
 	if !to.Addr().IsLoopback() {
-		return nil, errors.New("test dialer: refusing a non-loopback destination " + to.String())
+		return netip.AddrPort{}, fmt.Errorf("test seam: %v is not a loopback address: %w", to, syscall.ECONNREFUSED)
 	}
-	var dl net.Dialer
-	c, err := dl.DialContext(ctx, network, to.String())
-	if err == nil && d.onConn != nil {
-		c = d.onConn(c)
+	if to != dst {
+		d.mu.Lock()
+		if d.back == nil {
+			d.back = map[netip.AddrPort]netip.AddrPort{}
+		}
+		d.back[to] = dst
+		d.mu.Unlock()
 	}
-	return c, err
+	return to, nil
 }
 
-func (d *dialRecorder) dialed() []string {
+func (d *redirect) fromHost(src netip.AddrPort) netip.AddrPort {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if a, ok := d.back[src]; ok {
+		return a
+	}
+	return src
+}
+
+func (d *redirect) dialed() []string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return append([]string(nil), d.calls...)

@@ -24,14 +24,14 @@ import (
 // stack: a TCP connection and a UDP flow (on the fast path) opened before
 // the first frame must still carry data after the last one. Without
 // -fuzz, `go test` runs the seeds below; with -fuzz=FuzzGuestFrame it
-// mutates them. Every host dial goes through loopbackOnlyDial, so nothing
+// mutates them. Every host socket goes through a redirect that refuses all but loopback, so nothing
 // a frame asks for leaves the machine's loopback.
 func FuzzGuestFrame(f *testing.F) {
 	ln := listenTCP(f, "tcp4", "127.0.0.1:0", echoServe)
 	echo := udpEchoServer(f, false)
 	cfg := testConfig(f)
 	cfg.EnableIPv6 = true
-	cfg.dial = loopbackOnlyDial
+	cfg.host = &redirect{}
 	// F's Logf may not be called while the fuzz target runs: keep the
 	// stack's last lines for a failure instead.
 	var logs lastLines

@@ -12,14 +12,50 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Every host socket of a flow is opened here, and every address such a
+// socket is connected or sent to passes hostSeam first.
+
+// hostSeam is the one test seam of the data path, at the host-socket
+// boundary: tests map destinations outside the virtual network to loopback
+// servers (nothing may leave the machine), record what was asked, or fail
+// or stall the way the kernel would. Everything above it (the TCP dial,
+// the UDP ports and flows, the fast path, the ping proxy) runs as it
+// ships, on real sockets.
+type hostSeam interface {
+	// toHost returns the address a socket for a flow to dst is connected
+	// or sent to, or the error the socket fails with. It is asked once
+	// per flow (network "tcp", "udp", "ping4", "ping6").
+	toHost(ctx context.Context, network string, dst netip.AddrPort) (netip.AddrPort, error)
+	// fromHost maps the source of a datagram a host socket received back
+	// to the address the flow knows it by.
+	fromHost(src netip.AddrPort) netip.AddrPort
+}
+
+// toHost applies the seam; without one, dst is the host address.
+func (s *Stack) toHost(ctx context.Context, network string, dst netip.AddrPort) (netip.AddrPort, error) {
+	if s.cfg.host == nil {
+		return dst, nil
+	}
+	return s.cfg.host.toHost(ctx, network, dst)
+}
+
+// fromHost applies the seam to a received datagram's source.
+func (s *Stack) fromHost(src netip.AddrPort) netip.AddrPort {
+	if s.cfg.host == nil {
+		return src
+	}
+	return s.cfg.host.fromHost(src)
+}
+
 // dialHost opens the host socket for one flow. network is "tcp", "ping4"
 // or "ping6" (an unprivileged ICMP echo socket, port ignored); UDP flows
 // use openHostUDP.
 // Host sockets are bound to OutboundAddr/OutboundAddr6 when set, except for
 // loopback destinations (the gateway mapping), which must stay on lo.
 func (s *Stack) dialHost(ctx context.Context, network string, dst netip.AddrPort) (net.Conn, error) {
-	if s.cfg.dial != nil {
-		return s.cfg.dial(ctx, network, dst)
+	dst, err := s.toHost(ctx, network, dst)
+	if err != nil {
+		return nil, err
 	}
 	var local netip.Addr
 	if !dst.Addr().IsLoopback() {
@@ -78,16 +114,8 @@ func (s *Stack) dialHost(ctx context.Context, network string, dst netip.AddrPort
 // connected, with IP_RECVERR, bound to the host's loopback address for
 // flows to the gateway (nothing but local processes can reach it then),
 // else to OutboundAddr/OutboundAddr6 when set, else to the wildcard address
-// (as slirp4netns). A test's dialer (Config.dial) makes a connected one for
-// k.dst.
-func (s *Stack) openHostUDP(ctx context.Context, k udpPortKey) (*udpHost, error) {
-	if s.cfg.dial != nil {
-		c, err := s.cfg.dial(ctx, "udp", k.dst)
-		if err != nil {
-			return nil, err
-		}
-		return &udpHost{c: c, dst: k.dst}, nil
-	}
+// (as slirp4netns).
+func (s *Stack) openHostUDP(k udpPortKey) (*udpHost, error) {
 	v6 := k.src.Addr().Is6()
 	network, local := "udp4", netip.IPv4Unspecified()
 	if v6 {

@@ -129,11 +129,9 @@ type Config struct {
 	// Test seams, all unexported; the zero value is the production
 	// behaviour.
 
-	// dial, when set, replaces the host dialer (see Stack.dialHost) for
-	// network "tcp", "udp", "ping4" and "ping6". Tests use it to map
-	// arbitrary destinations to loopback servers and to record what would
-	// have been dialed.
-	dial func(ctx context.Context, network string, dst netip.AddrPort) (net.Conn, error)
+	// host is the seam where a flow's host socket meets the kernel's
+	// addresses (hostsock.go); nil, as in production, uses them as they are.
+	host hostSeam
 	// udpIdle, dnsIdle, pingIdle override the flow idle timeouts.
 	udpIdle, dnsIdle, pingIdle time.Duration
 	// raInterval overrides the period of unsolicited router advertisements.

@@ -203,10 +203,10 @@ func TestTCPHostResetResetsGuest(t *testing.T) {
 func TestDisableHostLoopback(t *testing.T) {
 	goroutineLeakCheck(t)
 	ln := listenTCP(t, "tcp4", "127.0.0.1:0", echoServe)
-	d := &dialRecorder{}
+	d := &redirect{}
 	cfg := testConfig(t)
 	cfg.DisableHostLoopback = true
-	cfg.dial = d.dial
+	cfg.host = d
 	e := startEnv(t, cfg)
 
 	dst := netip.AddrPortFrom(gw4, portOf(ln.Addr()))
@@ -246,12 +246,12 @@ func isICMPv4(p []byte, typ header.ICMPv4Type, code header.ICMPv4Code) bool {
 func TestVirtualNetworkNeverDialed(t *testing.T) {
 	goroutineLeakCheck(t)
 	ln := listenTCP(t, "tcp4", "127.0.0.1:0", echoServe)
-	d := &dialRecorder{route: func(network string, dst netip.AddrPort) (netip.AddrPort, error) {
+	d := &redirect{to: func(_ context.Context, network string, dst netip.AddrPort) (netip.AddrPort, error) {
 		return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), portOf(ln.Addr())), nil
 	}}
 	cfg := testConfig(t)
 	cfg.EnableIPv6 = true
-	cfg.dial = d.dial
+	cfg.host = d
 	e := startEnv(t, cfg)
 	waitSLAAC(t, e)
 
@@ -371,29 +371,19 @@ func TestUDPManyFlows(t *testing.T) {
 	}
 }
 
-// closeNotifier reports when a host conn is closed.
-type closeNotifier struct {
-	net.Conn
-	once   sync.Once
-	closed chan struct{}
-}
-
-func (c *closeNotifier) Close() error {
-	c.once.Do(func() { close(c.closed) })
-	return c.Conn.Close()
+// udpHostSockets returns how many guest UDP ports have a host socket open.
+func (s *Stack) udpHostSockets() int {
+	s.udpPortsMu.Lock()
+	defer s.udpPortsMu.Unlock()
+	return len(s.udpPorts)
 }
 
 func TestUDPIdleFlowExpires(t *testing.T) {
 	goroutineLeakCheck(t)
 	pc := udpEchoServer(t, false)
-	hostConns := make(chan *closeNotifier, 10)
-	d := &dialRecorder{onConn: func(c net.Conn) net.Conn {
-		cn := &closeNotifier{Conn: c, closed: make(chan struct{})}
-		hostConns <- cn
-		return cn
-	}}
+	d := &redirect{}
 	cfg := testConfig(t)
-	cfg.dial = d.dial
+	cfg.host = d
 	cfg.udpIdle = 300 * time.Millisecond
 	e := startEnv(t, cfg)
 
@@ -408,40 +398,37 @@ func TestUDPIdleFlowExpires(t *testing.T) {
 		}
 	}
 	roundTrip()
-	first := <-hostConns
 	start := time.Now()
 	// Traffic keeps the flow alive...
 	for range 4 {
 		time.Sleep(100 * time.Millisecond)
 		roundTrip()
 	}
-	select {
-	case <-first.closed:
-		t.Fatalf("flow closed after %v despite traffic every 100ms (idle timeout 300ms)", time.Since(start))
-	default:
+	if n := e.s.udpHostSockets(); n != 1 {
+		t.Fatalf("%d host sockets after %v with traffic every 100ms (idle timeout 300ms), want 1", n, time.Since(start))
 	}
-	// ...and idleness ends it.
-	select {
-	case <-first.closed:
-	case <-time.After(5 * time.Second):
-		t.Fatal("idle UDP flow not closed within 5s (idle timeout 300ms)")
+	// ...and idleness ends it, host socket and all.
+	deadline := time.Now().Add(5 * time.Second)
+	for e.s.udpHostSockets() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("idle UDP flow's host socket not closed within 5s (idle timeout 300ms)")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	roundTrip()
-	select {
-	case <-hostConns:
-	case <-time.After(5 * time.Second):
-		t.Fatal("no new host socket for traffic after the flow expired")
+	if n := e.s.udpHostSockets(); n != 1 {
+		t.Errorf("%d host sockets for traffic after the flow expired, want 1", n)
 	}
 	if got := len(d.dialed()); got != 2 {
-		t.Errorf("host dials = %d, want 2 (one per flow lifetime)", got)
+		t.Errorf("host flows = %d (%v), want 2 (one per flow lifetime)", got, d.dialed())
 	}
 }
 
 func TestPingGatewayAnsweredByStack(t *testing.T) {
 	goroutineLeakCheck(t)
-	d := &dialRecorder{}
+	d := &redirect{}
 	cfg := testConfig(t)
-	cfg.dial = d.dial
+	cfg.host = d
 	e := startEnv(t, cfg)
 	for _, a := range []netip.Addr{gw4, dns4} {
 		r := guestPing(t, e.guest, a, []byte("payload"), 5*time.Second)
@@ -454,74 +441,37 @@ func TestPingGatewayAnsweredByStack(t *testing.T) {
 	}
 }
 
-// fakePing is a host ping socket that answers every request like a live
-// host would through the kernel: same sequence and data, the socket's own
-// identifier.
-type fakePing struct {
-	net.Conn // nil; only Read, Write, Close are used
-	replies  chan []byte
-	closed   chan struct{}
-	once     sync.Once
-	v6       bool
+// toLoopback is a redirect.to that sends every flow to the host's
+// loopback address of its family, on the same port.
+func toLoopback(_ context.Context, _ string, dst netip.AddrPort) (netip.AddrPort, error) {
+	lo := netip.MustParseAddr("127.0.0.1")
+	if dst.Addr().Is6() {
+		lo = netip.IPv6Loopback()
+	}
+	return netip.AddrPortFrom(lo, dst.Port()), nil
 }
 
-func (f *fakePing) Write(b []byte) (int, error) {
-	r := append([]byte(nil), b...)
-	r[0] = byte(header.ICMPv4EchoReply)
-	if f.v6 {
-		r[0] = byte(header.ICMPv6EchoReply)
+// needPingSockets skips the test where this user may not open unprivileged
+// ICMP sockets (net.ipv4.ping_group_range; test.sh's namespace allows
+// them).
+func needPingSockets(t *testing.T) {
+	t.Helper()
+	for _, a := range []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()} {
+		c, err := dialPing(a, netip.Addr{})
+		if err != nil {
+			t.Skipf("no host ping sockets here (net.ipv4.ping_group_range): %v", err)
+		}
+		c.Close()
 	}
-	binary.BigEndian.PutUint16(r[4:], 0xbeef) // the kernel's identifier
-	select {
-	case f.replies <- r:
-	case <-f.closed:
-		return 0, net.ErrClosed
-	}
-	return len(b), nil
-}
-
-func (f *fakePing) Read(b []byte) (int, error) {
-	select {
-	case r := <-f.replies:
-		return copy(b, r), nil
-	case <-f.closed:
-		return 0, net.ErrClosed
-	}
-}
-
-func (f *fakePing) Close() error {
-	f.once.Do(func() { close(f.closed) })
-	return nil
-}
-
-// loopbackOnlyDial is a Config.dial that fakes ping sockets and dials
-// only loopback destinations (the network rule), refusing the rest.
-func loopbackOnlyDial(ctx context.Context, network string, dst netip.AddrPort) (net.Conn, error) {
-	if strings.HasPrefix(network, "ping") {
-		return &fakePing{replies: make(chan []byte, 4), closed: make(chan struct{}), v6: network == "ping6"}, nil
-	}
-	if !dst.Addr().IsLoopback() {
-		return nil, syscall.ECONNREFUSED
-	}
-	var d net.Dialer
-	return d.DialContext(ctx, network, dst.String())
 }
 
 func TestPingOutsideForwarded(t *testing.T) {
 	goroutineLeakCheck(t)
-	var mu sync.Mutex
-	var pinged []string
+	needPingSockets(t)
+	d := &redirect{to: toLoopback}
 	cfg := testConfig(t)
 	cfg.EnableIPv6 = true
-	cfg.dial = func(ctx context.Context, network string, dst netip.AddrPort) (net.Conn, error) {
-		mu.Lock()
-		pinged = append(pinged, network+" "+dst.Addr().String())
-		mu.Unlock()
-		if !strings.HasPrefix(network, "ping") {
-			return nil, errors.New("unexpected " + network)
-		}
-		return &fakePing{replies: make(chan []byte, 4), closed: make(chan struct{}), v6: network == "ping6"}, nil
-	}
+	cfg.host = d
 	e := startEnv(t, cfg)
 
 	r := guestPing(t, e.guest, outside, []byte("hello outside"), 5*time.Second)
@@ -536,9 +486,6 @@ func TestPingOutsideForwarded(t *testing.T) {
 	p := e.sniff.waitFor(t, time.Second, "echo reply", func(p []byte) bool {
 		return isICMPv4(p, header.ICMPv4EchoReply, 0)
 	})
-	if id := binary.BigEndian.Uint16(p[24:]); id == 0xbeef {
-		t.Errorf("echo reply kept the host socket's identifier %#x", id)
-	}
 	if !header.IPv4(p).IsChecksumValid() || fold(csum(0, p[20:])) != 0 {
 		t.Errorf("echo reply has a bad checksum: %x", p)
 	}
@@ -553,10 +500,8 @@ func TestPingOutsideForwarded(t *testing.T) {
 		t.Errorf("ping %v: reply %x, want an echo reply with the payload", out6, r)
 	}
 
-	mu.Lock()
-	defer mu.Unlock()
-	if want := []string{"ping4 192.0.2.1", "ping6 2001:db8::1"}; fmt.Sprint(pinged) != fmt.Sprint(want) {
-		t.Errorf("host ping sockets for %v, want %v", pinged, want)
+	if got, want := d.dialed(), []string{"ping4 192.0.2.1:0", "ping6 [2001:db8::1]:0"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("host ping sockets for %v, want %v", got, want)
 	}
 }
 
@@ -572,9 +517,9 @@ func TestPingDeniedIsDroppedAndLoggedOnce(t *testing.T) {
 		mu.Unlock()
 		logf(format, args...)
 	}
-	cfg.dial = func(ctx context.Context, network string, dst netip.AddrPort) (net.Conn, error) {
-		return nil, fmt.Errorf("ping socket: %w", os.NewSyscallError("socket", syscall.EACCES))
-	}
+	cfg.host = &redirect{to: func(context.Context, string, netip.AddrPort) (netip.AddrPort, error) {
+		return netip.AddrPort{}, fmt.Errorf("ping socket: %w", os.NewSyscallError("socket", syscall.EACCES))
+	}}
 	e := startEnv(t, cfg)
 	for range 3 {
 		if r := guestPing(t, e.guest, outside, nil, 300*time.Millisecond); r != nil {
@@ -812,8 +757,8 @@ func TestDNSListenersServedAndAnswered(t *testing.T) {
 			pc.WriteTo(append([]byte("udp answer to "), buf[:n]...), from)
 		}
 	}
-	d := &dialRecorder{}
-	cfg.dial = d.dial
+	d := &redirect{}
+	cfg.host = d
 	e := startEnv(t, cfg)
 
 	u := guestUDP(t, e.guest, false)
@@ -862,8 +807,8 @@ func TestDNSListenersServedAndAnswered(t *testing.T) {
 func TestDNSDisabledGetsNoAnswer(t *testing.T) {
 	goroutineLeakCheck(t)
 	cfg := testConfig(t)
-	d := &dialRecorder{}
-	cfg.dial = d.dial
+	d := &redirect{}
+	cfg.host = d
 	e := startEnv(t, cfg)
 
 	u := guestUDP(t, e.guest, false)
@@ -896,7 +841,7 @@ func TestMalformedPacketsDoNotHurt(t *testing.T) {
 	ln := listenTCP(t, "tcp4", "127.0.0.1:0", echoServe)
 	cfg := testConfig(t)
 	cfg.EnableIPv6 = true
-	cfg.dial = loopbackOnlyDial
+	cfg.host = &redirect{}
 	e := startEnv(t, cfg)
 
 	// A connection that must survive the garbage.
@@ -977,17 +922,13 @@ func TestShutdownClosesFlowsAndReturns(t *testing.T) {
 			}
 		}
 	}
-	cfg.dial = func(ctx context.Context, network string, dst netip.AddrPort) (net.Conn, error) {
-		if strings.HasPrefix(network, "ping") {
-			return &fakePing{replies: make(chan []byte, 4), closed: make(chan struct{})}, nil
-		}
-		if dst.Addr() == outside {
+	cfg.host = &redirect{to: func(ctx context.Context, network string, dst netip.AddrPort) (netip.AddrPort, error) {
+		if dst.Addr() == outside && network == "tcp" {
 			<-ctx.Done() // a black hole: the dial only ends with the stack
-			return nil, ctx.Err()
+			return netip.AddrPort{}, ctx.Err()
 		}
-		var d net.Dialer
-		return d.DialContext(ctx, network, dst.String())
-	}
+		return toLoopback(ctx, network, dst)
+	}}
 	e := startEnv(t, cfg)
 
 	c, err := guestDial(t, e.guest, netip.AddrPortFrom(gw4, portOf(ln.Addr())))

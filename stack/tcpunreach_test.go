@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -21,11 +22,11 @@ func TestTCPHostUnreachable(t *testing.T) {
 		{syscall.ECONNREFUSED, "connection was refused"},
 	} {
 		t.Run(tc.errno.Error(), func(t *testing.T) {
-			d := &dialRecorder{route: func(network string, dst netip.AddrPort) (netip.AddrPort, error) {
+			d := &redirect{to: func(_ context.Context, network string, dst netip.AddrPort) (netip.AddrPort, error) {
 				return netip.AddrPort{}, fmt.Errorf("connect: %w", tc.errno)
 			}}
 			cfg := testConfig(t)
-			cfg.dial = d.dial
+			cfg.host = d
 			e := startEnv(t, cfg)
 			_, err := guestDial(t, e.guest, netip.MustParseAddrPort("203.0.113.5:80"))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {

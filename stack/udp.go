@@ -62,7 +62,11 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 	src := netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort)
 	go func() {
 		defer s.flows.leave()
-		port, err := s.acquireUDPPort(src, hostDst)
+		to, err := s.toHost(s.ctx, "udp", hostDst)
+		var port *udpPort
+		if err == nil {
+			port, err = s.acquireUDPPort(src, hostDst)
+		}
 		if err != nil {
 			guest.Close()
 			if s.ctx.Err() == nil {
@@ -70,7 +74,7 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 			}
 			return
 		}
-		s.serveUDPFlow(port, guest, dst, hostDst, idle)
+		s.serveUDPFlow(port, guest, dst, to, idle)
 	}()
 	return true
 }
@@ -98,7 +102,6 @@ const maxHostFirstFlows = 16
 type udpPortKey struct {
 	src      netip.AddrPort
 	loopback bool
-	dst      netip.AddrPort // only with a test's dialer (Config.dial): a connected socket per flow
 }
 
 // udpPort is the host socket of one guest UDP port and its flows. Its
@@ -120,7 +123,7 @@ type udpFlow struct {
 	visible netip.AddrPort // the remote as the guest sees it
 	extend  func()         // the flow's idle timer: traffic seen
 	stop    func()         // the flow's idle timer: the flow has ended
-	fast    udpFastKey     // in s.udpFast with fastF when valid
+	fast    udpFastKey     // in s.udpFast with fastF
 	fastF   *udpFastFlow
 	// hostFirst: made by the port's reader, counted in udpPort.hostFirst.
 	hostFirst bool
@@ -131,16 +134,13 @@ type udpFlow struct {
 // flow; each call must be paired with releaseUDPPort.
 func (s *Stack) acquireUDPPort(src, hostDst netip.AddrPort) (*udpPort, error) {
 	k := udpPortKey{src: src, loopback: hostDst.Addr().IsLoopback()}
-	if s.cfg.dial != nil {
-		k.dst = hostDst
-	}
 	s.udpPortsMu.Lock()
 	defer s.udpPortsMu.Unlock()
 	if p := s.udpPorts[k]; p != nil {
 		p.refs++
 		return p, nil
 	}
-	host, err := s.openHostUDP(s.ctx, k)
+	host, err := s.openHostUDP(k)
 	if err != nil {
 		return nil, err
 	}
@@ -202,7 +202,7 @@ func (s *Stack) readUDPPort(p *udpPort) {
 // hostFirstFlow makes the flow for a datagram from a remote the guest has
 // not written to from this port; nil drops the datagram.
 func (s *Stack) hostFirstFlow(p *udpPort, from netip.AddrPort) *udpFlow {
-	visible, ok := s.guestVisible(from, p.key.src.Addr().Is6())
+	visible, ok := s.guestVisible(s.fromHost(from), p.key.src.Addr().Is6())
 	if !ok {
 		return nil
 	}
@@ -245,7 +245,9 @@ func (s *Stack) hostFirstFlow(p *udpPort, from netip.AddrPort) *udpFlow {
 	return f
 }
 
-// serveUDPFlow runs a flow the guest started (handleUDP).
+// serveUDPFlow runs a flow the guest started (handleUDP). hostDst, here
+// and below, is the address the port's host socket sends the flow's
+// datagrams to, and receives its replies from.
 func (s *Stack) serveUDPFlow(p *udpPort, guest net.Conn, dst, hostDst netip.AddrPort, idle time.Duration) {
 	f := s.startUDPFlow(p, guest, dst, hostDst, idle, false)
 	s.runUDPFlow(p, f, hostDst)
@@ -265,10 +267,8 @@ func (s *Stack) startUDPFlow(p *udpPort, guest net.Conn, visible, hostDst netip.
 	// by runUDPFlow.
 	// The key is what the link filter sees on the wire: the guest port
 	// and the remote as the guest addresses it (both plain, unmapped).
-	if ff, ok := udpFastFlowOf(p.host, hostDst, f.extend); ok {
-		f.fast, f.fastF = udpFastKey{src: p.key.src, dst: visible}, ff
-		s.udpFast.add(f.fast, ff)
-	}
+	f.fast, f.fastF = udpFastKey{src: p.key.src, dst: visible}, udpFastFlowOf(p.host, hostDst, f.extend)
+	s.udpFast.add(f.fast, f.fastF)
 	return f
 }
 
@@ -284,9 +284,7 @@ func (s *Stack) runUDPFlow(p *udpPort, f *udpFlow, hostDst netip.AddrPort) {
 
 func (s *Stack) endUDPFlow(p *udpPort, f *udpFlow, hostDst netip.AddrPort) {
 	f.stop()
-	if f.fast.src.IsValid() {
-		s.udpFast.remove(f.fast, f.fastF)
-	}
+	s.udpFast.remove(f.fast, f.fastF)
 	p.mu.Lock()
 	if p.flows[hostDst] == f {
 		delete(p.flows, hostDst)
@@ -324,9 +322,8 @@ func (s *Stack) guestVisible(from netip.AddrPort, v6 bool) (netip.AddrPort, bool
 
 // relayDatagrams reads datagrams from src and hands them to send until src
 // fails (closed). Errors of one datagram do not end the flow: a connected
-// socket (the endpoints of other sources, a test's dialer) reports an
-// earlier ICMP error (ECONNREFUSED) on its next operation, and the next
-// datagram may well get through.
+// endpoint reports an earlier ICMP error (ECONNREFUSED) on its next
+// operation, and the next datagram may well get through.
 func relayDatagrams(src net.Conn, send func([]byte), extend func()) {
 	bp := datagramPool.Get().(*[]byte)
 	defer datagramPool.Put(bp)
@@ -344,49 +341,28 @@ func relayDatagrams(src net.Conn, send func([]byte), extend func()) {
 	}
 }
 
-// udpHost is a flow's host socket: not connected when we open it (replies
-// from any address reach the flow), connected when a test's dialer makes
-// it (Config.dial), in which case everything read is from dst.
+// udpHost is a guest port's host socket: not connected, so that replies
+// from any address reach the port's flows.
 type udpHost struct {
-	pc  *net.UDPConn    // not connected, with IP_RECVERR; or nil
-	rc  syscall.RawConn // pc's
-	c   net.Conn        // connected; when pc is nil
-	dst netip.AddrPort
+	pc *net.UDPConn    // with IP_RECVERR
+	rc syscall.RawConn // pc's
 }
 
 // icmpErrors returns the ICMP errors queued for the socket (see udperr.go).
 func (h *udpHost) icmpErrors() []icmpError {
-	if h.pc == nil {
-		return nil
-	}
 	var errs []icmpError
 	h.rc.Control(func(fd uintptr) { errs = readErrQueue(int(fd)) })
 	return errs
 }
 
 func (h *udpHost) read(b []byte) (int, netip.AddrPort, error) {
-	if h.pc == nil {
-		n, err := h.c.Read(b)
-		return n, h.dst, err
-	}
 	n, from, err := h.pc.ReadFromUDPAddrPort(b)
 	return n, netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), err
 }
 
 // write sends one datagram to to; errors cost this datagram only.
 func (h *udpHost) write(b []byte, to netip.AddrPort) {
-	if h.pc == nil {
-		if to == h.dst {
-			h.c.Write(b)
-		}
-		return
-	}
 	h.pc.WriteToUDPAddrPort(b, to)
 }
 
-func (h *udpHost) Close() error {
-	if h.pc == nil {
-		return h.c.Close()
-	}
-	return h.pc.Close()
-}
+func (h *udpHost) Close() error { return h.pc.Close() }

@@ -32,7 +32,7 @@ type udpFastKey struct {
 // udpFastFlow is a flow's host socket as the fast path writes to it.
 type udpFastFlow struct {
 	rc     syscall.RawConn
-	to     unix.Sockaddr // the flow's host destination; nil: the socket is connected
+	to     unix.Sockaddr // the flow's host destination
 	extend func()        // the flow's idle timer: traffic seen
 }
 
@@ -94,11 +94,7 @@ func (s *Stack) udpFastSend(pkt *gvstack.PacketBuffer, src, dst netip.Addr, ihl,
 	// would. Errors (ECONNREFUSED from an earlier ICMP error, a socket
 	// closed just now) cost this datagram only, as in relayDatagrams.
 	f.rc.Write(func(fd uintptr) bool {
-		if f.to == nil {
-			unix.Write(int(fd), (*bp)[:n])
-		} else {
-			unix.Sendto(int(fd), (*bp)[:n], 0, f.to)
-		}
+		unix.Sendto(int(fd), (*bp)[:n], 0, f.to)
 		return true
 	})
 	f.extend()
@@ -106,27 +102,13 @@ func (s *Stack) udpFastSend(pkt *gvstack.PacketBuffer, src, dst netip.Addr, ihl,
 }
 
 // udpFastFlowOf returns the fast-path entry of a flow to hostDst: its host
-// socket's raw conn and the sockaddr to send to; false for host conns that
-// are not sockets (tests' dialers).
-func udpFastFlowOf(host *udpHost, hostDst netip.AddrPort, extend func()) (*udpFastFlow, bool) {
-	rc := host.rc
-	if host.pc == nil {
-		sc, ok := host.c.(syscall.Conn)
-		if !ok {
-			return nil, false
-		}
-		var err error
-		if rc, err = sc.SyscallConn(); err != nil {
-			return nil, false
-		}
+// socket's raw conn and the sockaddr to send to.
+func udpFastFlowOf(host *udpHost, hostDst netip.AddrPort, extend func()) *udpFastFlow {
+	f := &udpFastFlow{rc: host.rc, extend: extend}
+	if a := hostDst.Addr(); a.Is4() {
+		f.to = &unix.SockaddrInet4{Port: int(hostDst.Port()), Addr: a.As4()}
+	} else {
+		f.to = &unix.SockaddrInet6{Port: int(hostDst.Port()), Addr: a.As16()}
 	}
-	f := &udpFastFlow{rc: rc, extend: extend}
-	if host.pc != nil {
-		if a := hostDst.Addr(); a.Is4() {
-			f.to = &unix.SockaddrInet4{Port: int(hostDst.Port()), Addr: a.As4()}
-		} else {
-			f.to = &unix.SockaddrInet6{Port: int(hostDst.Port()), Addr: a.As16()}
-		}
-	}
-	return f, true
+	return f
 }
