@@ -21,7 +21,7 @@
 # namespaces. The fake internet treats the whole virtual network (10.0.2.0/24, fd00::/64) as
 # local, so a packet that usernet wrongly proxies "to the host network" for 10.0.2.3 (say,
 # with --disable-dns) lands in the fake internet, where a test can notice it, instead of
-# leaving the machine (NOTES.md §4).
+# leaving the machine (slirp4netns --disable-dns sent .3:53 to the real network: usernet must never do that).
 #
 # CMD gets these variables:
 #   USERNET_NETNS_HOST, USERNET_NETNS_INET   names (ip netns; files under /run/netns)

@@ -561,7 +561,7 @@ func TestDisableHostLoopback(t *testing.T) {
 // nowhere: not to the upstream, not to the network.
 func TestDisableDNS(t *testing.T) {
 	setup(t)
-	usernetOnly(t, "slirp4netns 1.2 sends .3:53 to the host network with --disable-dns (NOTES.md §4)")
+	usernetOnly(t, "slirp4netns 1.2 sends .3:53 to the host network with --disable-dns")
 	t.Parallel()
 	// No --dns-upstream (usernet refuses it with --disable-dns): the upstream would be
 	// resolv.conf's 127.0.0.53, the suite's server, which other tests query too; so this
@@ -851,7 +851,7 @@ func TestHelpVersion(t *testing.T) {
 }
 
 // TestVirtualNetworkNotProxied: traffic for an unused address of the virtual network
-// (10.0.2.50) is not proxied to that address on the host's network (NOTES.md §4). The fake
+// (10.0.2.50) is not proxied to that address on the host's network. The fake
 // internet owns 10.0.2.0/24 (netns.sh) and listens on the port: nothing may arrive there.
 // A static neighbour entry (the gateway's MAC) makes the namespace send the packets.
 func TestVirtualNetworkNotProxied(t *testing.T) {

@@ -37,7 +37,6 @@
 
 const char *usernet_sandbox_failed; // the step that failed; NULL: none (or not a re-execution)
 int usernet_sandbox_errno;          // its errno
-int usernet_sandbox_userns;         // 1: a user namespace was created
 
 // The new root is a tmpfs mounted here, in the new mount namespace only.
 #define NEWROOT "/tmp"
@@ -94,7 +93,6 @@ static int enter_namespaces(void) {
 	gid_t gid = getegid();
 	if (unshare(CLONE_NEWUSER | CLONE_NEWNS) < 0)
 		return fail("unshare(CLONE_NEWUSER|CLONE_NEWNS)");
-	usernet_sandbox_userns = 1;
 	// Our ids map to themselves, so files and sockets keep their owner.
 	char map[64];
 	if (write_file("/proc/self/setgroups", "deny") < 0)

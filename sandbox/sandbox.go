@@ -17,7 +17,6 @@ package sandbox
 /*
 extern const char *usernet_sandbox_failed;
 extern int usernet_sandbox_errno;
-extern int usernet_sandbox_userns;
 */
 import "C"
 
@@ -168,10 +167,6 @@ func Resume() ([]byte, error) {
 	}
 	return []byte(state), nil
 }
-
-// InUserns reports whether the sandbox created a user namespace (the
-// process had no CAP_SYS_ADMIN).
-func InUserns() bool { return C.usernet_sandbox_userns != 0 }
 
 func cleanEnv(env []string) []string {
 	out := env[:0:0]

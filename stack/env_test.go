@@ -1,7 +1,7 @@
 package stack
 
 // Test harness: the namespace is a second gVisor stack ("guest") joined to
-// ours by pipe.New + ethernet.New (STYLE.md §5); the host side is real
+// ours by pipe.New + ethernet.New; the host side is real
 // sockets on 127.0.0.1 / ::1 only. Destinations outside the virtual
 // network go through Config.dial, which maps them to loopback servers.
 

@@ -45,7 +45,7 @@ var (
 )
 
 // route decides where a TCP or UDP flow to dst goes. It is the single
-// place that enforces the network rule (NOTES.md §4): no address of the
+// place that enforces the network rule: no address of the
 // virtual network, and no loopback, multicast, broadcast, unspecified,
 // IPv4-mapped or link-local IPv6 address, is ever dialed on the host. Only
 // the gateway is rewritten, to the host's loopback.

@@ -155,8 +155,8 @@ const (
 	// tcpMaxInFlight bounds TCP connection attempts whose host dial has not
 	// finished. gVisor counts a SYN as in flight until Complete, and drops
 	// new SYNs beyond the limit, so a small limit (gvisor-tap-vsock uses 10)
-	// lets a few black-holed destinations stall every new connection
-	// (STYLE.md §2). Each attempt costs one goroutine and one socket.
+	// lets a few black-holed destinations stall every new connection.
+	// Each attempt costs one goroutine and one socket.
 	tcpMaxInFlight = 4096
 
 	nicID tcpip.NICID = 1
@@ -350,15 +350,15 @@ func (s *Stack) build(link gvstack.LinkEndpoint) error {
 	})
 
 	// SACK: recovers from multiple losses per window; gVisor defaults it
-	// off. tailscale and gvisor-tap-vsock enable it; NOTES.md §2 measured
-	// it better than off.
+	// off. tailscale and gvisor-tap-vsock enable it; measured better than
+	// off (docs/performance.md).
 	sack := tcpip.TCPSACKEnabled(true)
 	if err := s.gv.SetTransportProtocolOption(tcp.ProtocolNumber, &sack); err != nil {
 		return fmt.Errorf("stack: enable TCP SACK: %v", err)
 	}
 	// Receive buffer moderation (auto-tuning) lets the window grow with
-	// the bandwidth-delay product of each flow; NOTES.md §2 measured it
-	// better than off.
+	// the bandwidth-delay product of each flow; measured better than off
+	// (docs/performance.md).
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
 	if err := s.gv.SetTransportProtocolOption(tcp.ProtocolNumber, &moderate); err != nil {
 		return fmt.Errorf("stack: enable TCP receive buffer moderation: %v", err)
