@@ -27,7 +27,7 @@ if [ "${1:-}" = --inside-netns ]; then
 	for bin in "${bins[@]}"; do
 		echo "== integration tests against $bin"
 		# shellcheck disable=SC2086
-		USERNET_REQUIRE_NS=1 USERNET_BIN=$bin go test -count=1 -v -timeout 15m ${GOTESTFLAGS:-} \
+		USERNET_REQUIRE_NS=1 USERNET_BIN=$bin USERNET_DEBUG_BIN=$PWD/bin/usernet-debug go test -count=1 -v -timeout 15m ${GOTESTFLAGS:-} \
 			${TEST_RUN:+-run "$TEST_RUN"} ./integration || rc=1
 	done
 	exit "$rc"
@@ -83,9 +83,12 @@ fi
 echo "== go vet"
 go vet ./...
 
-echo "== go build ./cmd/usernet"
+echo "== go build ./cmd/usernet (and the usernet_debug build)"
 mkdir -p bin
 go build -o bin/usernet ./cmd/usernet
+# The same with the debugging aids (cmd/usernet/debug.go), for the tests of the plain-frame path.
+go vet -tags usernet_debug ./cmd/usernet
+go build -tags usernet_debug -o bin/usernet-debug ./cmd/usernet
 
 echo "== private network namespaces (integration/netns.sh)"
 if ! integration/netns.sh "$PWD/test.sh" --inside-netns; then

@@ -117,15 +117,18 @@ trap 'exit 143' TERM
 step "build"
 if [ -n "$usernet_bin" ]; then
 	install -m 0755 "$usernet_bin" "$work/bin/usernet"
+	install -m 0755 "$usernet_bin" "$work/bin/usernet-debug" # usernet-nooffload: bring a usernet_debug build
 	usernet_version="binary $usernet_bin"
 elif [ -n "$rev" ]; then
 	mkdir "$work/src"
 	git -C "$repo" archive "$rev" | tar -x -C "$work/src"
-	(cd "$work/src" && timeout 1200 go build -o "$work/bin/usernet" ./cmd/usernet)
+	(cd "$work/src" && timeout 1200 go build -o "$work/bin/usernet" ./cmd/usernet &&
+		timeout 1200 go build -tags usernet_debug -o "$work/bin/usernet-debug" ./cmd/usernet)
 	usernet_version="git $(git -C "$repo" rev-parse --short "$rev")"
 	[ "$(git -C "$repo" rev-parse --short "$rev")" = "$rev" ] || usernet_version+=" ($rev)"
 else
 	timeout 1200 go build -o "$work/bin/usernet" ./cmd/usernet
+	timeout 1200 go build -tags usernet_debug -o "$work/bin/usernet-debug" ./cmd/usernet
 	usernet_version="git $(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown), working tree"
 fi
 timeout 600 go build -o "$work/bin/usernet-bench" ./bench/cmd/usernet-bench
@@ -159,7 +162,7 @@ exec setpriv --reuid=usernet-bench --regid=usernet-bench --clear-groups -- "$@"'
 	env -i PATH="$PATH" HOME=/ "$work/bin/usernet-bench" drive \
 	-out "$work/run" -runs "$runs" -duration "${duration}s" -backends "$backends" -workloads "$workloads" \
 	$([ "$quick" = 1 ] && echo -quick) \
-	-usernet "$work/bin/usernet" -usernet-version "$usernet_version" \
+	-usernet "$work/bin/usernet" -usernet-debug "$work/bin/usernet-debug" -usernet-version "$usernet_version" \
 	-command "$invocation" &
 upid=$!
 wait "$upid"

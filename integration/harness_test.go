@@ -313,6 +313,7 @@ type usernetOpts struct {
 	positional []string   // instead of PID TAP
 	extra      []*os.File // ExtraFiles after the ready fd's pipe (first one is fd 4)
 	env        []string
+	debug      bool // run the usernet_debug build (suite.debugBin), for its USERNET_DEBUG_* switches
 }
 
 // usernet is a running usernet (or slirp4netns).
@@ -347,7 +348,11 @@ func startUsernet(t *testing.T, tg *target, o usernetOpts) *usernet {
 		}
 		args = append(args, strconv.Itoa(tg.pid), tap)
 	}
-	cmd := exec.Command(suite.bin, args...)
+	bin := suite.bin
+	if o.debug {
+		bin = suite.debugBin
+	}
+	cmd := exec.Command(bin, args...)
 	if !o.asRoot {
 		asUser(cmd)
 	} else {

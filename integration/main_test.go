@@ -20,6 +20,7 @@ import (
 // Environment variables of the suite. netns.sh sets the USERNET_NETNS_* and address ones.
 const (
 	envBin        = "USERNET_BIN"        // binary under test; default: go build ./cmd/usernet
+	envDebugBin   = "USERNET_DEBUG_BIN"  // the same built with -tags usernet_debug; default: go build it
 	envRequireNS  = "USERNET_REQUIRE_NS" // "1": a test that cannot set up namespaces fails instead of skipping
 	envStrict     = "USERNET_STRICT"     // "1": tests of usernet-only behaviour also run against slirp4netns
 	envHelper     = "USERNET_TEST_HELPER"
@@ -38,6 +39,7 @@ var suite struct {
 	skipReason   string // non-empty: every test skips (or fails, with USERNET_REQUIRE_NS=1)
 	dir          string // 0755 directory readable by testUser
 	bin          string // the binary under test, inside dir
+	debugBin     string // usernet built with -tags usernet_debug, inside dir; "" against slirp4netns
 	helper       string // a copy of this test binary, inside dir
 	isUsernet    bool   // false when bin is slirp4netns (no usernet-only features)
 	hasAPISocket bool   // --help mentions --api-socket
@@ -115,13 +117,8 @@ func prepare() (cleanup func(), err error) {
 		if err := copyFile(src, suite.bin); err != nil {
 			return cleanup, fmt.Errorf("%s=%s: %w", envBin, src, err)
 		}
-	} else {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", suite.bin, "github.com/usernet/usernet/cmd/usernet")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return cleanup, fmt.Errorf("go build ./cmd/usernet: %v\n%s", err, out)
-		}
+	} else if err := goBuild(suite.bin); err != nil {
+		return cleanup, err
 	}
 	help, _ := exec.Command(suite.bin, "--help").CombinedOutput()
 	if !bytes.Contains(help, []byte("--netns-type")) {
@@ -129,6 +126,16 @@ func prepare() (cleanup func(), err error) {
 	}
 	suite.isUsernet = bytes.Contains(help, []byte("--dns-upstream"))
 	suite.hasAPISocket = bytes.Contains(help, []byte("--api-socket"))
+	if suite.isUsernet {
+		suite.debugBin = filepath.Join(dir, "usernet-debug")
+		if src := os.Getenv(envDebugBin); src != "" {
+			if err := copyFile(src, suite.debugBin); err != nil {
+				return cleanup, fmt.Errorf("%s=%s: %w", envDebugBin, src, err)
+			}
+		} else if err := goBuild(suite.debugBin, "-tags", "usernet_debug"); err != nil {
+			return cleanup, err
+		}
+	}
 
 	if err := ensureUser(); err != nil {
 		return cleanup, err
@@ -262,4 +269,15 @@ func firstLine(s string) string {
 		}
 	}
 	return ""
+}
+
+// goBuild builds ./cmd/usernet to out with extra go build flags.
+func goBuild(out string, flags ...string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	args := append(append([]string{"build"}, flags...), "-o", out, "github.com/usernet/usernet/cmd/usernet")
+	if b, err := exec.CommandContext(ctx, "go", args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("go %v: %v\n%s", args, err, b)
+	}
+	return nil
 }

@@ -204,7 +204,7 @@ func TestTCPHostLoopback(t *testing.T) {
 // on the host's loopback and back, both directions at once, checked by sha256: at MTU 65520,
 // at MTU 1500 over IPv4 and IPv6 (with the tap's offloads on, both sides move 64 KiB GSO
 // segments whatever the MTU: a wrong virtio-net header corrupts or stalls exactly this), and
-// without the offloads (USERNET_DEBUG_NO_OFFLOAD, the plain-frame path). The last one is the
+// without the offloads (USERNET_DEBUG_NO_OFFLOAD in the usernet_debug build, the plain-frame path). The last one is the
 // regression test for the carried gVisor patch (docs/design.md, "Carried gVisor patches"):
 // unpatched, gVisor refuses the ACKs that arrive while its window is closed and this echo
 // stalls for good in about one run in four.
@@ -237,7 +237,7 @@ func TestTCPLargeTransfer(t *testing.T) {
 				opts.flags = append(opts.flags, "--enable-ipv6")
 			}
 			if !tc.offload {
-				opts.env = []string{"USERNET_DEBUG_NO_OFFLOAD=1"}
+				opts.env, opts.debug = []string{"USERNET_DEBUG_NO_OFFLOAD=1"}, true
 			}
 			startUsernet(t, tg, opts)
 			if got := tg.vnetHdr(t, ctx, "tap0"); got != tc.offload {

@@ -465,7 +465,6 @@ func (s *Stack) Run(ctx context.Context) error {
 	// context.Canceled); only the tap failing makes Run return an error.
 	stop := context.AfterFunc(ctx, func() { s.cancel(nil) })
 	defer stop()
-	defer startDebugProfile(s.logf)()
 
 	s.link.start()
 	s.flows.goFunc(s.controlLoop)

@@ -58,14 +58,9 @@ type prepared struct {
 	exit       *os.File          // --exit-fd, or nil
 	watch      *nsjoin.Watch     // the target's watch
 	tap        *os.File          // the tap's fd; nil once the stack owns it
-	vnetHdr    bool              // tap opened with IFF_VNET_HDR and offloads (see noOffloadEnv)
+	vnetHdr    bool              // tap opened with IFF_VNET_HDR and offloads (off only in debug builds)
 	api        *net.UnixListener // --api-socket, bound before the sandbox; nil once the server owns it
 }
-
-// noOffloadEnv, when set, opens the tap without IFF_VNET_HDR and offloads
-// (no GSO/TSO, checksums computed both ways). DEBUG ONLY, not a supported
-// interface: it exists so that bench/ can show what the offloads are worth.
-const noOffloadEnv = "USERNET_DEBUG_NO_OFFLOAD"
 
 // prepare checks the settings, opens the ready and exit fds and the target
 // watch, and gets the tap from the nsjoin child.
@@ -113,7 +108,7 @@ func prepare(ctx context.Context, o *options, t nsjoin.Target, out output) (_ *p
 		}
 	}
 
-	p.vnetHdr = os.Getenv(noOffloadEnv) == ""
+	p.vnetHdr = !debugNoOffload()
 	req := nsjoin.Request{
 		Tap:       tap.Options{Name: o.tapName, VnetHdr: p.vnetHdr},
 		Configure: o.configure,
@@ -236,6 +231,7 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 	defer cancel(nil)
 	var wg sync.WaitGroup
 	wg.Go(func() {
+		defer startDebugProfiles(logf)()
 		err := st.Run(ctx)
 		if err == nil && ctx.Err() == nil {
 			err = errors.New("stopped unexpectedly")

@@ -37,6 +37,7 @@ type options struct {
 	out            string
 	backends       []string
 	usernet        string
+	usernetDebug   string
 	usernetVersion string
 	slirp          string
 	pasta          string
@@ -72,6 +73,7 @@ func drive(args []string) error {
 	fs.StringVar(&o.out, "out", "", "directory for results.json and logs/ (required)")
 	fs.StringVar(&backends, "backends", "usernet,slirp4netns,pasta", "comma-separated backends")
 	fs.StringVar(&o.usernet, "usernet", "usernet", "usernet binary")
+	fs.StringVar(&o.usernetDebug, "usernet-debug", "usernet-debug", "usernet built with -tags usernet_debug (the usernet-nooffload backend)")
 	fs.StringVar(&o.usernetVersion, "usernet-version", "", "extra version text for usernet (e.g. git describe)")
 	fs.StringVar(&o.slirp, "slirp4netns", "slirp4netns", "slirp4netns binary")
 	fs.StringVar(&o.pasta, "pasta", "pasta", "pasta binary")
@@ -186,8 +188,10 @@ func (d *driver) preflight() error {
 
 func (d *driver) binary(backend string) string {
 	switch backend {
-	case "usernet", usernetNoOffload:
+	case "usernet":
 		return d.opt.usernet
+	case usernetNoOffload:
+		return d.opt.usernetDebug
 	case "slirp4netns":
 		return d.opt.slirp
 	case "pasta":
@@ -618,7 +622,8 @@ func rotate(s []string, i int) []string {
 }
 
 // usernetNoOffload is a backend for A/B runs: usernet with its tap opened
-// without IFF_VNET_HDR and offloads (the debug-only noOffloadEnv), e.g.
+// without IFF_VNET_HDR and offloads (noOffloadEnv, read only by the
+// usernet_debug build), e.g.
 // `--backends usernet,usernet-nooffload`.
 const (
 	usernetNoOffload = "usernet-nooffload"
