@@ -214,8 +214,7 @@ func (s *Server) removeHostfwd(args map[string]json.RawMessage) []byte {
 		return errorReply(errRemoveID)
 	}
 	if err := s.cfg.Forwarder.Remove(int(id)); err != nil {
-		var ae *portfwd.ArgError
-		if errors.Is(err, portfwd.ErrNotFound) || errors.As(err, &ae) {
+		if errors.Is(err, portfwd.ErrNotFound) {
 			return errorReply(errRemoveID)
 		}
 		s.logf("api socket: remove_hostfwd: %v", err)

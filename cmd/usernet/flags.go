@@ -56,9 +56,7 @@ type usageError struct{ msg string }
 
 func (e *usageError) Error() string { return e.msg }
 
-// newFlagSet declares every flag. Flags whose feature is not built yet are
-// hidden from --help (rootlesskit and podman look for them there) and
-// rejected if given.
+// newFlagSet declares every flag.
 func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("usernet", pflag.ContinueOnError)
 	fs.SetOutput(out)
@@ -86,15 +84,9 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	fs.String("target-type", "netns", "specify the target type ([netns], default=netns)")
 	fs.BoolVarP(&o.help, "help", "h", false, "show this help and exit")
 	fs.BoolVarP(&o.version, "version", "v", false, "show version and exit")
-	for _, name := range unimplementedFlags {
-		fs.MarkHidden(name)
-	}
 	fs.MarkHidden("target-type")
 	return fs
 }
-
-// unimplementedFlags are slirp4netns flags usernet does not do yet.
-var unimplementedFlags = []string{}
 
 // metavars name flag values in --help as slirp4netns's help does.
 var metavars = map[string]string{
@@ -147,11 +139,6 @@ func parseFlagsMode(argv []string, out io.Writer, positional int, interspersed b
 	}
 	if o.help || o.version {
 		return o, nil, nil
-	}
-	for _, name := range unimplementedFlags {
-		if fs.Changed(name) {
-			return nil, nil, fmt.Errorf("--%s is not implemented in this version of usernet", name)
-		}
 	}
 	if tt, _ := fs.GetString("target-type"); tt != "netns" {
 		return nil, nil, fmt.Errorf("--target-type=%s is not supported (only netns)", tt)
