@@ -56,7 +56,7 @@ type Server struct {
 	first uint32 // PoolStart as a number
 
 	mu     sync.Mutex
-	leases []lease // +checklocks:mu; index i is PoolStart+i
+	leases []lease // guarded by mu; index i is PoolStart+i
 }
 
 // lease is one pool address. client "" means never handed out. The address
@@ -183,7 +183,7 @@ func (s *Server) Handle(req *Message) *Reply {
 // never handed out, else the one that has been free the longest. -1 if
 // every address is taken.
 //
-// +checklocks:s.mu
+// s.mu must be held.
 func (s *Server) pick(client string, requested netip.Addr, now time.Time) int {
 	for i, l := range s.leases {
 		if l.client == client && s.available(i, client, now) {
@@ -207,7 +207,7 @@ func (s *Server) pick(client string, requested netip.Addr, now time.Time) int {
 
 // available reports whether pool address i may be given to client.
 //
-// +checklocks:s.mu
+// s.mu must be held.
 func (s *Server) available(i int, client string, now time.Time) bool {
 	l := s.leases[i]
 	return l.client == "" || l.client == client || !now.Before(l.expiry)
@@ -217,7 +217,7 @@ func (s *Server) available(i int, client string, now time.Time) bool {
 // lease the client already has on it), and forgets any other address the
 // client had, so that each client holds at most one.
 //
-// +checklocks:s.mu
+// s.mu must be held.
 func (s *Server) hold(i int, client string, expiry time.Time) {
 	for j := range s.leases {
 		if j != i && s.leases[j].client == client {

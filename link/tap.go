@@ -43,13 +43,13 @@ type Tap struct {
 	vnetHdr bool
 
 	mu         sync.Mutex
-	dispatcher gvstack.NetworkDispatcher // +checklocks:mu
-	stopping   bool                      // +checklocks:mu
+	dispatcher gvstack.NetworkDispatcher // guarded by mu
+	stopping   bool                      // guarded by mu
 	wg         sync.WaitGroup            // the reader and the tx writer
 
 	// tx holds the frames WritePackets defers to the writer goroutine
 	// (txqueue.go); nil until Attach starts the writer.
-	tx *txQueue // +checklocks:mu
+	tx *txQueue // guarded by mu
 }
 
 var _ gvstack.LinkEndpoint = (*Tap)(nil)

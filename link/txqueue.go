@@ -21,9 +21,9 @@ type txQueue struct {
 	mu      sync.Mutex
 	ready   sync.Cond               // the writer waits here for frames or stop
 	space   sync.Cond               // senders wait here for room
-	frames  []*gvstack.PacketBuffer // +checklocks:mu; each holds a reference
-	writing bool                    // +checklocks:mu; the writer holds popped frames
-	stopped bool                    // +checklocks:mu
+	frames  []*gvstack.PacketBuffer // guarded by mu; each holds a reference
+	writing bool                    // guarded by mu; the writer holds popped frames
+	stopped bool                    // guarded by mu
 	done    chan struct{}           // closed when run returns
 }
 

@@ -172,7 +172,7 @@ type guestNDP struct {
 	s *gvstack.Stack
 
 	mu    sync.Mutex
-	rdnss []tcpip.Address // +checklocks:mu
+	rdnss []tcpip.Address // guarded by mu
 	dad   map[tcpip.Address]gvstack.DADResult
 }
 
@@ -211,8 +211,8 @@ func (n *guestNDP) OnDHCPv6Configuration(tcpip.NICID, ipv6.DHCPv6ConfigurationFr
 type sniffer struct {
 	nested.Endpoint
 	mu   sync.Mutex
-	pkts [][]byte            // network-layer packets, +checklocks:mu
-	dsts []tcpip.LinkAddress // their Ethernet destinations, +checklocks:mu
+	pkts [][]byte            // network-layer packets, guarded by mu
+	dsts []tcpip.LinkAddress // their Ethernet destinations, guarded by mu
 	ch   chan struct{}
 }
 

@@ -24,9 +24,9 @@ type filterLink struct {
 	s *Stack
 
 	mu         sync.Mutex
-	dispatcher gvstack.NetworkDispatcher // +checklocks:mu; the NIC's, set by Attach
-	started    bool                      // +checklocks:mu; Run called start
-	stopped    bool                      // +checklocks:mu; stop or Attach(nil) called
+	dispatcher gvstack.NetworkDispatcher // guarded by mu; the NIC's, set by Attach
+	started    bool                      // guarded by mu; Run called start
+	stopped    bool                      // guarded by mu; stop or Attach(nil) called
 }
 
 var _ gvstack.LinkEndpoint = (*filterLink)(nil)

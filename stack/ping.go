@@ -29,12 +29,12 @@ type pingFlow struct {
 	reqs chan []byte // echo requests (ICMP messages) to send
 
 	mu  sync.Mutex
-	mac tcpip.LinkAddress // +checklocks:mu; the guest's, for replies
+	mac tcpip.LinkAddress // guarded by mu; the guest's, for replies
 }
 
 type pingTable struct {
 	mu     sync.Mutex
-	flows  map[pingKey]*pingFlow // +checklocks:mu
+	flows  map[pingKey]*pingFlow // guarded by mu
 	denied atomic.Bool           // logged that ping sockets are refused
 }
 

@@ -193,7 +193,7 @@ type Stack struct {
 
 	// udpPorts are the host sockets of the guest's UDP ports (udp.go).
 	udpPortsMu sync.Mutex
-	udpPorts   map[udpPortKey]*udpPort // +checklocks:udpPortsMu
+	udpPorts   map[udpPortKey]*udpPort // guarded by udpPortsMu
 
 	// flows tracks every goroutine the Stack starts or gVisor starts on
 	// its behalf; teardown refuses new ones and waits for the rest.

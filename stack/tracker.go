@@ -6,7 +6,7 @@ import "sync"
 // refuses new members, so closeAndWait cannot miss one.
 type tracker struct {
 	mu     sync.Mutex
-	closed bool // +checklocks:mu
+	closed bool // guarded by mu
 	wg     sync.WaitGroup
 }
 

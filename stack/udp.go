@@ -110,11 +110,11 @@ type udpPortKey struct {
 type udpPort struct {
 	key  udpPortKey
 	host *udpHost
-	refs int // flows; +checklocks:Stack.udpPortsMu
+	refs int // flows; guarded by Stack.udpPortsMu
 
 	mu        sync.Mutex
-	flows     map[netip.AddrPort]*udpFlow // by host address; +checklocks:mu
-	hostFirst int                         // flows made by the reader; +checklocks:mu
+	flows     map[netip.AddrPort]*udpFlow // by host address; guarded by mu
+	hostFirst int                         // flows made by the reader; guarded by mu
 }
 
 // udpFlow is one flow of a udpPort.
