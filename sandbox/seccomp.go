@@ -11,8 +11,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The filter is an allow-list: a syscall not in the table fails with EPERM,
-// a syscall of another architecture (or ABI: i386, x32) kills the process.
+// The filter is an allow-list: a syscall not in the table fails with EPERM
+// (x32 calls too: they arrive as this architecture with bit 30 set and match
+// no rule); a syscall of another architecture (i386) kills the process.
 // The table is per architecture (syscalls_GOARCH.go); docs/sandbox.md says
 // how it was found and how to find what a new Go or gVisor version needs.
 

@@ -3,7 +3,7 @@
 //
 // songgao/water is not used: it hides the fd behind an io.ReadWriteCloser,
 // cannot attach with IFF_VNET_HDR, and we need the raw fd to pass it over
-// SCM_RIGHTS and to hand it to gVisor's fdbased endpoint (docs/design.md).
+// SCM_RIGHTS and to hand it to our own link endpoint (package link; docs/design.md).
 package tap
 
 import (
