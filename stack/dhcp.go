@@ -2,12 +2,12 @@ package stack
 
 import (
 	"context"
-	"encoding/binary"
 	"net/netip"
 
 	"github.com/usernet/usernet/dhcp"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
@@ -109,19 +109,16 @@ func (s *Stack) serveDHCP(pc *gonet.UDPConn) {
 
 // udp4 builds a UDP datagram (header and payload) with its IPv4 checksum.
 func udp4(src, dst netip.AddrPort, payload []byte) []byte {
-	d := make([]byte, header.UDPMinimumSize+len(payload))
-	binary.BigEndian.PutUint16(d[0:], src.Port())
-	binary.BigEndian.PutUint16(d[2:], dst.Port())
-	binary.BigEndian.PutUint16(d[4:], uint16(len(d)))
-	copy(d[header.UDPMinimumSize:], payload)
-	s4, d4 := src.Addr().As4(), dst.Addr().As4()
-	sum := csum(0, s4[:])
-	sum = csum(sum, d4[:])
-	sum += uint32(header.UDPProtocolNumber) + uint32(len(d))
-	c := fold(csum(sum, d))
-	if c == 0 {
-		c = 0xffff // RFC 768: 0 means "no checksum"
+	d := header.UDP(make([]byte, header.UDPMinimumSize+len(payload)))
+	d.Encode(&header.UDPFields{SrcPort: src.Port(), DstPort: dst.Port(), Length: uint16(len(d))})
+	copy(d.Payload(), payload)
+	sum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, tcpipAddr(src.Addr()), tcpipAddr(dst.Addr()), uint16(len(d)))
+	sum = d.CalculateChecksum(checksum.Checksum(payload, sum))
+	// RFC 768: a checksum that comes out 0 (a sum of all ones) is sent as
+	// all ones, since 0 means "no checksum".
+	if sum != 0xffff {
+		sum = ^sum
 	}
-	binary.BigEndian.PutUint16(d[6:], c)
+	d.SetChecksum(sum)
 	return d
 }

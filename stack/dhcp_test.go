@@ -13,6 +13,7 @@ import (
 	"github.com/usernet/usernet/dhcp"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 )
@@ -78,9 +79,8 @@ func parseDHCPReply(p []byte) *dhcpReply {
 		return nil
 	}
 	src, dst := netip.AddrFrom4([4]byte(p[12:16])), netip.AddrFrom4([4]byte(p[16:20]))
-	s4, d4 := src.As4(), dst.As4()
-	sum := csum(csum(0, s4[:]), d4[:]) + uint32(header.UDPProtocolNumber) + uint32(len(u))
-	ok := fold(csum(0, p[:header.IPv4MinimumSize])) == 0 && fold(csum(sum, u)) == 0
+	ok := header.IPv4(p).IsChecksumValid() &&
+		header.UDP(u).IsChecksumValid(tcpipAddr(src), tcpipAddr(dst), checksum.Checksum(u[header.UDPMinimumSize:], 0))
 	return &dhcpReply{msg: m, src: src, dst: dst, cksums: ok}
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
@@ -219,11 +220,7 @@ func guestFrameSeeds(flowSrc, flowDst netip.AddrPort) [][]byte {
 // withL4Checksum fills in the TCP or UDP checksum of seg (at off) over
 // the pseudo-header of src and dst.
 func withL4Checksum(src, dst netip.Addr, proto tcpip.TransportProtocolNumber, seg []byte, off int) []byte {
-	var sum uint32
-	sum = csum(sum, src.AsSlice())
-	sum = csum(sum, dst.AsSlice())
-	sum += uint32(proto) + uint32(len(seg))
-	sum = csum(sum, seg)
-	binary.BigEndian.PutUint16(seg[off:], fold(sum))
+	sum := header.PseudoHeaderChecksum(proto, tcpipAddr(src), tcpipAddr(dst), uint16(len(seg)))
+	checksum.Put(seg[off:], ^checksum.Checksum(seg, sum))
 	return seg
 }

@@ -1,7 +1,6 @@
 package stack
 
 import (
-	"encoding/binary"
 	"net/netip"
 	"sync/atomic"
 
@@ -30,34 +29,49 @@ func (s *Stack) netUnreachable(src netip.Addr, orig []byte) []byte {
 func dstUnreachable(from, to netip.Addr, code uint8, orig []byte) []byte {
 	if to.Is4() {
 		orig = orig[:min(len(orig), 576-header.IPv4MinimumSize-header.ICMPv4MinimumSize)]
-		msg := make([]byte, header.ICMPv4MinimumSize+len(orig))
-		msg[0], msg[1] = byte(header.ICMPv4DstUnreachable), code
-		copy(msg[8:], orig)
-		binary.BigEndian.PutUint16(msg[2:], fold(csum(0, msg)))
-		return ipv4Packet(from, to, header.ICMPv4ProtocolNumber, msg)
+		icmp := header.ICMPv4(make([]byte, header.ICMPv4MinimumSize+len(orig)))
+		icmp.SetType(header.ICMPv4DstUnreachable)
+		icmp.SetCode(header.ICMPv4Code(code))
+		copy(icmp.Payload(), orig)
+		// The whole message as the "header": the encoder sums all of it
+		// but the checksum field.
+		icmp.SetChecksum(header.ICMPv4Checksum(icmp, 0))
+		return ipv4Packet(from, to, header.ICMPv4ProtocolNumber, icmp)
 	}
 	orig = orig[:min(len(orig), header.IPv6MinimumMTU-header.IPv6MinimumSize-header.ICMPv6MinimumSize-4)]
-	msg := make([]byte, 8+len(orig))
-	msg[0], msg[1] = byte(header.ICMPv6DstUnreachable), code
-	copy(msg[8:], orig)
-	binary.BigEndian.PutUint16(msg[2:], fold(csum(pseudo6(from, to, header.ICMPv6ProtocolNumber, len(msg)), msg)))
-	return ipv6Packet(from, to, header.ICMPv6ProtocolNumber, 64, msg)
+	icmp := header.ICMPv6(make([]byte, header.ICMPv6DstUnreachableMinimumSize+len(orig)))
+	icmp.SetType(header.ICMPv6DstUnreachable)
+	icmp.SetCode(header.ICMPv6Code(code))
+	copy(icmp.Payload(), orig)
+	icmp.SetChecksum(icmpv6Checksum(from, to, icmp))
+	return ipv6Packet(from, to, header.ICMPv6ProtocolNumber, 64, icmp)
 }
 
+// icmpv6Checksum is the checksum of the ICMPv6 message icmp from src to
+// dst. The whole message goes in as the "header": the encoder sums all of
+// it but the checksum field.
+func icmpv6Checksum(src, dst netip.Addr, icmp header.ICMPv6) uint16 {
+	return header.ICMPv6Checksum(header.ICMPv6ChecksumParams{Header: icmp, Src: tcpipAddr(src), Dst: tcpipAddr(dst)})
+}
+
+// ipv4ID numbers the IPv4 packets we build; a packet quoted in an ICMP
+// error takes one too.
 var ipv4ID atomic.Uint32
 
-// ipv4Packet prepends a 20-byte IPv4 header to payload.
+// ipv4Packet prepends a 20-byte IPv4 header to payload: TTL 64, the next
+// ID, no fragmentation flags.
 func ipv4Packet(src, dst netip.Addr, proto tcpip.TransportProtocolNumber, payload []byte) []byte {
 	p := make([]byte, header.IPv4MinimumSize+len(payload))
-	p[0] = 0x45
-	binary.BigEndian.PutUint16(p[2:], uint16(len(p)))
-	binary.BigEndian.PutUint16(p[4:], uint16(ipv4ID.Add(1)))
-	p[8] = 64 // TTL
-	p[9] = byte(proto)
-	s4, d4 := src.As4(), dst.As4()
-	copy(p[12:], s4[:])
-	copy(p[16:], d4[:])
-	binary.BigEndian.PutUint16(p[10:], fold(csum(0, p[:header.IPv4MinimumSize])))
+	ip := header.IPv4(p)
+	ip.Encode(&header.IPv4Fields{
+		TotalLength: uint16(len(p)),
+		ID:          uint16(ipv4ID.Add(1)),
+		TTL:         64,
+		Protocol:    uint8(proto),
+		SrcAddr:     tcpipAddr(src),
+		DstAddr:     tcpipAddr(dst),
+	})
+	ip.SetChecksum(^ip.CalculateChecksum())
 	copy(p[header.IPv4MinimumSize:], payload)
 	return p
 }
@@ -65,43 +79,15 @@ func ipv4Packet(src, dst netip.Addr, proto tcpip.TransportProtocolNumber, payloa
 // ipv6Packet prepends a 40-byte IPv6 header to payload.
 func ipv6Packet(src, dst netip.Addr, proto tcpip.TransportProtocolNumber, hopLimit uint8, payload []byte) []byte {
 	p := make([]byte, header.IPv6MinimumSize+len(payload))
-	p[0] = 0x60
-	binary.BigEndian.PutUint16(p[4:], uint16(len(payload)))
-	p[6] = byte(proto)
-	p[7] = hopLimit
-	s16, d16 := src.As16(), dst.As16()
-	copy(p[8:], s16[:])
-	copy(p[24:], d16[:])
+	header.IPv6(p).Encode(&header.IPv6Fields{
+		PayloadLength:     uint16(len(payload)),
+		TransportProtocol: proto,
+		HopLimit:          hopLimit,
+		SrcAddr:           tcpipAddr(src),
+		DstAddr:           tcpipAddr(dst),
+	})
 	copy(p[header.IPv6MinimumSize:], payload)
 	return p
-}
-
-// csum adds b to a ones' complement sum.
-func csum(sum uint32, b []byte) uint32 {
-	for len(b) >= 2 {
-		sum += uint32(b[0])<<8 | uint32(b[1])
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		sum += uint32(b[0]) << 8
-	}
-	return sum
-}
-
-// fold finishes a ones' complement sum into a checksum.
-func fold(sum uint32) uint16 {
-	for sum>>16 != 0 {
-		sum = sum&0xffff + sum>>16
-	}
-	return ^uint16(sum)
-}
-
-// pseudo6 is the sum of the IPv6 pseudo-header.
-func pseudo6(src, dst netip.Addr, proto tcpip.TransportProtocolNumber, length int) uint32 {
-	s16, d16 := src.As16(), dst.As16()
-	sum := csum(0, s16[:])
-	sum = csum(sum, d16[:])
-	return sum + uint32(length>>16) + uint32(length&0xffff) + uint32(proto)
 }
 
 // outPacket is an IP packet for the guest at mac.

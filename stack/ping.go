@@ -153,22 +153,23 @@ func (s *Stack) servePing(key pingKey, f *pingFlow) {
 // destination, with the guest's identifier. nil if it is not an echo
 // reply.
 func (s *Stack) echoReply(key pingKey, msg []byte) []byte {
-	if len(msg) < 8 {
+	if len(msg) < header.ICMPv4MinimumSize { // the ICMPv6 echo header is as long
 		return nil
 	}
-	msg = append([]byte(nil), msg...)
-	binary.BigEndian.PutUint16(msg[4:], key.id)
-	msg[2], msg[3] = 0, 0
 	if key.dst.Is4() {
-		if msg[0] != byte(header.ICMPv4EchoReply) {
+		if header.ICMPv4(msg).Type() != header.ICMPv4EchoReply {
 			return nil
 		}
-		binary.BigEndian.PutUint16(msg[2:], fold(csum(0, msg)))
-		return ipv4Packet(key.dst, key.src, header.ICMPv4ProtocolNumber, msg)
+		reply := header.ICMPv4(append([]byte(nil), msg...))
+		reply.SetIdent(key.id)
+		reply.SetChecksum(header.ICMPv4Checksum(reply, 0)) // all but the checksum field
+		return ipv4Packet(key.dst, key.src, header.ICMPv4ProtocolNumber, reply)
 	}
-	if msg[0] != byte(header.ICMPv6EchoReply) {
+	if header.ICMPv6(msg).Type() != header.ICMPv6EchoReply {
 		return nil
 	}
-	binary.BigEndian.PutUint16(msg[2:], fold(csum(pseudo6(key.dst, key.src, header.ICMPv6ProtocolNumber, len(msg)), msg)))
-	return ipv6Packet(key.dst, key.src, header.ICMPv6ProtocolNumber, 64, msg)
+	reply := header.ICMPv6(append([]byte(nil), msg...))
+	reply.SetIdent(key.id)
+	reply.SetChecksum(icmpv6Checksum(key.dst, key.src, reply))
+	return ipv6Packet(key.dst, key.src, header.ICMPv6ProtocolNumber, 64, reply)
 }

@@ -68,37 +68,41 @@ func (s *Stack) sendRA() {
 // 255, advertising us as default router, fd00::/64 on-link and for SLAAC,
 // the link MTU, and fd00::3 as DNS server when DNS is served.
 func (s *Stack) routerAdvert() []byte {
-	ra := make([]byte, 0, 128)
-	ra = append(ra,
-		byte(header.ICMPv6RouterAdvert), 0, 0, 0, // type, code, checksum
-		64, 0, // cur hop limit, flags (no M, no O)
-		0, 0, // router lifetime
-		0, 0, 0, 0, // reachable time: unspecified
-		0, 0, 0, 0, // retrans timer: unspecified
-	)
-	binary.BigEndian.PutUint16(ra[6:], raRouterLifetime)
-
-	// Source link-layer address.
-	ra = append(ra, 1, 1)
-	ra = append(ra, s.mac...)
-	// MTU.
-	ra = append(ra, 5, 1, 0, 0)
-	ra = binary.BigEndian.AppendUint32(ra, s.cfg.MTU)
-	// Prefix information: on-link (L) and autonomous (A).
-	ra = append(ra, 3, 4, byte(s.net6.Bits()), 0xc0)
-	ra = binary.BigEndian.AppendUint32(ra, raValidLifetime)
-	ra = binary.BigEndian.AppendUint32(ra, raPrefLifetime)
-	ra = append(ra, 0, 0, 0, 0)
-	p16 := s.net6.Addr().As16()
-	ra = append(ra, p16[:]...)
-	// Recursive DNS server (RFC 8106).
+	// Options: source link-layer address, MTU, prefix information, RDNSS
+	// (RFC 8106). gVisor has no type for the MTU option (RFC 4861 §4.6.4),
+	// so it is written by hand between two serialized runs of the others.
+	// gVisor's option types are the options' bodies and can only be read:
+	// the bodies are filled in here, the serializer adds type, length and
+	// padding.
+	before := header.NDPOptionsSerializer{header.NDPSourceLinkLayerAddressOption(s.mac)}
+	pi := make(header.NDPPrefixInformation, 30) // RFC 4861 §4.6.2 less type and length
+	pi[0] = byte(s.net6.Bits())
+	pi[1] = 0xc0 // on-link (L) and autonomous (A)
+	binary.BigEndian.PutUint32(pi[2:], raValidLifetime)
+	binary.BigEndian.PutUint32(pi[6:], raPrefLifetime)
+	copy(pi[14:], s.net6.Addr().AsSlice())
+	after := header.NDPOptionsSerializer{pi}
 	if s.cfg.ServeDNS != nil {
-		ra = append(ra, 25, 3, 0, 0)
-		ra = binary.BigEndian.AppendUint32(ra, raRDNSSLifetime)
-		d16 := s.dns6.As16()
-		ra = append(ra, d16[:]...)
+		rdnss := make(header.NDPRecursiveDNSServer, 2+4+16) // reserved, lifetime, one address
+		binary.BigEndian.PutUint32(rdnss[2:], raRDNSSLifetime)
+		copy(rdnss[6:], s.dns6.AsSlice())
+		after = append(after, rdnss)
 	}
+	const mtuOptionSize = 8
 
-	binary.BigEndian.PutUint16(ra[2:], fold(csum(pseudo6(s.router6, allNodes, header.ICMPv6ProtocolNumber, len(ra)), ra)))
+	ra := header.ICMPv6(make([]byte, header.ICMPv6HeaderSize+header.NDPRAMinimumSize+before.Length()+mtuOptionSize+after.Length()))
+	ra.SetType(header.ICMPv6RouterAdvert)
+	// Nor can gVisor's NDPRouterAdvert be written: the fixed fields are
+	// set here. Reachable time and retrans timer stay 0: unspecified.
+	body := ra.MessageBody()
+	body[0] = 64 // cur hop limit; the flags byte stays 0: no M, no O
+	binary.BigEndian.PutUint16(body[2:], raRouterLifetime)
+	opts := body[header.NDPRAMinimumSize:]
+	opts = opts[header.NDPOptions(opts).Serialize(before):]
+	opts[0], opts[1] = 5, mtuOptionSize/8 // type, length in units of 8 bytes
+	binary.BigEndian.PutUint32(opts[4:], s.cfg.MTU)
+	header.NDPOptions(opts[mtuOptionSize:]).Serialize(after)
+
+	ra.SetChecksum(icmpv6Checksum(s.router6, allNodes, ra))
 	return ipv6Packet(s.router6, allNodes, header.ICMPv6ProtocolNumber, 255, ra)
 }

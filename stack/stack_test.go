@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +19,7 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
@@ -486,7 +486,7 @@ func TestPingOutsideForwarded(t *testing.T) {
 	p := e.sniff.waitFor(t, time.Second, "echo reply", func(p []byte) bool {
 		return isICMPv4(p, header.ICMPv4EchoReply, 0)
 	})
-	if !header.IPv4(p).IsChecksumValid() || fold(csum(0, p[20:])) != 0 {
+	if !header.IPv4(p).IsChecksumValid() || checksum.Checksum(p[20:], 0) != 0xffff {
 		t.Errorf("echo reply has a bad checksum: %x", p)
 	}
 	if got := header.IPv4(p).SourceAddress(); got != tcpipAddr(outside) {
@@ -556,7 +556,7 @@ func TestIPv6RouterAdvertisementSLAACAndLoopback(t *testing.T) {
 	if ra[7] != 255 {
 		t.Errorf("RA hop limit %d, want 255", ra[7])
 	}
-	if fold(csum(pseudo6(netip.AddrFrom16([16]byte(ra[8:24])), netip.AddrFrom16([16]byte(ra[24:40])), header.ICMPv6ProtocolNumber, len(ra)-40), ra[40:])) != 0 {
+	if checksum.Checksum(ra[40:], header.PseudoHeaderChecksum(header.ICMPv6ProtocolNumber, header.IPv6(ra).SourceAddress(), header.IPv6(ra).DestinationAddress(), uint16(len(ra)-40))) != 0xffff {
 		t.Errorf("RA checksum invalid")
 	}
 	if !bytes.Contains(ra, dns6.AsSlice()) {
@@ -579,7 +579,7 @@ func TestIPv6RouterAdvertisementSLAACAndLoopback(t *testing.T) {
 	rs := make([]byte, 8)
 	rs[0] = byte(header.ICMPv6RouterSolicit)
 	src := netip.MustParseAddr("fe80::64")
-	binary.BigEndian.PutUint16(rs[2:], fold(csum(pseudo6(src, netip.MustParseAddr("ff02::2"), header.ICMPv6ProtocolNumber, len(rs)), rs)))
+	header.ICMPv6(rs).SetChecksum(icmpv6Checksum(src, netip.MustParseAddr("ff02::2"), rs))
 	injectFrame(t, e.guest, ipv6.ProtocolNumber, "\x33\x33\x00\x00\x00\x02", ipv6Packet(src, netip.MustParseAddr("ff02::2"), header.ICMPv6ProtocolNumber, 255, rs))
 	deadline := time.Now().Add(5 * time.Second)
 	for countRAs(e) == before && time.Now().Before(deadline) {
@@ -711,7 +711,7 @@ func TestNeighborsAnsweredOnlyForOwnAddresses(t *testing.T) {
 		ns := append([]byte{byte(header.ICMPv6NeighborSolicit), 0, 0, 0, 0, 0, 0, 0}, target.AsSlice()...)
 		ns = append(ns, 1, 1)
 		ns = append(ns, guestMAC...)
-		binary.BigEndian.PutUint16(ns[2:], fold(csum(pseudo6(src, target, header.ICMPv6ProtocolNumber, len(ns)), ns)))
+		header.ICMPv6(ns).SetChecksum(icmpv6Checksum(src, target, ns))
 		injectFrame(t, e.guest, ipv6.ProtocolNumber, stackMAC, ipv6Packet(src, target, header.ICMPv6ProtocolNumber, 255, ns))
 	}
 	e.sniff.waitFor(t, 5*time.Second, "neighbor advertisement for fd00::2", isNA(gw6))

@@ -1,7 +1,6 @@
 package stack
 
 import (
-	"encoding/binary"
 	"errors"
 	"net/netip"
 	"sync"
@@ -101,12 +100,16 @@ func (s *Stack) tcpUnreachable(src, dst netip.AddrPort, seq uint32, code uint8) 
 	if mac == "" {
 		return false
 	}
-	tcp := make([]byte, header.TCPMinimumSize)
-	binary.BigEndian.PutUint16(tcp[0:], src.Port())
-	binary.BigEndian.PutUint16(tcp[2:], dst.Port())
-	binary.BigEndian.PutUint32(tcp[4:], seq)
-	tcp[12] = header.TCPMinimumSize / 4 << 4
-	tcp[13] = byte(header.TCPFlagSyn)
+	// The SYN's header as far as the guest checks it: ports and sequence
+	// number (the rest, checksum included, stays 0).
+	tcp := header.TCP(make([]byte, header.TCPMinimumSize))
+	tcp.Encode(&header.TCPFields{
+		SrcPort:    src.Port(),
+		DstPort:    dst.Port(),
+		SeqNum:     seq,
+		DataOffset: header.TCPMinimumSize,
+		Flags:      header.TCPFlagSyn,
+	})
 	var quote []byte
 	if src.Addr().Is4() {
 		quote = ipv4Packet(src.Addr(), dst.Addr(), header.TCPProtocolNumber, tcp)

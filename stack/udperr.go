@@ -1,7 +1,6 @@
 package stack
 
 import (
-	"encoding/binary"
 	"errors"
 	"net/netip"
 	"syscall"
@@ -112,11 +111,11 @@ func parseErrQueueMsg(payload, oob []byte, from unix.Sockaddr) (icmpError, bool)
 // and quotes the datagram's IP and UDP headers and what the kernel kept of
 // its payload.
 func icmpUnreachableFor(e icmpError, guestSrc, visibleDst netip.AddrPort) []byte {
-	udp := make([]byte, header.UDPMinimumSize+len(e.payload))
-	binary.BigEndian.PutUint16(udp[0:], guestSrc.Port())
-	binary.BigEndian.PutUint16(udp[2:], visibleDst.Port())
-	binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
-	copy(udp[8:], e.payload)
+	// The checksum stays 0 (none): we have only what the kernel kept of
+	// the guest's datagram.
+	udp := header.UDP(make([]byte, header.UDPMinimumSize+len(e.payload)))
+	udp.Encode(&header.UDPFields{SrcPort: guestSrc.Port(), DstPort: visibleDst.Port(), Length: uint16(len(udp))})
+	copy(udp.Payload(), e.payload)
 	from, to := visibleDst.Addr(), guestSrc.Addr()
 	var quote []byte
 	if to.Is4() {
