@@ -31,7 +31,7 @@ var allNodes = netip.MustParseAddr("ff02::1")
 // start, periodically, and when the guest solicits one.
 func (s *Stack) controlLoop() {
 	var tick <-chan time.Time
-	if s.gw6.IsValid() {
+	if s.cfg.Plan.IPv6() {
 		s.sendRA()
 		t := time.NewTicker(s.cfg.raInterval)
 		defer t.Stop()
@@ -85,20 +85,20 @@ func (s *Stack) routerAdvert() []byte {
 	ra = append(ra, 5, 1, 0, 0)
 	ra = binary.BigEndian.AppendUint32(ra, s.cfg.MTU)
 	// Prefix information: on-link (L) and autonomous (A).
-	ra = append(ra, 3, 4, byte(s.net6.Bits()), 0xc0)
+	ra = append(ra, 3, 4, byte(s.cfg.Plan.Net6.Bits()), 0xc0)
 	ra = binary.BigEndian.AppendUint32(ra, raValidLifetime)
 	ra = binary.BigEndian.AppendUint32(ra, raPrefLifetime)
 	ra = append(ra, 0, 0, 0, 0)
-	p16 := s.net6.Addr().As16()
+	p16 := s.cfg.Plan.Net6.Addr().As16()
 	ra = append(ra, p16[:]...)
 	// Recursive DNS server (RFC 8106).
 	if s.cfg.ServeDNS != nil {
 		ra = append(ra, 25, 3, 0, 0)
 		ra = binary.BigEndian.AppendUint32(ra, raRDNSSLifetime)
-		d16 := s.dns6.As16()
+		d16 := s.cfg.Plan.DNS6.As16()
 		ra = append(ra, d16[:]...)
 	}
 
-	binary.BigEndian.PutUint16(ra[2:], fold(csum(pseudo6(s.router6, allNodes, header.ICMPv6ProtocolNumber, len(ra)), ra)))
-	return ipv6Packet(s.router6, allNodes, header.ICMPv6ProtocolNumber, 255, ra)
+	binary.BigEndian.PutUint16(ra[2:], fold(csum(pseudo6(s.cfg.Plan.Router6, allNodes, header.ICMPv6ProtocolNumber, len(ra)), ra)))
+	return ipv6Packet(s.cfg.Plan.Router6, allNodes, header.ICMPv6ProtocolNumber, 255, ra)
 }
