@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usernet/usernet/netplan"
 	"github.com/usernet/usernet/portfwd"
 )
 
@@ -452,7 +453,11 @@ func freePort(t *testing.T) int {
 
 func TestWithPortfwdRegistry(t *testing.T) {
 	checkNoLeaks(t)
-	reg := portfwd.New(portfwd.Config{Dialer: nopDialer{}, Guest4: netip.MustParseAddr("10.0.2.100"), Logf: quietLogf(t)})
+	plan, err := netplan.Slirp(netip.MustParsePrefix("10.0.2.0/24"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := portfwd.New(portfwd.Config{Dialer: nopDialer{}, Plan: plan, Logf: quietLogf(t)})
 	ctx, cancel := context.WithCancel(context.Background())
 	regDone := make(chan error, 1)
 	go func() { regDone <- reg.Run(ctx) }()

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/usernet/usernet/internal/testutil"
+	"github.com/usernet/usernet/netplan"
 )
 
 // Test addresses of the virtual network, as slirp4netns's defaults.
@@ -22,7 +23,21 @@ var (
 	gateway6 = netip.MustParseAddr("fd00::2")
 	lo4      = netip.MustParseAddr("127.0.0.1")
 	lo6      = netip.IPv6Loopback()
+
+	// plan4 is slirp4netns's default plan; plan6 adds its IPv6 network
+	// with a guest address the Registry knows (slirp4netns's guest takes
+	// one by SLAAC, which leaves Guest6 unset).
+	plan4 = slirpPlan(false)
+	plan6 = func() netplan.Plan { p := slirpPlan(true); p.Guest6 = guest6; return p }()
 )
+
+func slirpPlan(v6 bool) netplan.Plan {
+	p, err := netplan.Slirp(netip.MustParsePrefix("10.0.2.0/24"), v6)
+	if err != nil {
+		panic(err)
+	}
+	return p
+}
 
 // dialRecord is one call of the fake Dialer.
 type dialRecord struct {
@@ -128,8 +143,8 @@ func (c *trackedConn) Close() error {
 func startRegistry(t *testing.T, cfg Config) *Registry {
 	t.Helper()
 	checkNoLeaks(t)
-	if cfg.Guest4 == (netip.Addr{}) {
-		cfg.Guest4 = guest4
+	if !cfg.Plan.Net4.IsValid() {
+		cfg.Plan = plan4
 	}
 	if cfg.Logf == nil {
 		cfg.Logf = quietLogf(t)

@@ -20,6 +20,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/usernet/usernet/netplan"
 )
 
 // Dialer opens connections INTO the namespace on behalf of host-side clients.
@@ -50,24 +52,23 @@ type Config struct {
 	// Dialer opens the namespace side of every flow. Required.
 	Dialer Dialer
 
-	// Guest4 and Guest6 are the default guest addresses (slirp4netns: network+100,
-	// 10.0.2.100). A Rule whose GuestAddr is unset or unspecified (0.0.0.0, ::)
-	// forwards to Guest4 when its HostAddr is IPv4 and to Guest6 when its HostAddr
-	// is IPv6; when Guest6 is not valid (IPv6 off), IPv6 host addresses forward
-	// to Guest4 (a host [::]:8080 listener in front of an IPv4-only namespace).
-	Guest4, Guest6 netip.Addr
-
-	// Gateway4 and Gateway6 are what clients that cannot appear as themselves
-	// inside the namespace appear as: loopback clients (127.0.0.0/8, ::1),
-	// link-local ones, clients inside the virtual network, and clients of the
-	// other address family than the guest's. Zero = network+2 (10.0.2.2, fd00::2).
-	Gateway4, Gateway6 netip.Addr
-
-	// Net4 and Net6 are the virtual networks. An explicit GuestAddr must lie
-	// inside one, and must not be its network address, its gateway or (IPv4)
-	// its broadcast address. Zero = Guest4/24 and Guest6/64. A family whose Net
-	// and Guest are both invalid is off: its guest addresses are rejected.
-	Net4, Net6 netip.Prefix
+	// Plan is the virtual network's addresses; the Registry reads these:
+	//
+	//   - Guest4 and Guest6 are the default guest addresses. A Rule whose
+	//     GuestAddr is unset or unspecified (0.0.0.0, ::) forwards to Guest4
+	//     when its HostAddr is IPv4 and to Guest6 when its HostAddr is IPv6;
+	//     when Guest6 is not valid (IPv6 off, or the guest's SLAAC address
+	//     unknown), IPv6 host addresses forward to Guest4 (a host [::]:8080
+	//     listener in front of an IPv4-only namespace).
+	//   - Gateway4 and Gateway6 are what clients that cannot appear as
+	//     themselves inside the namespace appear as: loopback clients
+	//     (127.0.0.0/8, ::1), link-local ones, clients inside the virtual
+	//     network, and clients of the other address family than the guest's.
+	//   - Net4 and Net6: an explicit GuestAddr must lie inside one, and must
+	//     not be its network address, its gateway or (IPv4) its broadcast
+	//     address. A family whose network is invalid is off: its guest
+	//     addresses are rejected.
+	Plan netplan.Plan
 
 	// UDPIdleTimeout ends a UDP flow with no datagram in either direction for
 	// this long. Zero = 60s.
@@ -201,18 +202,6 @@ func New(cfg Config) *Registry {
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = defaultDialTimeout
 	}
-	if !cfg.Net4.IsValid() && cfg.Guest4.Is4() {
-		cfg.Net4 = netip.PrefixFrom(cfg.Guest4, 24).Masked()
-	}
-	if !cfg.Net6.IsValid() && cfg.Guest6.Is6() {
-		cfg.Net6 = netip.PrefixFrom(cfg.Guest6, 64).Masked()
-	}
-	if !cfg.Gateway4.IsValid() && cfg.Net4.IsValid() {
-		cfg.Gateway4 = cfg.Net4.Addr().Next().Next()
-	}
-	if !cfg.Gateway6.IsValid() && cfg.Net6.IsValid() {
-		cfg.Gateway6 = cfg.Net6.Addr().Next().Next()
-	}
 	r := &Registry{cfg: cfg, logf: cfg.Logf}
 	if r.logf == nil {
 		r.logf = func(string, ...any) {}
@@ -345,9 +334,9 @@ func (r *Registry) resolve(rule Rule) (Rule, error) {
 	}
 	ga := rule.GuestAddr.Unmap()
 	if !ga.IsValid() || ga.IsUnspecified() {
-		ga = r.cfg.Guest4
-		if rule.HostAddr.Is6() && r.cfg.Guest6.IsValid() {
-			ga = r.cfg.Guest6
+		ga = r.cfg.Plan.Guest4
+		if rule.HostAddr.Is6() && r.cfg.Plan.Guest6.IsValid() {
+			ga = r.cfg.Plan.Guest6
 		}
 		if !ga.IsValid() {
 			return rule, &ArgError{Field: "guest_addr", Msg: "no default guest address configured"}
@@ -365,9 +354,9 @@ func (r *Registry) resolve(rule Rule) (Rule, error) {
 
 // checkGuest says what is wrong with a as a guest address, or "".
 func (r *Registry) checkGuest(a netip.Addr) string {
-	vnet, gw := r.cfg.Net4, r.cfg.Gateway4
+	vnet, gw := r.cfg.Plan.Net4, r.cfg.Plan.Gateway4
 	if a.Is6() {
-		vnet, gw = r.cfg.Net6, r.cfg.Gateway6
+		vnet, gw = r.cfg.Plan.Net6, r.cfg.Plan.Gateway6
 	}
 	switch {
 	case a.Zone() != "":
@@ -380,22 +369,12 @@ func (r *Registry) checkGuest(a netip.Addr) string {
 		return fmt.Sprintf("%v is the network address", a)
 	case a == gw:
 		return fmt.Sprintf("%v is the gateway", a)
-	case a.Is4() && a == lastAddr(vnet):
+	case a.Is4() && a == r.cfg.Plan.Broadcast4():
 		return fmt.Sprintf("%v is the broadcast address", a)
 	case a.IsMulticast():
 		return "multicast address"
 	}
 	return ""
-}
-
-// lastAddr returns the highest address of p.
-func lastAddr(p netip.Prefix) netip.Addr {
-	b := p.Masked().Addr().AsSlice()
-	for i := p.Bits(); i < len(b)*8; i++ {
-		b[i/8] |= 0x80 >> (i % 8)
-	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
 }
 
 // bind opens f's host socket: IPv4 only for an IPv4 address, IPv6 only for an
@@ -440,9 +419,9 @@ func (f *forward) closeSocket() {
 // of the other family than guest.
 func (r *Registry) srcFor(client netip.AddrPort, guest netip.Addr) netip.AddrPort {
 	a := client.Addr().Unmap()
-	vnet, gw := r.cfg.Net4, r.cfg.Gateway4
+	vnet, gw := r.cfg.Plan.Net4, r.cfg.Plan.Gateway4
 	if guest.Is6() {
-		vnet, gw = r.cfg.Net6, r.cfg.Gateway6
+		vnet, gw = r.cfg.Plan.Net6, r.cfg.Plan.Gateway6
 	}
 	if a.Is4() != guest.Is4() || a.IsLoopback() || a.IsUnspecified() ||
 		a.IsLinkLocalUnicast() || a.Zone() != "" || vnet.Contains(a) {

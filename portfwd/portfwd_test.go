@@ -15,8 +15,8 @@ import (
 )
 
 func TestAddValidatesAndResolves(t *testing.T) {
-	v4only := Config{Guest4: guest4}
-	dual := Config{Guest4: guest4, Guest6: guest6}
+	v4only := Config{Plan: plan4}
+	dual := Config{Plan: plan6}
 	a := netip.MustParseAddr
 	tests := []struct {
 		name      string
@@ -203,7 +203,7 @@ func TestIDsAreNeverReused(t *testing.T) {
 func TestForwardAddedBeforeRunIsServedByRun(t *testing.T) {
 	checkNoLeaks(t)
 	d := newFakeDialer()
-	r := New(Config{Dialer: d, Guest4: guest4, Logf: quietLogf(t)})
+	r := New(Config{Dialer: d, Plan: plan4, Logf: quietLogf(t)})
 	port, _ := addTCP(t, r, d, lo4, netip.Addr{})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -232,7 +232,7 @@ func TestRunShutdownClosesEverythingAndLeaksNothing(t *testing.T) {
 		var nd net.Dialer
 		return nd.DialContext(ctx, "tcp", echo.String())
 	}
-	r := New(Config{Dialer: d, Guest4: guest4, Logf: quietLogf(t)})
+	r := New(Config{Dialer: d, Plan: plan4, Logf: quietLogf(t)})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()

@@ -99,7 +99,7 @@ func TestTCPSourceAddressSeenByGuest(t *testing.T) {
 				t.Skip("no IPv6 loopback here")
 			}
 			d := newFakeDialer()
-			r := startRegistry(t, Config{Dialer: d, Guest6: guest6})
+			r := startRegistry(t, Config{Dialer: d, Plan: plan6})
 			port, _ := addTCP(t, r, d, tt.hostAddr, tt.guest)
 			hostAddr := tt.hostAddr
 			if hostAddr.IsUnspecified() {
@@ -124,7 +124,7 @@ func TestTCPSourceAddressSeenByGuest(t *testing.T) {
 }
 
 func TestSrcForNonLoopbackClients(t *testing.T) {
-	r := New(Config{Dialer: newFakeDialer(), Guest4: guest4, Guest6: guest6})
+	r := New(Config{Dialer: newFakeDialer(), Plan: plan6})
 	ap := netip.MustParseAddrPort
 	tests := []struct {
 		client netip.AddrPort

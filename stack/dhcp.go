@@ -12,8 +12,9 @@ import (
 )
 
 // The DHCP server (slirp4netns parity: a guest that does not use
-// --configure, e.g. busybox udhcpc, gets network+15). The protocol and the
-// lease table are package dhcp; here are only the sockets.
+// --configure, e.g. busybox udhcpc, gets an address of the plan's DHCP
+// pool, which starts at network+15 in slirp4netns's plan). The protocol
+// and the lease table are package dhcp; here are only the sockets.
 //
 // Requests arrive at two gVisor UDP endpoints, bound to
 // 255.255.255.255:67 (DISCOVER, REQUEST in SELECTING/INIT-REBOOT/
@@ -29,32 +30,26 @@ import (
 // Ethernet destination must be chaddr (or broadcast), which a UDP socket
 // cannot choose.
 
-const (
-	// dhcpPoolOffset and dhcpPoolSize are libslirp's pool: network+15
-	// (vdhcp_start) and NB_BOOTP_CLIENTS addresses.
-	dhcpPoolOffset = 15
-	dhcpPoolSize   = 16
-)
-
 var broadcastMAC = tcpip.LinkAddress("\xff\xff\xff\xff\xff\xff")
 
 // bindDHCP creates the lease table and binds the server's endpoints.
 func (s *Stack) bindDHCP() error {
+	plan := &s.cfg.Plan
 	cfg := dhcp.Config{
-		Network:   s.net4,
-		ServerID:  s.gw4,
-		PoolStart: nthAddr(s.net4, dhcpPoolOffset),
-		PoolSize:  dhcpPoolSize,
+		Network:   plan.Net4,
+		ServerID:  plan.Gateway4,
+		PoolStart: plan.DHCPStart4,
+		PoolSize:  plan.DHCPSize,
 	}
 	if s.cfg.ServeDNS != nil {
-		cfg.DNS = []netip.Addr{s.dns4}
+		cfg.DNS = []netip.Addr{plan.DNS4}
 	}
 	srv, err := dhcp.NewServer(cfg)
 	if err != nil {
 		return err
 	}
 	s.dhcp = srv
-	for _, a := range []tcpip.Address{header.IPv4Broadcast, tcpipAddr(s.gw4)} {
+	for _, a := range []tcpip.Address{header.IPv4Broadcast, tcpipAddr(plan.Gateway4)} {
 		full := tcpip.FullAddress{NIC: nicID, Addr: a, Port: dhcp.ServerPort}
 		pc, err := gonet.DialUDP(s.gv, &full, nil, header.IPv4ProtocolNumber)
 		if err != nil {
@@ -101,8 +96,8 @@ func (s *Stack) serveDHCP(pc *gonet.UDPConn) {
 		s.write(outPacket{
 			mac:   mac,
 			proto: header.IPv4ProtocolNumber,
-			data: ipv4Packet(s.gw4, dst, header.UDPProtocolNumber,
-				udp4(netip.AddrPortFrom(s.gw4, dhcp.ServerPort), netip.AddrPortFrom(dst, dhcp.ClientPort), r.Msg.Marshal())),
+			data: ipv4Packet(s.cfg.Plan.Gateway4, dst, header.UDPProtocolNumber,
+				udp4(netip.AddrPortFrom(s.cfg.Plan.Gateway4, dhcp.ServerPort), netip.AddrPortFrom(dst, dhcp.ClientPort), r.Msg.Marshal())),
 		})
 	}
 }

@@ -250,7 +250,7 @@ func TestDHCPBroadcastFlagAndDisabledHostLoopback(t *testing.T) {
 func TestDHCPSlash25PoolStartsAt143(t *testing.T) {
 	goroutineLeakCheck(t)
 	cfg := testConfig(t)
-	cfg.Network = netip.MustParsePrefix("10.0.135.128/25")
+	cfg.Plan = slirpPlan(t, "10.0.135.128/25", false)
 	e := startEnv(t, cfg)
 	c := &dhcpClient{e: e, mac: "\x02\x00\x00\x00\x00\x0d", xid: 400}
 	// The reply comes from 10.0.135.130, which exchange checks is not

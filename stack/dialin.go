@@ -35,12 +35,12 @@ var errShutDown = errors.New("stack: shut down")
 
 // DialTCP opens a TCP connection from src to dst inside the virtual
 // network, as if src had connected to dst: the guest's accepted connection
-// sees src as its remote address. src must be the gateway (network+2,
-// fd00::2), the DNS address, or an address outside the virtual network
-// (a real client's); an invalid or unspecified src address means the
-// gateway. If src's port is 0 or in use, an ephemeral port is used. dst
-// must be a guest address of the virtual network (not ours), of the same
-// family as src.
+// sees src as its remote address. src must be the gateway (the plan's
+// Gateway4 or Gateway6), the DNS address, or an address outside the
+// virtual network (a real client's); an invalid or unspecified src address
+// means the gateway. If src's port is 0 or in use, an ephemeral port is
+// used. dst must be a guest address of the virtual network (not ours), of
+// the same family as src.
 //
 // The dial ends with ctx, and with the Stack's shutdown. The returned
 // *gonet.TCPConn wrapper honours deadlines and CloseWrite; it is closed
@@ -184,17 +184,17 @@ func (s *Stack) dialUDP(src, dst netip.AddrPort, exactSrc bool) (net.Conn, error
 func (s *Stack) checkDial(network string, src, dst netip.AddrPort) (netip.AddrPort, error) {
 	d := dst.Addr().Unmap()
 	dst = netip.AddrPortFrom(d, dst.Port())
-	inNet := s.net4.Contains(d) || (s.net6.IsValid() && s.net6.Contains(d))
+	plan := &s.cfg.Plan
 	switch {
-	case !inNet, s.isOwn(d), dst.Port() == 0,
-		d.Is4() && (d == s.net4.Addr() || d == lastAddr(s.net4)):
+	case !plan.Contains(d), s.isOwn(d), dst.Port() == 0,
+		d.Is4() && (d == plan.Net4.Addr() || d == plan.Broadcast4()):
 		return src, dialError(network, src, dst, fmt.Errorf("stack: %v is not a guest address of the virtual network", dst))
 	}
 	a := src.Addr().Unmap()
 	if !a.IsValid() || a.IsUnspecified() {
-		a = s.gw4
+		a = plan.Gateway4
 		if d.Is6() {
-			a = s.gw6
+			a = plan.Gateway6
 		}
 	}
 	src = netip.AddrPortFrom(a, src.Port())
@@ -202,7 +202,7 @@ func (s *Stack) checkDial(network string, src, dst netip.AddrPort) (netip.AddrPo
 	case a.Is4() != d.Is4():
 		return src, dialError(network, src, dst, errors.New("stack: source and destination are of different families"))
 	case s.isOwn(a):
-	case s.net4.Contains(a), s.net6.IsValid() && s.net6.Contains(a):
+	case plan.Contains(a):
 		// The guest would look for it on the link, where the link
 		// filter keeps it from finding anyone.
 		return src, dialError(network, src, dst, errors.New("stack: source is a guest address of the virtual network"))
@@ -233,9 +233,9 @@ func (s *Stack) newEndpoint(proto tcpip.TransportProtocolNumber, a netip.Addr, w
 // (spoofed) source would be the ARP request's sender address, and a guest
 // that filters ARP by sender (rp_filter, arp_filter) might not answer.
 func (s *Stack) resolveFromOwn(dst netip.Addr) {
-	local, proto := s.gw4, header.IPv4ProtocolNumber
+	local, proto := s.cfg.Plan.Gateway4, header.IPv4ProtocolNumber
 	if dst.Is6() {
-		local, proto = s.gw6, header.IPv6ProtocolNumber
+		local, proto = s.cfg.Plan.Gateway6, header.IPv6ProtocolNumber
 	}
 	// ErrWouldBlock (resolution started) and success are both fine; the
 	// connect that follows waits on the same neighbor entry.
@@ -287,17 +287,6 @@ func dialError(network string, src, dst netip.AddrPort, err error) error {
 		srcA, dstA = net.UDPAddrFromAddrPort(src), net.UDPAddrFromAddrPort(dst)
 	}
 	return &net.OpError{Op: "dial", Net: network, Source: srcA, Addr: dstA, Err: err}
-}
-
-// lastAddr returns the last (broadcast) address of an IPv4 prefix.
-func lastAddr(p netip.Prefix) netip.Addr {
-	a := p.Masked().Addr().As4()
-	bits := p.Bits()
-	for i := range 4 {
-		keep := min(max(bits-8*i, 0), 8)
-		a[i] |= byte(0xff >> keep)
-	}
-	return netip.AddrFrom4(a)
 }
 
 // dialedTCP is a connection made by DialTCP: a member of s.flows until

@@ -271,7 +271,7 @@ func TestDialPicksFreePortWhenSourcePortTakenOrZero(t *testing.T) {
 
 func TestDialRejectsAddressesOutsideTheGuestNetwork(t *testing.T) {
 	cfg := testConfig(t)
-	cfg.EnableIPv6 = true
+	cfg.Plan = testPlan(t, true)
 	_, stackLink := pipe.New(guestMAC, stackMAC, 1500) // no guest: validation fails before any packet
 	s, err := newStack(cfg, ethernet.New(stackLink))
 	if err != nil {
@@ -418,7 +418,7 @@ func TestDialUDPClosedGuestPortReadsRefused(t *testing.T) {
 func startDialEnv(t *testing.T, v6 bool) (*env, *redirect) {
 	t.Helper()
 	cfg := testConfig(t)
-	cfg.EnableIPv6 = v6
+	cfg.Plan = testPlan(t, v6)
 	d := &redirect{}
 	cfg.host = d
 	e := startEnv(t, cfg)

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/usernet/usernet/internal/testutil"
+	"github.com/usernet/usernet/netplan"
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -67,9 +68,23 @@ type env struct {
 // testConfig returns the slirp4netns defaults with logs to t.
 func testConfig(t testing.TB) Config {
 	return Config{
-		Network: netip.MustParsePrefix("10.0.2.0/24"),
-		Logf:    quietLogf(t),
+		Plan: testPlan(t, false),
+		Logf: quietLogf(t),
 	}
+}
+
+// testPlan is slirp4netns's plan for 10.0.2.0/24, with fd00::/64 if v6.
+func testPlan(t testing.TB, v6 bool) netplan.Plan {
+	return slirpPlan(t, "10.0.2.0/24", v6)
+}
+
+func slirpPlan(t testing.TB, cidr string, v6 bool) netplan.Plan {
+	t.Helper()
+	p, err := netplan.Slirp(netip.MustParsePrefix(cidr), v6)
+	if err != nil {
+		t.Fatalf("netplan.Slirp(%s, %v): %v", cidr, v6, err)
+	}
+	return p
 }
 
 // quietLogf logs through t until the test ends.
@@ -89,7 +104,7 @@ func startEnv(t testing.TB, cfg Config) *env {
 	ctx, cancel := context.WithCancel(context.Background())
 	e.cancel = cancel
 	go func() { e.runErr <- s.Run(ctx) }()
-	e.guest, e.sniff, e.ndp = newGuest(t, ethernet.New(guestLink), cfg.EnableIPv6)
+	e.guest, e.sniff, e.ndp = newGuest(t, ethernet.New(guestLink), cfg.Plan.IPv6())
 	t.Cleanup(func() {
 		e.stop(t)
 		e.guest.Destroy()

@@ -101,7 +101,7 @@ func (s *Stack) intercept(proto tcpip.NetworkProtocolNumber, pkt *gvstack.Packet
 	case header.IPv4ProtocolNumber:
 		return s.filterIPv4(pkt)
 	case header.IPv6ProtocolNumber:
-		if s.gw6.IsValid() {
+		if s.cfg.Plan.IPv6() {
 			return s.filterIPv6(pkt)
 		}
 	}
@@ -192,7 +192,7 @@ func (s *Stack) filterIPv4(pkt *gvstack.PacketBuffer) bool {
 		if ip.TransportProtocol() == header.TCPProtocolNumber && !fragmented {
 			s.noteSYN(pkt, src, dst, ihl)
 		}
-		if dst != s.gw4 || !s.cfg.DisableHostLoopback || !firstFragment {
+		if dst != s.cfg.Plan.Gateway4 || !s.cfg.DisableHostLoopback || !firstFragment {
 			return false
 		}
 		return s.gatewayUnreachable(pkt, header.IPv4ProtocolNumber, ip.TransportProtocol(), src, dst, ihl, total)
@@ -261,7 +261,7 @@ func (s *Stack) filterIPv6(pkt *gvstack.PacketBuffer) bool {
 		if tcpip.TransportProtocolNumber(ip.NextHeader()) == header.TCPProtocolNumber {
 			s.noteSYN(pkt, src, dst, hl)
 		}
-		if dst != s.gw6 || !s.cfg.DisableHostLoopback {
+		if dst != s.cfg.Plan.Gateway6 || !s.cfg.DisableHostLoopback {
 			return false
 		}
 		return s.gatewayUnreachable(pkt, header.IPv6ProtocolNumber, tcpip.TransportProtocolNumber(ip.NextHeader()), src, dst, hl, total)

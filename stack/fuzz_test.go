@@ -31,7 +31,7 @@ func FuzzGuestFrame(f *testing.F) {
 	ln := listenTCP(f, "tcp4", "127.0.0.1:0", echoServe)
 	echo := udpEchoServer(f, false)
 	cfg := testConfig(f)
-	cfg.EnableIPv6 = true
+	cfg.Plan = testPlan(f, true)
 	cfg.host = &redirect{}
 	// F's Logf may not be called while the fuzz target runs: keep the
 	// stack's last lines for a failure instead.

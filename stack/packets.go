@@ -14,11 +14,11 @@ import (
 // (the offending IP packet).
 func (s *Stack) netUnreachable(src netip.Addr, orig []byte) []byte {
 	if src.Is4() {
-		return dstUnreachable(s.gw4, src, uint8(header.ICMPv4NetUnreachable), orig)
+		return dstUnreachable(s.cfg.Plan.Gateway4, src, uint8(header.ICMPv4NetUnreachable), orig)
 	}
-	from := s.gw6
+	from := s.cfg.Plan.Gateway6
 	if src.IsLinkLocalUnicast() {
-		from = s.router6
+		from = s.cfg.Plan.Router6
 	}
 	return dstUnreachable(from, src, uint8(header.ICMPv6NetworkUnreachable), orig)
 }

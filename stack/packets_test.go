@@ -38,7 +38,7 @@ const goldenID = 0x1233
 func goldenStack(t *testing.T, mtu uint32, dns bool) *Stack {
 	t.Helper()
 	cfg := testConfig(t)
-	cfg.EnableIPv6 = true
+	cfg.Plan = testPlan(t, true)
 	cfg.MTU = mtu
 	if dns {
 		cfg.ServeDNS = func(ctx context.Context, pc net.PacketConn, ln net.Listener) error { <-ctx.Done(); return nil }

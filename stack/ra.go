@@ -31,7 +31,7 @@ var allNodes = netip.MustParseAddr("ff02::1")
 // start, periodically, and when the guest solicits one.
 func (s *Stack) controlLoop() {
 	var tick <-chan time.Time
-	if s.gw6.IsValid() {
+	if s.cfg.Plan.IPv6() {
 		s.sendRA()
 		t := time.NewTicker(s.cfg.raInterval)
 		defer t.Stop()
@@ -76,16 +76,16 @@ func (s *Stack) routerAdvert() []byte {
 	// padding.
 	before := header.NDPOptionsSerializer{header.NDPSourceLinkLayerAddressOption(s.mac)}
 	pi := make(header.NDPPrefixInformation, 30) // RFC 4861 §4.6.2 less type and length
-	pi[0] = byte(s.net6.Bits())
+	pi[0] = byte(s.cfg.Plan.Net6.Bits())
 	pi[1] = 0xc0 // on-link (L) and autonomous (A)
 	binary.BigEndian.PutUint32(pi[2:], raValidLifetime)
 	binary.BigEndian.PutUint32(pi[6:], raPrefLifetime)
-	copy(pi[14:], s.net6.Addr().AsSlice())
+	copy(pi[14:], s.cfg.Plan.Net6.Addr().AsSlice())
 	after := header.NDPOptionsSerializer{pi}
 	if s.cfg.ServeDNS != nil {
 		rdnss := make(header.NDPRecursiveDNSServer, 2+4+16) // reserved, lifetime, one address
 		binary.BigEndian.PutUint32(rdnss[2:], raRDNSSLifetime)
-		copy(rdnss[6:], s.dns6.AsSlice())
+		copy(rdnss[6:], s.cfg.Plan.DNS6.AsSlice())
 		after = append(after, rdnss)
 	}
 	const mtuOptionSize = 8
@@ -103,6 +103,6 @@ func (s *Stack) routerAdvert() []byte {
 	binary.BigEndian.PutUint32(opts[4:], s.cfg.MTU)
 	header.NDPOptions(opts[mtuOptionSize:]).Serialize(after)
 
-	ra.SetChecksum(icmpv6Checksum(s.router6, allNodes, ra))
-	return ipv6Packet(s.router6, allNodes, header.ICMPv6ProtocolNumber, 255, ra)
+	ra.SetChecksum(icmpv6Checksum(s.cfg.Plan.Router6, allNodes, ra))
+	return ipv6Packet(s.cfg.Plan.Router6, allNodes, header.ICMPv6ProtocolNumber, 255, ra)
 }

@@ -56,8 +56,9 @@ func (s *Stack) route(dst netip.AddrPort) (netip.AddrPort, verdict) {
 		// IPv6 socket API; nothing legitimate sends these on the wire.
 		return netip.AddrPort{}, reject
 	}
+	plan := &s.cfg.Plan
 	switch {
-	case a == s.gw4 || (s.gw6.IsValid() && a == s.gw6):
+	case a == plan.Gateway4 || (plan.Gateway6.IsValid() && a == plan.Gateway6):
 		if s.cfg.DisableHostLoopback {
 			return netip.AddrPort{}, unreachable
 		}
@@ -66,14 +67,14 @@ func (s *Stack) route(dst netip.AddrPort) (netip.AddrPort, verdict) {
 			lo = hostLoopback6
 		}
 		return netip.AddrPortFrom(lo, dst.Port()), forward
-	case a == s.dns4 || (s.dns6.IsValid() && a == s.dns6):
+	case a == plan.DNS4 || (plan.DNS6.IsValid() && a == plan.DNS6):
 		// The DNS listeners, when there are any, took their packets
 		// before the forwarders saw them.
 		if dst.Port() == 53 {
 			return netip.AddrPort{}, silent
 		}
 		return netip.AddrPort{}, reject
-	case s.net4.Contains(a), s.net6.IsValid() && s.net6.Contains(a):
+	case plan.Contains(a):
 		return netip.AddrPort{}, reject
 	case !a.IsValid(), a.IsUnspecified(), a.IsLoopback(), a.IsMulticast(),
 		a.IsLinkLocalUnicast() && a.Is6(), // needs a zone; never the host's business
@@ -112,10 +113,4 @@ func protoOf(a netip.Addr) tcpip.NetworkProtocolNumber {
 
 // isOwn reports whether a is one of the stack's own addresses, which the
 // stack answers itself (ARP, neighbor discovery, echo).
-func (s *Stack) isOwn(a netip.Addr) bool {
-	if !a.IsValid() {
-		return false
-	}
-	return a == s.gw4 || a == s.dns4 ||
-		(s.gw6.IsValid() && (a == s.gw6 || a == s.dns6 || a == s.router6))
-}
+func (s *Stack) isOwn(a netip.Addr) bool { return s.cfg.Plan.IsOwn(a) }

@@ -61,6 +61,7 @@ import (
 
 	"github.com/usernet/usernet/dhcp"
 	"github.com/usernet/usernet/link"
+	"github.com/usernet/usernet/netplan"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -89,15 +90,11 @@ type Config struct {
 	// 64 KiB with partial checksums, both ways (package link).
 	VnetHdr bool
 
-	// Network is the IPv4 virtual network, e.g. 10.0.2.0/24. The gateway
-	// is network+2 (reaches the host's 127.0.0.1 unless
-	// DisableHostLoopback), the DNS address network+3, the recommended
-	// guest address network+100.
-	Network netip.Prefix
-
-	// EnableIPv6 turns on fd00::/64: router advertisements for SLAAC,
-	// fd00::2 → host ::1, fd00::3 DNS, IPv6 forwarding to host sockets.
-	EnableIPv6 bool
+	// Plan is the addresses of the virtual network. Required; New
+	// validates it. The gateway reaches the host's 127.0.0.1 (and, with
+	// IPv6, ::1) unless DisableHostLoopback. IPv6 in the plan turns on
+	// router advertisements for SLAAC and IPv6 forwarding to host sockets.
+	Plan netplan.Plan
 
 	// DisableHostLoopback makes connections to the gateway fail with ICMP
 	// network unreachable instead of reaching the host loopback. Ping to
@@ -109,15 +106,15 @@ type Config struct {
 	OutboundAddr, OutboundAddr6 netip.Addr
 
 	// ServeDNS, when not nil, is called by Run once per address family
-	// with a packet conn and a listener bound to DNS:53 inside the virtual
-	// network (network+3, and fd00::3 with EnableIPv6). It must return
-	// when ctx ends. nil means --disable-dns: DNS:53 gets no answer.
+	// with a packet conn and a listener bound to port 53 of the plan's
+	// DNS4 (and DNS6). It must return when ctx ends. nil means
+	// --disable-dns: DNS:53 gets no answer.
 	ServeDNS func(ctx context.Context, pc net.PacketConn, ln net.Listener) error
 
 	// DisableDHCP turns off the DHCP server. By default (as with
-	// slirp4netns) a guest that does not configure itself gets
-	// network+15, +16, ... +30 with router network+2 and, when DNS is
-	// served, DNS network+3 (dhcp.go).
+	// slirp4netns) a guest that does not configure itself gets an address
+	// of the plan's DHCP pool with router Gateway4 and, when DNS is
+	// served, DNS DNS4 (dhcp.go).
 	DisableDHCP bool
 
 	// DialTimeout bounds each outbound TCP dial. 0 means 30s.
@@ -172,12 +169,6 @@ type Stack struct {
 	link *filterLink
 	tap  *os.File // nil with a test link
 	mac  tcpip.LinkAddress
-
-	// Addresses of the virtual network. The *6 fields are invalid without
-	// EnableIPv6.
-	net4, net6         netip.Prefix
-	gw4, dns4          netip.Addr
-	gw6, dns6, router6 netip.Addr // fd00::2, fd00::3, fe80::2
 
 	// ctx is alive from New until teardown begins (Run's ctx ends, the
 	// tap fails, or Close); every flow derives from it. cancel records why.
@@ -236,14 +227,14 @@ func New(cfg Config) (*Stack, error) {
 	if cfg.Tap == nil {
 		return nil, errors.New("stack: Config.Tap is nil")
 	}
-	if err := validateNetwork(cfg.Network); err != nil {
-		return nil, err
+	if err := cfg.Plan.Validate(); err != nil {
+		return nil, fmt.Errorf("stack: %w", err)
 	}
 	mtu := cfg.MTU
 	if mtu == 0 {
 		mtu = defaultMTU
 	}
-	mac := macFor(cfg.Network)
+	mac := macFor(cfg.Plan.Gateway4)
 	// s is set before Run attaches the link, the only way onError can be
 	// called.
 	var s *Stack
@@ -291,8 +282,8 @@ func newStack(cfg Config, link gvstack.LinkEndpoint) (*Stack, error) {
 	if cfg.raInterval <= 0 {
 		cfg.raInterval = defaultRAInterval
 	}
-	if err := validateNetwork(cfg.Network); err != nil {
-		return nil, err
+	if err := cfg.Plan.Validate(); err != nil {
+		return nil, fmt.Errorf("stack: %w", err)
 	}
 	if cfg.OutboundAddr.IsValid() && !cfg.OutboundAddr.Unmap().Is4() {
 		return nil, fmt.Errorf("stack: OutboundAddr %v is not IPv4", cfg.OutboundAddr)
@@ -308,18 +299,9 @@ func newStack(cfg Config, link gvstack.LinkEndpoint) (*Stack, error) {
 	s := &Stack{
 		cfg:    cfg,
 		logf:   logf,
-		net4:   cfg.Network.Masked(),
 		ctl:    make(chan outPacket, 64),
 		raKick: make(chan struct{}, 1),
 		done:   make(chan struct{}),
-	}
-	s.gw4 = nthAddr(s.net4, 2)
-	s.dns4 = nthAddr(s.net4, 3)
-	if cfg.EnableIPv6 {
-		s.net6 = netip.MustParsePrefix("fd00::/64")
-		s.gw6 = netip.MustParseAddr("fd00::2")
-		s.dns6 = netip.MustParseAddr("fd00::3")
-		s.router6 = netip.MustParseAddr("fe80::2")
 	}
 	s.ctx, s.cancel = context.WithCancelCause(context.Background())
 	s.ping.flows = make(map[pingKey]*pingFlow)
@@ -337,8 +319,9 @@ func newStack(cfg Config, link gvstack.LinkEndpoint) (*Stack, error) {
 
 // build assembles the gVisor stack. On error the caller destroys s.gv.
 func (s *Stack) build(link gvstack.LinkEndpoint) error {
+	plan := &s.cfg.Plan
 	netProtos := []gvstack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol}
-	if s.cfg.EnableIPv6 {
+	if plan.IPv6() {
 		// The zero Options are what a router wants: no DAD on our own
 		// addresses (they are ours by definition, and DAD would delay
 		// them), no RA handling, no SLAAC, no router solicitations.
@@ -395,16 +378,16 @@ func (s *Stack) build(link gvstack.LinkEndpoint) error {
 	}
 
 	addrs := []netip.Prefix{
-		netip.PrefixFrom(s.gw4, s.net4.Bits()),
-		netip.PrefixFrom(s.dns4, s.net4.Bits()),
+		netip.PrefixFrom(plan.Gateway4, plan.Net4.Bits()),
+		netip.PrefixFrom(plan.DNS4, plan.Net4.Bits()),
 	}
 	// Everything is on-link: the only neighbor is the namespace.
 	routes := []tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: nicID}}
-	if s.cfg.EnableIPv6 {
+	if plan.IPv6() {
 		addrs = append(addrs,
-			netip.PrefixFrom(s.gw6, 64),
-			netip.PrefixFrom(s.dns6, 64),
-			netip.PrefixFrom(s.router6, 64))
+			netip.PrefixFrom(plan.Gateway6, plan.Net6.Bits()),
+			netip.PrefixFrom(plan.DNS6, plan.Net6.Bits()),
+			netip.PrefixFrom(plan.Router6, plan.Net6.Bits()))
 		routes = append(routes, tcpip.Route{Destination: header.IPv6EmptySubnet, NIC: nicID})
 	}
 	for _, p := range addrs {
@@ -430,9 +413,9 @@ func (s *Stack) build(link gvstack.LinkEndpoint) error {
 	}
 
 	if s.cfg.ServeDNS != nil {
-		dns := []netip.Addr{s.dns4}
-		if s.cfg.EnableIPv6 {
-			dns = append(dns, s.dns6)
+		dns := []netip.Addr{plan.DNS4}
+		if plan.IPv6() {
+			dns = append(dns, plan.DNS6)
 		}
 		for _, a := range dns {
 			full := tcpip.FullAddress{NIC: nicID, Addr: tcpipAddr(a), Port: 53}
@@ -529,36 +512,9 @@ func (s *Stack) shutdown() {
 	})
 }
 
-// validateNetwork applies slirp4netns's --cidr rules: an IPv4 network
-// address with a prefix length of 1–25 (room for +100).
-func validateNetwork(p netip.Prefix) error {
-	if !p.IsValid() || !p.Addr().Is4() {
-		return fmt.Errorf("stack: Network %v is not an IPv4 prefix", p)
-	}
-	if p.Bits() < 1 || p.Bits() > 25 {
-		return fmt.Errorf("stack: Network %v: prefix length needs to be 1-25", p)
-	}
-	if p.Masked() != p {
-		return fmt.Errorf("stack: Network %v needs to be a network address like %v", p, p.Masked())
-	}
-	return nil
-}
-
-// nthAddr returns the n-th address of p (n small).
-func nthAddr(p netip.Prefix, n int) netip.Addr {
-	a := p.Masked().Addr()
-	for range n {
-		a = a.Next()
-	}
-	return a
-}
-
 // macFor returns the stack's MAC: 52:55 followed by the gateway's IPv4
 // address, the shape libslirp uses for its virtual hosts.
-func macFor(network netip.Prefix) tcpip.LinkAddress {
-	gw := [4]byte{10, 0, 2, 2}
-	if network.IsValid() && network.Addr().Is4() {
-		gw = nthAddr(network, 2).As4()
-	}
+func macFor(gw4 netip.Addr) tcpip.LinkAddress {
+	gw := gw4.As4()
 	return tcpip.LinkAddress([]byte{0x52, 0x55, gw[0], gw[1], gw[2], gw[3]})
 }

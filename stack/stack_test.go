@@ -250,7 +250,7 @@ func TestVirtualNetworkNeverDialed(t *testing.T) {
 		return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), portOf(ln.Addr())), nil
 	}}
 	cfg := testConfig(t)
-	cfg.EnableIPv6 = true
+	cfg.Plan = testPlan(t, true)
 	cfg.host = d
 	e := startEnv(t, cfg)
 	waitSLAAC(t, e)
@@ -302,9 +302,7 @@ func TestVirtualNetworkNeverDialed(t *testing.T) {
 }
 
 func TestRouteTable(t *testing.T) {
-	s := &Stack{cfg: Config{}, net4: netip.MustParsePrefix("10.0.2.0/24"),
-		gw4: gw4, dns4: dns4, net6: netip.MustParsePrefix("fd00::/64"), gw6: gw6, dns6: dns6,
-		router6: netip.MustParseAddr("fe80::2")}
+	s := &Stack{cfg: Config{Plan: testPlan(t, true)}}
 	for _, tc := range []struct {
 		dst  string
 		want verdict
@@ -470,7 +468,7 @@ func TestPingOutsideForwarded(t *testing.T) {
 	needPingSockets(t)
 	d := &redirect{to: toLoopback}
 	cfg := testConfig(t)
-	cfg.EnableIPv6 = true
+	cfg.Plan = testPlan(t, true)
 	cfg.host = d
 	e := startEnv(t, cfg)
 
@@ -543,7 +541,7 @@ func TestIPv6RouterAdvertisementSLAACAndLoopback(t *testing.T) {
 	goroutineLeakCheck(t)
 	ln := listenTCP(t, "tcp6", "[::1]:0", echoServe)
 	cfg := testConfig(t)
-	cfg.EnableIPv6 = true
+	cfg.Plan = testPlan(t, true)
 	cfg.ServeDNS = func(ctx context.Context, pc net.PacketConn, ln net.Listener) error { <-ctx.Done(); return nil }
 	e := startEnv(t, cfg)
 
@@ -654,7 +652,7 @@ func countRAs(e *env) int {
 func TestNeighborsAnsweredOnlyForOwnAddresses(t *testing.T) {
 	goroutineLeakCheck(t)
 	cfg := testConfig(t)
-	cfg.EnableIPv6 = true
+	cfg.Plan = testPlan(t, true)
 	e := startEnv(t, cfg)
 	resolve := func(a netip.Addr) error {
 		ch := make(chan error, 1)
@@ -723,7 +721,7 @@ func TestNeighborsAnsweredOnlyForOwnAddresses(t *testing.T) {
 func TestDNSListenersServedAndAnswered(t *testing.T) {
 	goroutineLeakCheck(t)
 	cfg := testConfig(t)
-	cfg.EnableIPv6 = true
+	cfg.Plan = testPlan(t, true)
 	var mu sync.Mutex
 	served := map[string]bool{}
 	cfg.ServeDNS = func(ctx context.Context, pc net.PacketConn, ln net.Listener) error {
@@ -840,7 +838,7 @@ func TestMalformedPacketsDoNotHurt(t *testing.T) {
 	goroutineLeakCheck(t)
 	ln := listenTCP(t, "tcp4", "127.0.0.1:0", echoServe)
 	cfg := testConfig(t)
-	cfg.EnableIPv6 = true
+	cfg.Plan = testPlan(t, true)
 	cfg.host = &redirect{}
 	e := startEnv(t, cfg)
 
@@ -912,7 +910,7 @@ func TestShutdownClosesFlowsAndReturns(t *testing.T) {
 	t.Cleanup(func() { pc.Close() })
 
 	cfg := testConfig(t)
-	cfg.EnableIPv6 = true
+	cfg.Plan = testPlan(t, true)
 	cfg.ServeDNS = func(ctx context.Context, pc net.PacketConn, ln net.Listener) error {
 		// A ServeDNS that ignores ctx: Run must still unblock it.
 		buf := make([]byte, 512)
@@ -996,22 +994,22 @@ func TestCloseWithoutRun(t *testing.T) {
 }
 
 func TestNewValidates(t *testing.T) {
+	bad := testPlan(t, false)
+	bad.Guest4 = bad.Gateway4
 	for _, tc := range []struct {
 		name string
 		cfg  Config
 	}{
-		{"no network", Config{}},
-		{"host address", Config{Network: netip.MustParsePrefix("10.0.2.100/24")}},
-		{"prefix too long", Config{Network: netip.MustParsePrefix("10.0.2.0/26")}},
-		{"ipv6 network", Config{Network: netip.MustParsePrefix("fd00::/64")}},
-		{"outbound v6 as v4", Config{Network: netip.MustParsePrefix("10.0.2.0/24"), OutboundAddr: netip.MustParseAddr("::1")}},
+		{"no plan", Config{}},
+		{"inconsistent plan", Config{Plan: bad}},
+		{"outbound v6 as v4", Config{Plan: testPlan(t, false), OutboundAddr: netip.MustParseAddr("::1")}},
 	} {
 		if s, err := newStack(tc.cfg, nil); err == nil {
 			s.Close()
 			t.Errorf("%s: newStack(%+v) succeeded, want an error", tc.name, tc.cfg)
 		}
 	}
-	if _, err := New(Config{Network: netip.MustParsePrefix("10.0.2.0/24")}); err == nil {
+	if _, err := New(Config{Plan: testPlan(t, false)}); err == nil {
 		t.Errorf("New without Tap succeeded")
 	}
 }
@@ -1056,7 +1054,7 @@ func TestUDPFastPath(t *testing.T) {
 			pc := udpEchoServer(t, v6)
 			cfg := testConfig(t)
 			cfg.udpIdle = 300 * time.Millisecond
-			cfg.EnableIPv6 = v6
+			cfg.Plan = testPlan(t, v6)
 			e := startEnv(t, cfg)
 			gw := gw4
 			if v6 {

@@ -308,9 +308,9 @@ func (s *Stack) guestVisible(from netip.AddrPort, v6 bool) (netip.AddrPort, bool
 	}
 	switch {
 	case a == hostLoopback4 && !s.cfg.DisableHostLoopback:
-		return netip.AddrPortFrom(s.gw4, from.Port()), true
-	case a == hostLoopback6 && s.gw6.IsValid() && !s.cfg.DisableHostLoopback:
-		return netip.AddrPortFrom(s.gw6, from.Port()), true
+		return netip.AddrPortFrom(s.cfg.Plan.Gateway4, from.Port()), true
+	case a == hostLoopback6 && s.cfg.Plan.IPv6() && !s.cfg.DisableHostLoopback:
+		return netip.AddrPortFrom(s.cfg.Plan.Gateway6, from.Port()), true
 	case s.isOwn(a):
 		return netip.AddrPort{}, false
 	}

@@ -75,7 +75,7 @@ func TestUDPReplyFromOtherPort(t *testing.T) {
 // TestGuestVisible: which host addresses the guest may see datagrams from, and as what.
 func TestGuestVisible(t *testing.T) {
 	cfg := testConfig(t)
-	cfg.EnableIPv6 = true
+	cfg.Plan = testPlan(t, true)
 	e := startEnv(t, cfg)
 	ap := netip.MustParseAddrPort
 	none := netip.AddrPort{}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/usernet/usernet/netplan"
 	"github.com/usernet/usernet/portfwd"
 	"github.com/usernet/usernet/sandbox"
 	"github.com/usernet/usernet/tap"
@@ -22,9 +23,8 @@ type options struct {
 	configure           bool
 	exitFD, readyFD     int // -1: none
 	mtu                 int
-	enableIPv6          bool
 	apiSocket           string
-	cidr                netip.Prefix
+	plan                netplan.Plan // from --cidr and --enable-ipv6; every address comes from here
 	disableHostLoopback bool
 	netnsType           string // "pid" or "path"
 	usernsPath          string
@@ -66,7 +66,7 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	fs.IntVarP(&o.exitFD, "exit-fd", "e", -1, "specify the FD for terminating usernet")
 	fs.IntVarP(&o.readyFD, "ready-fd", "r", -1, "specify the FD to write to when the network is configured")
 	fs.IntVarP(&o.mtu, "mtu", "m", defaultMTU, "specify MTU (default=1500, max=65521)")
-	fs.BoolVarP(&o.enableIPv6, "enable-ipv6", "6", false, "enable IPv6")
+	fs.BoolP("enable-ipv6", "6", false, "enable IPv6")
 	fs.StringVarP(&o.apiSocket, "api-socket", "a", "", "specify API socket path")
 	fs.String("cidr", "10.0.2.0/24", "specify network address CIDR (default=10.0.2.0/24)")
 	fs.BoolVar(&o.disableHostLoopback, "disable-host-loopback", false, "prohibit connecting to 127.0.0.1:* on the host namespace")
@@ -153,11 +153,16 @@ func parseFlagsMode(argv []string, out io.Writer, positional int, interspersed b
 		return nil, nil, errors.New("ready-fd must be a non-negative integer")
 	}
 	cidr, _ := fs.GetString("cidr")
-	p, err := parseCIDR(cidr)
-	if err != nil {
+	ipv6, _ := fs.GetBool("enable-ipv6")
+	p, err := netip.ParsePrefix(cidr)
+	if err != nil || !p.Addr().Is4() {
+		// slirp4netns's text, with the flag as given (netplan.Slirp
+		// would print the prefix in its canonical form).
+		return nil, nil, fmt.Errorf("invalid CIDR: %s", cidr)
+	}
+	if o.plan, err = netplan.Slirp(p, ipv6); err != nil {
 		return nil, nil, err
 	}
-	o.cidr = p
 	if mac, _ := fs.GetString("macaddress"); mac != "" {
 		if !o.configure && positional > 0 {
 			return nil, nil, &usageError{"--macaddr cannot be specified when --configure or -c is not specified"}
@@ -220,20 +225,4 @@ func parseFlagsMode(argv []string, out io.Writer, positional int, interspersed b
 	}
 	o.tapName = args[1]
 	return o, nil, nil
-}
-
-// parseCIDR checks --cidr with slirp4netns's messages.
-func parseCIDR(s string) (netip.Prefix, error) {
-	p, err := netip.ParsePrefix(s)
-	if err != nil || !p.Addr().Is4() {
-		return netip.Prefix{}, fmt.Errorf("invalid CIDR: %s", s)
-	}
-	if p.Bits() < 1 || p.Bits() > 25 {
-		return netip.Prefix{}, errors.New("prefix length needs to be 1-25")
-	}
-	if p.Masked() != p {
-		// slirp4netns prints this fixed text whatever the input.
-		return netip.Prefix{}, errors.New("CIDR needs to be a network address like 10.0.2.0/24, not like 10.0.2.100/24")
-	}
-	return p, nil
 }

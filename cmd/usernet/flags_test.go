@@ -21,14 +21,14 @@ func TestParseFlagsSlirp4netnsForms(t *testing.T) {
 	}{
 		{"rootlesskit", []string{"--mtu", "65520", "-r", "3", "--disable-host-loopback", "--cidr", "10.0.135.128/25", "1234", "tap0"},
 			func(o *options) string {
-				if o.mtu != 65520 || o.readyFD != 3 || !o.disableHostLoopback || o.cidr != netip.MustParsePrefix("10.0.135.128/25") || o.pid != 1234 || o.tapName != "tap0" || o.configure {
+				if o.mtu != 65520 || o.readyFD != 3 || !o.disableHostLoopback || o.plan.Net4 != netip.MustParsePrefix("10.0.135.128/25") || o.plan.IPv6() || o.pid != 1234 || o.tapName != "tap0" || o.configure {
 					return "fields"
 				}
 				return ""
 			}},
 		{"podman", []string{"--disable-host-loopback", "--mtu=65520", "--enable-ipv6", "-c", "-e", "3", "-r", "4", "--netns-type=path", "/run/user/1000/netns/x", "tap0"},
 			func(o *options) string {
-				if !o.configure || o.exitFD != 3 || o.readyFD != 4 || !o.enableIPv6 || o.path != "/run/user/1000/netns/x" || o.pid != 0 {
+				if !o.configure || o.exitFD != 3 || o.readyFD != 4 || !o.plan.IPv6() || o.path != "/run/user/1000/netns/x" || o.pid != 0 {
 					return "fields"
 				}
 				return ""
@@ -42,7 +42,7 @@ func TestParseFlagsSlirp4netnsForms(t *testing.T) {
 			}},
 		{"defaults", []string{"1", "tap0"},
 			func(o *options) string {
-				if o.mtu != 1500 || o.exitFD != -1 || o.readyFD != -1 || o.cidr.String() != "10.0.2.0/24" || o.netnsType != "pid" || o.resolvConf != "/etc/resolv.conf" {
+				if o.mtu != 1500 || o.exitFD != -1 || o.readyFD != -1 || o.plan.Net4.String() != "10.0.2.0/24" || o.plan.Guest4.String() != "10.0.2.100" || o.plan.IPv6() || o.netnsType != "pid" || o.resolvConf != "/etc/resolv.conf" {
 					return "defaults"
 				}
 				return ""
@@ -133,14 +133,80 @@ func TestRunFlagsStopAtCommand(t *testing.T) {
 	}
 }
 
-func TestAddresses(t *testing.T) {
-	a := addressesOf(netip.MustParsePrefix("10.0.135.128/25"))
-	if a.guest.String() != "10.0.135.228" || a.gateway.String() != "10.0.135.130" || a.dns.String() != "10.0.135.131" || a.netmask.String() != "255.255.255.128" {
-		t.Fatalf("addressesOf(10.0.135.128/25) = %+v", a)
+// TestPrintSettings pins the settings block, byte for byte as slirp4netns
+// prints it (callers parse it), for a rootlesskit-like /25 with IPv6 and
+// for a /16 without DNS.
+func TestPrintSettings(t *testing.T) {
+	for _, tt := range []struct {
+		argv []string
+		want string
+	}{
+		{[]string{"--cidr=10.0.135.128/25", "-6", "--mtu=65520", "--api-socket=/tmp/api.sock", "1", "tap0"}, `Starting slirp
+* MTU:             65520
+* Network:         10.0.135.128
+* Netmask:         255.255.255.128
+* Gateway:         10.0.135.130
+* DNS:             10.0.135.131
+* DNS upstream:    127.0.0.53:53
+* DHCP begin:      10.0.135.143
+* DHCP end:        10.0.135.158
+* Recommended IP:  10.0.135.228
+* API Socket:      /tmp/api.sock
+* Outbound IPv4:    192.0.2.9
+* Outbound IPv6:    2001:db8::9
+* IPv6 network:    fd00::/64 (gateway fd00::2, DNS fd00::3)
+WARNING: 127.0.0.1:* on the host is accessible as 10.0.135.130 (set --disable-host-loopback to prohibit connecting to 127.0.0.1:*)
+`},
+		{[]string{"--cidr=192.168.0.0/16", "--disable-dns", "--disable-host-loopback", "1", "tap0"}, `Starting slirp
+* MTU:             1500
+* Network:         192.168.0.0
+* Netmask:         255.255.0.0
+* Gateway:         192.168.0.2
+* DHCP begin:      192.168.0.15
+* DHCP end:        192.168.0.30
+* Recommended IP:  192.168.0.100
+* Outbound IPv4:    192.0.2.9
+* Outbound IPv6:    2001:db8::9
+`},
+	} {
+		o, _, err := parseFlags(tt.argv, &bytes.Buffer{}, 2)
+		if err != nil {
+			t.Fatalf("parseFlags(%q): %v", tt.argv, err)
+		}
+		p := &prepared{upstream: netip.MustParseAddrPort("127.0.0.53:53"), out4: netip.MustParseAddr("192.0.2.9"), out6: netip.MustParseAddr("2001:db8::9")}
+		var out bytes.Buffer
+		printSettings(&out, o, p)
+		if out.String() != tt.want {
+			t.Errorf("printSettings for %q:\n%s\nwant:\n%s", tt.argv, out.String(), tt.want)
+		}
 	}
-	a = addressesOf(netip.MustParsePrefix("10.0.2.0/24"))
-	if a.guest.String() != "10.0.2.100" || a.gateway.String() != "10.0.2.2" || a.dns.String() != "10.0.2.3" || a.dhcpStart.String() != "10.0.2.15" {
-		t.Fatalf("addressesOf(10.0.2.0/24) = %+v", a)
+}
+
+// TestUpstreamOutside: an upstream inside the virtual network (which the
+// forwarder would dial on the host's network) is refused; fd00::/64 is the
+// virtual network only with IPv6 on.
+func TestUpstreamOutside(t *testing.T) {
+	for _, tt := range []struct {
+		argv     []string
+		upstream string
+		refused  bool
+	}{
+		{[]string{"1", "tap0"}, "10.0.2.3:53", true},
+		{[]string{"1", "tap0"}, "10.0.2.250:53", true},
+		{[]string{"1", "tap0"}, "10.0.3.3:53", false},
+		{[]string{"1", "tap0"}, "127.0.0.53:53", false},
+		{[]string{"-6", "1", "tap0"}, "[fd00::3]:53", true},
+		{[]string{"1", "tap0"}, "[fd00::3]:53", false},
+		{[]string{"--cidr=10.0.135.128/25", "1", "tap0"}, "10.0.2.3:53", false},
+	} {
+		o, _, err := parseFlags(tt.argv, &bytes.Buffer{}, 2)
+		if err != nil {
+			t.Fatalf("parseFlags(%q): %v", tt.argv, err)
+		}
+		err = upstreamOutside(o.plan)(netip.MustParseAddrPort(tt.upstream))
+		if (err != nil) != tt.refused {
+			t.Errorf("%q: upstream %s: %v; want refused %v", tt.argv, tt.upstream, err, tt.refused)
+		}
 	}
 }
 

@@ -33,9 +33,9 @@ func runMain(argv []string, stdout, stderr io.Writer) int {
 	o.tapName = "tap0"
 	resolv := ""
 	if !o.disableDNS {
-		resolv = "nameserver " + addressesOf(o.cidr).dns.String() + "\n"
-		if o.enableIPv6 {
-			resolv += "nameserver fd00::3\n"
+		resolv = "nameserver " + o.plan.DNS4.String() + "\n"
+		if o.plan.IPv6() {
+			resolv += "nameserver " + o.plan.DNS6.String() + "\n"
 		}
 	}
 	child, err := nsrun.Start(args, resolv)

@@ -14,6 +14,7 @@ import (
 	"github.com/usernet/usernet/apisock"
 	"github.com/usernet/usernet/dns"
 	"github.com/usernet/usernet/internal/pollfd"
+	"github.com/usernet/usernet/netplan"
 	"github.com/usernet/usernet/nsjoin"
 	"github.com/usernet/usernet/portfwd"
 	"github.com/usernet/usernet/stack"
@@ -79,7 +80,7 @@ func prepare(ctx context.Context, o *options, t nsjoin.Target, out output) (_ *p
 		if err != nil {
 			return nil, err
 		}
-		if err := upstreamOutside(o)(p.upstream); err != nil {
+		if err := upstreamOutside(o.plan)(p.upstream); err != nil {
 			return nil, fmt.Errorf("%w; set --dns-upstream", err)
 		}
 		if o.dnsUpstream == "" {
@@ -115,12 +116,11 @@ func prepare(ctx context.Context, o *options, t nsjoin.Target, out output) (_ *p
 		Announce:  out.announce,
 	}
 	if o.configure {
-		addrs := addressesOf(o.cidr)
 		req.Config = tap.Config{
 			MTU:     o.mtu,
 			MAC:     o.mac,
-			Addr:    netip.PrefixFrom(addrs.guest, o.cidr.Bits()),
-			Gateway: addrs.gateway,
+			Addr:    netip.PrefixFrom(o.plan.Guest4, o.plan.Net4.Bits()),
+			Gateway: o.plan.Gateway4,
 		}
 	}
 	if p.tap, err = nsjoin.OpenTap(ctx, t, req); err != nil {
@@ -165,7 +165,7 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		fwd, err := dns.New(dns.Config{
 			Upstream:   p.upstream,
 			ResolvConf: p.resolvConf,
-			Check:      upstreamOutside(o),
+			Check:      upstreamOutside(o.plan),
 			Logf:       logf,
 		})
 		if err != nil {
@@ -177,8 +177,7 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		Tap:                 p.tap,
 		MTU:                 uint32(o.mtu),
 		VnetHdr:             p.vnetHdr,
-		Network:             o.cidr,
-		EnableIPv6:          o.enableIPv6,
+		Plan:                o.plan,
 		DisableHostLoopback: o.disableHostLoopback,
 		OutboundAddr:        p.out4,
 		OutboundAddr6:       p.out6,
@@ -189,22 +188,10 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		return fmt.Errorf("netstack: %w", err) // close closes the tap
 	}
 	p.tap = nil // the stack owns it now
-	addrs := addressesOf(o.cidr)
 
 	// Port forwarding: the registry dials into the namespace through the
 	// stack; static --publish forwards are bound now, API ones on request.
-	fwdCfg := portfwd.Config{
-		Dialer:   st,
-		Guest4:   addrs.guest,
-		Gateway4: addrs.gateway,
-		Net4:     o.cidr,
-		Logf:     logf,
-	}
-	if o.enableIPv6 {
-		fwdCfg.Net6 = ipv6Net
-		fwdCfg.Gateway6 = netip.MustParseAddr("fd00::2")
-	}
-	reg := portfwd.New(fwdCfg)
+	reg := portfwd.New(portfwd.Config{Dialer: st, Plan: o.plan, Logf: logf})
 	for _, r := range o.publish {
 		if _, err := reg.Add(ctx, r); err != nil {
 			st.Close()
@@ -222,7 +209,7 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		}
 		p.api = nil // the server owns it now
 	}
-	printSettings(out.stdout, o, addrs, p)
+	printSettings(out.stdout, o, p)
 	if o.enableSeccomp {
 		printSeccomp(out.stdout, p.resolvConf != "")
 	}
@@ -297,9 +284,6 @@ func closeRegistry(r *portfwd.Registry) {
 	r.Run(ctx)
 }
 
-// ipv6Net is the virtual IPv6 network (fixed, as in slirp4netns).
-var ipv6Net = netip.MustParsePrefix("fd00::/64")
-
 // lineLogger returns a Logf that writes one line per call to w.
 func lineLogger(w io.Writer) func(string, ...any) {
 	var mu sync.Mutex
@@ -321,45 +305,21 @@ func inheritedFD(fd int, name string) (*os.File, error) {
 	return os.NewFile(uintptr(fd), name), nil
 }
 
-// addresses of the virtual network, as slirp4netns derives them.
-type addresses struct {
-	network, gateway, dns, guest, dhcpStart netip.Addr
-	netmask                                 net.IP
-}
-
-func addressesOf(p netip.Prefix) addresses {
-	n := p.Masked().Addr()
-	return addresses{
-		network:   n,
-		gateway:   addN(n, 2),
-		dns:       addN(n, 3),
-		dhcpStart: addN(n, 15),
-		guest:     addN(n, 100),
-		netmask:   net.IP(net.CIDRMask(p.Bits(), 32)),
-	}
-}
-
-func addN(a netip.Addr, n uint32) netip.Addr {
-	b := a.As4()
-	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
-	v += n
-	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
-}
-
-func printSettings(w io.Writer, o *options, a addresses, p *prepared) {
-	upstream := p.upstream
+// printSettings prints slirp4netns's settings block, byte for byte.
+func printSettings(w io.Writer, o *options, p *prepared) {
+	a := &o.plan
 	fmt.Fprintf(w, "Starting slirp\n")
 	fmt.Fprintf(w, "* MTU:             %d\n", o.mtu)
-	fmt.Fprintf(w, "* Network:         %s\n", a.network)
-	fmt.Fprintf(w, "* Netmask:         %s\n", a.netmask)
-	fmt.Fprintf(w, "* Gateway:         %s\n", a.gateway)
+	fmt.Fprintf(w, "* Network:         %s\n", a.Net4.Addr())
+	fmt.Fprintf(w, "* Netmask:         %s\n", a.Netmask4())
+	fmt.Fprintf(w, "* Gateway:         %s\n", a.Gateway4)
 	if !o.disableDNS {
-		fmt.Fprintf(w, "* DNS:             %s\n", a.dns)
-		fmt.Fprintf(w, "* DNS upstream:    %s\n", upstream)
+		fmt.Fprintf(w, "* DNS:             %s\n", a.DNS4)
+		fmt.Fprintf(w, "* DNS upstream:    %s\n", p.upstream)
 	}
-	fmt.Fprintf(w, "* DHCP begin:      %s\n", a.dhcpStart)
-	fmt.Fprintf(w, "* DHCP end:        %s\n", addN(a.dhcpStart, 15))
-	fmt.Fprintf(w, "* Recommended IP:  %s\n", a.guest)
+	fmt.Fprintf(w, "* DHCP begin:      %s\n", a.DHCPStart4)
+	fmt.Fprintf(w, "* DHCP end:        %s\n", a.DHCPEnd4())
+	fmt.Fprintf(w, "* Recommended IP:  %s\n", a.Guest4)
 	if o.apiSocket != "" {
 		fmt.Fprintf(w, "* API Socket:      %s\n", o.apiSocket)
 	}
@@ -370,19 +330,19 @@ func printSettings(w io.Writer, o *options, a addresses, p *prepared) {
 	if p.out6.IsValid() {
 		fmt.Fprintf(w, "* Outbound IPv6:    %s\n", p.out6)
 	}
-	if o.enableIPv6 {
-		fmt.Fprintf(w, "* IPv6 network:    fd00::/64 (gateway fd00::2, DNS fd00::3)\n")
+	if a.IPv6() {
+		fmt.Fprintf(w, "* IPv6 network:    %s (gateway %s, DNS %s)\n", a.Net6, a.Gateway6, a.DNS6)
 	}
 	if !o.disableHostLoopback {
-		fmt.Fprintf(w, "WARNING: 127.0.0.1:* on the host is accessible as %s (set --disable-host-loopback to prohibit connecting to 127.0.0.1:*)\n", a.gateway)
+		fmt.Fprintf(w, "WARNING: 127.0.0.1:* on the host is accessible as %s (set --disable-host-loopback to prohibit connecting to 127.0.0.1:*)\n", a.Gateway4)
 	}
 }
 
 // upstreamOutside refuses a DNS upstream inside the virtual network: it
 // would be dialled on the host network, a leak, never a resolver.
-func upstreamOutside(o *options) func(netip.AddrPort) error {
+func upstreamOutside(plan netplan.Plan) func(netip.AddrPort) error {
 	return func(ap netip.AddrPort) error {
-		if o.cidr.Contains(ap.Addr()) || ipv6Net.Contains(ap.Addr()) {
+		if plan.Contains(ap.Addr()) {
 			return fmt.Errorf("dns upstream %s is inside the virtual network", ap)
 		}
 		return nil

@@ -25,6 +25,7 @@ var rules = map[string]map[string]string{
 	"link":    {mod + "stack": "link moves frames for the stack, which sits on top of it", mod + "portfwd": "link knows frames, not flows"},
 	"nsjoin":  {"gvisor.dev/": "the nsjoin child must stay small", mod + "stack": "nsjoin only hands over the fd"},
 	"nsrun":   {"gvisor.dev/": "nsrun only makes namespaces", mod + "stack": "nsrun only makes namespaces"},
+	"netplan": {"gvisor.dev/": "netplan is addresses only; every package reads it", mod: "netplan is a leaf: every usernet package may read it"},
 	"sandbox": {"gvisor.dev/": "sandbox runs first in every usernet process and must stay small", mod + "stack": "sandbox only confines the process"},
 }
 
