@@ -90,9 +90,6 @@ func prepare(ctx context.Context, o *options, t nsjoin.Target, out output) (_ *p
 				return nil, fmt.Errorf("--resolv-conf: %w", err)
 			}
 		}
-		if _, err := dns.New(dns.Config{Upstream: p.upstream}); err != nil {
-			return nil, fmt.Errorf("dns forwarder: %w", err)
-		}
 	}
 	if p.ready, err = inheritedFD(o.readyFD, "ready-fd"); err != nil {
 		return nil, err
