@@ -25,6 +25,7 @@ var rules = map[string]map[string]string{
 	"link":    {mod + "stack": "link moves frames for the stack, which sits on top of it", mod + "portfwd": "link knows frames, not flows"},
 	"nsjoin":  {"gvisor.dev/": "the nsjoin child must stay small", mod + "stack": "nsjoin only hands over the fd"},
 	"nsrun":   {"gvisor.dev/": "nsrun only makes namespaces", mod + "stack": "nsrun only makes namespaces"},
+	"relay":   {"gvisor.dev/": "relay sees connections as net.Conn; the stack adapts its gVisor conns", mod: "relay sits below stack and portfwd, which both use it"},
 	"sandbox": {"gvisor.dev/": "sandbox runs first in every usernet process and must stay small", mod + "stack": "sandbox only confines the process"},
 }
 
