@@ -34,8 +34,9 @@ type Dialer interface {
 	// port". If src is already in use towards dst, the error must wrap
 	// syscall.EADDRINUSE; the Registry then retries once with port 0.
 	// The returned conn should implement CloseWrite() error, so that a
-	// client's half-close reaches the guest; without it the guest's side stays
-	// open until the guest closes too.
+	// client's half-close reaches the guest (without it the guest's side stays
+	// open until the guest closes too), and relay.Aborter, so that a client's
+	// reset reaches the guest as a reset (without it, as a FIN).
 	DialTCP(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error)
 	// DialUDP returns a connected datagram conn from src to dst inside the
 	// namespace: each Write sends one datagram to dst, each Read returns one

@@ -3,19 +3,13 @@ package portfwd
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
 	"net/netip"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/usernet/usernet/relay"
 )
-
-// copyBufSize is the buffer of each proxy direction: 256 KiB moved host →
-// namespace throughput by ~30% over io.Copy's 32 KiB (NOTES.md §2, rootlesskit#630).
-const copyBufSize = 256 << 10
-
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
 
 // serveTCP accepts clients of f until f's listener is closed.
 func (r *Registry) serveTCP(f *forward) {
@@ -61,10 +55,10 @@ func (r *Registry) forwardTCP(f *forward, client net.Conn) {
 	guest, err := r.dialTCP(ctx, src, dst)
 	if err != nil {
 		r.logfUnlessDone(ctx, "portfwd: %v: client %v: %v", f.Rule, caddr, err)
-		abortConn(client) // the client sees a reset, not an empty reply
+		relay.Abort(client) // the client sees a reset, not an empty reply
 		return
 	}
-	proxy(ctx, client, guest)
+	relay.Run(ctx, client, guest)
 }
 
 // dialTCP dials dst from src within the dial timeout, retrying once from any
@@ -79,59 +73,6 @@ func (r *Registry) dialTCP(ctx context.Context, src, dst netip.AddrPort) (net.Co
 	}
 	return c, err
 }
-
-// proxy copies a→b and b→a, passing each direction's EOF on as a half-close.
-// An error in either direction, or the end of ctx, aborts both. It closes both
-// conns before it returns.
-func proxy(ctx context.Context, a, b net.Conn) {
-	var once sync.Once
-	abort := func() {
-		once.Do(func() {
-			abortConn(a)
-			abortConn(b)
-		})
-	}
-	stop := context.AfterFunc(ctx, abort)
-	defer stop()
-	var wg sync.WaitGroup
-	wg.Go(func() { copyHalf(b, a, abort) })
-	copyHalf(a, b, abort)
-	wg.Wait()
-	a.Close()
-	b.Close()
-}
-
-// copyHalf copies src to dst; at src's EOF it half-closes dst (and src's read
-// side) where they support it. On any error it calls abort.
-func copyHalf(dst, src net.Conn, abort func()) {
-	buf := copyBufs.Get().(*[]byte)
-	// The wrappers hide ReaderFrom/WriterTo, which would bypass our buffer
-	// (net.TCPConn.WriteTo into a gVisor conn falls back to 32 KiB copies).
-	_, err := io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *buf)
-	copyBufs.Put(buf)
-	if err != nil {
-		abort()
-		return
-	}
-	if cw, ok := dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() != nil {
-		abort()
-		return
-	}
-	if cr, ok := src.(interface{ CloseRead() error }); ok {
-		cr.CloseRead()
-	}
-}
-
-// abortConn closes c, with a reset where c supports SO_LINGER 0.
-func abortConn(c net.Conn) {
-	if l, ok := c.(interface{ SetLinger(int) error }); ok {
-		l.SetLinger(0)
-	}
-	c.Close()
-}
-
-type readerOnly struct{ io.Reader }
-type writerOnly struct{ io.Writer }
 
 // addrPortOf returns a's address and port, or the zero AddrPort.
 func addrPortOf(a net.Addr) netip.AddrPort {

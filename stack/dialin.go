@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"github.com/usernet/usernet/relay"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -43,7 +44,8 @@ var errShutDown = errors.New("stack: shut down")
 // the same family as src.
 //
 // The dial ends with ctx, and with the Stack's shutdown. The returned
-// *gonet.TCPConn wrapper honours deadlines and CloseWrite; it is closed
+// *gonet.TCPConn wrapper honours deadlines and CloseWrite, and has an
+// Abort method (relay.Aborter) that closes it with RST; it is closed
 // (with RST) when Run returns, if the caller has not closed it before. A
 // refused connection returns an error that matches syscall.ECONNREFUSED
 // under errors.Is.
@@ -299,21 +301,30 @@ type dialedTCP struct {
 	once  sync.Once
 }
 
-// Close implements net.Conn.
+// Close implements net.Conn: FIN to the guest.
 func (c *dialedTCP) Close() error {
+	c.stop()
 	c.close(false)
 	return nil
 }
 
-// close closes the connection once: gracefully (FIN) when the caller
-// closes it, with RST when the Stack shuts down (as for the forwarder's
-// flows).
+var _ relay.Aborter = (*dialedTCP)(nil)
+
+// Abort implements relay.Aborter: RST to the guest, so that a port
+// forward's client that reset (or failed) does not look to the guest like
+// one that finished.
+func (c *dialedTCP) Abort() {
+	c.stop()
+	c.close(true)
+}
+
+// close closes the connection once, with RST if abort (by the caller, or
+// the Stack shutting down, as for the forwarder's flows), and leaves
+// s.flows.
 func (c *dialedTCP) close(abort bool) {
 	c.once.Do(func() {
 		if abort {
 			c.ep.Abort()
-		} else {
-			c.stop()
 		}
 		c.TCPConn.Close()
 		c.leave()

@@ -7,12 +7,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/usernet/usernet/portfwd"
+	"github.com/usernet/usernet/relay"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
@@ -30,12 +32,8 @@ var guest6 = netip.MustParseAddr("fd00::100")
 // the remote address of each accepted connection.
 func guestEcho(t *testing.T, g *gvstack.Stack, dst netip.AddrPort) <-chan netip.AddrPort {
 	t.Helper()
-	ln, err := gonet.ListenTCP(g, tcpip.FullAddress{NIC: 1, Addr: tcpipAddr(dst.Addr()), Port: dst.Port()}, protoOf(dst.Addr()))
-	if err != nil {
-		t.Fatalf("guest ListenTCP(%v): %v", dst, err)
-	}
 	peers := make(chan netip.AddrPort, 16)
-	serveListener(t, ln, func(c net.Conn) {
+	guestServe(t, g, dst, func(c net.Conn) {
 		// A connection reset before Accept has no remote address any
 		// more: report the zero value, which no test expects.
 		var peer netip.AddrPort
@@ -50,6 +48,67 @@ func guestEcho(t *testing.T, g *gvstack.Stack, dst netip.AddrPort) <-chan netip.
 		c.(*gonet.TCPConn).CloseWrite()
 	})
 	return peers
+}
+
+// guestServe listens on dst in the guest and runs serve for each
+// connection, as serveListener.
+func guestServe(t *testing.T, g *gvstack.Stack, dst netip.AddrPort, serve func(net.Conn)) {
+	t.Helper()
+	ln, err := gonet.ListenTCP(g, tcpip.FullAddress{NIC: 1, Addr: tcpipAddr(dst.Addr()), Port: dst.Port()}, protoOf(dst.Addr()))
+	if err != nil {
+		t.Fatalf("guest ListenTCP(%v): %v", dst, err)
+	}
+	serveListener(t, ln, serve)
+}
+
+// guestRead is a server in the guest for one connection: it reads the
+// first n bytes, says so on received, then reads to the end, whose error
+// (nil: a FIN) it sends on ended.
+type guestRead struct {
+	received chan struct{}
+	ended    chan error
+}
+
+func guestReader(t *testing.T, g *gvstack.Stack, dst netip.AddrPort, n int) *guestRead {
+	t.Helper()
+	r := &guestRead{received: make(chan struct{}), ended: make(chan error, 1)}
+	guestServe(t, g, dst, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(c, make([]byte, n)); err != nil {
+			r.ended <- err
+			return
+		}
+		close(r.received)
+		_, err := io.ReadAll(c)
+		r.ended <- err
+	})
+	return r
+}
+
+// waitReceived waits until the first bytes have reached the guest.
+func (r *guestRead) waitReceived(t *testing.T) {
+	t.Helper()
+	select {
+	case <-r.received:
+	case err := <-r.ended:
+		t.Fatalf("guest server: %v before the first bytes arrived", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first bytes did not reach the guest")
+	}
+}
+
+// wantReset waits for the guest's read to end and fails unless it ended
+// in a reset.
+func (r *guestRead) wantReset(t *testing.T, after string) {
+	t.Helper()
+	select {
+	case err := <-r.ended:
+		if err == nil || !strings.Contains(err.Error(), "reset") {
+			t.Errorf("guest read after %s = %v; want connection reset (nil: a FIN, the stream looked complete)", after, err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("the guest's connection did not end after %s", after)
+	}
 }
 
 // guestUDPEcho echoes datagrams on dst in the guest and reports their
@@ -426,4 +485,73 @@ func startDialEnv(t *testing.T, v6 bool) (*env, *redirect) {
 		addGuest6(t, e)
 	}
 	return e, d
+}
+
+// A port forward's client that resets in the middle of an upload must
+// reset the guest's connection too: passed on as a FIN, the truncated
+// upload would look complete to the server in the namespace. This runs
+// the real path: portfwd's relay into a dialedTCP.
+func TestPortForwardClientResetResetsGuest(t *testing.T) {
+	goroutineLeakCheck(t)
+	e := startEnv(t, testConfig(t))
+	dst := netip.MustParseAddrPort("10.0.2.100:80")
+	const upload = "the first part of an upload"
+	guest := guestReader(t, e.guest, dst, len(upload))
+
+	r := portfwd.New(portfwd.Config{Dialer: e.s, Plan: e.s.cfg.Plan, Logf: quietLogf(t)})
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- r.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-runErr; err != nil {
+			t.Errorf("portfwd Run = %v", err)
+		}
+	})
+	port := func() uint16 { // free a moment ago
+		l, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return portOf(l.Addr())
+	}()
+	lo := netip.MustParseAddr("127.0.0.1")
+	if _, err := r.Add(ctx, portfwd.Rule{Proto: "tcp", HostAddr: lo, HostPort: port, GuestPort: dst.Port()}); err != nil {
+		t.Fatalf("portfwd Add: %v", err)
+	}
+
+	c, err := net.Dial("tcp4", netip.AddrPortFrom(lo, port).String())
+	if err != nil {
+		t.Fatalf("dial the forward: %v", err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, upload); err != nil {
+		t.Fatalf("client write: %v", err)
+	}
+	guest.waitReceived(t)
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close() // RST
+	guest.wantReset(t, "the client's reset")
+}
+
+// Abort resets the guest's connection and, with Close or the shutdown
+// after it, leaves the Stack's flows once: Run returns, and without a
+// negative WaitGroup counter.
+func TestDialTCPAbortResetsGuestAndLeavesOnce(t *testing.T) {
+	goroutineLeakCheck(t)
+	e := startEnv(t, testConfig(t))
+	dst := netip.MustParseAddrPort("10.0.2.100:80")
+	guest := guestReader(t, e.guest, dst, 1)
+	c, err := e.s.DialTCP(context.Background(), netip.MustParseAddrPort("10.0.2.2:0"), dst)
+	if err != nil {
+		t.Fatalf("DialTCP: %v", err)
+	}
+	io.WriteString(c, "x")
+	guest.waitReceived(t)
+	c.(relay.Aborter).Abort()
+	c.Close()
+	c.(relay.Aborter).Abort()
+	guest.wantReset(t, "Abort")
+	e.stop(t)
 }

@@ -3,12 +3,10 @@ package stack
 import (
 	"context"
 	"errors"
-	"io"
-	"net"
 	"net/netip"
-	"sync"
 	"time"
 
+	"github.com/usernet/usernet/relay"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
@@ -65,10 +63,10 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	r.Complete(false)
 	if err != nil {
 		// The guest went away (RST) or we are shutting down.
-		abortConn(host)
+		relay.Abort(host)
 		return
 	}
-	proxyTCP(s.ctx, ep, gonet.NewTCPConn(&wq, ep), host)
+	relay.Run(s.ctx, guestConn{gonet.NewTCPConn(&wq, ep), ep}, host)
 }
 
 // createEndpoint runs r.CreateEndpoint, which blocks until the guest
@@ -109,105 +107,17 @@ func (s *Stack) createEndpoint(r *tcp.ForwarderRequest, wq *waiter.Queue) (tcpip
 	return e, nil
 }
 
-// closeWriter is implemented by *net.TCPConn and *gonet.TCPConn (and
-// *net.UnixConn): half-close.
-type closeWriter interface {
-	CloseWrite() error
+// guestConn is the guest's side of a forwarded flow, for relay: gonet
+// cannot send a RST itself, the endpoint can.
+type guestConn struct {
+	*gonet.TCPConn
+	ep tcpip.Endpoint
 }
 
-// proxyTCP copies both ways between the guest's connection (ep, wrapped
-// in guest) and the host's until both directions are done, then closes
-// both. EOF on one side becomes a half-close (FIN) on the other; an error
-// on either side (a RST, or ctx ending) aborts both with RST. It returns
-// when both copies have.
-func proxyTCP(ctx context.Context, ep tcpip.Endpoint, guest *gonet.TCPConn, host net.Conn) {
-	var once sync.Once
-	abort := func() {
-		once.Do(func() {
-			abortConn(host)
-			ep.Abort() // RST to the guest
-			guest.Close()
-		})
-	}
-	stop := context.AfterFunc(ctx, abort)
-	defer stop()
+var _ relay.Aborter = guestConn{}
 
-	pipe := func(dst, src net.Conn) {
-		if err := copyConn(dst, src); err != nil {
-			abort()
-			return
-		}
-		if cw, ok := dst.(closeWriter); ok {
-			cw.CloseWrite()
-		}
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() { pipe(host, guest) })
-	pipe(guest, host)
-	wg.Wait()
-	// After a clean exchange both sides have sent FIN; after an abort
-	// these are no-ops.
-	guest.Close()
-	host.Close()
-}
-
-// abortConn closes a host connection with RST rather than FIN.
-func abortConn(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		tc.SetLinger(0)
-	}
-	c.Close()
-}
-
-// Copy buffers. A flow starts with a small buffer and moves to a large one
-// once a read fills the small one: bulk transfers get 256 KiB buffers
-// (NOTES.md §2: +30% host → namespace), idle connections (keep-alives,
-// thousands of them) hold 16 KiB.
-const (
-	smallCopyBuf = 16 << 10
-	largeCopyBuf = 256 << 10
-)
-
-var (
-	smallBufPool = sync.Pool{New: func() any { b := make([]byte, smallCopyBuf); return &b }}
-	largeBufPool = sync.Pool{New: func() any { b := make([]byte, largeCopyBuf); return &b }}
-)
-
-// copyConn copies src to dst until EOF (nil) or an error. It does not use
-// io.Copy: *net.TCPConn's ReadFrom/WriteTo would take over with their own
-// 32 KiB buffer. Both buffers come from pools: short connections (one
-// request, one answer) would otherwise allocate 32 KiB each, which was 60%
-// of the bytes allocated in BenchmarkTapTCPCRR and kept the GC busy.
-func copyConn(dst io.Writer, src io.Reader) error {
-	small := smallBufPool.Get().(*[]byte)
-	buf := *small
-	var large *[]byte
-	defer func() {
-		if small != nil {
-			smallBufPool.Put(small)
-		}
-		if large != nil {
-			largeBufPool.Put(large)
-		}
-	}()
-	for {
-		n, rerr := src.Read(buf)
-		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return werr
-			}
-		}
-		if rerr != nil {
-			if rerr == io.EOF {
-				return nil
-			}
-			return rerr
-		}
-		if n == len(buf) && large == nil {
-			large = largeBufPool.Get().(*[]byte)
-			buf = *large
-			smallBufPool.Put(small)
-			small = nil
-		}
-	}
+// Abort implements relay.Aborter: RST to the guest.
+func (c guestConn) Abort() {
+	c.ep.Abort()
+	c.TCPConn.Close()
 }

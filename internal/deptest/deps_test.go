@@ -26,6 +26,7 @@ var rules = map[string]map[string]string{
 	"nsjoin":  {"gvisor.dev/": "the nsjoin child must stay small", mod + "stack": "nsjoin only hands over the fd"},
 	"nsrun":   {"gvisor.dev/": "nsrun only makes namespaces", mod + "stack": "nsrun only makes namespaces"},
 	"netplan": {"gvisor.dev/": "netplan is addresses only; every package reads it", mod: "netplan is a leaf: every usernet package may read it"},
+	"relay":   {"gvisor.dev/": "relay sees connections as net.Conn; the stack adapts its gVisor conns", mod: "relay sits below stack and portfwd, which both use it"},
 	"sandbox": {"gvisor.dev/": "sandbox runs first in every usernet process and must stay small", mod + "stack": "sandbox only confines the process"},
 }
 

@@ -1,0 +1,286 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"slices"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/usernet/usernet/internal/testutil"
+)
+
+// tcpPair returns both ends of a loopback TCP connection; cleanup closes
+// them.
+func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	defer ln.Close()
+	d, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	a, err := ln.Accept()
+	if err != nil {
+		t.Fatalf("accept: %v", err)
+	}
+	for _, c := range []net.Conn{d, a} {
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		t.Cleanup(func() { c.Close() })
+	}
+	return d.(*net.TCPConn), a.(*net.TCPConn)
+}
+
+// relayed is a Run between two loopback connections: the test plays their
+// peers, left and right.
+type relayed struct {
+	left, right *net.TCPConn // the peers
+	a, b        *net.TCPConn // the conns Run relays
+	cancel      context.CancelFunc
+	done        chan struct{}
+}
+
+// startRun starts Run(ctx, a, b) where left is a's peer and right b's;
+// cleanup cancels it and waits for it.
+func startRun(t *testing.T) *relayed {
+	t.Helper()
+	testutil.CheckNoLeaks(t)
+	r := &relayed{done: make(chan struct{})}
+	r.left, r.a = tcpPair(t)
+	r.b, r.right = tcpPair(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	go func() {
+		defer close(r.done)
+		Run(ctx, r.a, r.b)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		r.wait(t)
+	})
+	return r
+}
+
+// wait waits for Run to return.
+func (r *relayed) wait(t *testing.T) {
+	t.Helper()
+	select {
+	case <-r.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return")
+	}
+}
+
+// checkClosed fails unless Run closed both of its conns.
+func (r *relayed) checkClosed(t *testing.T) {
+	t.Helper()
+	for _, c := range []*net.TCPConn{r.a, r.b} {
+		if _, err := c.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+			t.Errorf("write to a relayed conn after Run: %v; want net.ErrClosed", err)
+		}
+	}
+}
+
+// readReset reads c to its end and fails unless that end is a reset.
+func readReset(t *testing.T, name string, c net.Conn) {
+	t.Helper()
+	_, err := io.ReadAll(c)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("%s: read to the end = %v; want ECONNRESET (a reset, not a FIN)", name, err)
+	}
+}
+
+func TestRunCopiesBothWaysWithHalfClose(t *testing.T) {
+	// Either side may finish first; the other direction must go on.
+	for _, leftFirst := range []bool{true, false} {
+		name := "right half-closes first"
+		if leftFirst {
+			name = "left half-closes first"
+		}
+		t.Run(name, func(t *testing.T) {
+			r := startRun(t)
+			first, second := r.right, r.left
+			if leftFirst {
+				first, second = r.left, r.right
+			}
+			// More than the small buffer each way.
+			ask, answer := make([]byte, 1<<20), make([]byte, 1<<20+1)
+			rand.Read(ask)
+			rand.Read(answer)
+
+			var wg sync.WaitGroup
+			var gotAsk []byte
+			var askErr error
+			wg.Go(func() {
+				first.Write(ask)
+				first.CloseWrite()
+			})
+			wg.Go(func() {
+				// second sees first's half-close as EOF, and
+				// answers after it.
+				gotAsk, askErr = io.ReadAll(second)
+				second.Write(answer)
+				second.CloseWrite()
+			})
+			gotAnswer, answerErr := io.ReadAll(first)
+			wg.Wait()
+			if askErr != nil || !bytes.Equal(gotAsk, ask) {
+				t.Errorf("first → second: %d bytes, %v; want the %d bytes sent, then EOF", len(gotAsk), askErr, len(ask))
+			}
+			if answerErr != nil || !bytes.Equal(gotAnswer, answer) {
+				t.Errorf("second → first: %d bytes, %v; want the %d bytes sent, then EOF", len(gotAnswer), answerErr, len(answer))
+			}
+			r.wait(t) // both directions done: Run returns by itself
+			r.checkClosed(t)
+		})
+	}
+}
+
+func TestRunPassesResetOn(t *testing.T) {
+	for _, resetLeft := range []bool{true, false} {
+		name := "right resets"
+		if resetLeft {
+			name = "left resets"
+		}
+		t.Run(name, func(t *testing.T) {
+			r := startRun(t)
+			resetter, other := r.right, r.left
+			if resetLeft {
+				resetter, other = r.left, r.right
+			}
+			// Data in flight first: the other side must get it and
+			// then the reset, not a clean end of a short stream.
+			if _, err := resetter.Write([]byte("partial")); err != nil {
+				t.Fatalf("write: %v", err)
+			}
+			buf := make([]byte, len("partial"))
+			if _, err := io.ReadFull(other, buf); err != nil {
+				t.Fatalf("read the data before the reset: %v", err)
+			}
+			resetter.SetLinger(0)
+			resetter.Close()
+			readReset(t, "the other peer", other)
+			r.wait(t)
+			r.checkClosed(t)
+		})
+	}
+}
+
+func TestRunAbortsBothWhenContextEnds(t *testing.T) {
+	t.Run("both open", func(t *testing.T) {
+		r := startRun(t)
+		r.cancel()
+		readReset(t, "left", r.left)
+		readReset(t, "right", r.right)
+		r.wait(t)
+		r.checkClosed(t)
+	})
+	t.Run("one way half-closed", func(t *testing.T) {
+		r := startRun(t)
+		r.left.CloseWrite()
+		if n, err := r.right.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+			t.Fatalf("right after left's half-close: %d, %v; want EOF", n, err)
+		}
+		r.cancel()
+		// right has read its end already; left, still reading, must
+		// see the reset.
+		readReset(t, "left", r.left)
+		r.wait(t)
+		r.checkClosed(t)
+	})
+}
+
+// plainConn records the calls of its closing methods; it has Close only.
+type plainConn struct {
+	net.Conn
+	calls []string
+}
+
+func (c *plainConn) Close() error     { c.calls = append(c.calls, "Close"); return nil }
+func (c *plainConn) record() []string { return c.calls }
+
+// lingerConn also has SetLinger, as *net.TCPConn.
+type lingerConn struct{ plainConn }
+
+func (c *lingerConn) SetLinger(int) error { c.calls = append(c.calls, "SetLinger"); return nil }
+
+// abortConn also has Abort, which Abort must use alone.
+type abortConn struct{ lingerConn }
+
+func (c *abortConn) Abort() { c.calls = append(c.calls, "Abort") }
+
+func TestAbort(t *testing.T) {
+	testutil.CheckNoLeaks(t)
+	// A real *net.TCPConn: its peer sees a reset.
+	c, peer := tcpPair(t)
+	Abort(c)
+	readReset(t, "peer of an aborted *net.TCPConn", peer)
+
+	for _, tt := range []struct {
+		name string
+		c    interface {
+			net.Conn
+			record() []string
+		}
+		want []string
+	}{
+		{"an Aborter", &abortConn{}, []string{"Abort"}},
+		{"a conn with SetLinger", &lingerConn{}, []string{"SetLinger", "Close"}},
+		{"a conn with neither", &plainConn{}, []string{"Close"}},
+	} {
+		Abort(tt.c)
+		if got := tt.c.record(); !slices.Equal(got, tt.want) {
+			t.Errorf("Abort(%s) called %v; want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// sizeReader records the size of each buffer it is asked to read into
+// and fills it per fill: a full read, or fewer bytes.
+type sizeReader struct {
+	fill  []bool // per Read: fill the buffer; past the end, EOF
+	sizes []int
+}
+
+func (r *sizeReader) Read(p []byte) (int, error) {
+	r.sizes = append(r.sizes, len(p))
+	if len(r.sizes) > len(r.fill) {
+		return 0, io.EOF
+	}
+	if r.fill[len(r.sizes)-1] {
+		return len(p), nil
+	}
+	return 1, nil
+}
+
+func TestCopyTakesLargeBufferOnlyAfterAFullRead(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		fill []bool
+		want []int
+	}{
+		{"idle or interactive: small reads keep the small buffer",
+			[]bool{false, false, false}, []int{smallBufSize, smallBufSize, smallBufSize, smallBufSize}},
+		{"bulk: a full read moves to the large buffer",
+			[]bool{false, true, true, false}, []int{smallBufSize, smallBufSize, largeBufSize, largeBufSize, largeBufSize}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := &sizeReader{fill: tt.fill}
+			if err := copyHalf(io.Discard, r); err != nil {
+				t.Fatalf("copyHalf: %v", err)
+			}
+			if !slices.Equal(r.sizes, tt.want) {
+				t.Errorf("read buffer sizes = %v; want %v", r.sizes, tt.want)
+			}
+		})
+	}
+}
