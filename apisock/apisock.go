@@ -6,6 +6,9 @@
 // The wire format: one JSON request per connection, with or without a trailing
 // newline, the client may half-close or not; one compact JSON reply with no
 // trailing newline; then the server closes the connection.
+//
+// It owns the listening socket and one goroutine per request. It must not
+// import stack or gVisor: it reaches forwards through [Forwarder] only.
 package apisock
 
 import (

@@ -8,6 +8,9 @@
 // requests from its gVisor endpoints, calls Server.Handle, and writes the
 // Reply where Reply says (a client without an address needs it at layer 2,
 // which a UDP socket cannot do).
+//
+// It owns the lease table. It must not import gVisor or any other usernet
+// package: the stack uses dhcp, not the other way round.
 package dhcp
 
 import (

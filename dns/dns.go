@@ -7,6 +7,9 @@
 // spirit of tailscale's net/dns/resolver: it never rewrites a message, so
 // record types it does not know, EDNS options and the TC bit all reach the
 // client exactly as the upstream sent them.
+//
+// It owns its upstream sockets and the goroutines serving what it is
+// handed. It must not import gVisor or any other usernet package.
 package dns
 
 import (

@@ -8,6 +8,10 @@
 // to the tap, optionally configures it, sends the fd back over a
 // SOCK_SEQPACKET socketpair with SCM_RIGHTS, and exits. The parent never
 // leaves its own namespaces. docs/design.md explains the choice.
+//
+// It owns the child and the socketpair; the fd it returns is the caller's.
+// It may import tap (which runs in the child) and pollfd, nothing else of
+// usernet, and never gVisor: the child must stay small.
 package nsjoin
 
 /*

@@ -2,6 +2,9 @@
 // for `usernet run`. The command is held at a barrier until the network is
 // ready, then its /etc/resolv.conf is replaced (in its own mount namespace
 // only) and it is executed.
+//
+// It owns the command's process until it execs. It must not import gVisor
+// or any other usernet package.
 package nsrun
 
 import (

@@ -8,6 +8,9 @@
 // which returns only after every one of them has exited.
 //
 // Forward IDs start at 1 and are never reused, as in slirp4netns's api.c.
+//
+// It may import netplan and relay, and must not import stack or gVisor:
+// the stack implements [Dialer], not the other way round.
 package portfwd
 
 import (

@@ -12,6 +12,9 @@
 // cgo constructor (sandbox.c) sets everything up in the new image before
 // the Go runtime starts; every thread the runtime then creates inherits it.
 // Resume hands the state back to main. docs/sandbox.md has the details.
+//
+// It must not import gVisor or any other usernet package: it runs first in
+// every usernet process and must stay small.
 package sandbox
 
 /*

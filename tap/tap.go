@@ -4,6 +4,9 @@
 // songgao/water is not used: it hides the fd behind an io.ReadWriteCloser,
 // cannot attach with IFF_VNET_HDR, and we need the raw fd to pass it over
 // SCM_RIGHTS and to hand it to our own link endpoint (package link; docs/design.md).
+//
+// It owns the fd until it hands it over. It must not import gVisor or any
+// other usernet package: it runs in the nsjoin child.
 package tap
 
 import (

@@ -3,6 +3,10 @@
 //
 //	usernet [OPTION]... PID|PATH TAPNAME
 //	usernet run [OPTION]... -- COMMAND [ARG]...
+//
+// main only wires: the command line becomes options and a netplan.Plan,
+// and the packages do the work. It is the only package that parses flags
+// and may import every other one.
 package main
 
 import (

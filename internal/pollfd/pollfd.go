@@ -1,6 +1,8 @@
 // Package pollfd waits for an event on a file descriptor that Go's runtime
 // poller cannot wait on (pidfds, inherited fds of unknown kind), in a way
 // that a context can cancel.
+//
+// It must not import any other usernet package.
 package pollfd
 
 import (
