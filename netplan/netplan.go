@@ -48,6 +48,23 @@ type Plan struct {
 	// Router6 is the stack's link-local address: the source of router
 	// advertisements, which RFC 4861 requires to be link-local.
 	Router6 netip.Addr
+
+	// HostLoopback4 and HostLoopback6 are the addresses that reach the
+	// host's loopback (127.0.0.1, ::1); invalid means none does.
+	// slirp4netns: the gateways, unless --disable-host-loopback; pasta:
+	// the gateways unless --no-map-gw, or --map-host-loopback's.
+	HostLoopback4, HostLoopback6 netip.Addr
+	// GuestAlias4 and GuestAlias6 reach, from the guest, the host's own
+	// address that the guest shares (pasta's --map-guest-addr: Podman's
+	// host.containers.internal); invalid means none does.
+	GuestAlias4, GuestAlias6 netip.Addr
+
+	// Mirror says the networks are the host's own, copied (pasta): their
+	// other addresses are real hosts, reached through the host's sockets,
+	// and the stack answers the guest's neighbour queries for all of them.
+	// Without it (slirp4netns) the networks are virtual: none of their
+	// addresses is ever dialed on the host.
+	Mirror bool
 }
 
 // slirp4netns's offsets in the --cidr network (libslirp's vhost, vnameserver,
@@ -91,11 +108,13 @@ func Slirp(cidr netip.Prefix, ipv6 bool) (Plan, error) {
 		DHCPStart4: add4(n, slirpDHCPStart),
 		DHCPSize:   slirpDHCPSize,
 	}
+	p.HostLoopback4 = p.Gateway4
 	if ipv6 {
 		p.Net6 = slirpNet6
 		p.Gateway6 = slirpGateway6
 		p.DNS6 = slirpDNS6
 		p.Router6 = slirpRouter6
+		p.HostLoopback6 = p.Gateway6
 	}
 	if err := p.Validate(); err != nil {
 		return Plan{}, err // a bug in the offsets above, not the caller's
@@ -116,10 +135,25 @@ func (p Plan) IsOwn(a netip.Addr) bool {
 		(p.IPv6() && (a == p.Gateway6 || a == p.DNS6 || a == p.Router6))
 }
 
-// Contains reports whether a is inside the virtual network: in Net4, or in
-// Net6 when IPv6 is on. Such an address is never the host network's.
+// Contains reports whether a is inside the plan's networks: in Net4, or in
+// Net6 when IPv6 is on.
 func (p Plan) Contains(a netip.Addr) bool {
 	return p.Net4.Contains(a) || (p.IPv6() && p.Net6.Contains(a))
+}
+
+// Virtual reports whether a belongs to the virtual network, whose
+// addresses are never the host network's: inside the plan's networks
+// without Mirror; with Mirror, only the guest's own.
+func (p Plan) Virtual(a netip.Addr) bool {
+	if p.Mirror {
+		return a.IsValid() && (a == p.Guest4 || a == p.Guest6)
+	}
+	return p.Contains(a)
+}
+
+// IsGuest reports whether a is one of the guest's own addresses.
+func (p Plan) IsGuest(a netip.Addr) bool {
+	return a.IsValid() && (a == p.Guest4 || a == p.Guest6)
 }
 
 // Netmask4 is Net4's mask as an address (255.255.255.0 for a /24), or

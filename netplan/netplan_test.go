@@ -216,3 +216,39 @@ func TestValidate(t *testing.T) {
 		}
 	}
 }
+
+func TestVirtual(t *testing.T) {
+	slirp, err := Slirp(netip.MustParsePrefix("10.0.2.0/24"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mirror := Plan{
+		Net4: netip.MustParsePrefix("198.51.100.0/24"), Guest4: netip.MustParseAddr("198.51.100.10"),
+		Gateway4: netip.MustParseAddr("198.51.100.1"), DNS4: netip.MustParseAddr("169.254.1.1"),
+		DHCPStart4: netip.MustParseAddr("198.51.100.10"), DHCPSize: 1, Mirror: true,
+	}
+	if err := mirror.Validate(); err != nil {
+		t.Fatalf("mirror plan: %v", err)
+	}
+	for _, tc := range []struct {
+		p    Plan
+		a    string
+		want bool
+	}{
+		{slirp, "10.0.2.50", true},
+		{slirp, "10.0.2.100", true},
+		{slirp, "fd00::50", true},
+		{slirp, "198.51.100.1", false},
+		{mirror, "198.51.100.10", true}, // the guest's own
+		{mirror, "198.51.100.1", false}, // the real router
+		{mirror, "198.51.100.77", false},
+		{mirror, "169.254.1.1", false},
+	} {
+		if got := tc.p.Virtual(netip.MustParseAddr(tc.a)); got != tc.want {
+			t.Errorf("Virtual(%s) with Mirror=%v = %v, want %v", tc.a, tc.p.Mirror, got, tc.want)
+		}
+	}
+	if slirp.HostLoopback4 != slirp.Gateway4 || slirp.HostLoopback6 != slirp.Gateway6 {
+		t.Errorf("slirp4netns plan maps the host loopback at %v, %v; want the gateways", slirp.HostLoopback4, slirp.HostLoopback6)
+	}
+}

@@ -221,7 +221,7 @@ func TestDHCPLeasesLikeSlirp(t *testing.T) {
 func TestDHCPBroadcastFlagAndDisabledHostLoopback(t *testing.T) {
 	goroutineLeakCheck(t)
 	cfg := testConfig(t)
-	cfg.DisableHostLoopback = true // must not turn DHCP renewals into ICMP errors
+	cfg.Plan.HostLoopback4, cfg.Plan.HostLoopback6 = netip.Addr{}, netip.Addr{} // must not turn DHCP renewals into ICMP errors
 	d := &redirect{}
 	cfg.host = d
 	e := startEnv(t, cfg)

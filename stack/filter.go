@@ -142,13 +142,34 @@ func (s *Stack) filterARP(pkt *gvstack.PacketBuffer) bool {
 		return false
 	}
 	target := netip.AddrFrom4([4]byte(h.ProtocolAddressTarget()))
-	return !s.isOwn(target)
+	return !s.answersNeighbor(target)
+}
+
+// answersNeighbor reports whether the stack answers ARP and neighbor
+// solicitations for a: its own addresses; on a mirrored network, also
+// every other host's (the guest reaches them all through us), never the
+// guest's own.
+func (s *Stack) answersNeighbor(a netip.Addr) bool {
+	plan := &s.cfg.Plan
+	if plan.Mirror {
+		return a.IsValid() && !a.IsUnspecified() && !plan.IsGuest(a)
+	}
+	return plan.IsOwn(a)
+}
+
+// deadGateway reports whether dst is the gateway of a virtual network
+// that maps no host loopback (slirp4netns --disable-host-loopback): TCP
+// and UDP to it get ICMP net unreachable.
+func (s *Stack) deadGateway(dst netip.Addr) bool {
+	plan := &s.cfg.Plan
+	return !plan.Mirror && (dst == plan.Gateway4 && !plan.HostLoopback4.IsValid() ||
+		dst == plan.Gateway6 && plan.Gateway6.IsValid() && !plan.HostLoopback6.IsValid())
 }
 
 // filterIPv4 handles ICMP echo to the outside (forwarded through a host
 // ping socket), drops ICMP to any other foreign address (gVisor would
 // answer it), and answers TCP SYN / UDP to the gateway with ICMP net
-// unreachable under DisableHostLoopback.
+// unreachable when it maps no host loopback (deadGateway).
 func (s *Stack) filterIPv4(pkt *gvstack.PacketBuffer) bool {
 	size := pkt.Data().Size()
 	b := peek(pkt, header.IPv4MinimumSize)
@@ -192,7 +213,7 @@ func (s *Stack) filterIPv4(pkt *gvstack.PacketBuffer) bool {
 		if ip.TransportProtocol() == header.TCPProtocolNumber && !fragmented {
 			s.noteSYN(pkt, src, dst, ihl)
 		}
-		if dst != s.cfg.Plan.Gateway4 || !s.cfg.DisableHostLoopback || !firstFragment {
+		if !firstFragment || !s.deadGateway(dst) {
 			return false
 		}
 		return s.gatewayUnreachable(pkt, header.IPv4ProtocolNumber, ip.TransportProtocol(), src, dst, ihl, total)
@@ -237,7 +258,7 @@ func (s *Stack) filterIPv6(pkt *gvstack.PacketBuffer) bool {
 				return false
 			}
 			target := netip.AddrFrom16([16]byte(b[hl+8 : hl+24]))
-			return !s.isOwn(target)
+			return !s.answersNeighbor(target)
 		case header.ICMPv6EchoRequest:
 			if s.isOwn(dst) {
 				return false
@@ -261,7 +282,7 @@ func (s *Stack) filterIPv6(pkt *gvstack.PacketBuffer) bool {
 		if tcpip.TransportProtocolNumber(ip.NextHeader()) == header.TCPProtocolNumber {
 			s.noteSYN(pkt, src, dst, hl)
 		}
-		if dst != s.cfg.Plan.Gateway6 || !s.cfg.DisableHostLoopback {
+		if !s.deadGateway(dst) {
 			return false
 		}
 		return s.gatewayUnreachable(pkt, header.IPv6ProtocolNumber, tcpip.TransportProtocolNumber(ip.NextHeader()), src, dst, hl, total)
@@ -269,8 +290,8 @@ func (s *Stack) filterIPv6(pkt *gvstack.PacketBuffer) bool {
 	return false
 }
 
-// gatewayUnreachable answers a TCP SYN or a UDP datagram to the gateway,
-// under DisableHostLoopback, with ICMP destination unreachable, code "net
+// gatewayUnreachable answers a TCP SYN or a UDP datagram to a dead gateway
+// (deadGateway) with ICMP destination unreachable, code "net
 // unreachable" (IPv6: "no route"), so the guest's connect() fails with
 // ENETUNREACH as with slirp4netns. Other TCP segments go on to the stack
 // (which answers them with a RST), as do packets some endpoint of ours

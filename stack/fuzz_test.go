@@ -46,7 +46,7 @@ func FuzzGuestFrame(f *testing.F) {
 	// The same frames also go to a stack with --disable-host-loopback,
 	// whose gateway answers with unreachables of its own.
 	cfgNoLoop := cfg
-	cfgNoLoop.DisableHostLoopback = true
+	cfgNoLoop.Plan.HostLoopback4, cfgNoLoop.Plan.HostLoopback6 = netip.Addr{}, netip.Addr{}
 	noLoop := startEnv(f, cfgNoLoop)
 
 	c, err := guestDial(f, e.guest, netip.AddrPortFrom(gw4, portOf(ln.Addr())))

@@ -20,7 +20,7 @@ const (
 	// as slirp4netns --disable-dns).
 	silent
 	// unreachable: ICMP destination unreachable, code "net unreachable"
-	// (the gateway with DisableHostLoopback). Sent by the link filter,
+	// (the gateway of a virtual network that maps no host loopback). Sent by the link filter,
 	// which has the packet to quote; the forwarders treat it as reject.
 	unreachable
 )
@@ -45,10 +45,11 @@ var (
 )
 
 // route decides where a TCP or UDP flow to dst goes. It is the single
-// place that enforces the network rule: no address of the
-// virtual network, and no loopback, multicast, broadcast, unspecified,
+// place that enforces the network rule: no address of the virtual network
+// (Plan.Virtual), and no loopback, multicast, broadcast, unspecified,
 // IPv4-mapped or link-local IPv6 address, is ever dialed on the host. Only
-// the gateway is rewritten, to the host's loopback.
+// the plan's host-loopback address is rewritten, to the host's loopback,
+// and its guest alias, to the guest's address on the host.
 func (s *Stack) route(dst netip.AddrPort) (netip.AddrPort, verdict) {
 	a := dst.Addr()
 	if a.Is4In6() {
@@ -58,25 +59,27 @@ func (s *Stack) route(dst netip.AddrPort) (netip.AddrPort, verdict) {
 	}
 	plan := &s.cfg.Plan
 	switch {
-	case a == plan.Gateway4 || (plan.Gateway6.IsValid() && a == plan.Gateway6):
-		if s.cfg.DisableHostLoopback {
-			return netip.AddrPort{}, unreachable
-		}
-		lo := hostLoopback4
-		if a.Is6() {
-			lo = hostLoopback6
-		}
-		return netip.AddrPortFrom(lo, dst.Port()), forward
-	case a == plan.DNS4 || (plan.DNS6.IsValid() && a == plan.DNS6):
+	case !a.IsValid():
+		return netip.AddrPort{}, reject
+	case a == plan.HostLoopback4:
+		return netip.AddrPortFrom(hostLoopback4, dst.Port()), forward
+	case a == plan.HostLoopback6:
+		return netip.AddrPortFrom(hostLoopback6, dst.Port()), forward
+	case a == plan.GuestAlias4:
+		return netip.AddrPortFrom(plan.Guest4, dst.Port()), forward
+	case a == plan.GuestAlias6 && plan.Guest6.IsValid():
+		return netip.AddrPortFrom(plan.Guest6, dst.Port()), forward
+	case (a == plan.Gateway4 || a == plan.Gateway6) && !plan.Mirror:
+		// slirp4netns --disable-host-loopback: the gateway is ours and
+		// leads nowhere.
+		return netip.AddrPort{}, unreachable
+	case (a == plan.DNS4 || a == plan.DNS6) && dst.Port() == 53:
 		// The DNS listeners, when there are any, took their packets
 		// before the forwarders saw them.
-		if dst.Port() == 53 {
-			return netip.AddrPort{}, silent
-		}
+		return netip.AddrPort{}, silent
+	case plan.Virtual(a):
 		return netip.AddrPort{}, reject
-	case plan.Contains(a):
-		return netip.AddrPort{}, reject
-	case !a.IsValid(), a.IsUnspecified(), a.IsLoopback(), a.IsMulticast(),
+	case a.IsUnspecified(), a.IsLoopback(), a.IsMulticast(),
 		a.IsLinkLocalUnicast() && a.Is6(), // needs a zone; never the host's business
 		a == netip.AddrFrom4([4]byte{255, 255, 255, 255}),
 		a.Is4() && a.As4()[0] == 0: // 0.0.0.0/8 "this network"

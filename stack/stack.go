@@ -91,15 +91,12 @@ type Config struct {
 	VnetHdr bool
 
 	// Plan is the addresses of the virtual network. Required; New
-	// validates it. The gateway reaches the host's 127.0.0.1 (and, with
-	// IPv6, ::1) unless DisableHostLoopback. IPv6 in the plan turns on
-	// router advertisements for SLAAC and IPv6 forwarding to host sockets.
+	// validates it. Its HostLoopback addresses reach the host's 127.0.0.1
+	// and ::1; a virtual network's gateway that maps none answers TCP and
+	// UDP with ICMP net unreachable (ping is still answered). IPv6 in the
+	// plan turns on router advertisements for SLAAC and IPv6 forwarding
+	// to host sockets.
 	Plan netplan.Plan
-
-	// DisableHostLoopback makes connections to the gateway fail with ICMP
-	// network unreachable instead of reaching the host loopback. Ping to
-	// the gateway is still answered.
-	DisableHostLoopback bool
 
 	// OutboundAddr and OutboundAddr6, when valid, are the local addresses
 	// that host sockets for outbound traffic are bound to.

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usernet/usernet/netplan"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
@@ -205,7 +206,7 @@ func TestDisableHostLoopback(t *testing.T) {
 	ln := listenTCP(t, "tcp4", "127.0.0.1:0", echoServe)
 	d := &redirect{}
 	cfg := testConfig(t)
-	cfg.DisableHostLoopback = true
+	cfg.Plan.HostLoopback4, cfg.Plan.HostLoopback6 = netip.Addr{}, netip.Addr{}
 	cfg.host = d
 	e := startEnv(t, cfg)
 
@@ -301,6 +302,61 @@ func TestVirtualNetworkNeverDialed(t *testing.T) {
 	}
 }
 
+// mirrorPlan is a pasta-like plan: the host's network 198.51.100.0/24
+// copied, the guest at the host's address .10, the real router .1 as
+// gateway, DNS forwarded at 169.254.1.1 and the host's own address
+// reachable at 169.254.1.2 (Podman's defaults), no host loopback mapped.
+func mirrorPlan(t testing.TB) netplan.Plan {
+	t.Helper()
+	p := netplan.Plan{
+		Net4:        netip.MustParsePrefix("198.51.100.0/24"),
+		Guest4:      netip.MustParseAddr("198.51.100.10"),
+		Gateway4:    netip.MustParseAddr("198.51.100.1"),
+		DNS4:        netip.MustParseAddr("169.254.1.1"),
+		DHCPStart4:  netip.MustParseAddr("198.51.100.10"),
+		DHCPSize:    1,
+		GuestAlias4: netip.MustParseAddr("169.254.1.2"),
+		Mirror:      true,
+	}
+	if err := p.Validate(); err != nil {
+		t.Fatalf("mirror plan: %v", err)
+	}
+	return p
+}
+
+// On a mirrored network the other addresses of the network are real
+// hosts: only the guest's own address is never dialed.
+func TestRouteTableMirror(t *testing.T) {
+	s := &Stack{cfg: Config{Plan: mirrorPlan(t)}}
+	for _, tc := range []struct {
+		dst  string
+		want verdict
+		to   string
+	}{
+		{"198.51.100.1:80", forward, "198.51.100.1:80"},
+		{"198.51.100.20:80", forward, "198.51.100.20:80"},
+		{"198.51.100.10:80", reject, ""},
+		{"169.254.1.2:8080", forward, "198.51.100.10:8080"},
+		{"169.254.1.1:53", silent, ""},
+		{"169.254.1.1:80", forward, "169.254.1.1:80"},
+		{"127.0.0.1:80", reject, ""},
+		{"203.0.113.5:443", forward, "203.0.113.5:443"},
+	} {
+		to, v := s.route(netip.MustParseAddrPort(tc.dst))
+		if v != tc.want || (v == forward && to.String() != tc.to) {
+			t.Errorf("route(%s) = %v, %v; want %v, %s", tc.dst, to, v, tc.want, tc.to)
+		}
+	}
+	for a, want := range map[string]bool{"198.51.100.1": true, "198.51.100.77": true, "169.254.1.1": true, "198.51.100.10": false, "0.0.0.0": false} {
+		if got := s.answersNeighbor(netip.MustParseAddr(a)); got != want {
+			t.Errorf("answersNeighbor(%s) = %v, want %v", a, got, want)
+		}
+	}
+	if s.deadGateway(netip.MustParseAddr("198.51.100.1")) {
+		t.Errorf("a mirrored network's gateway is a real router, not a dead one")
+	}
+}
+
 func TestRouteTable(t *testing.T) {
 	s := &Stack{cfg: Config{Plan: testPlan(t, true)}}
 	for _, tc := range []struct {
@@ -333,7 +389,7 @@ func TestRouteTable(t *testing.T) {
 			t.Errorf("route(%s) = %v, %v; want %v, %s", tc.dst, to, v, tc.want, tc.to)
 		}
 	}
-	s.cfg.DisableHostLoopback = true
+	s.cfg.Plan.HostLoopback4 = netip.Addr{}
 	if _, v := s.route(netip.MustParseAddrPort("10.0.2.2:80")); v != unreachable {
 		t.Errorf("route(10.0.2.2:80) with DisableHostLoopback = %v, want unreachable", v)
 	}

@@ -297,8 +297,8 @@ func (s *Stack) endUDPFlow(p *udpPort, f *udpFlow, hostDst netip.AddrPort) {
 }
 
 // guestVisible is the address the guest sees a datagram from the host
-// address from come from: the gateway for the host's loopback address
-// (unless DisableHostLoopback), else from itself if the guest could reach
+// address from come from: the plan's host-loopback address for the host's
+// loopback (if the plan maps it), else from itself if the guest could reach
 // it directly; false (drop) for anything else: other loopback addresses,
 // our own or the virtual network's addresses, the other address family.
 func (s *Stack) guestVisible(from netip.AddrPort, v6 bool) (netip.AddrPort, bool) {
@@ -307,10 +307,10 @@ func (s *Stack) guestVisible(from netip.AddrPort, v6 bool) (netip.AddrPort, bool
 		return netip.AddrPort{}, false
 	}
 	switch {
-	case a == hostLoopback4 && !s.cfg.DisableHostLoopback:
-		return netip.AddrPortFrom(s.cfg.Plan.Gateway4, from.Port()), true
-	case a == hostLoopback6 && s.cfg.Plan.IPv6() && !s.cfg.DisableHostLoopback:
-		return netip.AddrPortFrom(s.cfg.Plan.Gateway6, from.Port()), true
+	case a == hostLoopback4 && s.cfg.Plan.HostLoopback4.IsValid():
+		return netip.AddrPortFrom(s.cfg.Plan.HostLoopback4, from.Port()), true
+	case a == hostLoopback6 && s.cfg.Plan.HostLoopback6.IsValid():
+		return netip.AddrPortFrom(s.cfg.Plan.HostLoopback6, from.Port()), true
 	case s.isOwn(a):
 		return netip.AddrPort{}, false
 	}

@@ -163,6 +163,9 @@ func parseFlagsMode(argv []string, out io.Writer, positional int, interspersed b
 	if o.plan, err = netplan.Slirp(p, ipv6); err != nil {
 		return nil, nil, err
 	}
+	if o.disableHostLoopback {
+		o.plan.HostLoopback4, o.plan.HostLoopback6 = netip.Addr{}, netip.Addr{}
+	}
 	if mac, _ := fs.GetString("macaddress"); mac != "" {
 		if !o.configure && positional > 0 {
 			return nil, nil, &usageError{"--macaddr cannot be specified when --configure or -c is not specified"}

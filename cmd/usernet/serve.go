@@ -171,15 +171,14 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		serveDNS = fwd.Serve
 	}
 	st, err := stack.New(stack.Config{
-		Tap:                 p.tap,
-		MTU:                 uint32(o.mtu),
-		VnetHdr:             p.vnetHdr,
-		Plan:                o.plan,
-		DisableHostLoopback: o.disableHostLoopback,
-		OutboundAddr:        p.out4,
-		OutboundAddr6:       p.out6,
-		ServeDNS:            serveDNS,
-		Logf:                logf,
+		Tap:           p.tap,
+		MTU:           uint32(o.mtu),
+		VnetHdr:       p.vnetHdr,
+		Plan:          o.plan,
+		OutboundAddr:  p.out4,
+		OutboundAddr6: p.out6,
+		ServeDNS:      serveDNS,
+		Logf:          logf,
 	})
 	if err != nil {
 		return fmt.Errorf("netstack: %w", err) // close closes the tap
@@ -339,7 +338,7 @@ func printSettings(w io.Writer, o *options, p *prepared) {
 // would be dialled on the host network, a leak, never a resolver.
 func upstreamOutside(plan netplan.Plan) func(netip.AddrPort) error {
 	return func(ap netip.AddrPort) error {
-		if plan.Contains(ap.Addr()) {
+		if plan.Virtual(ap.Addr()) {
 			return fmt.Errorf("dns upstream %s is inside the virtual network", ap)
 		}
 		return nil

@@ -36,6 +36,7 @@ var rules = map[string]rule{
 	"tap":               {why: "runs in the nsjoin child and must stay small"},
 	"sandbox":           {why: "runs first in every usernet process and must stay small"},
 	"nsrun":             {why: "only makes namespaces"},
+	"hostif":            {why: "reads the host's template interface with netlink, nothing else"},
 	"internal/pollfd":   {why: "waits on fds"},
 	"internal/testutil": {why: "helpers for tests; no production package may import it"},
 	"internal/deptest":  {why: "this test"},
