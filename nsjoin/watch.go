@@ -24,9 +24,10 @@ type Watch struct {
 	ino   uint64
 }
 
-// pathPoll is how often a path target is checked. A netns file has no event
-// to wait on; a stat a second costs nothing.
-const pathPoll = time.Second
+// pathPoll is how often a path target is checked besides the inotify
+// watch on its directory, which sees the file removed (Podman's teardown)
+// at once but not a namespace unmounted or replaced in place.
+var pathPoll = time.Second
 
 // NewWatch opens the watch for t. A path under /proc/PID/ is watched as
 // PID is: the file goes when the process does (and a stat of it cannot
@@ -113,17 +114,47 @@ func (w *Watch) Wait(ctx context.Context) error {
 	if w.pidfd >= 0 {
 		return pollfd.Wait(ctx, w.pidfd)
 	}
-	t := time.NewTicker(pathPoll)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
+	// The ports of a namespace whose file is gone must be free at once:
+	// Podman removes the file and may start the next container on the
+	// same ports right away. Without inotify, polling alone does.
+	in, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	if err == nil {
+		defer unix.Close(in)
+		if _, err := unix.InotifyAddWatch(in, filepath.Dir(w.path), unix.IN_DELETE|unix.IN_MOVED_FROM|unix.IN_DELETE_SELF|unix.IN_MOVE_SELF); err != nil {
+			unix.Close(in)
+			in = -1
 		}
-		var st unix.Stat_t
-		if err := unix.Stat(w.path, &st); err != nil || st.Dev != w.dev || st.Ino != w.ino {
+	} else {
+		in = -1
+	}
+	buf := make([]byte, 4096)
+	for {
+		if w.gone() {
 			return nil
 		}
+		tctx, cancel := context.WithTimeout(ctx, pathPoll)
+		if in >= 0 {
+			pollfd.Wait(tctx, in)
+			for {
+				// Drain the events; which file they name does not
+				// matter, gone() looks at ours.
+				if n, err := unix.Read(in, buf); n <= 0 || err != nil {
+					break
+				}
+			}
+		} else {
+			<-tctx.Done()
+		}
+		cancel()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 	}
+}
+
+// gone reports whether a path target's file is removed or names another
+// file than the one watched.
+func (w *Watch) gone() bool {
+	var st unix.Stat_t
+	return unix.Stat(w.path, &st) != nil || st.Dev != w.dev || st.Ino != w.ino
 }
