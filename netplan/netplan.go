@@ -30,7 +30,8 @@ type Plan struct {
 	// DHCP server, and the host's loopback to the guest.
 	Gateway4 netip.Addr
 	// DNS4 is where the stack serves DNS. It need not be in Net4 (the
-	// guest routes to it through Gateway4 then).
+	// guest routes to it through Gateway4 then). Invalid: the plan has no
+	// DNS address (pasta without --dns-forward).
 	DNS4 netip.Addr
 	// DHCPStart4 and DHCPSize are the addresses the DHCP server leases:
 	// DHCPStart4 and the DHCPSize-1 that follow it, all in Net4.
@@ -42,8 +43,9 @@ type Plan struct {
 	// Guest6 is the guest's address in Net6, when the front end knows
 	// it; invalid when the guest makes its own by SLAAC.
 	Guest6 netip.Addr
-	// Gateway6 is the stack's address in Net6 (the host's loopback to
-	// the guest), DNS6 where it serves DNS over IPv6.
+	// Gateway6 is the stack's address in Net6, the guest's router (on a
+	// mirrored network it may be the host's link-local router address);
+	// DNS6 is where it serves DNS over IPv6 (invalid: nowhere).
 	Gateway6, DNS6 netip.Addr
 	// Router6 is the stack's link-local address: the source of router
 	// advertisements, which RFC 4861 requires to be link-local.
@@ -211,7 +213,7 @@ func (p Plan) validate4() error {
 	if err := p.inNet4("guest", p.Guest4); err != nil {
 		return err
 	}
-	if !unicast4(p.DNS4) || p.DNS4 == n.Addr() || p.DNS4 == p.Broadcast4() {
+	if p.DNS4.IsValid() && (!unicast4(p.DNS4) || p.DNS4 == n.Addr() || p.DNS4 == p.Broadcast4()) {
 		return fmt.Errorf("DNS address %v is not a unicast IPv4 address", p.DNS4)
 	}
 	if p.DHCPSize < 1 {
@@ -224,11 +226,11 @@ func (p Plan) validate4() error {
 	if end < u32(p.DHCPStart4) || end >= u32(p.Broadcast4()) {
 		return fmt.Errorf("DHCP pool %v+%d does not fit in %v", p.DHCPStart4, p.DHCPSize, n)
 	}
-	inPool := func(a netip.Addr) bool { return u32(a) >= u32(p.DHCPStart4) && u32(a) <= end }
+	inPool := func(a netip.Addr) bool { return a.Is4() && u32(a) >= u32(p.DHCPStart4) && u32(a) <= end }
 	switch {
 	case p.Guest4 == p.Gateway4:
 		return fmt.Errorf("guest %v is the gateway", p.Guest4)
-	case p.DNS4 == p.Gateway4 || p.DNS4 == p.Guest4:
+	case p.DNS4.IsValid() && (p.DNS4 == p.Gateway4 || p.DNS4 == p.Guest4):
 		return fmt.Errorf("DNS address %v is the gateway's or the guest's", p.DNS4)
 	case inPool(p.Gateway4) || inPool(p.DNS4):
 		// The guest's own address may be leased to it; the stack's not.
@@ -256,13 +258,14 @@ func (p Plan) validate6() error {
 	if !n.Addr().Is6() || n.Addr().Is4In6() || n.Addr().Zone() != "" || n.Masked() != n || n.Bits() > 126 {
 		return fmt.Errorf("IPv6 network %v is not an IPv6 network address", n)
 	}
-	if !unicast6(p.Gateway6) || !n.Contains(p.Gateway6) || p.Gateway6 == n.Addr() {
+	linkLocalGW := p.Mirror && p.Gateway6.IsLinkLocalUnicast()
+	if !unicast6(p.Gateway6) || (!linkLocalGW && (!n.Contains(p.Gateway6) || p.Gateway6 == n.Addr())) {
 		return fmt.Errorf("IPv6 gateway %v is not a host address in %v", p.Gateway6, n)
 	}
 	if !unicast6(p.Router6) || !p.Router6.IsLinkLocalUnicast() {
 		return fmt.Errorf("IPv6 router address %v is not link-local", p.Router6)
 	}
-	if !unicast6(p.DNS6) || p.DNS6 == p.Gateway6 || p.DNS6 == p.Router6 {
+	if p.DNS6.IsValid() && (!unicast6(p.DNS6) || p.DNS6 == p.Gateway6 || p.DNS6 == p.Router6) {
 		return fmt.Errorf("IPv6 DNS address %v is not a unicast IPv6 address other than the gateway's and the router's", p.DNS6)
 	}
 	if p.Guest6.IsValid() {

@@ -41,7 +41,7 @@ func (s *Stack) bindDHCP() error {
 		PoolStart: plan.DHCPStart4,
 		PoolSize:  plan.DHCPSize,
 	}
-	if s.cfg.ServeDNS != nil {
+	if s.cfg.ServeDNS != nil && plan.DNS4.IsValid() {
 		cfg.DNS = []netip.Addr{plan.DNS4}
 	}
 	srv, err := dhcp.NewServer(cfg)

@@ -251,7 +251,9 @@ func (s *Stack) filterIPv6(pkt *gvstack.PacketBuffer) bool {
 		}
 		switch header.ICMPv6(b[hl:]).Type() {
 		case header.ICMPv6RouterSolicit:
-			s.kickRA()
+			if !s.cfg.DisableRA {
+				s.kickRA()
+			}
 			return true
 		case header.ICMPv6NeighborSolicit:
 			if len(b) < hl+header.ICMPv6NeighborSolicitMinimumSize {

@@ -31,7 +31,7 @@ var allNodes = netip.MustParseAddr("ff02::1")
 // start, periodically, and when the guest solicits one.
 func (s *Stack) controlLoop() {
 	var tick <-chan time.Time
-	if s.cfg.Plan.IPv6() {
+	if s.cfg.Plan.IPv6() && !s.cfg.DisableRA {
 		s.sendRA()
 		t := time.NewTicker(s.cfg.raInterval)
 		defer t.Stop()
@@ -82,7 +82,7 @@ func (s *Stack) routerAdvert() []byte {
 	binary.BigEndian.PutUint32(pi[6:], raPrefLifetime)
 	copy(pi[14:], s.cfg.Plan.Net6.Addr().AsSlice())
 	after := header.NDPOptionsSerializer{pi}
-	if s.cfg.ServeDNS != nil {
+	if s.cfg.ServeDNS != nil && s.cfg.Plan.DNS6.IsValid() {
 		rdnss := make(header.NDPRecursiveDNSServer, 2+4+16) // reserved, lifetime, one address
 		binary.BigEndian.PutUint32(rdnss[2:], raRDNSSLifetime)
 		copy(rdnss[6:], s.cfg.Plan.DNS6.AsSlice())

@@ -114,6 +114,10 @@ type Config struct {
 	// served, DNS DNS4 (dhcp.go).
 	DisableDHCP bool
 
+	// DisableRA turns off router advertisements (pasta's --no-ra, and
+	// --config-net, which configures the guest's IPv6 itself).
+	DisableRA bool
+
 	// DialTimeout bounds each outbound TCP dial. 0 means 30s.
 	DialTimeout time.Duration
 
@@ -387,7 +391,14 @@ func (s *Stack) build(link gvstack.LinkEndpoint) error {
 			netip.PrefixFrom(plan.Router6, plan.Net6.Bits()))
 		routes = append(routes, tcpip.Route{Destination: header.IPv6EmptySubnet, NIC: nicID})
 	}
+	added := map[netip.Addr]bool{}
 	for _, p := range addrs {
+		// A plan may leave an address out (no DNS address), or give two
+		// jobs one address (a mirrored link-local gateway is the router).
+		if !p.Addr().IsValid() || added[p.Addr()] {
+			continue
+		}
+		added[p.Addr()] = true
 		pa := tcpip.ProtocolAddress{
 			Protocol:          protoOf(p.Addr()),
 			AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpipAddr(p.Addr()), PrefixLen: p.Bits()},
@@ -410,11 +421,10 @@ func (s *Stack) build(link gvstack.LinkEndpoint) error {
 	}
 
 	if s.cfg.ServeDNS != nil {
-		dns := []netip.Addr{plan.DNS4}
-		if plan.IPv6() {
-			dns = append(dns, plan.DNS6)
-		}
-		for _, a := range dns {
+		for _, a := range []netip.Addr{plan.DNS4, plan.DNS6} {
+			if !a.IsValid() {
+				continue
+			}
 			full := tcpip.FullAddress{NIC: nicID, Addr: tcpipAddr(a), Port: 53}
 			pc, err := gonet.DialUDP(s.gv, &full, nil, protoOf(a))
 			if err != nil {

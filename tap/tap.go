@@ -108,6 +108,11 @@ type Config struct {
 	MAC     net.HardwareAddr // nil: keep the kernel's random one
 	Addr    netip.Prefix     // e.g. 10.0.2.100/24
 	Gateway netip.Addr       // default route via this address
+	// Addr6 and Gateway6 do the same for IPv6 (pasta's --config-net),
+	// the address without duplicate address detection: it is the host's,
+	// and nobody else is on the link. Gateway6 may be link-local.
+	Addr6    netip.Prefix
+	Gateway6 netip.Addr
 }
 
 // Configure brings lo and the tap up, sets MTU, MAC and address, and adds the
@@ -141,13 +146,22 @@ func Configure(name string, cfg Config) error {
 			return fmt.Errorf("add address %s to %s: %w", cfg.Addr, name, err)
 		}
 	}
+	if cfg.Addr6.IsValid() {
+		a := &netlink.Addr{IPNet: &net.IPNet{IP: cfg.Addr6.Addr().AsSlice(), Mask: net.CIDRMask(cfg.Addr6.Bits(), 128)}, Flags: unix.IFA_F_NODAD}
+		if err := netlink.AddrReplace(link, a); err != nil {
+			return fmt.Errorf("add address %s to %s: %w", cfg.Addr6, name, err)
+		}
+	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("bring %s up: %w", name, err)
 	}
-	if cfg.Gateway.IsValid() {
-		r := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: cfg.Gateway.AsSlice()}
+	for _, gw := range []netip.Addr{cfg.Gateway, cfg.Gateway6} {
+		if !gw.IsValid() {
+			continue
+		}
+		r := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw.AsSlice()}
 		if err := netlink.RouteReplace(r); err != nil {
-			return fmt.Errorf("add default route via %s on %s: %w", cfg.Gateway, name, err)
+			return fmt.Errorf("add default route via %s on %s: %w", gw, name, err)
 		}
 	}
 	return nil
