@@ -417,18 +417,28 @@ func (f *forward) closeSocket() {
 }
 
 // srcFor returns the source address a host client at client appears as inside
-// the namespace when it talks to guest: itself, or the gateway (with its own
-// port) when its address cannot be routed back through the namespace's default
-// route to us: loopback, link-local, unspecified, inside the virtual network, or
-// of the other family than guest.
+// the namespace when it talks to guest: itself, or (with its own port) the
+// plan's host-loopback address for a loopback client, the guest alias for the
+// host's own address the guest shares, and the gateway when its address cannot
+// be routed back through the namespace's default route to us otherwise:
+// loopback, link-local, unspecified, in the virtual network, or of the other
+// family than guest.
 func (r *Registry) srcFor(client netip.AddrPort, guest netip.Addr) netip.AddrPort {
 	a := client.Addr().Unmap()
-	vnet, gw := r.cfg.Plan.Net4, r.cfg.Plan.Gateway4
+	plan := &r.cfg.Plan
+	gw, lo, alias := plan.Gateway4, plan.HostLoopback4, plan.GuestAlias4
 	if guest.Is6() {
-		vnet, gw = r.cfg.Plan.Net6, r.cfg.Plan.Gateway6
+		gw, lo, alias = plan.Gateway6, plan.HostLoopback6, plan.GuestAlias6
 	}
-	if a.Is4() != guest.Is4() || a.IsLoopback() || a.IsUnspecified() ||
-		a.IsLinkLocalUnicast() || a.Zone() != "" || vnet.Contains(a) {
+	switch {
+	case a.Is4() != guest.Is4():
+		return netip.AddrPortFrom(gw, client.Port())
+	case a.IsLoopback() && lo.IsValid():
+		return netip.AddrPortFrom(lo, client.Port())
+	case plan.IsGuest(a) && alias.IsValid():
+		// The host's own address, which the guest shares (pasta).
+		return netip.AddrPortFrom(alias, client.Port())
+	case a.IsLoopback(), a.IsUnspecified(), a.IsLinkLocalUnicast(), a.Zone() != "", plan.Virtual(a):
 		return netip.AddrPortFrom(gw, client.Port())
 	}
 	return netip.AddrPortFrom(a, client.Port())
