@@ -25,9 +25,10 @@ type rule struct {
 }
 
 // The layers, bottom up: leaves (netplan, relay, dhcp, dns, tap, pollfd,
-// sandbox, nsrun), then link on tap, stack on link, portfwd beside stack
-// (it reaches the namespace through its Dialer interface, which stack
-// implements), apisock on portfwd, and cmd/usernet wiring all of them.
+// sandbox, nsrun, frontend/pasta), then link on tap, stack on link,
+// portfwd beside stack (it reaches the namespace through its Dialer
+// interface, which stack implements), apisock on portfwd, and cmd/usernet
+// wiring all of them.
 var rules = map[string]rule{
 	"netplan":           {why: "addresses only: a leaf every package may read"},
 	"relay":             {why: "sees connections as net.Conn: stack and portfwd adapt theirs to it"},
@@ -38,6 +39,7 @@ var rules = map[string]rule{
 	"nsrun":             {why: "only makes namespaces"},
 	"hostif":            {why: "reads the host's template interface with netlink, nothing else"},
 	"internal/pollfd":   {why: "waits on fds"},
+	"frontend/pasta":    {why: "pasta's command line only: the command builds on it"},
 	"internal/testutil": {why: "helpers for tests; no production package may import it"},
 	"internal/deptest":  {why: "this test"},
 	"nsjoin":            {why: "only joins the namespaces and hands over the tap's fd", may: []string{"tap", "internal/pollfd"}},
