@@ -38,6 +38,11 @@ type options struct {
 	publish             []portfwd.Rule // usernet: -p/--publish, static forwards
 	resolvConf          string         // usernet: where to read the upstream from
 
+	// Set by pasta's command line only (pasta.go).
+	ipv6Only    bool // the tap gets no IPv4 address
+	disableDHCP bool
+	disableRA   bool
+
 	help, version bool
 
 	// positionals

@@ -3,6 +3,7 @@
 //
 //	usernet [OPTION]... PID|PATH TAPNAME
 //	usernet run [OPTION]... -- COMMAND [ARG]...
+//	usernet pasta [PASTA OPTION]... [PID | COMMAND [ARG]...]   (also: called as pasta)
 //
 // main only wires: the command line becomes options and a netplan.Plan,
 // and the packages do the work. It is the only package that parses flags
@@ -45,6 +46,9 @@ func main() {
 	case sandbox.Resumed():
 		os.Exit(resumeMain(os.Args[1:], os.Stdout, os.Stderr))
 	}
+	if isPastaName(os.Args[0]) {
+		os.Exit(pastaMain(os.Args[0], os.Args[1:], os.Stdout, os.Stderr))
+	}
 	os.Exit(realMain(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -68,6 +72,9 @@ func oneProc() {
 func realMain(argv []string, stdout, stderr io.Writer) int {
 	if len(argv) > 0 && argv[0] == "run" {
 		return runMain(argv[1:], stdout, stderr)
+	}
+	if len(argv) > 0 && argv[0] == "pasta" {
+		return pastaMain(os.Args[0], argv[1:], stdout, stderr)
 	}
 	o, _, err := parseFlags(argv, stderr, 2)
 	if code, done := handleParse(o, err, stdout, stderr); done {

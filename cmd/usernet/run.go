@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -31,16 +32,24 @@ func runMain(argv []string, stdout, stderr io.Writer) int {
 	}
 	o.configure = true
 	o.tapName = "tap0"
+	return runCommand(o, args, "usernet run", stderr)
+}
+
+// runCommand runs args in new namespaces served with o (usernet run, and
+// pasta without a target), and returns its exit status; prefix starts
+// usernet's own error lines.
+func runCommand(o *options, args []string, prefix string, stderr io.Writer) int {
 	resolv := ""
 	if !o.disableDNS {
-		resolv = "nameserver " + o.plan.DNS4.String() + "\n"
-		if o.plan.IPv6() {
-			resolv += "nameserver " + o.plan.DNS6.String() + "\n"
+		for _, a := range []netip.Addr{o.plan.DNS4, o.plan.DNS6} {
+			if a.IsValid() {
+				resolv += "nameserver " + a.String() + "\n"
+			}
 		}
 	}
 	child, err := nsrun.Start(args, resolv)
 	if err != nil {
-		fmt.Fprintf(stderr, "usernet run: %v\n", err)
+		fmt.Fprintf(stderr, "%s: %v\n", prefix, err)
 		if errors.Is(err, exec.ErrNotFound) {
 			return 127 // as a shell reports a command it cannot find
 		}
@@ -71,7 +80,7 @@ func runMain(argv []string, stdout, stderr io.Writer) int {
 		if err == nil {
 			err = errors.New("network stopped before it was ready")
 		}
-		fmt.Fprintf(stderr, "usernet run: %v\n", err)
+		fmt.Fprintf(stderr, "%s: %v\n", prefix, err)
 		return 1
 	}
 
@@ -89,18 +98,18 @@ func runMain(argv []string, stdout, stderr io.Writer) int {
 		case err := <-served:
 			// The network died under the command: say so, let it finish.
 			if err != nil {
-				fmt.Fprintf(stderr, "usernet run: network: %v\n", err)
+				fmt.Fprintf(stderr, "%s: network: %v\n", prefix, err)
 			}
 			served = nil
 		case <-waited:
 			cancel()
 			if served != nil {
 				if err := <-served; err != nil {
-					fmt.Fprintf(stderr, "usernet run: network: %v\n", err)
+					fmt.Fprintf(stderr, "%s: network: %v\n", prefix, err)
 				}
 			}
 			if werr != nil {
-				fmt.Fprintf(stderr, "usernet run: %v\n", werr)
+				fmt.Fprintf(stderr, "%s: %v\n", prefix, werr)
 			}
 			return code
 		}

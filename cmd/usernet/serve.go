@@ -26,6 +26,9 @@ import (
 type output struct {
 	stdout, stderr io.Writer
 	announce       bool // the nsjoin child prints `sent tapfd=N for TAP`
+	// noSettings leaves out slirp4netns's lines (`received tapfd=N`, the
+	// settings block): pasta's command line prints none of them.
+	noSettings bool
 }
 
 var (
@@ -119,11 +122,21 @@ func prepare(ctx context.Context, o *options, t nsjoin.Target, out output) (_ *p
 			Addr:    netip.PrefixFrom(o.plan.Guest4, o.plan.Net4.Bits()),
 			Gateway: o.plan.Gateway4,
 		}
+		if o.ipv6Only {
+			req.Config.Addr, req.Config.Gateway = netip.Prefix{}, netip.Addr{}
+		}
+		if o.plan.Guest6.IsValid() {
+			// A guest that does not make its own address (pasta's).
+			req.Config.Addr6 = netip.PrefixFrom(o.plan.Guest6, o.plan.Net6.Bits())
+			req.Config.Gateway6 = o.plan.Gateway6
+		}
 	}
 	if p.tap, err = nsjoin.OpenTap(ctx, t, req); err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(out.stderr, "received tapfd=%d\n", p.tap.Fd())
+	if !out.noSettings {
+		fmt.Fprintf(out.stderr, "received tapfd=%d\n", p.tap.Fd())
+	}
 	return p, nil
 }
 
@@ -178,6 +191,8 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		OutboundAddr:  p.out4,
 		OutboundAddr6: p.out6,
 		ServeDNS:      serveDNS,
+		DisableDHCP:   o.disableDHCP,
+		DisableRA:     o.disableRA,
 		Logf:          logf,
 	})
 	if err != nil {
@@ -205,9 +220,11 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		}
 		p.api = nil // the server owns it now
 	}
-	printSettings(out.stdout, o, p)
-	if o.enableSeccomp {
-		printSeccomp(out.stdout, p.resolvConf != "")
+	if !out.noSettings {
+		printSettings(out.stdout, o, p)
+		if o.enableSeccomp {
+			printSeccomp(out.stdout, p.resolvConf != "")
+		}
 	}
 
 	ctx, cancel := context.WithCancelCause(ctx)

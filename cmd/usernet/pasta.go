@@ -1,0 +1,315 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/usernet/usernet/frontend/pasta"
+	"github.com/usernet/usernet/hostif"
+	"github.com/usernet/usernet/netplan"
+	"github.com/usernet/usernet/nsjoin"
+	"github.com/usernet/usernet/portfwd"
+)
+
+// pasta's command line: usernet called as pasta (a symlink or copy), or as
+// `usernet pasta ARGS`. frontend/pasta parses it exactly as pasta does;
+// here it becomes the same options the slirp4netns command line makes,
+// for the same core. docs/pasta.md says what differs from pasta.
+
+// isPastaName reports whether argv0 selects pasta's command line, as pasta
+// itself decides: its base name contains "pasta".
+func isPastaName(argv0 string) bool { return strings.Contains(filepath.Base(argv0), "pasta") }
+
+// pastaLocal4 is pasta's "local mode" plan when the host has no IPv4
+// template interface: 169.254.2.1/16 with gateway .2.2.
+var (
+	pastaLocal4   = netip.MustParsePrefix("169.254.2.1/16")
+	pastaLocalGW4 = netip.MustParseAddr("169.254.2.2")
+)
+
+// pastaExtra are usernet's own options on pasta's command line.
+var pastaExtra = []pasta.ExtraOption{
+	{Name: "api-socket", HasArg: true, Usage: "  --api-socket PATH\tserve slirp4netns's port forwarding API on a unix socket (usernet)"},
+}
+
+func pastaMain(argv0 string, args []string, stdout, stderr io.Writer) int {
+	detached := isDetached()
+	eph := pasta.FallbackEphemeral
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		eph, _ = pasta.ParseEphemeral(b)
+	}
+	po, err := pasta.Parse(argv0, args, pasta.WithEphemeral(eph), pasta.WithExtra(pastaExtra...))
+	var ue *pasta.UsageError
+	var ce *pasta.ConfigError
+	switch {
+	case errors.As(err, &ue):
+		fmt.Fprintln(stderr, ue.Msg)
+		pasta.Usage(stderr, argv0, pastaExtra...)
+		return 1
+	case errors.As(err, &ce):
+		fmt.Fprintln(stderr, ce.Msg)
+		return 1
+	case err != nil:
+		fmt.Fprintln(stderr, err)
+		return 1
+	case po.Help:
+		pasta.Usage(stdout, argv0, pastaExtra...)
+		return 0
+	case po.Version:
+		// Podman shows this line in `podman info`; rootlesskit only needs
+		// the exit status (also of `--host-lo-to-ns-lo --version`).
+		fmt.Fprintf(stdout, "pasta (usernet %s, commit %s)\n", version, commit)
+		return 0
+	}
+	if !detached {
+		for _, w := range po.Warnings {
+			fmt.Fprintln(stderr, w)
+		}
+	}
+	// The background process's warnings would repeat the foreground's.
+	warnTo := stderr
+	if detached {
+		warnTo = io.Discard
+	}
+	o, t, err := pastaOptions(po, warnTo)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	if po.NetNS == "" {
+		// No target: new namespaces running the command, or a shell.
+		cmd := po.Args
+		if len(cmd) == 0 {
+			shell := os.Getenv("SHELL")
+			if shell == "" {
+				shell = "/bin/sh"
+			}
+			cmd = []string{shell}
+		}
+		return runCommand(o, cmd, argv0, stderr)
+	}
+	if !po.Foreground && !detached {
+		return detach(po.PIDFile, stderr)
+	}
+
+	ctx, stop := notifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT)
+	defer stop()
+	out := output{stdout: stdout, stderr: stderr, noSettings: true}
+	err = serve(ctx, o, t, out, func() error {
+		if detached {
+			return detachedReady(po.LogFile)
+		}
+		if po.PIDFile != "" {
+			return writePIDFile(po.PIDFile, os.Getpid())
+		}
+		return nil
+	})
+	if err != nil {
+		fmt.Fprintf(stderr, "%v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// pastaOptions turns pasta's options into usernet's: the host's template
+// interface copied into the address plan, the forwards, the target.
+func pastaOptions(po *pasta.Options, stderr io.Writer) (*options, nsjoin.Target, error) {
+	o := &options{
+		configure:  po.ConfigNet,
+		exitFD:     -1,
+		readyFD:    -1,
+		mtu:        po.MTU,
+		resolvConf: "/etc/resolv.conf",
+		ipv6Only:   po.IPv6Only,
+		// pasta serves DHCP only when asked to configure nothing; with
+		// --config-net it turns router advertisements off (NoRA).
+		disableDHCP: po.NoDHCP,
+		disableRA:   po.NoRA || po.NoNDP,
+	}
+	var t nsjoin.Target
+	switch {
+	case unsupported(po) != "":
+		return nil, t, fmt.Errorf("%s is not supported by usernet's pasta command line yet", unsupported(po))
+	}
+	if v, ok := po.ExtraValue("api-socket"); ok {
+		o.apiSocket = v
+	}
+	if po.NsMACGiven {
+		o.mac = po.NsMAC[:]
+	}
+	tmpl, err := hostif.Find(po.Interface)
+	if err != nil {
+		return nil, t, err
+	}
+	if o.plan, err = pastaPlan(po, tmpl); err != nil {
+		return nil, t, err
+	}
+	o.tapName = po.NsIfname
+	if o.tapName == "" {
+		o.tapName = tmpl.V4.Ifname
+		if o.tapName == "" || po.IPv6Only {
+			o.tapName = tmpl.V6.Ifname
+		}
+		if o.tapName == "" {
+			o.tapName = "tap0"
+		}
+	}
+
+	// DNS: answered at --dns-forward, relayed to --dns-host or the host's
+	// resolv.conf. Without --dns-forward pasta answers DNS nowhere.
+	o.disableDNS = !o.plan.DNS4.IsValid() && !o.plan.DNS6.IsValid()
+	if a := po.DNSHost4; a.IsValid() {
+		o.dnsUpstream = a.String()
+	} else if a := po.DNSHost6; a.IsValid() {
+		o.dnsUpstream = a.String()
+	}
+	if po.Outbound4.IsValid() {
+		o.outboundAddr = po.Outbound4.String()
+	} else if po.OutboundIf4 != "" {
+		o.outboundAddr = po.OutboundIf4
+	}
+	if po.Outbound6.IsValid() {
+		o.outboundAddr6 = po.Outbound6.String()
+	} else if po.OutboundIf6 != "" {
+		o.outboundAddr6 = po.OutboundIf6
+	}
+
+	var warned bool
+	for _, f := range []struct {
+		proto string
+		fwd   *pasta.Forward
+	}{{"tcp", &po.TCP}, {"udp", &po.UDP}} {
+		if f.fwd.Auto() {
+			if !warned && !po.Quiet {
+				fmt.Fprintln(stderr, "usernet: 'auto' port forwarding is not implemented yet: only the ports given are forwarded")
+				warned = true
+			}
+			continue
+		}
+		for m := range f.fwd.Mappings() {
+			o.publish = append(o.publish, pastaRules(f.proto, m, o.plan, po)...)
+		}
+	}
+
+	if po.HasPID {
+		t.PID = po.PID
+	} else {
+		t.NetnsPath = po.NetNS
+		if !po.NetNSOnly {
+			t.UsernsPath = po.UserNS
+		}
+	}
+	return o, t, nil
+}
+
+// unsupported names the first option given that usernet does not do yet,
+// or "".
+func unsupported(po *pasta.Options) string {
+	switch {
+	case po.Pcap != "":
+		return "-p/--pcap"
+	case po.RunAs != "":
+		return "--runas"
+	case po.FDGiven:
+		return "-F/--fd"
+	case po.TCPNs.Mode == pasta.ModeSpec || po.UDPNs.Mode == pasta.ModeSpec:
+		return "-T/-U with ports"
+	case po.NoNetnsQuit:
+		return "--no-netns-quit"
+	case po.Interface != "" && (po.OutboundIf4 != "" || po.OutboundIf6 != ""):
+		return "-i with --outbound-if4/6"
+	}
+	for _, f := range []*pasta.Forward{&po.TCP, &po.UDP} {
+		for _, r := range f.Ranges {
+			switch {
+			case r.BindIfname != "":
+				return "a forward bound to an interface (%IFNAME/)"
+			case r.Weak:
+				return "a forward of every port but some (~PORTS alone)"
+			}
+		}
+	}
+	return ""
+}
+
+// pastaPlan copies the host's template interface into the address plan,
+// as pasta does: the guest gets the host's own address, prefix and
+// gateway for each family (or -a, -n, -g), the gateway reaches the host's
+// loopback unless --no-map-gw, and the network is mirrored, not virtual.
+func pastaPlan(po *pasta.Options, tmpl hostif.Template) (netplan.Plan, error) {
+	p := netplan.Plan{Mirror: true}
+
+	guest, bits, gw := tmpl.V4.Addr.Addr(), tmpl.V4.Addr.Bits(), tmpl.V4.Gateway
+	if po.Address4.IsValid() {
+		guest = po.Address4
+		bits, _ = po.Prefix4()
+	}
+	if po.Gateway4.IsValid() {
+		gw = po.Gateway4
+	}
+	if !guest.IsValid() || !gw.IsValid() {
+		// No usable IPv4 template: pasta's local mode.
+		guest, bits, gw = pastaLocal4.Addr(), pastaLocal4.Bits(), pastaLocalGW4
+	}
+	p.Net4 = netip.PrefixFrom(guest, bits).Masked()
+	p.Guest4, p.Gateway4 = guest, gw
+	p.DHCPStart4, p.DHCPSize = guest, 1
+	p.DNS4 = po.DNSForward4
+	p.HostLoopback4 = po.HostLoopbackMap(false, gw)
+	p.GuestAlias4 = po.MapGuestAddr4
+
+	guest6, bits6, gw6 := tmpl.V6.Addr.Addr(), tmpl.V6.Addr.Bits(), tmpl.V6.Gateway
+	if po.Address6.IsValid() {
+		guest6, bits6 = po.Address6, 64
+	}
+	if po.Gateway6.IsValid() {
+		gw6 = po.Gateway6
+	}
+	if !po.IPv4Only && guest6.IsValid() && gw6.IsValid() {
+		p.Net6 = netip.PrefixFrom(guest6, bits6).Masked()
+		p.Guest6, p.Gateway6 = guest6, gw6
+		// The stack's link-local address: the router's when it is
+		// link-local, else the host's own on that interface.
+		p.Router6 = tmpl.V6.LinkLocal
+		if gw6.IsLinkLocalUnicast() || !p.Router6.IsValid() {
+			p.Router6 = gw6
+		}
+		if !p.Router6.IsLinkLocalUnicast() {
+			p.Router6 = netip.MustParseAddr("fe80::1")
+		}
+		p.DNS6 = po.DNSForward6
+		p.HostLoopback6 = po.HostLoopbackMap(true, gw6)
+		p.GuestAlias6 = po.MapGuestAddr6
+	}
+	if err := p.Validate(); err != nil {
+		return p, fmt.Errorf("addresses copied from the host: %w", err)
+	}
+	return p, nil
+}
+
+// pastaRules turns one listening port of -t/-u into forwards: to the
+// guest's address of the family the listener is of. Without a bind
+// address pasta listens on both families.
+func pastaRules(proto string, m pasta.Mapping, plan netplan.Plan, po *pasta.Options) []portfwd.Rule {
+	rule := func(host netip.Addr) portfwd.Rule {
+		return portfwd.Rule{Proto: proto, HostAddr: host, HostPort: m.Port, GuestPort: m.To}
+	}
+	if m.BindAddr.IsValid() && !m.BindAddr.IsUnspecified() {
+		return []portfwd.Rule{rule(m.BindAddr)}
+	}
+	var rules []portfwd.Rule
+	if !po.IPv6Only {
+		rules = append(rules, rule(netip.IPv4Unspecified()))
+	}
+	if plan.IPv6() {
+		rules = append(rules, rule(netip.IPv6Unspecified()))
+	}
+	return rules
+}
