@@ -71,6 +71,34 @@ type Request struct {
 	Config    tap.Config `json:",omitempty"`
 	// Announce prints slirp4netns's `sent tapfd=N for TAP` on stderr.
 	Announce bool
+	// ProcNet also brings back the namespace's /proc/net/tcp, tcp6, udp
+	// and udp6, opened inside it (Opened.ProcNet).
+	ProcNet bool `json:",omitempty"`
+}
+
+// ProcNetFiles are the files Request.ProcNet opens, in Opened.ProcNet's
+// order.
+var ProcNetFiles = []string{"tcp", "tcp6", "udp", "udp6"}
+
+// Opened is what OpenTap brings back from the namespace.
+type Opened struct {
+	// Tap is the tap's fd, non-blocking.
+	Tap *os.File
+	// ProcNet are the namespace's ProcNetFiles when Request.ProcNet
+	// asked for them: opened inside the namespace, they show its sockets
+	// whenever they are read again from the start (pasta's "auto"
+	// forwarding reads them once a second).
+	ProcNet []*os.File
+}
+
+// Close closes every file.
+func (o *Opened) Close() {
+	if o.Tap != nil {
+		o.Tap.Close()
+	}
+	for _, f := range o.ProcNet {
+		f.Close()
+	}
 }
 
 type reply struct {
@@ -84,13 +112,17 @@ func IsChild() bool { return os.Getenv(envChild) == "1" }
 // first thing when IsChild.
 func ChildMain() int {
 	sock := os.NewFile(childSock, "nsjoin")
-	f, announce, err := childOpen()
+	f, announce, procNet, err := childOpen()
 	var r reply
 	var rights []byte
 	if err != nil {
 		r.Error = err.Error()
 	} else {
-		rights = unix.UnixRights(int(f.Fd()))
+		fds := []int{int(f.Fd())}
+		for _, p := range procNet {
+			fds = append(fds, int(p.Fd()))
+		}
+		rights = unix.UnixRights(fds...)
 		if announce {
 			fmt.Fprintf(os.Stderr, "sent tapfd=%d for %s\n", f.Fd(), f.Name()[len("tap:"):])
 		}
@@ -103,33 +135,46 @@ func ChildMain() int {
 	return 0
 }
 
-func childOpen() (*os.File, bool, error) {
+func childOpen() (*os.File, bool, []*os.File, error) {
 	switch C.usernet_nsjoin_step {
 	case 1:
-		return nil, false, fmt.Errorf("join user namespace: %w", unix.Errno(C.usernet_nsjoin_errno))
+		return nil, false, nil, fmt.Errorf("join user namespace: %w", unix.Errno(C.usernet_nsjoin_errno))
 	case 2:
-		return nil, false, fmt.Errorf("join network namespace: %w", unix.Errno(C.usernet_nsjoin_errno))
+		return nil, false, nil, fmt.Errorf("join network namespace: %w", unix.Errno(C.usernet_nsjoin_errno))
 	}
 	var req Request
 	if err := json.Unmarshal([]byte(os.Getenv(envReq)), &req); err != nil {
-		return nil, false, fmt.Errorf("decode request: %w", err)
+		return nil, false, nil, fmt.Errorf("decode request: %w", err)
+	}
+	var procNet []*os.File
+	if req.ProcNet {
+		// /proc/self/net is this thread's network namespace: the
+		// target's, joined before Go started.
+		for _, name := range ProcNetFiles {
+			p, err := os.Open("/proc/self/net/" + name)
+			if err != nil {
+				return nil, false, nil, fmt.Errorf("open the namespace's /proc/net/%s: %w", name, err)
+			}
+			procNet = append(procNet, p)
+		}
 	}
 	f, err := tap.Open(req.Tap)
 	if err != nil {
-		return nil, false, err
+		return nil, false, nil, err
 	}
 	if req.Configure {
 		if err := tap.Configure(req.Tap.Name, req.Config); err != nil {
 			f.Close()
-			return nil, false, err
+			return nil, false, nil, err
 		}
 	}
-	return f, req.Announce, nil
+	return f, req.Announce, procNet, nil
 }
 
 // OpenTap joins t's namespaces in a child process, opens the tap there as
-// req says, and returns its fd (non-blocking, owned by the caller).
-func OpenTap(ctx context.Context, t Target, req Request) (*os.File, error) {
+// req says, and returns its fd (non-blocking) and the other files req
+// asked for, all owned by the caller.
+func OpenTap(ctx context.Context, t Target, req Request) (*Opened, error) {
 	if err := tap.ValidateName(req.Tap.Name); err != nil {
 		return nil, err
 	}
@@ -174,7 +219,11 @@ func OpenTap(ctx context.Context, t Target, req Request) (*os.File, error) {
 	}
 	childEnd.Close()
 
-	f, rerr := receive(ctx, parentEnd)
+	want := 1
+	if req.ProcNet {
+		want += len(ProcNetFiles)
+	}
+	o, rerr := receive(ctx, parentEnd, want)
 	if rerr != nil {
 		cmd.Process.Kill()
 	}
@@ -183,14 +232,15 @@ func OpenTap(ctx context.Context, t Target, req Request) (*os.File, error) {
 		return nil, fmt.Errorf("%s: %w", t, rerr)
 	}
 	if werr != nil {
-		f.Close()
+		o.Close()
 		return nil, fmt.Errorf("nsjoin child: %w", werr)
 	}
-	return f, nil
+	return o, nil
 }
 
-// receive reads the child's one reply and the fd that comes with it.
-func receive(ctx context.Context, sock *os.File) (*os.File, error) {
+// receive reads the child's one reply and the want fds that come with it:
+// the tap's first.
+func receive(ctx context.Context, sock *os.File, want int) (*Opened, error) {
 	c, err := net.FileConn(sock)
 	if err != nil {
 		return nil, fmt.Errorf("wrap socket: %w", err)
@@ -200,7 +250,7 @@ func receive(ctx context.Context, sock *os.File) (*os.File, error) {
 	stop := context.AfterFunc(ctx, func() { uc.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
 	buf := make([]byte, 4096)
-	oob := make([]byte, unix.CmsgSpace(4))
+	oob := make([]byte, unix.CmsgSpace(4*want))
 	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -211,37 +261,43 @@ func receive(ctx context.Context, sock *os.File) (*os.File, error) {
 	if n == 0 {
 		return nil, errors.New("nsjoin child exited without a reply")
 	}
-	var fd = -1
+	var fds []int
 	if oobn > 0 {
 		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
 		if err == nil && len(msgs) == 1 {
-			if fds, err := unix.ParseUnixRights(&msgs[0]); err == nil && len(fds) == 1 {
-				fd = fds[0]
-			}
+			fds, _ = unix.ParseUnixRights(&msgs[0])
+		}
+	}
+	closeAll := func() {
+		for _, fd := range fds {
+			unix.Close(fd)
 		}
 	}
 	var r reply
 	if err := json.Unmarshal(buf[:n], &r); err != nil {
-		if fd >= 0 {
-			unix.Close(fd)
-		}
+		closeAll()
 		return nil, fmt.Errorf("decode reply of nsjoin child: %w", err)
 	}
 	if r.Error != "" {
-		if fd >= 0 {
-			unix.Close(fd)
-		}
+		closeAll()
 		return nil, errors.New(r.Error)
 	}
-	if fd < 0 {
-		return nil, errors.New("nsjoin child sent no fd")
+	if len(fds) != want {
+		closeAll()
+		return nil, fmt.Errorf("nsjoin child sent %d fds, want %d", len(fds), want)
 	}
-	unix.CloseOnExec(fd)
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
+	for _, fd := range fds {
+		unix.CloseOnExec(fd)
+	}
+	if err := unix.SetNonblock(fds[0], true); err != nil {
+		closeAll()
 		return nil, fmt.Errorf("set tap fd non-blocking: %w", err)
 	}
-	return os.NewFile(uintptr(fd), "tap"), nil
+	o := &Opened{Tap: os.NewFile(uintptr(fds[0]), "tap")}
+	for i, fd := range fds[1:] {
+		o.ProcNet = append(o.ProcNet, os.NewFile(uintptr(fd), "netns /proc/net/"+ProcNetFiles[i]))
+	}
+	return o, nil
 }
 
 // openNamespaces opens the network namespace to join and, when it is not

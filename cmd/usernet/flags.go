@@ -39,9 +39,10 @@ type options struct {
 	resolvConf          string         // usernet: where to read the upstream from
 
 	// Set by pasta's command line only (pasta.go).
-	ipv6Only    bool // the tap gets no IPv4 address
-	disableDHCP bool
-	disableRA   bool
+	ipv6Only         bool // the tap gets no IPv4 address
+	disableDHCP      bool
+	disableRA        bool
+	autoTCP, autoUDP bool // forward the ports the namespace listens on
 
 	help, version bool
 

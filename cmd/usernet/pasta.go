@@ -73,12 +73,7 @@ func pastaMain(argv0 string, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, w)
 		}
 	}
-	// The background process's warnings would repeat the foreground's.
-	warnTo := stderr
-	if detached {
-		warnTo = io.Discard
-	}
-	o, t, err := pastaOptions(po, warnTo)
+	o, t, err := pastaOptions(po)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
@@ -120,7 +115,7 @@ func pastaMain(argv0 string, args []string, stdout, stderr io.Writer) int {
 
 // pastaOptions turns pasta's options into usernet's: the host's template
 // interface copied into the address plan, the forwards, the target.
-func pastaOptions(po *pasta.Options, stderr io.Writer) (*options, nsjoin.Target, error) {
+func pastaOptions(po *pasta.Options) (*options, nsjoin.Target, error) {
 	o := &options{
 		configure:  po.ConfigNet,
 		exitFD:     -1,
@@ -181,16 +176,14 @@ func pastaOptions(po *pasta.Options, stderr io.Writer) (*options, nsjoin.Target,
 		o.outboundAddr6 = po.OutboundIf6
 	}
 
-	var warned bool
+	// pasta's default for -t and -u is auto: the ports the namespace
+	// listens on (autofwd). -T/-U auto is not done (docs/pasta.md).
+	o.autoTCP, o.autoUDP = po.TCP.Auto() && !po.NoTCP, po.UDP.Auto() && !po.NoUDP
 	for _, f := range []struct {
 		proto string
 		fwd   *pasta.Forward
 	}{{"tcp", &po.TCP}, {"udp", &po.UDP}} {
 		if f.fwd.Auto() {
-			if !warned && !po.Quiet {
-				fmt.Fprintln(stderr, "usernet: 'auto' port forwarding is not implemented yet: only the ports given are forwarded")
-				warned = true
-			}
 			continue
 		}
 		for m := range f.fwd.Mappings() {

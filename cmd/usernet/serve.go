@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/usernet/usernet/apisock"
+	"github.com/usernet/usernet/autofwd"
 	"github.com/usernet/usernet/dns"
 	"github.com/usernet/usernet/internal/pollfd"
 	"github.com/usernet/usernet/netplan"
@@ -62,6 +63,7 @@ type prepared struct {
 	exit       *os.File          // --exit-fd, or nil
 	watch      *nsjoin.Watch     // the target's watch
 	tap        *os.File          // the tap's fd; nil once the stack owns it
+	procNet    []*os.File        // the namespace's /proc/net files, for autoTCP/autoUDP
 	vnetHdr    bool              // tap opened with IFF_VNET_HDR and offloads (off only in debug builds)
 	api        *net.UnixListener // --api-socket, bound before the sandbox; nil once the server owns it
 }
@@ -114,6 +116,7 @@ func prepare(ctx context.Context, o *options, t nsjoin.Target, out output) (_ *p
 		Tap:       tap.Options{Name: o.tapName, VnetHdr: p.vnetHdr},
 		Configure: o.configure,
 		Announce:  out.announce,
+		ProcNet:   o.autoTCP || o.autoUDP,
 	}
 	if o.configure {
 		req.Config = tap.Config{
@@ -131,9 +134,11 @@ func prepare(ctx context.Context, o *options, t nsjoin.Target, out output) (_ *p
 			req.Config.Gateway6 = o.plan.Gateway6
 		}
 	}
-	if p.tap, err = nsjoin.OpenTap(ctx, t, req); err != nil {
+	opened, err := nsjoin.OpenTap(ctx, t, req)
+	if err != nil {
 		return nil, err
 	}
+	p.tap, p.procNet = opened.Tap, opened.ProcNet
 	if !out.noSettings {
 		fmt.Fprintf(out.stderr, "received tapfd=%d\n", p.tap.Fd())
 	}
@@ -142,12 +147,12 @@ func prepare(ctx context.Context, o *options, t nsjoin.Target, out output) (_ *p
 
 // close releases whatever run has not taken over.
 func (p *prepared) close() {
-	for _, f := range []*os.File{p.tap, p.ready, p.exit} {
+	for _, f := range append([]*os.File{p.tap, p.ready, p.exit}, p.procNet...) {
 		if f != nil {
 			f.Close()
 		}
 	}
-	p.tap, p.ready, p.exit = nil, nil, nil
+	p.tap, p.ready, p.exit, p.procNet = nil, nil, nil, nil
 	if p.api != nil {
 		p.api.SetUnlinkOnClose(true)
 		p.api.Close()
@@ -245,6 +250,13 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 			cancel(fmt.Errorf("port forwarding: %w", err))
 		}
 	})
+	if len(p.procNet) == len(nsjoin.ProcNetFiles) {
+		wg.Go(func() {
+			if err := autofwd.Run(ctx, autoConfig(o, p.procNet, reg, logf)); err != nil {
+				cancel(fmt.Errorf("auto port forwarding: %w", err))
+			}
+		})
+	}
 	if api != nil {
 		wg.Go(func() {
 			if err := api.Run(ctx); err != nil {
@@ -426,4 +438,25 @@ func resolveOutbound(s string, want4 bool) (netip.Addr, error) {
 		}
 	}
 	return netip.Addr{}, fmt.Errorf("interface %s has no usable address of that family", s)
+}
+
+// autoConfig forwards the ports the namespace listens on (pasta's "auto")
+// from the host's wildcard addresses, except those forwarded explicitly.
+func autoConfig(o *options, files []*os.File, reg *portfwd.Registry, logf func(string, ...any)) autofwd.Config {
+	hosts := []netip.Addr{netip.IPv4Unspecified()}
+	if o.plan.IPv6() {
+		hosts = append(hosts, netip.IPv6Unspecified())
+	}
+	explicit := map[string]bool{}
+	for _, r := range o.publish {
+		explicit[fmt.Sprintf("%s/%d", r.Proto, r.HostPort)] = true
+	}
+	return autofwd.Config{
+		TCP: o.autoTCP, UDP: o.autoUDP,
+		TCP4: files[0], TCP6: files[1], UDP4: files[2], UDP6: files[3],
+		Hosts:     hosts,
+		Skip:      func(proto string, port uint16) bool { return explicit[fmt.Sprintf("%s/%d", proto, port)] },
+		Forwarder: reg,
+		Logf:      logf,
+	}
 }
