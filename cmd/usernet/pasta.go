@@ -73,7 +73,12 @@ func pastaMain(argv0 string, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, w)
 		}
 	}
-	o, t, err := pastaOptions(po)
+	tmpl, err := hostif.Find(po.Interface)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	o, t, err := pastaOptions(po, tmpl)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
@@ -115,7 +120,7 @@ func pastaMain(argv0 string, args []string, stdout, stderr io.Writer) int {
 
 // pastaOptions turns pasta's options into usernet's: the host's template
 // interface copied into the address plan, the forwards, the target.
-func pastaOptions(po *pasta.Options) (*options, nsjoin.Target, error) {
+func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Target, error) {
 	o := &options{
 		configure:  po.ConfigNet,
 		exitFD:     -1,
@@ -139,10 +144,7 @@ func pastaOptions(po *pasta.Options) (*options, nsjoin.Target, error) {
 	if po.NsMACGiven {
 		o.mac = po.NsMAC[:]
 	}
-	tmpl, err := hostif.Find(po.Interface)
-	if err != nil {
-		return nil, t, err
-	}
+	var err error
 	if o.plan, err = pastaPlan(po, tmpl); err != nil {
 		return nil, t, err
 	}

@@ -1,0 +1,116 @@
+package main
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/usernet/usernet/frontend/pasta"
+	"github.com/usernet/usernet/hostif"
+)
+
+// hostTemplate is a host on 198.51.100.10/24 via .1, with IPv6.
+var hostTemplate = hostif.Template{
+	V4: hostif.Family{Ifname: "eth0", Ifindex: 2, MTU: 1500, Addr: netip.MustParsePrefix("198.51.100.10/24"), Gateway: netip.MustParseAddr("198.51.100.1")},
+	V6: hostif.Family{Ifname: "eth0", Ifindex: 2, MTU: 1500, Addr: netip.MustParsePrefix("2001:db8::10/64"),
+		Gateway: netip.MustParseAddr("fe80::1"), LinkLocal: netip.MustParseAddr("fe80::5054:ff:fe12:3456")},
+}
+
+func parsePasta(t *testing.T, args string) (*options, bool) {
+	t.Helper()
+	po, err := pasta.Parse("pasta", strings.Fields(args), pasta.WithExtra(pastaExtra...))
+	if err != nil {
+		t.Fatalf("pasta.Parse(%q): %v", args, err)
+	}
+	o, tg, err := pastaOptions(po, hostTemplate)
+	if err != nil {
+		t.Fatalf("pastaOptions(%q): %v", args, err)
+	}
+	return o, tg.PID != 0
+}
+
+// What Podman 5.4 passes by default: the host's addresses copied, DNS at
+// 169.254.1.1, the host's own address at 169.254.1.2, no loopback
+// mapping, no forwards.
+func TestPastaOptionsPodman(t *testing.T) {
+	po, err := pasta.Parse("pasta", strings.Fields("--config-net -t 8080-8080:80-80 -u 127.0.0.1/5353-5353:53-53 --dns-forward 169.254.1.1 -T none -U none --no-map-gw --quiet --netns /run/user/1000/netns/netns-1 --map-guest-addr 169.254.1.2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, tg, err := pastaOptions(po, hostTemplate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := o.plan
+	for _, c := range []struct{ what, got, want string }{
+		{"guest", p.Guest4.String(), "198.51.100.10"},
+		{"network", p.Net4.String(), "198.51.100.0/24"},
+		{"gateway", p.Gateway4.String(), "198.51.100.1"},
+		{"DNS", p.DNS4.String(), "169.254.1.1"},
+		{"guest alias", p.GuestAlias4.String(), "169.254.1.2"},
+		{"host loopback (--no-map-gw)", p.HostLoopback4.String(), "invalid IP"},
+		{"guest6", p.Guest6.String(), "2001:db8::10"},
+		{"gateway6", p.Gateway6.String(), "fe80::1"},
+		{"router6", p.Router6.String(), "fe80::1"},
+		{"tap", o.tapName, "eth0"},
+		{"netns", tg.NetnsPath, "/run/user/1000/netns/netns-1"},
+		{"userns", tg.UsernsPath, ""},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %s, want %s", c.what, c.got, c.want)
+		}
+	}
+	if !p.Mirror || !o.configure || o.disableDNS || o.autoTCP || o.autoUDP || !o.disableRA {
+		t.Errorf("mirror %v, configure %v, disableDNS %v, auto %v/%v, disableRA %v; want true, true, false, false/false, true",
+			p.Mirror, o.configure, o.disableDNS, o.autoTCP, o.autoUDP, o.disableRA)
+	}
+	var rules []string
+	for _, r := range o.publish {
+		rules = append(rules, r.String())
+	}
+	want := []string{"tcp 0.0.0.0:8080 -> *:80", "tcp [::]:8080 -> *:80", "udp 127.0.0.1:5353 -> *:53"}
+	if !slices.Equal(rules, want) {
+		t.Errorf("forwards %q, want %q", rules, want)
+	}
+}
+
+// What rootlesskit 2.0 passes: its own addresses, IPv4 only, auto ports.
+func TestPastaOptionsRootlesskit(t *testing.T) {
+	o, byPID := parsePasta(t, "--stderr --ns-ifname=tap0 --mtu=65520 --no-dhcp --no-ra --address=10.0.2.100 --netmask=24 --gateway=10.0.2.2 --dns-forward=10.0.2.3 --ipv4-only --tcp-ports=auto --udp-ports=auto 4242")
+	p := o.plan
+	if p.Guest4.String() != "10.0.2.100" || p.Net4.String() != "10.0.2.0/24" || p.Gateway4.String() != "10.0.2.2" ||
+		p.DNS4.String() != "10.0.2.3" || p.HostLoopback4.String() != "10.0.2.2" || p.IPv6() {
+		t.Errorf("plan %+v; want 10.0.2.100/24 via .2, DNS .3, .2 → host loopback, no IPv6", p)
+	}
+	if !byPID || o.tapName != "tap0" || o.mtu != 65520 || !o.autoTCP || !o.autoUDP || !o.disableDHCP || o.configure {
+		t.Errorf("PID %v, tap %q, mtu %d, auto %v/%v, disableDHCP %v, configure %v", byPID, o.tapName, o.mtu, o.autoTCP, o.autoUDP, o.disableDHCP, o.configure)
+	}
+}
+
+// Without a template for IPv4, pasta's local mode.
+func TestPastaPlanLocalMode(t *testing.T) {
+	po, err := pasta.Parse("pasta", []string{"--config-net", "1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, _, err := pastaOptions(po, hostif.Template{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.plan.Guest4.String() != "169.254.2.1" || o.plan.Gateway4.String() != "169.254.2.2" || o.tapName != "tap0" || o.plan.IPv6() {
+		t.Errorf("local mode plan %+v, tap %q; want 169.254.2.1/16 via .2.2 on tap0, no IPv6", o.plan, o.tapName)
+	}
+}
+
+func TestPastaUnsupportedOptions(t *testing.T) {
+	for _, args := range []string{"-p /tmp/x.pcap 1", "--runas 1000 1", "-T 8080 1", "-t %eth0/80 1"} {
+		po, err := pasta.Parse("pasta", strings.Fields(args))
+		if err != nil {
+			t.Fatalf("pasta.Parse(%q): %v", args, err)
+		}
+		if _, _, err := pastaOptions(po, hostTemplate); err == nil || !strings.Contains(err.Error(), "not supported") {
+			t.Errorf("pastaOptions(%q) = %v, want a 'not supported' error", args, err)
+		}
+	}
+}
