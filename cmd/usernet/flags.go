@@ -43,6 +43,9 @@ type options struct {
 	disableDHCP      bool
 	disableRA        bool
 	autoTCP, autoUDP bool // forward the ports the namespace listens on
+	// publishErr says which option publish[i] came from when it cannot
+	// be bound; nil: slirp4netns's --publish.
+	publishErr func(i int, err error) error
 
 	help, version bool
 

@@ -181,16 +181,36 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 	// pasta's default for -t and -u is auto: the ports the namespace
 	// listens on (autofwd). -T/-U auto is not done (docs/pasta.md).
 	o.autoTCP, o.autoUDP = po.TCP.Auto() && !po.NoTCP, po.UDP.Auto() && !po.NoUDP
+	var origin []string // the option each forward came from, for errors
 	for _, f := range []struct {
 		proto string
+		opt   string
 		fwd   *pasta.Forward
-	}{{"tcp", &po.TCP}, {"udp", &po.UDP}} {
+	}{{"tcp", "-t", &po.TCP}, {"udp", "-u", &po.UDP}} {
 		if f.fwd.Auto() {
 			continue
 		}
-		for m := range f.fwd.Mappings() {
-			o.publish = append(o.publish, pastaRules(f.proto, m, o.plan, po)...)
+		for _, r := range f.fwd.Ranges {
+			for port := int(r.First); port <= int(r.Last); port++ {
+				to, _ := f.fwd.Target(uint16(port))
+				m := pasta.Mapping{BindAddr: r.BindAddr, Port: uint16(port), To: to}
+				for _, rule := range pastaRules(f.proto, m, o.plan, po) {
+					o.publish = append(o.publish, rule)
+					origin = append(origin, f.opt+" "+r.Spec)
+				}
+			}
 		}
+	}
+	o.publishErr = func(i int, err error) error {
+		// pasta's text: "Failed to bind port 80 (Address already in use)
+		// for option '-t 80'".
+		why := err.Error()
+		var errno syscall.Errno
+		if errors.As(err, &errno) {
+			why = errno.Error()
+			why = strings.ToUpper(why[:1]) + why[1:]
+		}
+		return fmt.Errorf("Failed to bind port %d (%s) for option '%s'", o.publish[i].HostPort, why, origin[i])
 	}
 
 	if po.HasPID {

@@ -208,10 +208,13 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 	// Port forwarding: the registry dials into the namespace through the
 	// stack; static --publish forwards are bound now, API ones on request.
 	reg := portfwd.New(portfwd.Config{Dialer: st, Plan: o.plan, Logf: logf})
-	for _, r := range o.publish {
+	for i, r := range o.publish {
 		if _, err := reg.Add(ctx, r); err != nil {
 			st.Close()
 			closeRegistry(reg)
+			if o.publishErr != nil {
+				return o.publishErr(i, err)
+			}
 			return fmt.Errorf("--publish: %w", err)
 		}
 	}
