@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # test.sh: the whole test suite. Run as root on Debian (CI runs it through .ci/run):
-#   1. installs the Debian packages the tests need (nothing when they are there already),
+#   1. installs the Debian packages the tests need (nothing when they are there already), and
+#      builds (once, cached) a Debian trixie root with Podman 5, pasta 2025 and rootlesskit 2
+#      for the pasta tests (integration/trixie.sh),
 #   2. downloads the Go modules, checks gofmt and go vet, builds usernet,
 #   3. inside a private network namespace wired to a fake internet (integration/netns.sh):
 #      unit tests with the race detector, then the integration tests in integration/, which run
 #      usernet as an unprivileged user against real user+net namespaces.
-# Nothing is sent outside this machine's loopback and the namespaces made for the run.
+# Nothing is sent outside this machine's loopback and the namespaces made for the run (but
+# for stages 1 and 2: the Debian mirror and the Go module proxy).
 #
 # Environment:
 #   USERNET_COMPARE=1     also run the integration tests against /usr/bin/slirp4netns (installed)
 #   TEST_RUN=REGEXP       only the integration tests matching REGEXP (go test -run)
 #   GOTESTFLAGS="..."     extra flags for both go test runs, e.g. -short
+#   USERNET_TRIXIE_ROOT   where integration/trixie.sh keeps the trixie root
+#                         (default /var/cache/usernet/trixie-root)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -61,6 +66,16 @@ if [ "${#need[@]}" -gt 0 ]; then
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq </dev/null
 	apt-get install -y -qq --no-install-recommends "${need[@]}" </dev/null >/dev/null
+fi
+
+echo "== Debian trixie root (integration/trixie.sh)"
+# The pasta tests' clients (Podman 5.4, pasta 2025-05, rootlesskit 2.0) are trixie packages;
+# the integration tests run them inside this root (integration/pasta_test.go).
+# A failed build leaves a previous root in place; without any, the pasta tests fail and
+# the rest of the suite still runs.
+export USERNET_TRIXIE_ROOT=${USERNET_TRIXIE_ROOT:-/var/cache/usernet/trixie-root}
+if ! integration/trixie.sh "$USERNET_TRIXIE_ROOT"; then
+	echo "test.sh: integration/trixie.sh failed (see above)" >&2
 fi
 
 export PATH=$PATH:/usr/local/go/bin

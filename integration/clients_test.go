@@ -648,9 +648,13 @@ func (e *podmanEnv) runContainer(t *testing.T, ctx context.Context, name, netOpt
 }
 
 func httpGet(ctx context.Context, port int, path string) ([]byte, error) {
+	return httpGetURL(ctx, fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
+}
+
+func httpGetURL(ctx context.Context, url string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("http://127.0.0.1:%d%s", port, path), nil)
+	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
 	if err != nil {
 		return nil, err
 	}
