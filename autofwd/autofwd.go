@@ -44,7 +44,7 @@ type Config struct {
 	// Skip are ports never forwarded (the forwards given explicitly).
 	Skip func(proto string, port uint16) bool
 	// Interval between scans; 0 means a second, as pasta.
-	Interval time.Duration
+	Interval  time.Duration
 	Forwarder Forwarder
 	Logf      func(format string, args ...any)
 }
