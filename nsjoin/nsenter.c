@@ -6,8 +6,14 @@
 // recorded, not printed, so that the Go side reports them to the parent.
 #define _GNU_SOURCE
 #include <errno.h>
+#include <netinet/in.h>
 #include <sched.h>
+#include <signal.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 int usernet_nsjoin_step;  // 0: ok or not a child; 1: userns failed; 2: netns failed
@@ -24,9 +30,110 @@ static int fd_from_env(const char *name) {
 	return (int)fd;
 }
 
+// A broker request (nsjoin.go, brokerRequest): make a socket in this
+// network namespace and send it back.
+struct broker_req {
+	uint8_t op;     // 1: connect, 2: bind and listen (TCP) or bind (UDP)
+	uint8_t family; // AF_INET or AF_INET6
+	uint8_t type;   // SOCK_STREAM or SOCK_DGRAM
+	uint8_t pad;
+	uint16_t port;  // host byte order
+	uint16_t pad2;
+	uint8_t addr[16];
+};
+
+static int broker_socket(const struct broker_req *r) {
+	int fd = socket(r->family, r->type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	struct sockaddr_storage ss;
+	socklen_t len;
+	memset(&ss, 0, sizeof ss);
+	if (r->family == AF_INET) {
+		struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons(r->port);
+		memcpy(&sin->sin_addr, r->addr, 4);
+		len = sizeof *sin;
+	} else {
+		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = htons(r->port);
+		memcpy(&sin6->sin6_addr, r->addr, 16);
+		len = sizeof *sin6;
+		int one = 1;
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+	}
+	int err = 0;
+	if (r->op == 1) {
+		// Non-blocking: the caller waits for the handshake, so that
+		// one slow connect never holds up the next request.
+		if (connect(fd, (struct sockaddr *)&ss, len) < 0 && errno != EINPROGRESS)
+			err = errno;
+	} else if (r->op == 2) {
+		int one = 1;
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+		if (bind(fd, (struct sockaddr *)&ss, len) < 0)
+			err = errno;
+		else if (r->type == SOCK_STREAM && listen(fd, SOMAXCONN) < 0)
+			err = errno;
+	} else {
+		err = EINVAL;
+	}
+	if (err != 0) {
+		close(fd);
+		return -err;
+	}
+	return fd;
+}
+
+// broker serves requests on fd until its peer closes it; it never returns
+// to Go. It makes sockets inside the namespace for the process outside
+// (pasta's local path: a connection from the host's loopback is made
+// again from inside the namespace).
+static void broker(int fd) {
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	for (;;) {
+		struct broker_req r;
+		ssize_t n = recv(fd, &r, sizeof r, 0);
+		if (n == 0)
+			_exit(0);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			_exit(1);
+		}
+		int32_t reply = 0;
+		int sfd = -1;
+		if (n != sizeof r)
+			reply = EINVAL;
+		else if ((sfd = broker_socket(&r)) < 0)
+			reply = -sfd;
+		struct iovec iov = {.iov_base = &reply, .iov_len = sizeof reply};
+		union {
+			char buf[CMSG_SPACE(sizeof(int))];
+			struct cmsghdr align;
+		} u;
+		struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+		if (sfd >= 0) {
+			m.msg_control = u.buf;
+			m.msg_controllen = sizeof u.buf;
+			struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+			c->cmsg_level = SOL_SOCKET;
+			c->cmsg_type = SCM_RIGHTS;
+			c->cmsg_len = CMSG_LEN(sizeof(int));
+			memcpy(CMSG_DATA(c), &sfd, sizeof(int));
+		}
+		if (sendmsg(fd, &m, MSG_NOSIGNAL) < 0)
+			_exit(1);
+		if (sfd >= 0)
+			close(sfd);
+	}
+}
+
 __attribute__((constructor)) static void usernet_nsjoin(void) {
 	const char *v = getenv("_USERNET_NSJOIN");
-	if (v == NULL || v[0] != '1' || v[1] != '\0')
+	if (v == NULL || ((v[0] != '1' || v[1] != '\0') && strcmp(v, "broker") != 0))
 		return;
 	int userfd = fd_from_env("_USERNET_NSJOIN_USERFD");
 	int netfd = fd_from_env("_USERNET_NSJOIN_NETFD");
@@ -34,16 +141,22 @@ __attribute__((constructor)) static void usernet_nsjoin(void) {
 		if (setns(userfd, CLONE_NEWUSER) < 0) {
 			usernet_nsjoin_step = 1;
 			usernet_nsjoin_errno = errno;
-			return;
-		}
-		close(userfd);
+		} else
+			close(userfd);
 	}
-	if (netfd >= 0) {
+	if (usernet_nsjoin_step == 0 && netfd >= 0) {
 		if (setns(netfd, CLONE_NEWNET) < 0) {
 			usernet_nsjoin_step = 2;
 			usernet_nsjoin_errno = errno;
-			return;
-		}
-		close(netfd);
+		} else
+			close(netfd);
+	}
+	if (strcmp(v, "broker") == 0) {
+		// The broker never runs Go: it says how the join went (step,
+		// errno), then serves or exits.
+		int32_t hello[2] = {usernet_nsjoin_step, usernet_nsjoin_errno};
+		if (send(3, hello, sizeof hello, MSG_NOSIGNAL) < 0 || usernet_nsjoin_step != 0)
+			_exit(1);
+		broker(3);
 	}
 }

@@ -178,46 +178,15 @@ func OpenTap(ctx context.Context, t Target, req Request) (*Opened, error) {
 	if err := tap.ValidateName(req.Tap.Name); err != nil {
 		return nil, err
 	}
-	netns, userns, err := openNamespaces(t)
-	if err != nil {
-		return nil, err
-	}
-	defer netns.Close()
-	if userns != nil {
-		defer userns.Close()
-	}
-
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("socketpair: %w", err)
-	}
-	parentEnd := os.NewFile(uintptr(fds[0]), "nsjoin-parent")
-	childEnd := os.NewFile(uintptr(fds[1]), "nsjoin-child")
-	defer parentEnd.Close()
-	defer childEnd.Close()
-
 	reqJSON, err := json.Marshal(req)
 	if err != nil {
 		return nil, fmt.Errorf("encode request: %w", err)
 	}
-	exe, err := os.Executable()
+	cmd, parentEnd, err := spawn(t, "1", envReq+"="+string(reqJSON))
 	if err != nil {
-		return nil, fmt.Errorf("find own executable: %w", err)
+		return nil, err
 	}
-	cmd := exec.Command("/proc/self/exe")
-	cmd.Args = []string{exe, "nsjoin-child"}
-	cmd.Stderr = os.Stderr
-	cmd.ExtraFiles = []*os.File{childEnd, netns}
-	env := []string{envChild + "=1", envReq + "=" + string(reqJSON), envNetFD + "=4"}
-	if userns != nil {
-		cmd.ExtraFiles = append(cmd.ExtraFiles, userns)
-		env = append(env, envUserFD+"=5")
-	}
-	cmd.Env = append(cleanEnv(os.Environ()), env...)
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start nsjoin child: %w", err)
-	}
-	childEnd.Close()
+	defer parentEnd.Close()
 
 	want := 1
 	if req.ProcNet {
@@ -399,4 +368,51 @@ func cleanEnv(env []string) []string {
 		}
 	}
 	return out
+}
+
+// spawn starts this program again as a child that joins t's namespaces
+// before Go starts (nsenter.c), in the given mode ("1": the tap child,
+// "broker": the socket broker), with a SOCK_SEQPACKET socketpair as its
+// fd 3; it returns the child and the parent's end.
+func spawn(t Target, mode string, env ...string) (*exec.Cmd, *os.File, error) {
+	netns, userns, err := openNamespaces(t)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer netns.Close()
+	if userns != nil {
+		defer userns.Close()
+	}
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("socketpair: %w", err)
+	}
+	parentEnd := os.NewFile(uintptr(fds[0]), "nsjoin-parent")
+	childEnd := os.NewFile(uintptr(fds[1]), "nsjoin-child")
+	defer childEnd.Close()
+	exe, err := os.Executable()
+	if err != nil {
+		parentEnd.Close()
+		return nil, nil, fmt.Errorf("find own executable: %w", err)
+	}
+	cmd := exec.Command("/proc/self/exe")
+	cmd.Args = []string{exe, "nsjoin-child"}
+	if mode != "broker" {
+		// The broker lives as long as we do and prints nothing: it must
+		// not hold our stderr, a pipe the caller may wait on (pasta's
+		// command line, which detaches).
+		cmd.Stderr = os.Stderr
+	}
+	cmd.ExtraFiles = []*os.File{childEnd, netns}
+	env = append(env, envChild+"="+mode, envNetFD+"=4")
+	if userns != nil {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, userns)
+		env = append(env, envUserFD+"=5")
+	}
+	cmd.Env = append(cleanEnv(os.Environ()), env...)
+	if err := cmd.Start(); err != nil {
+		parentEnd.Close()
+		return nil, nil, fmt.Errorf("start nsjoin child: %w", err)
+	}
+	return cmd, parentEnd, nil
 }

@@ -74,6 +74,14 @@ type Config struct {
 	//     addresses are rejected.
 	Plan netplan.Plan
 
+	// Splice, when set, carries TCP connections from the host's loopback
+	// instead of the Dialer: a host socket made inside the namespace
+	// connects to the guest address (pasta's local path), so that the
+	// connection comes from the namespace's own address and moves from
+	// kernel to kernel without the tap. nil: every client goes through
+	// the Dialer.
+	Splice func(ctx context.Context, dst netip.AddrPort) (net.Conn, error)
+
 	// UDPIdleTimeout ends a UDP flow with no datagram in either direction for
 	// this long. Zero = 60s.
 	UDPIdleTimeout time.Duration

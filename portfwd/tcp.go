@@ -51,14 +51,27 @@ func (r *Registry) forwardTCP(f *forward, client net.Conn) {
 	ctx := f.ctx
 	caddr := addrPortOf(client.RemoteAddr())
 	dst := netip.AddrPortFrom(f.GuestAddr, f.GuestPort)
-	src := r.srcFor(caddr, f.GuestAddr)
-	guest, err := r.dialTCP(ctx, src, dst)
+	var guest net.Conn
+	var err error
+	if r.cfg.Splice != nil && caddr.Addr().Unmap().IsLoopback() {
+		guest, err = r.splice(ctx, dst)
+	} else {
+		guest, err = r.dialTCP(ctx, r.srcFor(caddr, f.GuestAddr), dst)
+	}
 	if err != nil {
 		r.logfUnlessDone(ctx, "portfwd: %v: client %v: %v", f.Rule, caddr, err)
 		relay.Abort(client) // the client sees a reset, not an empty reply
 		return
 	}
 	relay.Run(ctx, client, guest)
+}
+
+// splice connects to dst from inside the namespace (Config.Splice) within
+// the dial timeout.
+func (r *Registry) splice(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.DialTimeout)
+	defer cancel()
+	return r.cfg.Splice(ctx, dst)
 }
 
 // dialTCP dials dst from src within the dial timeout, retrying once from any

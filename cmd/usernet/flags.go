@@ -43,6 +43,10 @@ type options struct {
 	disableDHCP      bool
 	disableRA        bool
 	autoTCP, autoUDP bool // forward the ports the namespace listens on
+	// splice: TCP clients on the host's loopback are connected again from
+	// inside the namespace (pasta's local path), to the guest's address,
+	// or to its loopback with spliceToLoopback (--host-lo-to-ns-lo).
+	splice, spliceToLoopback bool
 	// publishErr says which option publish[i] came from when it cannot
 	// be bound; nil: slirp4netns's --publish.
 	publishErr func(i int, err error) error

@@ -132,6 +132,9 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 		// --config-net it turns router advertisements off (NoRA).
 		disableDHCP: po.NoDHCP,
 		disableRA:   po.NoRA || po.NoNDP,
+		// pasta's local path for clients on the host's loopback.
+		splice:           !po.NoSplice,
+		spliceToLoopback: po.HostLoToNsLo,
 	}
 	var t nsjoin.Target
 	switch {

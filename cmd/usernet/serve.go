@@ -64,6 +64,7 @@ type prepared struct {
 	watch      *nsjoin.Watch     // the target's watch
 	tap        *os.File          // the tap's fd; nil once the stack owns it
 	procNet    []*os.File        // the namespace's /proc/net files, for autoTCP/autoUDP
+	broker     *nsjoin.Broker    // makes sockets in the namespace, for splice
 	vnetHdr    bool              // tap opened with IFF_VNET_HDR and offloads (off only in debug builds)
 	api        *net.UnixListener // --api-socket, bound before the sandbox; nil once the server owns it
 }
@@ -139,6 +140,11 @@ func prepare(ctx context.Context, o *options, t nsjoin.Target, out output) (_ *p
 		return nil, err
 	}
 	p.tap, p.procNet = opened.Tap, opened.ProcNet
+	if o.splice && o.mayForwardTCP() {
+		if p.broker, err = nsjoin.StartBroker(t); err != nil {
+			return nil, err
+		}
+	}
 	if !out.noSettings {
 		fmt.Fprintf(out.stderr, "received tapfd=%d\n", p.tap.Fd())
 	}
@@ -161,6 +167,10 @@ func (p *prepared) close() {
 	if p.watch != nil {
 		p.watch.Close()
 		p.watch = nil
+	}
+	if p.broker != nil {
+		p.broker.Close()
+		p.broker = nil
 	}
 }
 
@@ -207,7 +217,20 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 
 	// Port forwarding: the registry dials into the namespace through the
 	// stack; static --publish forwards are bound now, API ones on request.
-	reg := portfwd.New(portfwd.Config{Dialer: st, Plan: o.plan, Logf: logf})
+	fwdCfg := portfwd.Config{Dialer: st, Plan: o.plan, Logf: logf}
+	if p.broker != nil {
+		fwdCfg.Splice = func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+			if o.spliceToLoopback {
+				lo := netip.MustParseAddr("127.0.0.1")
+				if dst.Addr().Is6() {
+					lo = netip.IPv6Loopback()
+				}
+				dst = netip.AddrPortFrom(lo, dst.Port())
+			}
+			return p.broker.DialTCP(ctx, dst)
+		}
+	}
+	reg := portfwd.New(fwdCfg)
 	for i, r := range o.publish {
 		if _, err := reg.Add(ctx, r); err != nil {
 			st.Close()
@@ -462,4 +485,18 @@ func autoConfig(o *options, files []*os.File, reg *portfwd.Registry, logf func(s
 		Forwarder: reg,
 		Logf:      logf,
 	}
+}
+
+// mayForwardTCP reports whether a TCP forward may exist: given, auto, or
+// added through the API.
+func (o *options) mayForwardTCP() bool {
+	if o.autoTCP || o.apiSocket != "" {
+		return true
+	}
+	for _, r := range o.publish {
+		if r.Proto == "tcp" {
+			return true
+		}
+	}
+	return false
 }

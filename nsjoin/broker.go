@@ -1,0 +1,206 @@
+package nsjoin
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Broker makes sockets inside a target's network namespace for a process
+// that stays outside it: a child joined to the namespaces before Go
+// starts (nsenter.c) serves one request at a time over a socketpair and
+// sends each socket back with SCM_RIGHTS. It never runs Go, so it costs
+// little memory, and it exits when the Broker is closed or its parent
+// dies. pasta's command line uses it for pasta's local path: a connection
+// from the host's loopback to a forwarded port is made again from inside
+// the namespace, where it comes from the namespace's own address.
+type Broker struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex // one request at a time
+	sock *os.File
+}
+
+// brokerRequest is nsenter.c's struct broker_req.
+type brokerRequest struct {
+	Op     uint8
+	Family uint8
+	Type   uint8
+	_      uint8
+	Port   uint16
+	_      uint16
+	Addr   [16]byte
+}
+
+const (
+	brokerConnect = 1
+	brokerListen  = 2
+)
+
+// StartBroker starts the broker for t.
+func StartBroker(t Target) (*Broker, error) {
+	cmd, sock, err := spawn(t, "broker")
+	if err != nil {
+		return nil, err
+	}
+	b := &Broker{cmd: cmd, sock: sock}
+	var hello [8]byte
+	n, err := sock.Read(hello[:])
+	if err == nil && n != len(hello) {
+		err = errors.New("short hello")
+	}
+	if err != nil {
+		b.Close()
+		return nil, fmt.Errorf("%s: socket broker: %w", t, err)
+	}
+	step, errno := binary.NativeEndian.Uint32(hello[:4]), binary.NativeEndian.Uint32(hello[4:])
+	switch step {
+	case 0:
+		return b, nil
+	case 1:
+		err = fmt.Errorf("join user namespace: %w", unix.Errno(errno))
+	default:
+		err = fmt.Errorf("join network namespace: %w", unix.Errno(errno))
+	}
+	b.Close()
+	return nil, fmt.Errorf("%s: socket broker: %w", t, err)
+}
+
+// Close ends the broker and waits for it.
+func (b *Broker) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.sock == nil {
+		return nil
+	}
+	b.sock.Close()
+	b.sock = nil
+	return b.cmd.Wait()
+}
+
+// request sends one request and returns the socket that comes back.
+func (b *Broker) request(op uint8, network string, addr netip.AddrPort) (*os.File, error) {
+	r := brokerRequest{Op: op, Type: unix.SOCK_STREAM, Port: addr.Port()}
+	if network == "udp" {
+		r.Type = unix.SOCK_DGRAM
+	}
+	a := addr.Addr().Unmap()
+	if a.Is4() {
+		r.Family = unix.AF_INET
+		a4 := a.As4()
+		copy(r.Addr[:], a4[:])
+	} else {
+		r.Family = unix.AF_INET6
+		r.Addr = a.As16()
+	}
+	msg, err := binary.Append(nil, binary.NativeEndian, r)
+	if err != nil {
+		return nil, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.sock == nil {
+		return nil, net.ErrClosed
+	}
+	fd := int(b.sock.Fd())
+	if _, err := unix.Write(fd, msg); err != nil {
+		return nil, fmt.Errorf("socket broker: %w", err)
+	}
+	var reply [4]byte
+	oob := make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := unix.Recvmsg(fd, reply[:], oob, unix.MSG_CMSG_CLOEXEC)
+	if err != nil || n != len(reply) {
+		return nil, fmt.Errorf("socket broker: reply: %v (%d bytes)", err, n)
+	}
+	if errno := binary.NativeEndian.Uint32(reply[:]); errno != 0 {
+		return nil, os.NewSyscallError("socket broker", unix.Errno(errno))
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(msgs) != 1 {
+		return nil, errors.New("socket broker: no socket in the reply")
+	}
+	fds, err := unix.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		return nil, errors.New("socket broker: no socket in the reply")
+	}
+	return os.NewFile(uintptr(fds[0]), "broker "+network+" "+addr.String()), nil
+}
+
+// DialTCP connects to dst from inside the namespace, within ctx.
+func (b *Broker) DialTCP(ctx context.Context, dst netip.AddrPort) (*net.TCPConn, error) {
+	f, err := b.request(brokerConnect, "tcp", dst)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, err
+	}
+	tc := c.(*net.TCPConn)
+	if err := waitConnected(ctx, tc); err != nil {
+		tc.Close()
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(dst), Err: err}
+	}
+	return tc, nil
+}
+
+// waitConnected waits for the non-blocking connect the broker started.
+func waitConnected(ctx context.Context, c *net.TCPConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	if d, ok := ctx.Deadline(); ok {
+		c.SetWriteDeadline(d)
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetWriteDeadline(time.Unix(1, 0)) })
+	defer stop()
+	var cerr error
+	err = rc.Write(func(fd uintptr) bool {
+		if _, err := unix.Getpeername(int(fd)); err == nil {
+			return true
+		}
+		soerr, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
+		if err != nil {
+			cerr = err
+			return true
+		}
+		if soerr != 0 {
+			cerr = syscall.Errno(soerr)
+			return true
+		}
+		return false // still connecting
+	})
+	c.SetWriteDeadline(time.Time{})
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return err
+	}
+	return cerr
+}
+
+// ListenTCP listens on addr inside the namespace.
+func (b *Broker) ListenTCP(addr netip.AddrPort) (*net.TCPListener, error) {
+	f, err := b.request(brokerListen, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return nil, err
+	}
+	return ln.(*net.TCPListener), nil
+}
