@@ -42,6 +42,10 @@ type Tap struct {
 	// checksums (HostGSO), and the kernel hands us the same (see vnet.go).
 	vnetHdr bool
 
+	// capture, if set (SetCapture), is told every frame; nil costs the
+	// data path one check per frame.
+	capture Capture
+
 	mu         sync.Mutex
 	dispatcher gvstack.NetworkDispatcher // guarded by mu
 	stopping   bool                      // guarded by mu
@@ -61,6 +65,21 @@ func New(f *os.File, mtu uint32, addr tcpip.LinkAddress, vnetHdr bool, onError f
 	}
 	return &Tap{file: f, raw: raw, mtu: mtu, addr: addr, vnetHdr: vnetHdr, onError: onError}, nil
 }
+
+// Capture receives every frame read from and written to the tap, as the
+// Ethernet frame it is on the tap (without the virtio-net header): with
+// offloads, a TCP segment of up to 64 KiB with a partial checksum, as the
+// kernel hands it over or takes it. parts are the pieces the frame was
+// read or written in, one frame in all; they are only valid during the
+// call. It is called from the reader and from any writer goroutine at
+// once, before the frame is handed up or written.
+type Capture interface {
+	WriteFrame(parts ...[]byte)
+}
+
+// SetCapture sets c to be told every frame (nil: none). Call it before
+// the endpoint is attached or written to.
+func (l *Tap) SetCapture(c Capture) { l.capture = c }
 
 // MTU implements gvstack.LinkEndpoint.
 func (l *Tap) MTU() uint32 { return l.mtu }
@@ -164,7 +183,8 @@ func (l *Tap) readLoop(d gvstack.NetworkDispatcher) {
 	head := make([]byte, hdrLen+headSplit)
 	bodyCap := max(size-headSplit, 1)
 	var body *buffer.View
-	var iov [2][]byte // readv's, kept off the heap per read
+	var iov [2][]byte   // readv's, kept off the heap per read
+	var parts [2][]byte // the frame for capture, likewise
 	defer func() {
 		if body != nil {
 			body.Release()
@@ -196,6 +216,10 @@ func (l *Tap) readLoop(d gvstack.NetworkDispatcher) {
 		// CapabilityRXChecksumOffload, does not verify sums.
 		if n <= hdrLen {
 			continue
+		}
+		if l.capture != nil {
+			parts[0], parts[1] = head[hdrLen:min(n, len(head))], body.AsSlice()[:max(n-len(head), 0)]
+			l.capture.WriteFrame(parts[:]...)
 		}
 		var payload buffer.Buffer
 		if n <= len(head) {
@@ -314,6 +338,9 @@ func (l *Tap) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error) {
 // them.
 func (l *Tap) writePacket(pkt *gvstack.PacketBuffer) tcpip.Error {
 	slices := pkt.AsSlices()
+	if l.capture != nil {
+		l.capture.WriteFrame(slices...)
+	}
 	if l.vnetHdr {
 		hdr := vnetHeaderFor(pkt)
 		slices = append([][]byte{hdr[:]}, slices...)

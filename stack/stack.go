@@ -90,6 +90,10 @@ type Config struct {
 	// 64 KiB with partial checksums, both ways (package link).
 	VnetHdr bool
 
+	// Capture, when not nil, is told every frame read from and written to
+	// Tap (--pcap). It must not block for long: it runs on the data path.
+	Capture link.Capture
+
 	// Plan is the addresses of the virtual network. Required; New
 	// validates it. Its HostLoopback addresses reach the host's 127.0.0.1
 	// and ::1; a virtual network's gateway that maps none answers TCP and
@@ -251,6 +255,7 @@ func New(cfg Config) (*Stack, error) {
 		tapFile.Close()
 		return nil, err
 	}
+	raw.SetCapture(cfg.Capture)
 	s, err = newStack(cfg, ethernet.New(raw))
 	if err != nil {
 		tapFile.Close()

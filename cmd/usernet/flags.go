@@ -37,6 +37,7 @@ type options struct {
 	dnsUpstream         string         // usernet: ADDR[:PORT]
 	publish             []portfwd.Rule // usernet: -p/--publish, static forwards
 	resolvConf          string         // usernet: where to read the upstream from
+	pcap                string         // usernet, pasta's -p: capture the tap's frames to this file
 
 	// Set by pasta's command line only (pasta.go).
 	ipv6Only         bool // the tap gets no IPv4 address
@@ -94,6 +95,7 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	fs.StringArrayP("publish", "p", nil, "forward a host port to the namespace, [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp]; repeatable")
 	fs.StringVar(&o.dnsUpstream, "dns-upstream", "", "DNS server the forwarder relays to, ADDR[:PORT] (default: first nameserver of --resolv-conf)")
 	fs.StringVar(&o.resolvConf, "resolv-conf", "/etc/resolv.conf", "resolv.conf to take the DNS upstream from")
+	fs.StringVar(&o.pcap, "pcap", "", "capture every frame of the tap to a pcap file")
 	fs.String("target-type", "netns", "specify the target type ([netns], default=netns)")
 	fs.BoolVarP(&o.help, "help", "h", false, "show this help and exit")
 	fs.BoolVarP(&o.version, "version", "v", false, "show version and exit")
@@ -105,7 +107,7 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 var metavars = map[string]string{
 	"exit-fd": "FD", "ready-fd": "FD", "api-socket": "PATH", "netns-type": "TYPE",
 	"userns-path": "PATH", "outbound-addr": "IPv4", "outbound-addr6": "IPv6",
-	"macaddress": "MAC", "publish": "SPEC", "dns-upstream": "ADDR[:PORT]", "resolv-conf": "PATH", "target-type": "TYPE",
+	"macaddress": "MAC", "publish": "SPEC", "dns-upstream": "ADDR[:PORT]", "resolv-conf": "PATH", "target-type": "TYPE", "pcap": "FILE",
 }
 
 func usage(w io.Writer, fs *pflag.FlagSet) {

@@ -237,6 +237,75 @@ func TestParsePublish(t *testing.T) {
 	}
 }
 
+// TestParseFlagsPcap: --pcap takes a file on both forms; -p stays
+// --publish (slirp4netns's command line has no -p of its own).
+func TestParseFlagsPcap(t *testing.T) {
+	o, _, err := parseFlags([]string{"-p", "8080:80", "--pcap", "/tmp/x.pcap", "1", "tap0"}, &bytes.Buffer{}, 2)
+	if err != nil {
+		t.Fatalf("parseFlags: %v", err)
+	}
+	if o.pcap != "/tmp/x.pcap" || len(o.publish) != 1 || o.publish[0].HostPort != 8080 {
+		t.Fatalf("pcap %q, publish %+v; want /tmp/x.pcap and 8080:80", o.pcap, o.publish)
+	}
+	if o, _, err := parseFlags([]string{"1", "tap0"}, &bytes.Buffer{}, 2); err != nil || o.pcap != "" {
+		t.Fatalf("default pcap %q, %v; want none", o.pcap, err)
+	}
+	if o, _, err := parseRunFlags([]string{"--pcap=run.pcap", "--", "true"}, &bytes.Buffer{}); err != nil || o.pcap != "run.pcap" {
+		t.Fatalf("usernet run --pcap=run.pcap: pcap %q, %v", o.pcap, err)
+	}
+	if _, _, err := parseFlags([]string{"1", "tap0", "--pcap"}, &bytes.Buffer{}, 2); err == nil {
+		t.Fatal("--pcap without a file: no error")
+	}
+	var out bytes.Buffer
+	usage(&out, newFlagSet(&options{}, &out))
+	if !strings.Contains(out.String(), "--pcap=FILE") {
+		t.Errorf("--help lacks --pcap=FILE:\n%s", out.String())
+	}
+}
+
+// TestOpenPcap: the capture file is created private to the user, or
+// truncated; a path that cannot be created is an error at start.
+func TestOpenPcap(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.pcap")
+	if err := os.WriteFile(path, []byte("an old capture"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := openPcap(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	capture, stop, err := startCapture(f, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	capture.WriteFrame(make([]byte, 60))
+	stop()
+	f.Close()
+	if b, err := os.ReadFile(path); err != nil || len(b) != 24+16+60 {
+		t.Fatalf("capture file: %d bytes, %v; want a header and one 60-byte frame", len(b), err)
+	}
+	os.Remove(path)
+	f, err = openPcap(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("new capture file: %v, %v; want mode 0600", fi.Mode(), err)
+	}
+	if _, err := openPcap(filepath.Join(path, "sub")); err == nil || !strings.Contains(err.Error(), "--pcap") {
+		t.Fatalf("openPcap under a file = %v; want a --pcap error", err)
+	}
+	if f, err := openPcap(""); f != nil || err != nil {
+		t.Fatalf(`openPcap("") = %v, %v; want nothing`, f, err)
+	}
+	if capture, stop, err := startCapture(nil, t.Logf); capture != nil || err != nil {
+		t.Fatalf("startCapture(nil) = %v, %v; want a nil capture", capture, err)
+	} else {
+		stop()
+	}
+}
+
 // TestSandboxBindsResolvConf: a followed resolv.conf outside /etc and /run gets its
 // directory, and that of its symlink's target, shown read-only in the sandbox; one under
 // /etc or /run (shown already) or directly in / gets nothing.

@@ -144,6 +144,7 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 	if v, ok := po.ExtraValue("api-socket"); ok {
 		o.apiSocket = v
 	}
+	o.pcap = po.Pcap
 	if po.NsMACGiven {
 		o.mac = po.NsMAC[:]
 	}
@@ -231,8 +232,6 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 // or "".
 func unsupported(po *pasta.Options) string {
 	switch {
-	case po.Pcap != "":
-		return "-p/--pcap"
 	case po.RunAs != "":
 		return "--runas"
 	case po.FDGiven:

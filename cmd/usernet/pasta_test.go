@@ -103,8 +103,17 @@ func TestPastaPlanLocalMode(t *testing.T) {
 	}
 }
 
+func TestPastaPcap(t *testing.T) {
+	if o, _ := parsePasta(t, "-p /tmp/x.pcap 1"); o.pcap != "/tmp/x.pcap" {
+		t.Errorf("-p /tmp/x.pcap: pcap %q", o.pcap)
+	}
+	if o, _ := parsePasta(t, "--pcap=/tmp/y.pcap 1"); o.pcap != "/tmp/y.pcap" {
+		t.Errorf("--pcap=/tmp/y.pcap: pcap %q", o.pcap)
+	}
+}
+
 func TestPastaUnsupportedOptions(t *testing.T) {
-	for _, args := range []string{"-p /tmp/x.pcap 1", "--runas 1000 1", "-T 8080 1", "-t %eth0/80 1"} {
+	for _, args := range []string{"--runas 1000 1", "-T 8080 1", "-t %eth0/80 1"} {
 		po, err := pasta.Parse("pasta", strings.Fields(args))
 		if err != nil {
 			t.Fatalf("pasta.Parse(%q): %v", args, err)

@@ -36,6 +36,7 @@ type sandboxState struct {
 	Tap      int               // the tap's fd
 	VnetHdr  bool              `json:",omitempty"` // the tap was opened with IFF_VNET_HDR
 	API      int               `json:",omitempty"` // the API socket's listening fd (--api-socket), 0 for none
+	Pcap     int               `json:",omitempty"` // --pcap's file, opened (and truncated) before the sandbox; 0 for none
 	Watch    nsjoin.WatchState // the target watch: an inherited pidfd, or the path (see sandboxBinds)
 	Upstream string            `json:",omitempty"` // DNS upstream, resolved before the sandbox
 	Resolv   string            `json:",omitempty"` // the resolv.conf the upstream follows, absolute
@@ -198,6 +199,10 @@ func enterSandbox(p *prepared) error {
 		s.API = int(f.Fd())
 		keep = append(keep, s.API)
 	}
+	if p.pcap != nil {
+		s.Pcap = int(p.pcap.Fd())
+		keep = append(keep, s.Pcap)
+	}
 	s.VnetHdr = p.vnetHdr
 	if p.upstream.IsValid() {
 		s.Upstream = p.upstream.String()
@@ -309,6 +314,13 @@ func resume(argv []string) (*prepared, error) {
 			return fail(fmt.Errorf("inherited API socket fd %d is not a unix socket", s.API))
 		}
 		p.api = ul
+	}
+	if s.Pcap > 0 {
+		if !pollfd.IsOpen(s.Pcap) {
+			return fail(fmt.Errorf("inherited --pcap fd %d is not open", s.Pcap))
+		}
+		unix.CloseOnExec(s.Pcap)
+		p.pcap = os.NewFile(uintptr(s.Pcap), o.pcap)
 	}
 	if s.Tap < 0 || !pollfd.IsOpen(s.Tap) {
 		return fail(fmt.Errorf("inherited tap fd %d is not open", s.Tap))

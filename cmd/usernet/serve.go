@@ -67,6 +67,7 @@ type prepared struct {
 	broker     *nsjoin.Broker    // makes sockets in the namespace, for splice
 	vnetHdr    bool              // tap opened with IFF_VNET_HDR and offloads (off only in debug builds)
 	api        *net.UnixListener // --api-socket, bound before the sandbox; nil once the server owns it
+	pcap       *os.File          // --pcap's file, or nil
 }
 
 // prepare checks the settings, opens the ready and exit fds and the target
@@ -111,6 +112,9 @@ func prepare(ctx context.Context, o *options, t nsjoin.Target, out output) (_ *p
 			return nil, err
 		}
 	}
+	if p.pcap, err = openPcap(o.pcap); err != nil {
+		return nil, err
+	}
 
 	p.vnetHdr = !debugNoOffload()
 	req := nsjoin.Request{
@@ -153,12 +157,12 @@ func prepare(ctx context.Context, o *options, t nsjoin.Target, out output) (_ *p
 
 // close releases whatever run has not taken over.
 func (p *prepared) close() {
-	for _, f := range append([]*os.File{p.tap, p.ready, p.exit}, p.procNet...) {
+	for _, f := range append([]*os.File{p.tap, p.ready, p.exit, p.pcap}, p.procNet...) {
 		if f != nil {
 			f.Close()
 		}
 	}
-	p.tap, p.ready, p.exit, p.procNet = nil, nil, nil, nil
+	p.tap, p.ready, p.exit, p.pcap, p.procNet = nil, nil, nil, nil, nil
 	if p.api != nil {
 		p.api.SetUnlinkOnClose(true)
 		p.api.Close()
@@ -198,10 +202,16 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		}
 		serveDNS = fwd.Serve
 	}
+	capture, closeCapture, err := startCapture(p.pcap, logf)
+	if err != nil {
+		return err
+	}
+	defer closeCapture() // after the stack has stopped: wg.Wait below
 	st, err := stack.New(stack.Config{
 		Tap:           p.tap,
 		MTU:           uint32(o.mtu),
 		VnetHdr:       p.vnetHdr,
+		Capture:       capture,
 		Plan:          o.plan,
 		OutboundAddr:  p.out4,
 		OutboundAddr6: p.out6,

@@ -25,7 +25,7 @@ type rule struct {
 }
 
 // The layers, bottom up: leaves (netplan, relay, dhcp, dns, tap, pollfd,
-// sandbox, nsrun, frontend/pasta), then link on tap, stack on link,
+// sandbox, nsrun, frontend/pasta, pcap), then link on tap, stack on link,
 // portfwd beside stack (it reaches the namespace through its Dialer
 // interface, which stack implements), apisock on portfwd, and cmd/usernet
 // wiring all of them.
@@ -38,6 +38,7 @@ var rules = map[string]rule{
 	"sandbox":           {why: "runs first in every usernet process and must stay small"},
 	"nsrun":             {why: "only makes namespaces"},
 	"hostif":            {why: "reads the host's template interface with netlink, nothing else"},
+	"pcap":              {why: "the capture file format only: link sees it as a link.Capture, cmd/usernet wires it"},
 	"internal/pollfd":   {why: "waits on fds"},
 	"frontend/pasta":    {why: "pasta's command line only: the command builds on it"},
 	"internal/testutil": {why: "helpers for tests; no production package may import it"},
