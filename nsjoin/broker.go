@@ -75,7 +75,8 @@ func StartBroker(t Target) (*Broker, error) {
 	return nil, fmt.Errorf("%s: socket broker: %w", t, err)
 }
 
-// Close ends the broker and waits for it.
+// Close ends the broker and waits for it (not one rebuilt by
+// BrokerFromFD: the child ends when its socket closes).
 func (b *Broker) Close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -84,7 +85,21 @@ func (b *Broker) Close() error {
 	}
 	b.sock.Close()
 	b.sock = nil
+	if b.cmd == nil {
+		return nil
+	}
 	return b.cmd.Wait()
+}
+
+// FD is the broker's socket, for a re-execution of this process that
+// inherits it (the sandbox).
+func (b *Broker) FD() int { return int(b.sock.Fd()) }
+
+// BrokerFromFD rebuilds, in a re-executed process, the broker whose
+// socket it inherited as fd.
+func BrokerFromFD(fd int) *Broker {
+	unix.CloseOnExec(fd)
+	return &Broker{sock: os.NewFile(uintptr(fd), "broker")}
 }
 
 // request sends one request and returns the socket that comes back.

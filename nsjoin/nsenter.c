@@ -8,11 +8,9 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <sched.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -90,9 +88,11 @@ static int broker_socket(const struct broker_req *r) {
 // broker serves requests on fd until its peer closes it; it never returns
 // to Go. It makes sockets inside the namespace for the process outside
 // (pasta's local path: a connection from the host's loopback is made
-// again from inside the namespace).
+// again from inside the namespace). It ends when the socket does, which
+// is also when its parent dies: not PR_SET_PDEATHSIG, which fires when
+// the parent *thread* ends, as all but one do when the parent execs into
+// its sandbox.
 static void broker(int fd) {
-	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	for (;;) {
 		struct broker_req r;
 		ssize_t n = recv(fd, &r, sizeof r, 0);

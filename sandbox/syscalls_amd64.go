@@ -59,6 +59,10 @@ var rules = []rule{
 	// into the sandbox).
 	{name: "openat", nr: unix.SYS_OPENAT, kind: openReadOnly},
 	{name: "close", nr: unix.SYS_CLOSE},
+	{name: "pread64", nr: unix.SYS_PREAD64},                     // pasta's auto forwarding rereads /proc/net files it holds
+	{name: "dup3", nr: unix.SYS_DUP3},                           // pasta's background process lets go of the caller's stdio
+	{name: "inotify_init1", nr: unix.SYS_INOTIFY_INIT1},         // a path target's removal, seen at once
+	{name: "inotify_add_watch", nr: unix.SYS_INOTIFY_ADD_WATCH}, // (nsjoin.Watch)
 	{name: "fcntl", nr: unix.SYS_FCNTL},
 	{name: "fstat", nr: unix.SYS_FSTAT},
 	{name: "newfstatat", nr: unix.SYS_NEWFSTATAT},

@@ -108,10 +108,10 @@ func detach(pidFile string, stderr io.Writer) int {
 	return 1
 }
 
-// detachedReady, in the background process, lets the foreground one
-// return: stdout and stderr, the caller's pipes, go to logFile (or
-// /dev/null) first, so that nothing holds them open.
-func detachedReady(logFile string) error {
+// openLogTarget opens where the background process's stdout and stderr
+// go once it is ready: logFile, or /dev/null. It is opened early, before
+// the sandbox, which would not let it.
+func openLogTarget(logFile string) (*os.File, error) {
 	target := os.DevNull
 	flags := os.O_WRONLY
 	if logFile != "" {
@@ -119,11 +119,17 @@ func detachedReady(logFile string) error {
 	}
 	f, err := os.OpenFile(target, flags, 0o600)
 	if err != nil {
-		return fmt.Errorf("log file: %w", err)
+		return nil, fmt.Errorf("log file: %w", err)
 	}
-	defer f.Close()
+	return f, nil
+}
+
+// detachedReady, in the background process, lets the foreground one
+// return: stdout and stderr, the caller's pipes, go to target (from
+// openLogTarget) first, so that nothing holds them open.
+func detachedReady(target *os.File) error {
 	for _, fd := range []int{1, 2} {
-		if err := unix.Dup2(int(f.Fd()), fd); err != nil {
+		if err := unix.Dup3(int(target.Fd()), fd, 0); err != nil {
 			return fmt.Errorf("redirect fd %d: %w", fd, err)
 		}
 	}

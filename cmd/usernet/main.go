@@ -83,7 +83,7 @@ func realMain(argv []string, stdout, stderr io.Writer) int {
 	t := nsjoin.Target{PID: o.pid, NetnsPath: o.path, UsernsPath: o.usernsPath}
 	out := output{stdout: stdout, stderr: stderr, announce: true}
 	if sandboxConfig(o).Enabled() {
-		return serveSandboxed(o, t, out) // sandbox.go
+		return serveSandboxed(o, t, out, nil) // sandbox.go
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

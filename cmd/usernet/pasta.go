@@ -16,6 +16,7 @@ import (
 	"github.com/usernet/usernet/netplan"
 	"github.com/usernet/usernet/nsjoin"
 	"github.com/usernet/usernet/portfwd"
+	"github.com/usernet/usernet/sandbox"
 )
 
 // pasta's command line: usernet called as pasta (a symlink or copy), or as
@@ -37,6 +38,25 @@ var (
 // pastaExtra are usernet's own options on pasta's command line.
 var pastaExtra = []pasta.ExtraOption{
 	{Name: "api-socket", HasArg: true, Usage: "  --api-socket PATH\tserve slirp4netns's port forwarding API on a unix socket (usernet)"},
+	{Name: "no-sandbox", Usage: "  --no-sandbox\t\tdo not confine the process (usernet; by default it is, as pasta confines itself)"},
+}
+
+// pastaState is what a pasta-style invocation needs beyond its options,
+// also across the sandbox's re-execution (sandboxState.Pasta).
+type pastaState struct {
+	Template hostif.Template // the host's, read before the sandbox hides netlink
+	Detached bool            // the background process of a detached invocation
+	LogFD    int             `json:",omitempty"` // where stdout and stderr go once ready (Detached)
+	log      *os.File
+}
+
+// ready is what a pasta-style invocation does once the network is ready:
+// the background process lets the foreground one return.
+func (ps *pastaState) ready() error {
+	if ps.Detached {
+		return detachedReady(ps.log)
+	}
+	return nil
 }
 
 func pastaMain(argv0 string, args []string, stdout, stderr io.Writer) int {
@@ -98,19 +118,29 @@ func pastaMain(argv0 string, args []string, stdout, stderr io.Writer) int {
 	if !po.Foreground && !detached {
 		return detach(po.PIDFile, stderr)
 	}
+	ps := &pastaState{Template: tmpl, Detached: detached}
+	if detached {
+		if ps.log, err = openLogTarget(po.LogFile); err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		defer ps.log.Close()
+	} else if po.PIDFile != "" {
+		// Written now, not once ready: the sandbox may not show its
+		// directory then. The PID is the same.
+		if err := writePIDFile(po.PIDFile, os.Getpid()); err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+	}
+	out := output{stdout: stdout, stderr: stderr, noSettings: true}
+	if sandboxConfig(o).Enabled() {
+		return serveSandboxed(o, t, out, ps)
+	}
 
 	ctx, stop := notifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT)
 	defer stop()
-	out := output{stdout: stdout, stderr: stderr, noSettings: true}
-	err = serve(ctx, o, t, out, func() error {
-		if detached {
-			return detachedReady(po.LogFile)
-		}
-		if po.PIDFile != "" {
-			return writePIDFile(po.PIDFile, os.Getpid())
-		}
-		return nil
-	})
+	err = serve(ctx, o, t, out, ps.ready)
 	if err != nil {
 		fmt.Fprintf(stderr, "%v\n", err)
 		return 1
@@ -143,6 +173,11 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 	}
 	if v, ok := po.ExtraValue("api-socket"); ok {
 		o.apiSocket = v
+	}
+	// pasta always confines itself; so does usernet here, unless asked
+	// not to.
+	if _, off := po.ExtraValue("no-sandbox"); !off {
+		o.enableSandbox, o.enableSeccomp = true, sandbox.SeccompSupported()
 	}
 	o.pcap = po.Pcap
 	if po.NsMACGiven {
@@ -225,6 +260,7 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 			t.UsernsPath = po.UserNS
 		}
 	}
+	o.pid, o.path, o.usernsPath = t.PID, t.NetnsPath, t.UsernsPath
 	return o, t, nil
 }
 
@@ -329,4 +365,19 @@ func pastaRules(proto string, m pasta.Mapping, plan netplan.Plan, po *pasta.Opti
 		rules = append(rules, rule(netip.IPv6Unspecified()))
 	}
 	return rules
+}
+
+// resumePasta rebuilds, in the sandbox, the options of a pasta-style
+// invocation from its command line and the host's template read before.
+func resumePasta(ps *pastaState) (*options, error) {
+	args := os.Args[1:]
+	if !isPastaName(os.Args[0]) {
+		args = args[1:] // usernet pasta ...
+	}
+	po, err := pasta.Parse(os.Args[0], args, pasta.WithExtra(pastaExtra...))
+	if err != nil {
+		return nil, err
+	}
+	o, _, err := pastaOptions(po, ps.Template)
+	return o, err
 }

@@ -42,11 +42,14 @@ type sandboxState struct {
 	Resolv   string            `json:",omitempty"` // the resolv.conf the upstream follows, absolute
 	Out4     string            `json:",omitempty"` // --outbound-addr, resolved
 	Out6     string            `json:",omitempty"` // --outbound-addr6, resolved
+	ProcNet  []int             `json:",omitempty"` // the namespace's /proc/net files (pasta's auto)
+	Broker   int               `json:",omitempty"` // the socket broker's socket (pasta's local path)
+	Pasta    *pastaState       `json:",omitempty"` // pasta's command line: re-parsed with this
 }
 
 // serveSandboxed is realMain with --enable-sandbox or --enable-seccomp:
 // prepare here, then serve in the sandbox.
-func serveSandboxed(o *options, t nsjoin.Target, out output) int {
+func serveSandboxed(o *options, t nsjoin.Target, out output, ps *pastaState) int {
 	ctx, stop := notifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	p, err := prepare(ctx, o, t, out)
@@ -55,6 +58,7 @@ func serveSandboxed(o *options, t nsjoin.Target, out output) int {
 		return 1
 	}
 	defer p.close()
+	p.pasta = ps
 	// From here until the new image handles them again, SIGINT and
 	// SIGTERM kill the process (the default action): one caught now would
 	// be lost in the exec.
@@ -203,6 +207,21 @@ func enterSandbox(p *prepared) error {
 		s.Pcap = int(p.pcap.Fd())
 		keep = append(keep, s.Pcap)
 	}
+	for _, f := range p.procNet {
+		s.ProcNet = append(s.ProcNet, int(f.Fd()))
+		keep = append(keep, int(f.Fd()))
+	}
+	if p.broker != nil {
+		s.Broker = p.broker.FD()
+		keep = append(keep, s.Broker)
+	}
+	if ps := p.pasta; ps != nil {
+		s.Pasta = ps
+		if ps.Detached {
+			ps.LogFD = int(ps.log.Fd())
+			keep = append(keep, ps.LogFD, detachedFD)
+		}
+	}
 	s.VnetHdr = p.vnetHdr
 	if p.upstream.IsValid() {
 		s.Upstream = p.upstream.String()
@@ -246,7 +265,11 @@ func resumeMain(argv []string, stdout, stderr io.Writer) int {
 	}
 	defer p.close()
 	out := output{stdout: stdout, stderr: stderr}
-	if err := p.run(ctx, out, nil); err != nil {
+	var onReady func() error
+	if p.pasta != nil {
+		out.noSettings, onReady = true, p.pasta.ready
+	}
+	if err := p.run(ctx, out, onReady); err != nil {
 		fmt.Fprintf(stderr, "usernet: %v\n", err)
 		return 1
 	}
@@ -258,13 +281,18 @@ func resume(argv []string) (*prepared, error) {
 	if err != nil {
 		return nil, err
 	}
-	o, _, err := parseFlags(argv, io.Discard, 2)
-	if err != nil {
-		return nil, fmt.Errorf("sandbox: parse the command line again: %w", err)
-	}
 	var s sandboxState
 	if err := json.Unmarshal(b, &s); err != nil {
 		return nil, fmt.Errorf("sandbox: decode state: %w", err)
+	}
+	var o *options
+	if s.Pasta != nil {
+		o, err = resumePasta(s.Pasta)
+	} else {
+		o, _, err = parseFlags(argv, io.Discard, 2)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: parse the command line again: %w", err)
 	}
 	p := &prepared{o: o, t: nsjoin.Target{PID: o.pid, NetnsPath: o.path, UsernsPath: o.usernsPath}}
 	fail := func(err error) (*prepared, error) {
@@ -327,6 +355,29 @@ func resume(argv []string) (*prepared, error) {
 	}
 	unix.CloseOnExec(s.Tap)
 	p.tap = os.NewFile(uintptr(s.Tap), "tap")
+	for i, fd := range s.ProcNet {
+		if !pollfd.IsOpen(fd) || i >= len(nsjoin.ProcNetFiles) {
+			return fail(fmt.Errorf("inherited /proc/net fd %d is not open", fd))
+		}
+		unix.CloseOnExec(fd)
+		p.procNet = append(p.procNet, os.NewFile(uintptr(fd), "netns /proc/net/"+nsjoin.ProcNetFiles[i]))
+	}
+	if s.Broker > 0 {
+		if !pollfd.IsOpen(s.Broker) {
+			return fail(fmt.Errorf("inherited socket broker fd %d is not open", s.Broker))
+		}
+		p.broker = nsjoin.BrokerFromFD(s.Broker)
+	}
+	if ps := s.Pasta; ps != nil {
+		p.pasta = ps
+		if ps.Detached {
+			if !pollfd.IsOpen(ps.LogFD) {
+				return fail(fmt.Errorf("inherited log fd %d is not open", ps.LogFD))
+			}
+			unix.CloseOnExec(ps.LogFD)
+			ps.log = os.NewFile(uintptr(ps.LogFD), "log")
+		}
+	}
 	return p, nil
 }
 

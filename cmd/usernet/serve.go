@@ -65,6 +65,7 @@ type prepared struct {
 	tap        *os.File          // the tap's fd; nil once the stack owns it
 	procNet    []*os.File        // the namespace's /proc/net files, for autoTCP/autoUDP
 	broker     *nsjoin.Broker    // makes sockets in the namespace, for splice
+	pasta      *pastaState       // pasta's command line only
 	vnetHdr    bool              // tap opened with IFF_VNET_HDR and offloads (off only in debug builds)
 	api        *net.UnixListener // --api-socket, bound before the sandbox; nil once the server owns it
 	pcap       *os.File          // --pcap's file, or nil
