@@ -48,6 +48,9 @@ type options struct {
 	// inside the namespace (pasta's local path), to the guest's address,
 	// or to its loopback with spliceToLoopback (--host-lo-to-ns-lo).
 	splice, spliceToLoopback bool
+	// nsToHost: ports of the namespace's loopback forwarded to the host's
+	// (pasta's -T): namespace port → host port.
+	nsToHost map[uint16]uint16
 	// publishErr says which option publish[i] came from when it cannot
 	// be bound; nil: slirp4netns's --publish.
 	publishErr func(i int, err error) error

@@ -261,6 +261,12 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 		}
 	}
 	o.pid, o.path, o.usernsPath = t.PID, t.NetnsPath, t.UsernsPath
+	if po.TCPNs.Mode == pasta.ModeSpec && !po.NoTCP {
+		o.nsToHost = map[uint16]uint16{}
+		for m := range po.TCPNs.Mappings() {
+			o.nsToHost[m.Port] = m.To
+		}
+	}
 	return o, t, nil
 }
 
@@ -272,8 +278,8 @@ func unsupported(po *pasta.Options) string {
 		return "--runas"
 	case po.FDGiven:
 		return "-F/--fd"
-	case po.TCPNs.Mode == pasta.ModeSpec || po.UDPNs.Mode == pasta.ModeSpec:
-		return "-T/-U with ports"
+	case po.UDPNs.Mode == pasta.ModeSpec:
+		return "-U with ports"
 	case po.NoNetnsQuit:
 		return "--no-netns-quit"
 	case po.Interface != "" && (po.OutboundIf4 != "" || po.OutboundIf6 != ""):

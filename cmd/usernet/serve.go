@@ -15,6 +15,7 @@ import (
 	"github.com/usernet/usernet/autofwd"
 	"github.com/usernet/usernet/dns"
 	"github.com/usernet/usernet/internal/pollfd"
+	"github.com/usernet/usernet/loopfwd"
 	"github.com/usernet/usernet/netplan"
 	"github.com/usernet/usernet/nsjoin"
 	"github.com/usernet/usernet/portfwd"
@@ -287,6 +288,9 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 			cancel(fmt.Errorf("port forwarding: %w", err))
 		}
 	})
+	if fwds := nsLoopbackForwards(o, p.broker, logf); len(fwds) > 0 {
+		wg.Go(func() { loopfwd.Run(ctx, fwds, logf) })
+	}
 	if len(p.procNet) == len(nsjoin.ProcNetFiles) {
 		wg.Go(func() {
 			if err := autofwd.Run(ctx, autoConfig(o, p.procNet, reg, logf)); err != nil {
@@ -501,7 +505,7 @@ func autoConfig(o *options, files []*os.File, reg *portfwd.Registry, logf func(s
 // mayForwardTCP reports whether a TCP forward may exist: given, auto, or
 // added through the API.
 func (o *options) mayForwardTCP() bool {
-	if o.autoTCP || o.apiSocket != "" {
+	if o.autoTCP || o.apiSocket != "" || len(o.nsToHost) > 0 {
 		return true
 	}
 	for _, r := range o.publish {
@@ -510,4 +514,28 @@ func (o *options) mayForwardTCP() bool {
 		}
 	}
 	return false
+}
+
+// nsLoopbackForwards makes the listeners of pasta's -T inside the
+// namespace, on 127.0.0.1 and ::1 as pasta does; like pasta, it cannot
+// check in advance whether a port is free there, and a port it cannot
+// bind is logged, not fatal.
+func nsLoopbackForwards(o *options, b *nsjoin.Broker, logf func(string, ...any)) []loopfwd.Forward {
+	if b == nil {
+		return nil
+	}
+	var fwds []loopfwd.Forward
+	for port, hostPort := range o.nsToHost {
+		for _, lo := range []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()} {
+			ln, err := b.ListenTCP(netip.AddrPortFrom(lo, port))
+			if err != nil {
+				if lo.Is4() {
+					logf("-T %d: %v", port, err)
+				}
+				continue
+			}
+			fwds = append(fwds, loopfwd.Forward{Listener: ln, HostPort: hostPort})
+		}
+	}
+	return fwds
 }

@@ -48,6 +48,7 @@ var rules = map[string]rule{
 	"stack": {why: "terminates the namespace's flows; portfwd, dns and apisock sit on top of it",
 		gvisor: true, may: []string{"dhcp", "link", "netplan", "relay", "tap"}},
 	"portfwd":                 {why: "reaches the namespace through its Dialer interface, which stack implements", may: []string{"netplan", "relay"}},
+	"loopfwd":                 {why: "relays the namespace's loopback to the host's; listeners are handed in", may: []string{"relay"}},
 	"autofwd":                 {why: "adds and removes forwards; reads files it is handed", may: []string{"portfwd", "netplan", "relay"}},
 	"apisock":                 {why: "the wire format over portfwd, nothing else", may: []string{"portfwd", "netplan", "relay"}},
 	"cmd/usernet":             {why: "wiring", gvisor: true, may: []string{"*"}},
