@@ -56,10 +56,12 @@ type Plan struct {
 	// slirp4netns: the gateways, unless --disable-host-loopback; pasta:
 	// the gateways unless --no-map-gw, or --map-host-loopback's.
 	HostLoopback4, HostLoopback6 netip.Addr
-	// GuestAlias4 and GuestAlias6 reach, from the guest, the host's own
-	// address that the guest shares (pasta's --map-guest-addr: Podman's
+	// GuestAlias4 and GuestAlias6 reach, from the guest, HostAddr4 and
+	// HostAddr6: the host's own addresses, which the guest shares when
+	// they are copied (pasta's --map-guest-addr: Podman's
 	// host.containers.internal); invalid means none does.
 	GuestAlias4, GuestAlias6 netip.Addr
+	HostAddr4, HostAddr6     netip.Addr
 
 	// Mirror says the networks are the host's own, copied (pasta): their
 	// other addresses are real hosts, reached through the host's sockets,
@@ -258,7 +260,9 @@ func (p Plan) validate6() error {
 	if !n.Addr().Is6() || n.Addr().Is4In6() || n.Addr().Zone() != "" || n.Masked() != n || n.Bits() > 126 {
 		return fmt.Errorf("IPv6 network %v is not an IPv6 network address", n)
 	}
-	linkLocalGW := p.Mirror && p.Gateway6.IsLinkLocalUnicast()
+	// A router's link-local address is the usual IPv6 gateway of a host,
+	// which pasta's plans copy.
+	linkLocalGW := p.Gateway6.IsLinkLocalUnicast()
 	if !unicast6(p.Gateway6) || (!linkLocalGW && (!n.Contains(p.Gateway6) || p.Gateway6 == n.Addr())) {
 		return fmt.Errorf("IPv6 gateway %v is not a host address in %v", p.Gateway6, n)
 	}

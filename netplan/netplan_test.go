@@ -176,7 +176,7 @@ func TestValidate(t *testing.T) {
 		{"guest in the pool", func(p *Plan) { p.Guest4 = a("10.0.2.15") }, ""},
 		{"no DNS address", func(p *Plan) { p.DNS4, p.DNS6 = netip.Addr{}, netip.Addr{} }, ""},
 		{"mirrored, link-local IPv6 gateway", func(p *Plan) { p.Mirror, p.Gateway6, p.Router6 = true, a("fe80::1"), a("fe80::1") }, ""},
-		{"virtual, link-local IPv6 gateway", func(p *Plan) { p.Gateway6 = a("fe80::1") }, "IPv6 gateway"},
+		{"link-local IPv6 gateway", func(p *Plan) { p.Gateway6, p.Router6 = a("fe80::1"), a("fe80::1") }, ""},
 		{"zero", func(p *Plan) { *p = Plan{} }, "IPv4 network"},
 		{"IPv6 network as IPv4", func(p *Plan) { p.Net4 = p.Net6 }, "IPv4 network"},
 		{"/31", func(p *Plan) { p.Net4 = netip.MustParsePrefix("10.0.2.0/31") }, "IPv4 network"},

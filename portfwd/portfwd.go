@@ -434,17 +434,17 @@ func (f *forward) closeSocket() {
 func (r *Registry) srcFor(client netip.AddrPort, guest netip.Addr) netip.AddrPort {
 	a := client.Addr().Unmap()
 	plan := &r.cfg.Plan
-	gw, lo, alias := plan.Gateway4, plan.HostLoopback4, plan.GuestAlias4
+	gw, lo, alias, host := plan.Gateway4, plan.HostLoopback4, plan.GuestAlias4, plan.HostAddr4
 	if guest.Is6() {
-		gw, lo, alias = plan.Gateway6, plan.HostLoopback6, plan.GuestAlias6
+		gw, lo, alias, host = plan.Gateway6, plan.HostLoopback6, plan.GuestAlias6, plan.HostAddr6
 	}
 	switch {
 	case a.Is4() != guest.Is4():
 		return netip.AddrPortFrom(gw, client.Port())
 	case a.IsLoopback() && lo.IsValid():
 		return netip.AddrPortFrom(lo, client.Port())
-	case plan.IsGuest(a) && alias.IsValid():
-		// The host's own address, which the guest shares (pasta).
+	case a == host && alias.IsValid():
+		// The host's own address (pasta's --map-guest-addr).
 		return netip.AddrPortFrom(alias, client.Port())
 	case a.IsLoopback(), a.IsUnspecified(), a.IsLinkLocalUnicast(), a.Zone() != "", plan.Virtual(a):
 		return netip.AddrPortFrom(gw, client.Port())

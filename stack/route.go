@@ -49,7 +49,7 @@ var (
 // (Plan.Virtual), and no loopback, multicast, broadcast, unspecified,
 // IPv4-mapped or link-local IPv6 address, is ever dialed on the host. Only
 // the plan's host-loopback address is rewritten, to the host's loopback,
-// and its guest alias, to the guest's address on the host.
+// and its guest alias, to the host's own address.
 func (s *Stack) route(dst netip.AddrPort) (netip.AddrPort, verdict) {
 	a := dst.Addr()
 	if a.Is4In6() {
@@ -65,10 +65,10 @@ func (s *Stack) route(dst netip.AddrPort) (netip.AddrPort, verdict) {
 		return netip.AddrPortFrom(hostLoopback4, dst.Port()), forward
 	case a == plan.HostLoopback6:
 		return netip.AddrPortFrom(hostLoopback6, dst.Port()), forward
-	case a == plan.GuestAlias4:
-		return netip.AddrPortFrom(plan.Guest4, dst.Port()), forward
-	case a == plan.GuestAlias6 && plan.Guest6.IsValid():
-		return netip.AddrPortFrom(plan.Guest6, dst.Port()), forward
+	case a == plan.GuestAlias4 && plan.HostAddr4.IsValid():
+		return netip.AddrPortFrom(plan.HostAddr4, dst.Port()), forward
+	case a == plan.GuestAlias6 && plan.HostAddr6.IsValid():
+		return netip.AddrPortFrom(plan.HostAddr6, dst.Port()), forward
 	case (a == plan.Gateway4 || a == plan.Gateway6) && !plan.Mirror:
 		// slirp4netns --disable-host-loopback: the gateway is ours and
 		// leads nowhere.

@@ -316,6 +316,7 @@ func mirrorPlan(t testing.TB) netplan.Plan {
 		DHCPStart4:  netip.MustParseAddr("198.51.100.10"),
 		DHCPSize:    1,
 		GuestAlias4: netip.MustParseAddr("169.254.1.2"),
+		HostAddr4:   netip.MustParseAddr("198.51.100.10"),
 		Mirror:      true,
 	}
 	if err := p.Validate(); err != nil {

@@ -303,9 +303,10 @@ func unsupported(po *pasta.Options) string {
 // gateway for each family (or -a, -n, -g), the gateway reaches the host's
 // loopback unless --no-map-gw, and the network is mirrored, not virtual.
 func pastaPlan(po *pasta.Options, tmpl hostif.Template) (netplan.Plan, error) {
-	p := netplan.Plan{Mirror: true}
+	var p netplan.Plan
 
 	guest, bits, gw := tmpl.V4.Addr.Addr(), tmpl.V4.Addr.Bits(), tmpl.V4.Gateway
+	p.HostAddr4, p.HostAddr6 = tmpl.V4.Addr.Addr(), tmpl.V6.Addr.Addr()
 	if po.Address4.IsValid() {
 		guest = po.Address4
 		bits, _ = po.Prefix4()
@@ -319,6 +320,10 @@ func pastaPlan(po *pasta.Options, tmpl hostif.Template) (netplan.Plan, error) {
 	}
 	p.Net4 = netip.PrefixFrom(guest, bits).Masked()
 	p.Guest4, p.Gateway4 = guest, gw
+	// The network is the host's own only when it was copied: a network
+	// given with -a is as virtual as slirp4netns's, and none of its
+	// addresses may be dialed on the host (pasta would).
+	p.Mirror = tmpl.V4.Addr.IsValid() && p.Net4 == tmpl.V4.Addr.Masked()
 	p.DHCPStart4, p.DHCPSize = guest, 1
 	p.DNS4 = po.DNSForward4
 	p.HostLoopback4 = po.HostLoopbackMap(false, gw)

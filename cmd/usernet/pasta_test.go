@@ -61,6 +61,9 @@ func TestPastaOptionsPodman(t *testing.T) {
 			t.Errorf("%s = %s, want %s", c.what, c.got, c.want)
 		}
 	}
+	if p.HostAddr4.String() != "198.51.100.10" {
+		t.Errorf("host address (for the guest alias) = %v, want 198.51.100.10", p.HostAddr4)
+	}
 	if !p.Mirror || !o.configure || o.disableDNS || o.autoTCP || o.autoUDP || !o.disableRA {
 		t.Errorf("mirror %v, configure %v, disableDNS %v, auto %v/%v, disableRA %v; want true, true, false, false/false, true",
 			p.Mirror, o.configure, o.disableDNS, o.autoTCP, o.autoUDP, o.disableRA)
@@ -80,7 +83,7 @@ func TestPastaOptionsRootlesskit(t *testing.T) {
 	o, byPID := parsePasta(t, "--stderr --ns-ifname=tap0 --mtu=65520 --no-dhcp --no-ra --address=10.0.2.100 --netmask=24 --gateway=10.0.2.2 --dns-forward=10.0.2.3 --ipv4-only --tcp-ports=auto --udp-ports=auto 4242")
 	p := o.plan
 	if p.Guest4.String() != "10.0.2.100" || p.Net4.String() != "10.0.2.0/24" || p.Gateway4.String() != "10.0.2.2" ||
-		p.DNS4.String() != "10.0.2.3" || p.HostLoopback4.String() != "10.0.2.2" || p.IPv6() {
+		p.DNS4.String() != "10.0.2.3" || p.HostLoopback4.String() != "10.0.2.2" || p.IPv6() || p.Mirror {
 		t.Errorf("plan %+v; want 10.0.2.100/24 via .2, DNS .3, .2 → host loopback, no IPv6", p)
 	}
 	if !byPID || o.tapName != "tap0" || o.mtu != 65520 || !o.autoTCP || !o.autoUDP || !o.disableDHCP || o.configure {
