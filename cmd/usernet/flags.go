@@ -51,6 +51,8 @@ type options struct {
 	// nsToHost: ports of the namespace's loopback forwarded to the host's
 	// (pasta's -T): namespace port → host port.
 	nsToHost map[uint16]uint16
+	// keepWhenGone: run on when the target goes (pasta's --no-netns-quit).
+	keepWhenGone bool
 	// publishErr says which option publish[i] came from when it cannot
 	// be bound; nil: slirp4netns's --publish.
 	publishErr func(i int, err error) error

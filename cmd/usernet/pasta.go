@@ -165,6 +165,7 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 		// pasta's local path for clients on the host's loopback.
 		splice:           !po.NoSplice,
 		spliceToLoopback: po.HostLoToNsLo,
+		keepWhenGone:     po.NoNetnsQuit,
 	}
 	var t nsjoin.Target
 	switch {
@@ -280,8 +281,6 @@ func unsupported(po *pasta.Options) string {
 		return "-F/--fd"
 	case po.UDPNs.Mode == pasta.ModeSpec:
 		return "-U with ports"
-	case po.NoNetnsQuit:
-		return "--no-netns-quit"
 	case po.Interface != "" && (po.OutboundIf4 != "" || po.OutboundIf6 != ""):
 		return "-i with --outbound-if4/6"
 	}

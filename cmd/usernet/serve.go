@@ -313,6 +313,9 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		})
 	}
 	wg.Go(func() {
+		if o.keepWhenGone {
+			return
+		}
 		if p.watch.Wait(ctx) == nil {
 			cancel(errTargetGone)
 		}
