@@ -102,52 +102,7 @@ func startRootlesskit(t *testing.T, o rkOpts) *rootlesskitRun {
 	cmd := asUser(exec.Command("rootlesskit", args...))
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), envHelper+"=1", "HOME="+dir, "XDG_RUNTIME_DIR="+dir)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout = w
-	rk.proc = startProc(t, cmd)
-	w.Close()
-	rk.stdin = stdin
-	ready := lineWaiter(out, "ready")
-	t.Cleanup(func() {
-		stdin.Close()
-		select {
-		case <-rk.done:
-		case <-time.After(10 * time.Second):
-		}
-		rk.stop()
-		if t.Failed() {
-			t.Logf("%s\nexit: %v\nstderr:\n%s", rk.name, rk.err, rk.stderr.String())
-		}
-	})
-	select {
-	case <-ready:
-	case <-rk.done:
-		t.Fatalf("%s exited before its command was ready: %v\nstderr:\n%s", rk.name, rk.err, rk.stderr.String())
-	case <-time.After(30 * time.Second):
-		t.Fatalf("%s: command not ready after 30s\nstderr:\n%s", rk.name, rk.stderr.String())
-	}
-	// The command may say "ready" before rootlesskit has written child_pid.
-	var pid int
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		b, err := os.ReadFile(filepath.Join(state, "child_pid"))
-		if err == nil {
-			if pid, err = strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s/child_pid: %q, %v", state, b, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	rk.child = &target{pid: pid}
+	rk.proc, rk.stdin, rk.child = runRootlesskit(t, cmd, state)
 	rkPid := cmd.Process.Pid
 	rk.usernet = withDescendants(findProcs(func(argv []string, ppid int) bool { return ppid == rkPid && argv[0] == suite.bin }))
 	if len(rk.usernet) == 0 {
@@ -357,15 +312,12 @@ type podmanEnv struct {
 	env []string
 }
 
-func newPodmanEnv(t *testing.T) *podmanEnv {
+// podmanConfig makes the directories and files of a rootless Podman of the test user:
+// containers.conf (engineConf), vfs storage, no registries, and the environment that points
+// Podman at them, after pathEnv and extraEnv.
+func podmanConfig(t *testing.T, engineConf, pathEnv string, extraEnv ...string) *podmanEnv {
 	t.Helper()
-	ensureSubIDs(t)
-	if err := ensureCgroupMounts(); err != nil {
-		t.Fatalf("podman needs the cgroup file systems: %v", err)
-	}
-	busybox := staticBusybox(t)
 	dir := shortUserDir(t, "pm-")
-	e := &podmanEnv{dir: dir}
 	// XDG_RUNTIME_DIR is short, like /run/user/UID: podman puts the API socket of
 	// port_handler=slirp4netns at $XDG_RUNTIME_DIR/libpod/tmp/<64 hex digits>.net, and a unix
 	// socket path has at most 107 bytes.
@@ -374,7 +326,6 @@ func newPodmanEnv(t *testing.T) *podmanEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(run) })
-	e.run = run
 	cfg := filepath.Join(dir, "config")
 	if err := os.Mkdir(cfg, 0o700); err != nil {
 		t.Fatal(err)
@@ -385,15 +336,7 @@ func newPodmanEnv(t *testing.T) *podmanEnv {
 		}
 	}
 	files := map[string]string{
-		"containers.conf": fmt.Sprintf(`[containers]
-dns_servers = ["10.0.2.3"]
-
-[engine]
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-runtime = "runc"
-network_cmd_path = %q
-`, suite.bin),
+		"containers.conf": engineConf,
 		"storage.conf":    "[storage]\ndriver = \"vfs\"\n",
 		"registries.conf": "# none: the tests never pull\n",
 	}
@@ -402,15 +345,35 @@ network_cmd_path = %q
 			t.Fatal(err)
 		}
 	}
-	e.env = []string{
-		"PATH=" + os.Getenv("PATH"),
+	env := append([]string{
+		pathEnv,
 		"HOME=" + dir,
 		"XDG_RUNTIME_DIR=" + run,
 		"XDG_CONFIG_HOME=" + cfg,
 		"CONTAINERS_CONF=" + filepath.Join(dir, "containers.conf"),
 		"CONTAINERS_STORAGE_CONF=" + filepath.Join(dir, "storage.conf"),
 		"CONTAINERS_REGISTRIES_CONF=" + filepath.Join(dir, "registries.conf"),
+	}, extraEnv...)
+	return &podmanEnv{dir: dir, run: run, env: env}
+}
+
+func newPodmanEnv(t *testing.T) *podmanEnv {
+	t.Helper()
+	ensureSubIDs(t)
+	if err := ensureCgroupMounts(); err != nil {
+		t.Fatalf("podman needs the cgroup file systems: %v", err)
 	}
+	busybox := staticBusybox(t)
+	e := podmanConfig(t, fmt.Sprintf(`[containers]
+dns_servers = ["10.0.2.3"]
+
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+runtime = "runc"
+network_cmd_path = %q
+`, suite.bin), "PATH="+os.Getenv("PATH"))
+	dir := e.dir
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
@@ -732,4 +695,57 @@ func TestPodman(t *testing.T) {
 			waitGone(t, c2.usernet, 10*time.Second, "after podman rm --force "+c2.name)
 		})
 	}
+}
+
+// runRootlesskit starts cmd, a rootlesskit whose command is `helper serve` (it prints "ready"
+// on stdout), waits until the command is ready and rootlesskit has written state/child_pid,
+// and returns rootlesskit, its command's stdin (closing it ends the command) and its child.
+// Cleanup closes that stdin, gives rootlesskit 10 s to exit, then stops it.
+func runRootlesskit(t *testing.T, cmd *exec.Cmd, state string) (*proc, io.Closer, *target) {
+	t.Helper()
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout = w
+	p := startProc(t, cmd)
+	w.Close()
+	ready := lineWaiter(out, "ready")
+	t.Cleanup(func() {
+		stdin.Close()
+		select {
+		case <-p.done:
+		case <-time.After(10 * time.Second):
+		}
+		p.stop()
+		if t.Failed() {
+			t.Logf("%s\nexit: %v\nstderr:\n%s", p.name, p.err, p.stderr.String())
+		}
+	})
+	select {
+	case <-ready:
+	case <-p.done:
+		t.Fatalf("%s exited before its command was ready: %v\nstderr:\n%s", p.name, p.err, p.stderr.String())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s: command not ready after 30s\nstderr:\n%s", p.name, p.stderr.String())
+	}
+	// The command may say "ready" before rootlesskit has written child_pid.
+	var pid int
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		b, err := os.ReadFile(filepath.Join(state, "child_pid"))
+		if err == nil {
+			if pid, err = strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s/child_pid: %q, %v", state, b, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return p, stdin, &target{pid: pid}
 }

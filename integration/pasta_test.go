@@ -179,25 +179,8 @@ type pastaPodman struct {
 
 func newPastaPodman(t *testing.T, root *trixieRoot, peer *pastaPeer) *pastaPodman {
 	t.Helper()
-	dir := shortUserDir(t, "pm-")
-	// Short: Podman's sockets live under XDG_RUNTIME_DIR (at most 107 bytes a path).
-	run, err := os.MkdirTemp("/tmp", "upm-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(run) })
-	cfg := filepath.Join(dir, "config")
-	if err := os.Mkdir(cfg, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range []string{run, cfg} {
-		if err := os.Chown(d, int(suite.uid), int(suite.gid)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	files := map[string]string{
-		// runc: crun refuses the suite's cgroup v1/v2 hybrid.
-		"containers.conf": fmt.Sprintf(`[engine]
+	// runc: crun refuses the suite's cgroup v1/v2 hybrid.
+	conf := fmt.Sprintf(`[engine]
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 runtime = "runc"
@@ -205,26 +188,9 @@ helper_binaries_dir = [%q, "/usr/libexec/podman", "/usr/lib/podman"]
 
 [network]
 default_rootless_network_cmd = "pasta"
-`, peer.dir),
-		"storage.conf":    "[storage]\ndriver = \"vfs\"\n",
-		"registries.conf": "# none: the tests never pull\n",
-	}
-	for name, text := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	e := &pastaPodman{root: root, peer: peer}
-	e.podmanEnv = podmanEnv{dir: dir, run: run, env: []string{
-		rootPath,
-		"HOME=" + dir,
-		"XDG_RUNTIME_DIR=" + run,
-		"XDG_CONFIG_HOME=" + cfg,
-		"CONTAINERS_CONF=" + filepath.Join(dir, "containers.conf"),
-		"CONTAINERS_STORAGE_CONF=" + filepath.Join(dir, "storage.conf"),
-		"CONTAINERS_REGISTRIES_CONF=" + filepath.Join(dir, "registries.conf"),
-		"PODMAN_IGNORE_CGROUPSV1_WARNING=1",
-	}}
+`, peer.dir)
+	e := &pastaPodman{root: root, peer: peer, podmanEnv: *podmanConfig(t, conf, rootPath, "PODMAN_IGNORE_CGROUPSV1_WARNING=1")}
+	dir := e.dir
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
@@ -754,51 +720,7 @@ func startPastaRootlesskit(t *testing.T, ctx context.Context, root *trixieRoot, 
 	// Not ctx: the cleanup ends rootlesskit, its command's stdin first.
 	cmd := root.command(context.Background(), []string{rootPath, envHelper + "=1", "HOME=" + dir, "XDG_RUNTIME_DIR=" + dir}, args...)
 	cmd.Dir = dir
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout = w
-	rk.proc = startProc(t, cmd)
-	w.Close()
-	rk.stdin = stdin
-	ready := lineWaiter(out, "ready")
-	t.Cleanup(func() {
-		stdin.Close()
-		select {
-		case <-rk.done:
-		case <-time.After(10 * time.Second):
-		}
-		rk.stop()
-		if t.Failed() {
-			t.Logf("%s\nexit: %v\nstderr:\n%s", rk.name, rk.err, rk.stderr.String())
-		}
-	})
-	select {
-	case <-ready:
-	case <-rk.done:
-		t.Fatalf("rootlesskit exited before its command was ready") // the cleanup logs its stderr
-	case <-time.After(30 * time.Second):
-		t.Fatalf("rootlesskit: command not ready after 30s")
-	}
-	var pid int
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		b, err := os.ReadFile(filepath.Join(state, "child_pid"))
-		if err == nil {
-			if pid, err = strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s/child_pid: %q, %v", state, b, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	rk.child = &target{pid: pid}
+	rk.proc, rk.stdin, rk.child = runRootlesskit(t, cmd, state)
 	// trixie-exec keeps its PID up to rootlesskit, which starts pasta itself (and may do so
 	// after its command is running).
 	rkPid := cmd.Process.Pid
