@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# bench/run.sh [--quick] [OPTIONS]: benchmark usernet against slirp4netns and pasta.
+# bench/run.sh [--quick] [OPTIONS]: benchmark usernet against slirp4netns and pasta (Debian 12's
+# and, from the trixie root of integration/trixie.sh, pasta 2025), and usernet called as pasta.
 # Run as root on Debian. See bench/README.md for what it measures and how.
 #
 #   1. installs what it needs from Debian (nothing when it is there already),
@@ -13,12 +14,19 @@
 #   5. writes the report: docs/bench/ (full run) or a temp dir (--quick).
 #
 # Options:
-#   --quick            smoke mode for CI: 1 run of each workload, 2 s each, report in a temp
-#                      dir, exit 1 if anything failed. Takes about a minute (plus the build).
+#   --quick            smoke mode for CI: 1 run of each workload, 1 s each, report in a temp
+#                      dir, exit 1 if anything failed. Takes about a minute and a half (plus
+#                      the build).
 #   --runs N           runs of each workload (default 5)
 #   --duration SEC     length of each timed run (default 5)
-#   --backends LIST    default usernet,slirp4netns,pasta (usernet first: ratios are against it);
-#                      usernet-nooffload is usernet without vnet headers/offloads (A/B runs)
+#   --backends LIST    default usernet,usernet-pasta,slirp4netns,pasta,pasta-2025 (usernet
+#                      first: ratios are against it). usernet-pasta is usernet called as pasta,
+#                      with pasta's arguments; pasta is this machine's (Debian 12: 2023);
+#                      pasta-2025 is the passt of the Debian trixie root that
+#                      integration/trixie.sh builds ($USERNET_TRIXIE_ROOT, default
+#                      /var/cache/usernet/trixie-root): without that root it is n/a, or an
+#                      error if LIST names it. usernet-nooffload is usernet without vnet
+#                      headers/offloads (A/B runs)
 #   --workloads RE     only the workloads whose name matches RE (tcp_n2h_65520, tcp_h2n_65520,
 #                      tcp_n2h_1500, tcp_h2n_1500, tcp_fwd_65520, tcp_fwdr_65520, udp_1g,
 #                      udp_max, rr, crr, rr_fwd, crr_fwd);
@@ -35,13 +43,13 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 invocation="bench/run.sh$(printf ' %q' "$@")"
 
-quick=0 runs=5 duration=5 backends=usernet,slirp4netns,pasta out= provisional= rev= usernet_bin= keep_work=0 workloads=
+quick=0 runs=5 duration=5 backends=usernet,usernet-pasta,slirp4netns,pasta,pasta-2025 backends_given=0 out= provisional= rev= usernet_bin= keep_work=0 workloads=
 while [ "$#" -gt 0 ]; do
 	case "$1" in
 	--quick) quick=1 ;;
 	--runs) runs=$2; shift ;;
 	--duration) duration=$2; shift ;;
-	--backends) backends=$2; shift ;;
+	--backends) backends=$2 backends_given=1; shift ;;
 	--workloads) workloads=$2; shift ;;
 	--out) out=$2; shift ;;
 	--provisional) provisional=$2; shift ;;
@@ -82,6 +90,17 @@ export PATH=$PATH:/usr/local/go/bin
 if ! command -v go >/dev/null; then
 	echo "run.sh: no go in PATH; install Go $(sed -n 's/^go //p' go.mod) or later from https://go.dev/dl/" >&2
 	exit 1
+fi
+
+# pasta-2025 runs from the trixie root without entering it (usernet-bench's pastaArgv0). Not
+# built here: that takes minutes and a download; a default run goes on with it n/a.
+trixie_root=${USERNET_TRIXIE_ROOT:-/var/cache/usernet/trixie-root}
+if [[ ,$backends, == *,pasta-2025,* ]] && [ ! -x "$trixie_root/usr/bin/passt" ]; then
+	if [ "$backends_given" = 1 ]; then
+		echo "run.sh: --backends names pasta-2025, but $trixie_root has no usr/bin/passt: build it with integration/trixie.sh (or set USERNET_TRIXIE_ROOT)" >&2
+		exit 1
+	fi
+	echo "run.sh: no trixie root at $trixie_root (integration/trixie.sh builds it): pasta-2025 will be n/a"
 fi
 
 step "user usernet-bench, /dev/net/tun, user namespaces"
@@ -132,10 +151,11 @@ else
 	usernet_version="git $(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown), working tree"
 fi
 timeout 600 go build -o "$work/bin/usernet-bench" ./bench/cmd/usernet-bench
+ln -s usernet "$work/bin/pasta" # usernet-pasta: usernet takes pasta's command line when called so
 chmod 0755 "$work/bin" "$work/bin/"*
 
 if [ "$quick" = 1 ]; then
-	runs=1 duration=2 limit=300
+	runs=1 duration=1 limit=300
 	[ -n "$out" ] || out=$work/report
 else
 	limit=2700
@@ -163,6 +183,7 @@ exec setpriv --reuid=usernet-bench --regid=usernet-bench --clear-groups -- "$@"'
 	-out "$work/run" -runs "$runs" -duration "${duration}s" -backends "$backends" -workloads "$workloads" \
 	$([ "$quick" = 1 ] && echo -quick) \
 	-usernet "$work/bin/usernet" -usernet-debug "$work/bin/usernet-debug" -usernet-version "$usernet_version" \
+	-usernet-pasta "$work/bin/pasta" -pasta-2025-root "$trixie_root" \
 	-command "$invocation" &
 upid=$!
 wait "$upid"

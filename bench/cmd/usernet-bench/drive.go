@@ -41,6 +41,8 @@ type options struct {
 	usernetVersion string
 	slirp          string
 	pasta          string
+	usernetPasta   string // a symlink named pasta to the usernet binary
+	pasta2025Root  string // the Debian trixie root with passt 2025 in it (integration/trixie.sh)
 	command        string
 	workloads      string
 	workloadRE     *regexp.Regexp // nil: all workloads
@@ -57,6 +59,11 @@ type driver struct {
 
 	usernetAPI bool // usernet --help lists --api-socket: port forwards work through it
 
+	// active is the backends that run; the others (in unavailable, with the reason) are
+	// reported n/a.
+	active      []string
+	unavailable map[string]string
+
 	mu    sync.Mutex
 	procs []*proc
 	seq   int
@@ -71,12 +78,14 @@ func drive(args []string) error {
 	fs.DurationVar(&o.dur, "duration", 5*time.Second, "length of each timed workload run")
 	fs.IntVar(&o.conns, "conns", 1000, "idle TCP connections for the memory workload")
 	fs.StringVar(&o.out, "out", "", "directory for results.json and logs/ (required)")
-	fs.StringVar(&backends, "backends", "usernet,slirp4netns,pasta", "comma-separated backends")
+	fs.StringVar(&backends, "backends", "usernet,usernet-pasta,slirp4netns,pasta,pasta-2025", "comma-separated backends")
 	fs.StringVar(&o.usernet, "usernet", "usernet", "usernet binary")
 	fs.StringVar(&o.usernetDebug, "usernet-debug", "usernet-debug", "usernet built with -tags usernet_debug (the usernet-nooffload backend)")
 	fs.StringVar(&o.usernetVersion, "usernet-version", "", "extra version text for usernet (e.g. git describe)")
 	fs.StringVar(&o.slirp, "slirp4netns", "slirp4netns", "slirp4netns binary")
 	fs.StringVar(&o.pasta, "pasta", "pasta", "pasta binary")
+	fs.StringVar(&o.usernetPasta, "usernet-pasta", "", "a symlink named pasta to the usernet binary (the usernet-pasta backend; default: pasta beside -usernet)")
+	fs.StringVar(&o.pasta2025Root, "pasta-2025-root", "/var/cache/usernet/trixie-root", "Debian trixie root whose passt is the pasta-2025 backend (integration/trixie.sh builds it)")
 	fs.StringVar(&o.command, "command", "", "how the harness was invoked, for the report")
 	fs.StringVar(&o.workloads, "workloads", "", "run only the workloads whose name matches this regexp (e.g. 'tcp_.*_1500|crr'); memory and startup always run")
 	var err error
@@ -88,7 +97,10 @@ func drive(args []string) error {
 	}
 	if o.quick {
 		o.runs = 1
-		o.dur = 2 * time.Second
+		o.dur = time.Second
+	}
+	if o.usernetPasta == "" {
+		o.usernetPasta = filepath.Join(filepath.Dir(o.usernet), "pasta")
 	}
 	o.backends = strings.Split(backends, ",")
 	if o.workloads != "" {
@@ -113,7 +125,7 @@ func drive(args []string) error {
 	if err != nil {
 		return err
 	}
-	d := &driver{ctx: ctx, opt: o, self: self, logs: filepath.Join(o.out, "logs"), byID: map[string]*Metric{}}
+	d := &driver{ctx: ctx, opt: o, self: self, logs: filepath.Join(o.out, "logs"), byID: map[string]*Metric{}, unavailable: map[string]string{}}
 	if err := os.MkdirAll(d.logs, 0o755); err != nil {
 		return err
 	}
@@ -127,6 +139,17 @@ func drive(args []string) error {
 	}
 	start := time.Now()
 	d.initResults(start)
+	for _, b := range o.backends {
+		if why, ok := d.unavailable[b]; ok {
+			d.logf("   %s: n/a: %s", b, why)
+			for _, m := range d.res.Metrics {
+				d.naExpected(m.ID, b, why)
+			}
+			continue
+		}
+		d.active = append(d.active, b)
+	}
+	d.backendNotes()
 
 	d.logf("== startup and memory (%d fresh instances per backend)", o.runs)
 	d.startupPhase()
@@ -169,6 +192,21 @@ func (d *driver) preflight() error {
 		return errors.New("run as an unprivileged user (bench/run.sh drops to usernet-bench); pasta refuses root and the backends are meant to run unprivileged")
 	}
 	for _, b := range d.opt.backends {
+		switch b {
+		case pasta2025:
+			// A missing peer is n/a, not an error: run.sh decides whether that may happen.
+			if why := d.pasta2025Missing(); why != "" {
+				d.unavailable[b] = why
+			}
+			continue
+		case usernetPasta:
+			// An older usernet (--rev) has no pasta mode: called as pasta it would take
+			// slirp4netns's command line.
+			if v := cmdOutput(d.opt.usernetPasta, "--version"); !strings.HasPrefix(v, "pasta") {
+				d.unavailable[b] = fmt.Sprintf("this usernet has no pasta mode (%s --version: %q)", d.opt.usernetPasta, firstLine(v))
+			}
+			continue
+		}
 		if _, err := exec.LookPath(d.binary(b)); err != nil {
 			return fmt.Errorf("backend %s: %w", b, err)
 		}
@@ -196,8 +234,74 @@ func (d *driver) binary(backend string) string {
 		return d.opt.slirp
 	case "pasta":
 		return d.opt.pasta
+	case usernetPasta:
+		return d.opt.usernetPasta
 	}
 	return backend
+}
+
+// pastaArgv0 is how a backend that takes pasta's command line is started, before its
+// arguments. pasta-2025 is trixie's passt run on this (older) host with trixie's own loader
+// and libc, without entering the root; --argv0 pasta puts it in pasta mode. It is the plain
+// (non-AVX2) build; every build first tries to re-execute "/proc/self/exe" + ".avx2", which
+// here names the loader, fails, and goes on as itself (bench/README.md, "pasta 2025", says
+// what the build costs on the tap path).
+func (d *driver) pastaArgv0(backend string) []string {
+	if backend != pasta2025 {
+		return []string{d.binary(backend)}
+	}
+	r := d.opt.pasta2025Root
+	return []string{filepath.Join(r, pasta2025Loader),
+		"--library-path", filepath.Join(r, "usr/lib/x86_64-linux-gnu") + ":" + filepath.Join(r, "lib/x86_64-linux-gnu"),
+		"--argv0", "pasta", filepath.Join(r, "usr/bin/passt")}
+}
+
+// pasta2025Loader is trixie's dynamic loader, by its real path in the root: following
+// lib64/ld-linux-x86-64.so.2 from outside the root could leave it if a link were absolute.
+const pasta2025Loader = "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+
+// pasta2025Missing says why pasta-2025 cannot run, or "".
+func (d *driver) pasta2025Missing() string {
+	r := d.opt.pasta2025Root
+	for _, f := range []string{pasta2025Loader, "usr/bin/passt", "usernet-versions.txt"} {
+		if _, err := os.Stat(filepath.Join(r, f)); err != nil {
+			return fmt.Sprintf("no Debian trixie root with passt at %s (integration/trixie.sh builds it): %v", r, err)
+		}
+	}
+	return ""
+}
+
+// pkgVersion is a package's version from a root's usernet-versions.txt ("NAME VERSION" lines).
+func pkgVersion(root, name string) string {
+	for _, l := range strings.Split(readFile(filepath.Join(root, "usernet-versions.txt")), "\n") {
+		if n, v, ok := strings.Cut(l, " "); ok && n == name {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+// pastaName is "pasta YEAR" for a passt package version such as 0.0~git20230309.7c7625d-1
+// (passt has no release numbers: its versions are snapshot dates).
+func pastaName(pkg string) string {
+	if _, after, ok := strings.Cut(pkg, "~git"); ok && len(after) >= 4 {
+		if _, err := strconv.Atoi(after[:4]); err == nil {
+			return "pasta " + after[:4]
+		}
+	}
+	return "pasta"
+}
+
+// backendNotes records, in the report, how the pasta-like backends were run.
+func (d *driver) backendNotes() {
+	for _, b := range d.active {
+		switch b {
+		case usernetPasta:
+			d.note("usernet-pasta is the usernet binary called as pasta (through a symlink named pasta), with exactly the arguments the pasta backends get.")
+		case pasta2025:
+			d.note("pasta-2025 is Debian trixie's passt (non-AVX2 build, --argv0 pasta) from %s, run on this host with trixie's own loader and libc, without entering the root; it logs \"Can't run AVX2 build, using non-AVX2 version\" at start (its re-exec through /proc/self/exe names the loader).", d.opt.pasta2025Root)
+		}
+	}
 }
 
 // ---- results bookkeeping
@@ -342,12 +446,27 @@ func (d *driver) version(b string) string {
 			}
 		}
 		return strings.Join(parts, ", ")
-	case "pasta":
-		v := firstLine(cmdOutput(d.opt.pasta, "--version"))
-		if pkg := strings.TrimSpace(cmdOutput("dpkg-query", "-W", "-f", "${Version}", "passt")); pkg != "" {
-			v += " (Debian package passt " + pkg + ")"
+	case usernetPasta:
+		v := firstLine(cmdOutput(d.opt.usernetPasta, "--version"))
+		if d.opt.usernetVersion != "" {
+			v += " (" + d.opt.usernetVersion + ")"
 		}
 		return v
+	case "pasta":
+		// Debian 12's pasta prints "pasta unknown version": the package names it.
+		v := firstLine(cmdOutput(d.opt.pasta, "--version"))
+		if pkg := strings.TrimSpace(cmdOutput("dpkg-query", "-W", "-f", "${Version}", "passt")); pkg != "" {
+			v = fmt.Sprintf("%s (%s: this host's Debian package passt)", pastaName(pkg), pkg)
+		}
+		return v
+	case pasta2025:
+		// This build prints nothing for --version on a pipe: the root's package list names it.
+		if why := d.pasta2025Missing(); why != "" {
+			return "n/a: " + why
+		}
+		r := d.opt.pasta2025Root
+		pkg := pkgVersion(r, "passt")
+		return fmt.Sprintf("%s (%s: Debian trixie's package passt, from %s, with trixie's libc6 %s)", pastaName(pkg), pkg, r, pkgVersion(r, "libc6"))
 	}
 	return ""
 }
@@ -630,5 +749,15 @@ const (
 	noOffloadEnv     = "USERNET_DEBUG_NO_OFFLOAD=1"
 )
 
-// isUsernet reports whether backend b runs the usernet binary.
+// isUsernet reports whether backend b runs the usernet binary with slirp4netns's command line.
 func isUsernet(b string) bool { return b == "usernet" || b == usernetNoOffload }
+
+// The backends that take pasta's command line: usernet called as pasta, and pasta 2025
+// from a Debian trixie root beside this host's pasta.
+const (
+	usernetPasta = "usernet-pasta"
+	pasta2025    = "pasta-2025"
+)
+
+// pastaCLI reports whether backend b takes pasta's command line (the same arguments for all).
+func pastaCLI(b string) bool { return b == "pasta" || b == pasta2025 || b == usernetPasta }

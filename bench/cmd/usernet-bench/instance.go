@@ -63,8 +63,9 @@ func (in *instance) inNS(argv ...string) *exec.Cmd {
 
 func (in *instance) pid() int { return in.be.cmd.Process.Pid }
 
-// hasReadyFD: pasta has no ready fd (its PID file is written before the tap is configured).
-func (in *instance) hasReadyFD() bool { return in.backend != "pasta" }
+// hasReadyFD: pasta's command line has no ready fd (its PID file is written before the tap
+// is configured), so usernet-pasta, which gets the same arguments, goes without one too.
+func (in *instance) hasReadyFD() bool { return !pastaCLI(in.backend) }
 
 // start makes the namespaces, starts the poller and then the backend, and waits until the
 // tap is configured. It fills in readyFD (if the backend has one) and polled.
@@ -179,7 +180,7 @@ func (in *instance) start() error {
 	return nil
 }
 
-// command is the backend's command line; the same addressing for all three.
+// command is the backend's command line; the same addressing for all.
 func (in *instance) command() ([]string, error) {
 	d := in.d
 	pid := strconv.Itoa(in.nsPID)
@@ -201,7 +202,7 @@ func (in *instance) command() ([]string, error) {
 			argv = append(argv, "--api-socket="+in.apiSock)
 		}
 		return append(argv, pid, tapName), nil
-	case "pasta":
+	case "pasta", pasta2025, usernetPasta:
 		tcp := "none"
 		if in.fwd {
 			tcp = fmt.Sprintf("127.0.0.1/%d:%d,%d:%d", in.fwdPort, guestIperfPort, in.fwdEchoPort, guestEchoPort)
@@ -209,8 +210,8 @@ func (in *instance) command() ([]string, error) {
 		// -f: stay in the foreground (we own its PID); -4: IPv4 only, like the others here;
 		// -g 10.0.2.2 is mapped to the host's loopback by default (--no-map-gw turns it off);
 		// no automatic port forwarding in either direction (-t/-u/-T/-U none).
-		return []string{d.binary("pasta"), "-f", "-4", "--config-net", "-I", tapName, "-a", "10.0.2.100", "-n", "24", "-g", "10.0.2.2",
-			"-m", mtu, "-t", tcp, "-u", "none", "-T", "none", "-U", "none", pid}, nil
+		return append(d.pastaArgv0(in.backend), "-f", "-4", "--config-net", "-I", tapName, "-a", "10.0.2.100", "-n", "24", "-g", "10.0.2.2",
+			"-m", mtu, "-t", tcp, "-u", "none", "-T", "none", "-U", "none", pid), nil
 	}
 	return nil, fmt.Errorf("unknown backend %q", in.backend)
 }
@@ -263,7 +264,7 @@ func (in *instance) startIperf() error {
 
 // startForward starts iperf3 -s and the echo server in the namespace and, for backends with
 // an API socket, adds the forwards 127.0.0.1:fwdPort → :5201 and 127.0.0.1:fwdEchoPort →
-// :5202 (pasta got them on its command line).
+// :5202 (the pasta backends got them on their command line).
 func (in *instance) startForward() error {
 	d := in.d
 	in.nsIperf.stop(time.Second)
@@ -284,7 +285,7 @@ func (in *instance) startForward() error {
 		return fmt.Errorf("iperf3 -s or the echo server in the namespace not listening: %s %s", in.nsIperf.logTail(), in.nsEcho.logTail())
 	}
 	if in.apiSock == "" || in.fwdAdded {
-		return nil // pasta: forwarded from the start; a restart keeps the forwards
+		return nil // pasta's command line: forwarded from the start; a restart keeps the forwards
 	}
 	for _, f := range [][2]int{{in.fwdPort, guestIperfPort}, {in.fwdEchoPort, guestEchoPort}} {
 		req := fmt.Sprintf(`{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"127.0.0.1","host_port":%d,"guest_port":%d}}`, f[0], f[1])

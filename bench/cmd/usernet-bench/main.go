@@ -1,6 +1,7 @@
-// Command usernet-bench is the benchmark harness behind bench/run.sh. It runs usernet,
-// slirp4netns and pasta through the same workloads, each in its own unprivileged user+net
-// namespace, and writes the report (docs/bench/results.md).
+// Command usernet-bench is the benchmark harness behind bench/run.sh. It runs usernet (with
+// slirp4netns's command line and, called as pasta, with pasta's), slirp4netns, and pasta
+// (this host's and pasta 2025 from a Debian trixie root) through the same workloads, each in
+// its own unprivileged user+net namespace, and writes the report (docs/bench/results.md).
 //
 // Subcommands:
 //

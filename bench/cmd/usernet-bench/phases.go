@@ -16,7 +16,7 @@ import (
 // startup and idle RSS on each; on the last one it also opens opt.conns idle connections.
 func (d *driver) startupPhase() {
 	for i := 0; i < d.opt.runs && d.ctx.Err() == nil; i++ {
-		for _, b := range rotate(d.opt.backends, i) {
+		for _, b := range rotate(d.active, i) {
 			in := d.newInstance(b, 65520, false)
 			d.startupOnce(in, i == d.opt.runs-1)
 			in.stop()
@@ -44,9 +44,9 @@ func (d *driver) startupOnce(in *instance, last bool) {
 	if in.hasReadyFD() {
 		d.add("start_readyfd", b, ms(in.readyFD))
 	} else {
-		d.naExpected("start_readyfd", b, "pasta has no ready fd")
+		d.naExpected("start_readyfd", b, "pasta's command line has no ready fd")
 	}
-	d.logf("   %-12s startup: tap ready %.1f ms, ready fd %s", b, ms(in.polled), map[bool]string{true: fmt.Sprintf("%.1f ms", ms(in.readyFD)), false: "n/a"}[in.hasReadyFD()])
+	d.logf("   %-13s startup: tap ready %.1f ms, ready fd %s", b, ms(in.polled), map[bool]string{true: fmt.Sprintf("%.1f ms", ms(in.readyFD)), false: "n/a"}[in.hasReadyFD()])
 	if err := in.checkGateway(); err != nil {
 		failAll(err, memIDs...)
 		return
@@ -64,7 +64,7 @@ func (d *driver) startupOnce(in *instance, last bool) {
 		d.fail("mem_conns", b, err)
 	} else {
 		d.add("mem_conns", b, v)
-		d.logf("   %-12s RSS idle %.1f MiB, with %d connections %.1f MiB", b, d.byID["mem_idle"].Results[b].Samples[len(d.byID["mem_idle"].Results[b].Samples)-1], d.opt.conns, v)
+		d.logf("   %-13s RSS idle %.1f MiB, with %d connections %.1f MiB", b, d.byID["mem_idle"].Results[b].Samples[len(d.byID["mem_idle"].Results[b].Samples)-1], d.opt.conns, v)
 	}
 }
 
@@ -124,7 +124,7 @@ type workload struct {
 func (d *driver) throughputPhase() {
 	// One instance per backend and MTU, kept up for every run.
 	insts := map[string]map[int]*instance{}
-	for _, b := range d.opt.backends {
+	for _, b := range d.active {
 		insts[b] = map[int]*instance{}
 		for _, mtu := range []int{65520, 1500} {
 			in := d.newInstance(b, mtu, mtu == 65520)
@@ -157,7 +157,7 @@ func (d *driver) throughputPhase() {
 		}
 	}
 	defer func() {
-		for _, b := range d.opt.backends {
+		for _, b := range d.active {
 			for _, in := range insts[b] {
 				in.stop()
 			}
@@ -215,7 +215,7 @@ func (d *driver) throughputPhase() {
 			if d.opt.workloadRE != nil && !d.opt.workloadRE.MatchString(w.name) {
 				continue
 			}
-			for _, b := range rotate(d.opt.backends, i) {
+			for _, b := range rotate(d.active, i) {
 				if d.ctx.Err() != nil {
 					return
 				}
@@ -236,7 +236,7 @@ func (d *driver) throughputPhase() {
 			}
 		}
 	}
-	for _, b := range d.opt.backends {
+	for _, b := range d.active {
 		in := insts[b][65520]
 		if in.dead != "" {
 			d.na("mem_peak", b, in.dead)
@@ -324,7 +324,7 @@ func (d *driver) iperfTCP(in *instance, id, cpuID string, fromHost bool, args []
 	}
 	d.add(id, in.backend, r.BitsPerSecond/1e9)
 	d.add(cpuID, in.backend, cpu/(r.Bytes/1e9))
-	d.logf("   %-12s %-14s %6.2f Gbit/s  %.2f CPU s/GB", in.backend, id, r.BitsPerSecond/1e9, cpu/(r.Bytes/1e9))
+	d.logf("   %-13s %-14s %6.2f Gbit/s  %.2f CPU s/GB", in.backend, id, r.BitsPerSecond/1e9, cpu/(r.Bytes/1e9))
 	return nil
 }
 
@@ -342,7 +342,7 @@ func (d *driver) iperfUDP(in *instance, prefix string, args []string) error {
 	rate := j.End.SumSent.BitsPerSecond * (s.Packets - s.LostPackets) / s.Packets / 1e9
 	d.add(prefix+"_rate", in.backend, rate)
 	d.add(prefix+"_loss", in.backend, s.LostPercent)
-	d.logf("   %-12s %-14s %6.2f Gbit/s delivered (sent %.2f), loss %.2f%%", in.backend, prefix, rate, j.End.SumSent.BitsPerSecond/1e9, s.LostPercent)
+	d.logf("   %-13s %-14s %6.2f Gbit/s delivered (sent %.2f), loss %.2f%%", in.backend, prefix, rate, j.End.SumSent.BitsPerSecond/1e9, s.LostPercent)
 	return nil
 }
 
@@ -370,7 +370,7 @@ func (d *driver) rr(in *instance, mode, name string, fwd bool) error {
 	if r.Errors > 0 {
 		d.note("%s %s: %d failed transactions in one run (of %d)", in.backend, name, r.Errors, r.Transactions+r.Errors)
 	}
-	d.logf("   %-12s %-14s %8.0f /s  p50 %.0f µs  p99 %.0f µs", in.backend, name, r.TPS, r.P50us, r.P99us)
+	d.logf("   %-13s %-14s %8.0f /s  p50 %.0f µs  p99 %.0f µs", in.backend, name, r.TPS, r.P50us, r.P99us)
 	return nil
 }
 

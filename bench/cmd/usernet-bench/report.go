@@ -204,9 +204,9 @@ var staticNotes = []string{
 	"Every backend runs as the same unprivileged user in a fresh `unshare --user --map-root-user --net --mount` namespace with the same addressing: tap0 10.0.2.100/24, default via 10.0.2.2, which each backend maps to the host's 127.0.0.1 (checked with a random token before any load; an instance that fails the check runs nothing).",
 	"The whole run happens inside a private network namespace (`unshare --net --pid`), so no backend can reach another machine whatever it does. The host side of every workload is a server on 127.0.0.1 there.",
 	"CPU is the backend process's own utime+stime (all threads) from /proc/PID/stat around each bulk run, divided by the bytes iperf3 received; it does not count the kernel work done on behalf of the namespace or the iperf3 processes.",
-	"pasta forwards connections from the host's loopback to the namespace by splicing sockets in the kernel (pasta(1), \"Handling of local traffic\"); they do not cross its tap at all, so its port-forward figures measure a different path from slirp4netns's.",
+	"pasta forwards connections from the host's loopback to the namespace by splicing sockets in the kernel (pasta(1), \"Handling of local traffic\"); they do not cross its tap at all, so its port-forward figures measure a different path from slirp4netns's and usernet's. usernet called as pasta (usernet-pasta) does the like: it makes the connection again from inside the namespace.",
 	"UDP \"delivered\" is iperf3's sending rate × the fraction of datagrams the server counted; loss is the server's count. Datagrams are 1400 bytes.",
-	"Startup `launch → tap` is measured the same way for all three: a poller inside the namespace, started before the backend, checks every 1 ms for the address and the default route. The ready fd figure is the time until the backend writes to `-r` (usernet and slirp4netns).",
+	"Startup `launch → tap` is measured the same way for all backends: a poller inside the namespace, started before the backend, checks every 1 ms for the address and the default route. The ready fd figure is the time until the backend writes to `-r` (slirp4netns's command line only: pasta's has no ready fd).",
 }
 
 func oneLine(s string) string {
@@ -260,7 +260,7 @@ func writeCSV(w *strings.Builder, r *Results) error {
 // to max, the value written beside it.
 func chart(r *Results) string {
 	names := backendNames(r)
-	colors := []string{"#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"}
+	colors := []string{"#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#d62728", "#8c564b"}
 	const (
 		cols   = 3
 		pw     = 330 // panel width
