@@ -242,10 +242,10 @@ func (d *driver) binary(backend string) string {
 
 // pastaArgv0 is how a backend that takes pasta's command line is started, before its
 // arguments. pasta-2025 is trixie's passt run on this (older) host with trixie's own loader
-// and libc, without entering the root; --argv0 pasta puts it in pasta mode. It is the plain
-// (non-AVX2) build; every build first tries to re-execute "/proc/self/exe" + ".avx2", which
-// here names the loader, fails, and goes on as itself (bench/README.md, "pasta 2025", says
-// what the build costs on the tap path).
+// and libc, without entering the root; --argv0 pasta puts it in pasta mode. It is the AVX2
+// build where the CPU has AVX2, as pasta started normally would pick: every build first tries
+// to re-execute "/proc/self/exe" + ".avx2", which here names the loader, fails, and goes on
+// as itself, so the choice is made here (bench/README.md, "pasta 2025").
 func (d *driver) pastaArgv0(backend string) []string {
 	if backend != pasta2025 {
 		return []string{d.binary(backend)}
@@ -253,7 +253,15 @@ func (d *driver) pastaArgv0(backend string) []string {
 	r := d.opt.pasta2025Root
 	return []string{filepath.Join(r, pasta2025Loader),
 		"--library-path", filepath.Join(r, "usr/lib/x86_64-linux-gnu") + ":" + filepath.Join(r, "lib/x86_64-linux-gnu"),
-		"--argv0", "pasta", filepath.Join(r, "usr/bin/passt")}
+		"--argv0", "pasta", filepath.Join(r, pasta2025Bin())}
+}
+
+// pasta2025Bin is the passt build pasta-2025 runs: passt.avx2 on a CPU with AVX2.
+func pasta2025Bin() string {
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil && bytes.Contains(b, []byte(" avx2")) {
+		return "usr/bin/passt.avx2"
+	}
+	return "usr/bin/passt"
 }
 
 // pasta2025Loader is trixie's dynamic loader, by its real path in the root: following
@@ -263,7 +271,7 @@ const pasta2025Loader = "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
 // pasta2025Missing says why pasta-2025 cannot run, or "".
 func (d *driver) pasta2025Missing() string {
 	r := d.opt.pasta2025Root
-	for _, f := range []string{pasta2025Loader, "usr/bin/passt", "usernet-versions.txt"} {
+	for _, f := range []string{pasta2025Loader, pasta2025Bin(), "usernet-versions.txt"} {
 		if _, err := os.Stat(filepath.Join(r, f)); err != nil {
 			return fmt.Sprintf("no Debian trixie root with passt at %s (integration/trixie.sh builds it): %v", r, err)
 		}
@@ -299,7 +307,7 @@ func (d *driver) backendNotes() {
 		case usernetPasta:
 			d.note("usernet-pasta is the usernet binary called as pasta (through a symlink named pasta), with exactly the arguments the pasta backends get.")
 		case pasta2025:
-			d.note("pasta-2025 is Debian trixie's passt (non-AVX2 build, --argv0 pasta) from %s, run on this host with trixie's own loader and libc, without entering the root; it logs \"Can't run AVX2 build, using non-AVX2 version\" at start (its re-exec through /proc/self/exe names the loader).", d.opt.pasta2025Root)
+			d.note("pasta-2025 is Debian trixie's %s (--argv0 pasta) from %s, run on this host with trixie's own loader and libc, without entering the root; it logs \"Can't run AVX2 build\" at start (its own re-exec through /proc/self/exe names the loader; the build is chosen by the harness instead).", filepath.Base(pasta2025Bin()), d.opt.pasta2025Root)
 		}
 	}
 }

@@ -28,7 +28,7 @@ func TestPasta2025(t *testing.T) {
 	if why := d.pasta2025Missing(); !strings.Contains(why, "integration/trixie.sh") {
 		t.Errorf("empty root: pasta2025Missing = %q, want the reason", why)
 	}
-	for _, f := range []string{pasta2025Loader, "usr/bin/passt"} {
+	for _, f := range []string{pasta2025Loader, pasta2025Bin()} {
 		os.MkdirAll(filepath.Join(root, filepath.Dir(f)), 0o755)
 		os.WriteFile(filepath.Join(root, f), nil, 0o755)
 	}
@@ -45,7 +45,7 @@ func TestPasta2025(t *testing.T) {
 	argv := d.pastaArgv0(pasta2025)
 	want := []string{filepath.Join(root, pasta2025Loader), "--library-path",
 		filepath.Join(root, "usr/lib/x86_64-linux-gnu") + ":" + filepath.Join(root, "lib/x86_64-linux-gnu"),
-		"--argv0", "pasta", filepath.Join(root, "usr/bin/passt")}
+		"--argv0", "pasta", filepath.Join(root, pasta2025Bin())}
 	if !slices.Equal(argv, want) {
 		t.Errorf("pastaArgv0 = %q, want %q", argv, want)
 	}
