@@ -383,15 +383,22 @@ network_cmd_path = %q
 		e.killPause(t)
 	})
 
+	importBusybox(t, e.podman, dir, busybox)
+	return e
+}
+
+// importBusybox imports podmanImage, busybox alone, into the storage podman (a Podman of the
+// test user) uses; dir holds the tar.
+func importBusybox(t *testing.T, podman func(context.Context, ...string) (string, error), dir, busybox string) {
+	t.Helper()
 	tarPath := filepath.Join(dir, "rootfs.tar")
 	if err := writeBusyboxTar(tarPath, busybox); err != nil {
 		t.Fatal(err)
 	}
 	ctx := testContext(t, 2*time.Minute)
-	if out, err := e.podman(ctx, "import", "--change", `CMD ["/bin/sh"]`, tarPath, podmanImage); err != nil {
+	if out, err := podman(ctx, "import", "--change", `CMD ["/bin/sh"]`, tarPath, podmanImage); err != nil {
 		t.Fatalf("podman import: %v\n%s", err, out)
 	}
-	return e
 }
 
 // podman runs podman as the test user with e's configuration; it returns stdout and stderr.

@@ -225,14 +225,7 @@ default_rootless_network_cmd = "pasta"
 	}
 
 	// The image: the root's busybox-static alone.
-	tarPath := filepath.Join(dir, "rootfs.tar")
-	if err := writeBusyboxTar(tarPath, filepath.Join(root.dir, "usr/bin/busybox")); err != nil {
-		t.Fatal(err)
-	}
-	ctx := testContext(t, 2*time.Minute)
-	if out, err := e.podman(ctx, "import", "--change", `CMD ["/bin/sh"]`, tarPath, podmanImage); err != nil {
-		t.Fatalf("podman import: %v\n%s", err, out)
-	}
+	importBusybox(t, e.podman, dir, filepath.Join(root.dir, "usr/bin/busybox"))
 	return e
 }
 
