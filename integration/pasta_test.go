@@ -16,6 +16,7 @@ import (
 	"crypto/sha256"
 	"debug/elf"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -471,6 +472,18 @@ func TestPastaPodman(t *testing.T) {
 
 			t.Run("rm-restart", func(t *testing.T) {
 				needWeb(t)
+				// A transfer in flight when the namespace goes: the client is left
+				// half-way through the blob (it reads nothing more), and the network
+				// helper must still go, ports and all.
+				inflight, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", webPort))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer inflight.Close()
+				fmt.Fprintf(inflight, "GET /blob HTTP/1.0\r\n\r\n")
+				if _, err := io.ReadFull(inflight, make([]byte, 4096)); err != nil {
+					t.Fatalf("the start of the blob: %v", err)
+				}
 				start := time.Now()
 				if out, err := e.podman(ctx, "rm", "--force", "--time", "0", web.name); err != nil {
 					t.Fatalf("%v\n%s", err, out)
@@ -478,6 +491,10 @@ func TestPastaPodman(t *testing.T) {
 				rm := time.Since(start)
 				waitGone(t, web.pasta, 10*time.Second, "after podman rm --force "+web.name)
 				t.Logf("podman rm: %v; pasta gone %v after rm returned", rm.Round(time.Millisecond), (time.Since(start) - rm).Round(time.Millisecond))
+				inflight.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if _, err := io.Copy(io.Discard, inflight); err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Errorf("the transfer in flight was still open 10 s after its network helper went: %v", err)
+				}
 				// At once, the same name and port: the port must be free again.
 				c := e.httpd(t, ctx, web.name, false, "-p", fmt.Sprintf("127.0.0.1:%d:80", webPort))
 				waitHTTP(t, ctx, webBase+"/ok")
