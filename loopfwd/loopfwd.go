@@ -33,15 +33,23 @@ func Run(ctx context.Context, fwds []Forward, logf func(string, ...any)) {
 	}
 	var wg sync.WaitGroup
 	for _, f := range fwds {
-		stop := context.AfterFunc(ctx, func() { f.Listener.Close() })
-		defer stop()
-		wg.Go(func() { serve(ctx, &wg, f, logf) })
+		Serve(ctx, &wg, f, logf)
 	}
 	<-ctx.Done()
-	for _, f := range fwds {
-		f.Listener.Close()
-	}
 	wg.Wait()
+}
+
+// Serve serves f on goroutines counted in wg until ctx ends or its
+// listener is closed (which ctx's end does).
+func Serve(ctx context.Context, wg *sync.WaitGroup, f Forward, logf func(string, ...any)) {
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	stop := context.AfterFunc(ctx, func() { f.Listener.Close() })
+	wg.Go(func() {
+		defer stop()
+		serve(ctx, wg, f, logf)
+	})
 }
 
 func serve(ctx context.Context, wg *sync.WaitGroup, f Forward, logf func(string, ...any)) {

@@ -51,6 +51,9 @@ type options struct {
 	// nsToHost: ports of the namespace's loopback forwarded to the host's
 	// (pasta's -T): namespace port → host port.
 	nsToHost map[uint16]uint16
+	// nsAutoTCP: every TCP port the host listens on is forwarded from the
+	// namespace's loopback (pasta's -T auto).
+	nsAutoTCP bool
 	// keepWhenGone: run on when the target goes (pasta's --no-netns-quit).
 	keepWhenGone bool
 	// publishErr says which option publish[i] came from when it cannot

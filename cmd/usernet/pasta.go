@@ -262,6 +262,7 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 		}
 	}
 	o.pid, o.path, o.usernsPath = t.PID, t.NetnsPath, t.UsernsPath
+	o.nsAutoTCP = po.TCPNs.Auto() && !po.NoTCP
 	if po.TCPNs.Mode == pasta.ModeSpec && !po.NoTCP {
 		o.nsToHost = map[uint16]uint16{}
 		for m := range po.TCPNs.Mappings() {

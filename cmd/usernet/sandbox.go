@@ -43,6 +43,7 @@ type sandboxState struct {
 	Out4     string            `json:",omitempty"` // --outbound-addr, resolved
 	Out6     string            `json:",omitempty"` // --outbound-addr6, resolved
 	ProcNet  []int             `json:",omitempty"` // the namespace's /proc/net files (pasta's auto)
+	HostNet  []int             `json:",omitempty"` // the host's /proc/net/tcp, tcp6 (pasta's -T auto)
 	Broker   int               `json:",omitempty"` // the socket broker's socket (pasta's local path)
 	Pasta    *pastaState       `json:",omitempty"` // pasta's command line: re-parsed with this
 }
@@ -211,6 +212,10 @@ func enterSandbox(p *prepared) error {
 		s.ProcNet = append(s.ProcNet, int(f.Fd()))
 		keep = append(keep, int(f.Fd()))
 	}
+	for _, f := range p.hostNet {
+		s.HostNet = append(s.HostNet, int(f.Fd()))
+		keep = append(keep, int(f.Fd()))
+	}
 	if p.broker != nil {
 		s.Broker = p.broker.FD()
 		keep = append(keep, s.Broker)
@@ -361,6 +366,13 @@ func resume(argv []string) (*prepared, error) {
 		}
 		unix.CloseOnExec(fd)
 		p.procNet = append(p.procNet, os.NewFile(uintptr(fd), "netns /proc/net/"+nsjoin.ProcNetFiles[i]))
+	}
+	for _, fd := range s.HostNet {
+		if !pollfd.IsOpen(fd) {
+			return fail(fmt.Errorf("inherited /proc/net fd %d is not open", fd))
+		}
+		unix.CloseOnExec(fd)
+		p.hostNet = append(p.hostNet, os.NewFile(uintptr(fd), "host /proc/net"))
 	}
 	if s.Broker > 0 {
 		if !pollfd.IsOpen(s.Broker) {

@@ -65,6 +65,7 @@ type prepared struct {
 	watch      *nsjoin.Watch     // the target's watch
 	tap        *os.File          // the tap's fd; nil once the stack owns it
 	procNet    []*os.File        // the namespace's /proc/net files, for autoTCP/autoUDP
+	hostNet    []*os.File        // the host's /proc/net/tcp and tcp6, for nsAutoTCP
 	broker     *nsjoin.Broker    // makes sockets in the namespace, for splice
 	pasta      *pastaState       // pasta's command line only
 	vnetHdr    bool              // tap opened with IFF_VNET_HDR and offloads (off only in debug builds)
@@ -146,6 +147,16 @@ func prepare(ctx context.Context, o *options, t nsjoin.Target, out output) (_ *p
 		return nil, err
 	}
 	p.tap, p.procNet = opened.Tap, opened.ProcNet
+	if o.nsAutoTCP {
+		// Opened now: the sandbox shows no /proc.
+		for _, name := range []string{"tcp", "tcp6"} {
+			f, err := os.Open("/proc/self/net/" + name)
+			if err != nil {
+				return nil, fmt.Errorf("-T auto: %w", err)
+			}
+			p.hostNet = append(p.hostNet, f)
+		}
+	}
 	if o.splice && o.mayForwardTCP() {
 		if p.broker, err = nsjoin.StartBroker(t); err != nil {
 			return nil, err
@@ -159,12 +170,12 @@ func prepare(ctx context.Context, o *options, t nsjoin.Target, out output) (_ *p
 
 // close releases whatever run has not taken over.
 func (p *prepared) close() {
-	for _, f := range append([]*os.File{p.tap, p.ready, p.exit, p.pcap}, p.procNet...) {
+	for _, f := range append(append([]*os.File{p.tap, p.ready, p.exit, p.pcap}, p.procNet...), p.hostNet...) {
 		if f != nil {
 			f.Close()
 		}
 	}
-	p.tap, p.ready, p.exit, p.pcap, p.procNet = nil, nil, nil, nil, nil
+	p.tap, p.ready, p.exit, p.pcap, p.procNet, p.hostNet = nil, nil, nil, nil, nil, nil
 	if p.api != nil {
 		p.api.SetUnlinkOnClose(true)
 		p.api.Close()
@@ -290,6 +301,24 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 	})
 	if fwds := nsLoopbackForwards(o, p.broker, logf); len(fwds) > 0 {
 		wg.Go(func() { loopfwd.Run(ctx, fwds, logf) })
+	}
+	if len(p.hostNet) == 2 && p.broker != nil {
+		wg.Go(func() {
+			auto := &nsLoopAuto{ctx: ctx, broker: p.broker, logf: logf, active: map[int][]net.Listener{}}
+			defer auto.wg.Wait()
+			err := autofwd.Run(ctx, autofwd.Config{
+				TCP: true, TCP4: p.hostNet[0], TCP6: p.hostNet[1],
+				Hosts: []netip.Addr{netip.IPv4Unspecified()}, // one Add per port; nsLoopAuto listens on both loopbacks
+				// Not the ports forwarded the other way: they are
+				// our own listeners, and would loop.
+				Skip:      func(_ string, port uint16) bool { return forwardsHostPort(reg, port) },
+				Forwarder: auto,
+				Logf:      logf,
+			})
+			if err != nil {
+				cancel(fmt.Errorf("-T auto: %w", err))
+			}
+		})
 	}
 	if len(p.procNet) == len(nsjoin.ProcNetFiles) {
 		wg.Go(func() {
@@ -508,7 +537,7 @@ func autoConfig(o *options, files []*os.File, reg *portfwd.Registry, logf func(s
 // mayForwardTCP reports whether a TCP forward may exist: given, auto, or
 // added through the API.
 func (o *options) mayForwardTCP() bool {
-	if o.autoTCP || o.apiSocket != "" || len(o.nsToHost) > 0 {
+	if o.autoTCP || o.apiSocket != "" || len(o.nsToHost) > 0 || o.nsAutoTCP {
 		return true
 	}
 	for _, r := range o.publish {
@@ -541,4 +570,64 @@ func nsLoopbackForwards(o *options, b *nsjoin.Broker, logf func(string, ...any))
 		}
 	}
 	return fwds
+}
+
+// nsLoopAuto is pasta's -T auto as an autofwd.Forwarder: each port the
+// host listens on gets listeners on the namespace's 127.0.0.1 and ::1
+// (through the broker) that lead to the same port of the host's loopback.
+type nsLoopAuto struct {
+	ctx    context.Context
+	broker *nsjoin.Broker
+	logf   func(string, ...any)
+	wg     sync.WaitGroup
+
+	mu     sync.Mutex
+	next   int
+	active map[int][]net.Listener // guarded by mu
+}
+
+func (a *nsLoopAuto) Add(_ context.Context, r portfwd.Rule) (int, error) {
+	var lns []net.Listener
+	var first error
+	for _, lo := range []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()} {
+		ln, err := a.broker.ListenTCP(netip.AddrPortFrom(lo, r.HostPort))
+		if err != nil {
+			if first == nil {
+				first = err
+			}
+			continue
+		}
+		lns = append(lns, ln)
+		loopfwd.Serve(a.ctx, &a.wg, loopfwd.Forward{Listener: ln, HostPort: r.HostPort}, a.logf)
+	}
+	if len(lns) == 0 {
+		return 0, first
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.next++
+	a.active[a.next] = lns
+	return a.next, nil
+}
+
+func (a *nsLoopAuto) Remove(id int) error {
+	a.mu.Lock()
+	lns := a.active[id]
+	delete(a.active, id)
+	a.mu.Unlock()
+	for _, ln := range lns {
+		ln.Close()
+	}
+	return nil
+}
+
+// forwardsHostPort reports whether a forward into the namespace listens on
+// port of the host.
+func forwardsHostPort(reg *portfwd.Registry, port uint16) bool {
+	for _, e := range reg.List() {
+		if e.HostPort == port {
+			return true
+		}
+	}
+	return false
 }
