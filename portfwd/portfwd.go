@@ -22,9 +22,11 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/usernet/usernet/netplan"
+	"golang.org/x/sys/unix"
 )
 
 // Dialer opens connections INTO the namespace on behalf of host-side clients.
@@ -98,11 +100,14 @@ type Config struct {
 
 // Rule is one forward: host HostAddr:HostPort → guest GuestAddr:GuestPort.
 type Rule struct {
-	Proto     string     // "tcp" or "udp"
-	HostAddr  netip.Addr // zero = 0.0.0.0 (IPv4 only; use :: for IPv6, which is IPv6 only)
-	HostPort  uint16     // 1–65535
-	GuestAddr netip.Addr // zero or unspecified = the default guest (see Config.Guest4)
-	GuestPort uint16     // 1–65535
+	Proto    string     // "tcp" or "udp"
+	HostAddr netip.Addr // zero = 0.0.0.0 (IPv4 only; use :: for IPv6, which is IPv6 only)
+	HostPort uint16     // 1–65535
+	// HostIfname, when set, binds the host socket to that interface
+	// (SO_BINDTODEVICE: pasta's -t ADDR%IFNAME/PORT and %IFNAME/PORT).
+	HostIfname string
+	GuestAddr  netip.Addr // zero or unspecified = the default guest (see Config.Guest4)
+	GuestPort  uint16     // 1–65535
 }
 
 func (r Rule) String() string {
@@ -398,6 +403,20 @@ func (f *forward) bind(ctx context.Context) error {
 	}
 	addr := netip.AddrPortFrom(f.HostAddr, f.HostPort).String()
 	var lc net.ListenConfig
+	if f.HostIfname != "" {
+		lc.Control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) {
+				serr = unix.BindToDevice(int(fd), f.HostIfname)
+			}); err != nil {
+				return err
+			}
+			if serr != nil {
+				return fmt.Errorf("bind to interface %s: %w", f.HostIfname, serr)
+			}
+			return nil
+		}
+	}
 	if f.Proto == "tcp" {
 		ln, err := lc.Listen(ctx, network, addr)
 		if err != nil {

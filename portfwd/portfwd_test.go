@@ -300,3 +300,20 @@ func TestAddPrivilegedPortIsABindError(t *testing.T) {
 		t.Fatalf("List after a failed Add = %v; want empty", l)
 	}
 }
+
+// A forward bound to an interface (pasta's %IFNAME): to lo it works, to an
+// interface that does not exist it fails at Add, saying which.
+func TestForwardBoundToInterface(t *testing.T) {
+	checkNoLeaks(t)
+	d := newFakeDialer()
+	r := startRegistry(t, Config{Dialer: d, Plan: plan4, Logf: quietLogf(t)})
+	ctx := context.Background()
+	port := freePort(t, "tcp", lo4)
+	if _, err := r.Add(ctx, Rule{Proto: "tcp", HostAddr: lo4, HostPort: port, HostIfname: "lo", GuestPort: 80}); err != nil {
+		t.Fatalf("Add bound to lo: %v", err)
+	}
+	_, err := r.Add(ctx, Rule{Proto: "tcp", HostAddr: lo4, HostPort: freePort(t, "tcp", lo4), HostIfname: "nosuch0", GuestPort: 80})
+	if err == nil || !strings.Contains(err.Error(), "bind to interface nosuch0") {
+		t.Errorf("Add bound to a missing interface = %v, want an error naming it", err)
+	}
+}

@@ -233,7 +233,7 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 		for _, r := range f.fwd.Ranges {
 			for port := int(r.First); port <= int(r.Last); port++ {
 				to, _ := f.fwd.Target(uint16(port))
-				m := pasta.Mapping{BindAddr: r.BindAddr, Port: uint16(port), To: to}
+				m := pasta.Mapping{BindAddr: r.BindAddr, BindIfname: r.BindIfname, Port: uint16(port), To: to}
 				for _, rule := range pastaRules(f.proto, m, o.plan, po) {
 					o.publish = append(o.publish, rule)
 					origin = append(origin, f.opt+" "+r.Spec)
@@ -287,10 +287,7 @@ func unsupported(po *pasta.Options) string {
 	}
 	for _, f := range []*pasta.Forward{&po.TCP, &po.UDP} {
 		for _, r := range f.Ranges {
-			switch {
-			case r.BindIfname != "":
-				return "a forward bound to an interface (%IFNAME/)"
-			case r.Weak:
+			if r.Weak {
 				return "a forward of every port but some (~PORTS alone)"
 			}
 		}
@@ -363,7 +360,7 @@ func pastaPlan(po *pasta.Options, tmpl hostif.Template) (netplan.Plan, error) {
 // address pasta listens on both families.
 func pastaRules(proto string, m pasta.Mapping, plan netplan.Plan, po *pasta.Options) []portfwd.Rule {
 	rule := func(host netip.Addr) portfwd.Rule {
-		return portfwd.Rule{Proto: proto, HostAddr: host, HostPort: m.Port, GuestPort: m.To}
+		return portfwd.Rule{Proto: proto, HostAddr: host, HostPort: m.Port, HostIfname: m.BindIfname, GuestPort: m.To}
 	}
 	if m.BindAddr.IsValid() && !m.BindAddr.IsUnspecified() {
 		return []portfwd.Rule{rule(m.BindAddr)}
