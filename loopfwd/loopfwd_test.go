@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 )
@@ -29,11 +30,10 @@ func TestRunRelaysToHostLoopback(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	Serve(ctx, &wg, Forward{Listener: ns, HostPort: uint16(host.Addr().(*net.TCPAddr).Port)}, t.Logf)
 	done := make(chan struct{})
-	go func() {
-		Run(ctx, []Forward{{Listener: ns, HostPort: uint16(host.Addr().(*net.TCPAddr).Port)}}, t.Logf)
-		close(done)
-	}()
+	go func() { wg.Wait(); close(done) }()
 	c, err := net.DialTimeout("tcp", ns.Addr().String(), 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -49,9 +49,58 @@ func TestRunRelaysToHostLoopback(t *testing.T) {
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
-		t.Fatal("Run did not return after ctx ended")
+		t.Fatal("Serve's goroutines did not end with ctx")
 	}
 	if _, err := net.DialTimeout("tcp", ns.Addr().String(), time.Second); err == nil {
-		t.Error("the namespace listener still accepts after Run returned")
+		t.Error("the namespace listener still accepts after ctx ended")
+	}
+}
+
+// A UDP forward over loopback alone: the "namespace" socket is one of
+// ours, the host's echo server another; each source gets its replies.
+func TestServeUDPRelaysBothWays(t *testing.T) {
+	host, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer host.Close()
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := host.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			host.WriteToUDP(append([]byte("re: "), buf[:n]...), from)
+		}
+	}()
+	ns, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	ServeUDP(ctx, &wg, UDPForward{Conn: ns, HostPort: uint16(host.LocalAddr().(*net.UDPAddr).Port)}, t.Logf)
+	for _, msg := range []string{"one", "two"} {
+		c, err := net.DialUDP("udp4", nil, ns.LocalAddr().(*net.UDPAddr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte(msg))
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 100)
+		n, err := c.Read(buf)
+		if err != nil || string(buf[:n]) != "re: "+msg {
+			t.Errorf("reply to %q through the forward = %q, %v", msg, buf[:n], err)
+		}
+		c.Close()
+	}
+	cancel()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("ServeUDP's goroutines did not end with ctx")
 	}
 }

@@ -206,6 +206,20 @@ func waitConnected(ctx context.Context, c *net.TCPConn) error {
 	return cerr
 }
 
+// ListenUDP binds a UDP socket to addr inside the namespace.
+func (b *Broker) ListenUDP(addr netip.AddrPort) (*net.UDPConn, error) {
+	f, err := b.request(brokerListen, "udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	c, err := net.FilePacketConn(f)
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.UDPConn), nil
+}
+
 // ListenTCP listens on addr inside the namespace.
 func (b *Broker) ListenTCP(addr netip.AddrPort) (*net.TCPListener, error) {
 	f, err := b.request(brokerListen, "tcp", addr)

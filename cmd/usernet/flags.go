@@ -48,12 +48,12 @@ type options struct {
 	// inside the namespace (pasta's local path), to the guest's address,
 	// or to its loopback with spliceToLoopback (--host-lo-to-ns-lo).
 	splice, spliceToLoopback bool
-	// nsToHost: ports of the namespace's loopback forwarded to the host's
-	// (pasta's -T): namespace port → host port.
-	nsToHost map[uint16]uint16
-	// nsAutoTCP: every TCP port the host listens on is forwarded from the
-	// namespace's loopback (pasta's -T auto).
-	nsAutoTCP bool
+	// nsToHost, nsToHostUDP: ports of the namespace's loopback forwarded
+	// to the host's (pasta's -T, -U): namespace port → host port.
+	nsToHost, nsToHostUDP map[uint16]uint16
+	// nsAutoTCP, nsAutoUDP: every port the host listens on is forwarded
+	// from the namespace's loopback (pasta's -T auto, -U auto).
+	nsAutoTCP, nsAutoUDP bool
 	// keepWhenGone: run on when the target goes (pasta's --no-netns-quit).
 	keepWhenGone bool
 	// publishErr says which option publish[i] came from when it cannot

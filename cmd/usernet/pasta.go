@@ -263,10 +263,17 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 	}
 	o.pid, o.path, o.usernsPath = t.PID, t.NetnsPath, t.UsernsPath
 	o.nsAutoTCP = po.TCPNs.Auto() && !po.NoTCP
+	o.nsAutoUDP = po.UDPNs.Auto() && !po.NoUDP
 	if po.TCPNs.Mode == pasta.ModeSpec && !po.NoTCP {
 		o.nsToHost = map[uint16]uint16{}
 		for m := range po.TCPNs.Mappings() {
 			o.nsToHost[m.Port] = m.To
+		}
+	}
+	if po.UDPNs.Mode == pasta.ModeSpec && !po.NoUDP {
+		o.nsToHostUDP = map[uint16]uint16{}
+		for m := range po.UDPNs.Mappings() {
+			o.nsToHostUDP[m.Port] = m.To
 		}
 	}
 	return o, t, nil
@@ -280,8 +287,6 @@ func unsupported(po *pasta.Options) string {
 		return "--runas"
 	case po.FDGiven:
 		return "-F/--fd"
-	case po.UDPNs.Mode == pasta.ModeSpec:
-		return "-U with ports"
 	case po.Interface != "" && (po.OutboundIf4 != "" || po.OutboundIf6 != ""):
 		return "-i with --outbound-if4/6"
 	}

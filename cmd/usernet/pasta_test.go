@@ -116,7 +116,7 @@ func TestPastaPcap(t *testing.T) {
 }
 
 func TestPastaUnsupportedOptions(t *testing.T) {
-	for _, args := range []string{"--runas 1000 1", "-U 8080 1", "-t ~25 1"} {
+	for _, args := range []string{"--runas 1000 1", "-t ~25 1"} {
 		po, err := pasta.Parse("pasta", strings.Fields(args))
 		if err != nil {
 			t.Fatalf("pasta.Parse(%q): %v", args, err)

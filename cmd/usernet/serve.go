@@ -65,7 +65,7 @@ type prepared struct {
 	watch      *nsjoin.Watch     // the target's watch
 	tap        *os.File          // the tap's fd; nil once the stack owns it
 	procNet    []*os.File        // the namespace's /proc/net files, for autoTCP/autoUDP
-	hostNet    []*os.File        // the host's /proc/net/tcp and tcp6, for nsAutoTCP
+	hostNet    []*os.File        // the host's /proc/net/{tcp,tcp6,udp,udp6}, for nsAutoTCP/nsAutoUDP
 	broker     *nsjoin.Broker    // makes sockets in the namespace, for splice
 	pasta      *pastaState       // pasta's command line only
 	vnetHdr    bool              // tap opened with IFF_VNET_HDR and offloads (off only in debug builds)
@@ -147,9 +147,9 @@ func prepare(ctx context.Context, o *options, t nsjoin.Target, out output) (_ *p
 		return nil, err
 	}
 	p.tap, p.procNet = opened.Tap, opened.ProcNet
-	if o.nsAutoTCP {
+	if o.nsAutoTCP || o.nsAutoUDP {
 		// Opened now: the sandbox shows no /proc.
-		for _, name := range []string{"tcp", "tcp6"} {
+		for _, name := range nsjoin.ProcNetFiles {
 			f, err := os.Open("/proc/self/net/" + name)
 			if err != nil {
 				return nil, fmt.Errorf("-T auto: %w", err)
@@ -299,24 +299,40 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 			cancel(fmt.Errorf("port forwarding: %w", err))
 		}
 	})
-	if fwds := nsLoopbackForwards(o, p.broker, logf); len(fwds) > 0 {
-		wg.Go(func() { loopfwd.Run(ctx, fwds, logf) })
-	}
-	if len(p.hostNet) == 2 && p.broker != nil {
+	if p.broker != nil && (len(o.nsToHost) > 0 || len(o.nsToHostUDP) > 0 || len(p.hostNet) == len(nsjoin.ProcNetFiles)) {
 		wg.Go(func() {
-			auto := &nsLoopAuto{ctx: ctx, broker: p.broker, logf: logf, active: map[int][]net.Listener{}}
-			defer auto.wg.Wait()
+			loops := &nsLoopAuto{ctx: ctx, broker: p.broker, logf: logf, active: map[int][]io.Closer{}}
+			defer loops.wg.Wait()
+			// pasta's -T and -U with ports; like pasta, a port that cannot
+			// be bound in the namespace is logged, not fatal (nothing can
+			// check it in advance).
+			for _, set := range []struct {
+				proto, opt string
+				ports      map[uint16]uint16
+			}{{"tcp", "-T", o.nsToHost}, {"udp", "-U", o.nsToHostUDP}} {
+				for port, to := range set.ports {
+					if _, err := loops.Add(ctx, portfwd.Rule{Proto: set.proto, HostPort: port, GuestPort: to}); err != nil {
+						logf("%s %d: %v", set.opt, port, err)
+					}
+				}
+			}
+			if len(p.hostNet) != len(nsjoin.ProcNetFiles) {
+				<-ctx.Done()
+				return
+			}
+			// -T auto and -U auto: every port the host listens on.
 			err := autofwd.Run(ctx, autofwd.Config{
-				TCP: true, TCP4: p.hostNet[0], TCP6: p.hostNet[1],
+				TCP: o.nsAutoTCP, UDP: o.nsAutoUDP,
+				TCP4: p.hostNet[0], TCP6: p.hostNet[1], UDP4: p.hostNet[2], UDP6: p.hostNet[3],
 				Hosts: []netip.Addr{netip.IPv4Unspecified()}, // one Add per port; nsLoopAuto listens on both loopbacks
 				// Not the ports forwarded the other way: they are
 				// our own listeners, and would loop.
-				Skip:      func(_ string, port uint16) bool { return forwardsHostPort(reg, port) },
-				Forwarder: auto,
+				Skip:      func(proto string, port uint16) bool { return forwardsHostPort(reg, proto, port) },
+				Forwarder: loops,
 				Logf:      logf,
 			})
 			if err != nil {
-				cancel(fmt.Errorf("-T auto: %w", err))
+				cancel(fmt.Errorf("-T/-U auto: %w", err))
 			}
 		})
 	}
@@ -537,7 +553,7 @@ func autoConfig(o *options, files []*os.File, reg *portfwd.Registry, logf func(s
 // mayForwardTCP reports whether a TCP forward may exist: given, auto, or
 // added through the API.
 func (o *options) mayForwardTCP() bool {
-	if o.autoTCP || o.apiSocket != "" || len(o.nsToHost) > 0 || o.nsAutoTCP {
+	if o.autoTCP || o.apiSocket != "" || len(o.nsToHost) > 0 || o.nsAutoTCP || len(o.nsToHostUDP) > 0 || o.nsAutoUDP {
 		return true
 	}
 	for _, r := range o.publish {
@@ -548,33 +564,10 @@ func (o *options) mayForwardTCP() bool {
 	return false
 }
 
-// nsLoopbackForwards makes the listeners of pasta's -T inside the
-// namespace, on 127.0.0.1 and ::1 as pasta does; like pasta, it cannot
-// check in advance whether a port is free there, and a port it cannot
-// bind is logged, not fatal.
-func nsLoopbackForwards(o *options, b *nsjoin.Broker, logf func(string, ...any)) []loopfwd.Forward {
-	if b == nil {
-		return nil
-	}
-	var fwds []loopfwd.Forward
-	for port, hostPort := range o.nsToHost {
-		for _, lo := range []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()} {
-			ln, err := b.ListenTCP(netip.AddrPortFrom(lo, port))
-			if err != nil {
-				if lo.Is4() {
-					logf("-T %d: %v", port, err)
-				}
-				continue
-			}
-			fwds = append(fwds, loopfwd.Forward{Listener: ln, HostPort: hostPort})
-		}
-	}
-	return fwds
-}
-
-// nsLoopAuto is pasta's -T auto as an autofwd.Forwarder: each port the
-// host listens on gets listeners on the namespace's 127.0.0.1 and ::1
-// (through the broker) that lead to the same port of the host's loopback.
+// nsLoopAuto is pasta's -T and -U, also as an autofwd.Forwarder for their
+// auto mode: a rule's HostPort gets a listener (TCP) or bound socket (UDP)
+// on the namespace's 127.0.0.1 and ::1, made by the broker, that leads to
+// the host's loopback at the rule's GuestPort.
 type nsLoopAuto struct {
 	ctx    context.Context
 	broker *nsjoin.Broker
@@ -583,49 +576,58 @@ type nsLoopAuto struct {
 
 	mu     sync.Mutex
 	next   int
-	active map[int][]net.Listener // guarded by mu
+	active map[int][]io.Closer // guarded by mu
 }
 
 func (a *nsLoopAuto) Add(_ context.Context, r portfwd.Rule) (int, error) {
-	var lns []net.Listener
+	var socks []io.Closer
 	var first error
 	for _, lo := range []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()} {
-		ln, err := a.broker.ListenTCP(netip.AddrPortFrom(lo, r.HostPort))
-		if err != nil {
-			if first == nil {
-				first = err
+		at := netip.AddrPortFrom(lo, r.HostPort)
+		var err error
+		if r.Proto == "udp" {
+			var c *net.UDPConn
+			if c, err = a.broker.ListenUDP(at); err == nil {
+				socks = append(socks, c)
+				loopfwd.ServeUDP(a.ctx, &a.wg, loopfwd.UDPForward{Conn: c, HostPort: r.GuestPort}, a.logf)
 			}
-			continue
+		} else {
+			var ln net.Listener
+			if ln, err = a.broker.ListenTCP(at); err == nil {
+				socks = append(socks, ln)
+				loopfwd.Serve(a.ctx, &a.wg, loopfwd.Forward{Listener: ln, HostPort: r.GuestPort}, a.logf)
+			}
 		}
-		lns = append(lns, ln)
-		loopfwd.Serve(a.ctx, &a.wg, loopfwd.Forward{Listener: ln, HostPort: r.HostPort}, a.logf)
+		if err != nil && first == nil {
+			first = err
+		}
 	}
-	if len(lns) == 0 {
+	if len(socks) == 0 {
 		return 0, first
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.next++
-	a.active[a.next] = lns
+	a.active[a.next] = socks
 	return a.next, nil
 }
 
 func (a *nsLoopAuto) Remove(id int) error {
 	a.mu.Lock()
-	lns := a.active[id]
+	socks := a.active[id]
 	delete(a.active, id)
 	a.mu.Unlock()
-	for _, ln := range lns {
-		ln.Close()
+	for _, s := range socks {
+		s.Close()
 	}
 	return nil
 }
 
-// forwardsHostPort reports whether a forward into the namespace listens on
-// port of the host.
-func forwardsHostPort(reg *portfwd.Registry, port uint16) bool {
+// forwardsHostPort reports whether a forward of proto into the namespace
+// listens on port of the host.
+func forwardsHostPort(reg *portfwd.Registry, proto string, port uint16) bool {
 	for _, e := range reg.List() {
-		if e.HostPort == port {
+		if e.Proto == proto && e.HostPort == port {
 			return true
 		}
 	}
