@@ -206,6 +206,20 @@ func waitConnected(ctx context.Context, c *net.TCPConn) error {
 	return cerr
 }
 
+// DialUDP returns a UDP socket connected to dst from inside the namespace.
+func (b *Broker) DialUDP(dst netip.AddrPort) (*net.UDPConn, error) {
+	f, err := b.request(brokerConnect, "udp", dst)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.UDPConn), nil
+}
+
 // ListenUDP binds a UDP socket to addr inside the namespace.
 func (b *Broker) ListenUDP(addr netip.AddrPort) (*net.UDPConn, error) {
 	f, err := b.request(brokerListen, "udp", addr)

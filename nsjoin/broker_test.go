@@ -105,3 +105,31 @@ func TestBrokerForAGoneTarget(t *testing.T) {
 		t.Fatal("StartBroker for a PID that does not exist succeeded")
 	}
 }
+
+// UDP: a socket bound in the namespace and one connected to it there
+// exchange datagrams; the sender's address is the namespace's loopback.
+func TestBrokerUDP(t *testing.T) {
+	tg := netnsTarget(t)
+	b, err := StartBroker(tg)
+	if err != nil {
+		t.Fatalf("StartBroker: %v", err)
+	}
+	defer b.Close()
+	srv, err := b.ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
+	if err != nil {
+		t.Fatalf("ListenUDP: %v", err)
+	}
+	defer srv.Close()
+	c, err := b.DialUDP(srv.LocalAddr().(*net.UDPAddr).AddrPort())
+	if err != nil {
+		t.Fatalf("DialUDP: %v", err)
+	}
+	defer c.Close()
+	c.Write([]byte("ping"))
+	srv.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 10)
+	n, from, err := srv.ReadFromUDPAddrPort(buf)
+	if err != nil || string(buf[:n]) != "ping" || !from.Addr().IsLoopback() {
+		t.Fatalf("read %q from %v, %v; want ping from the namespace's loopback", buf[:n], from, err)
+	}
+}

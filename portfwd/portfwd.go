@@ -83,6 +83,9 @@ type Config struct {
 	// kernel to kernel without the tap. nil: every client goes through
 	// the Dialer.
 	Splice func(ctx context.Context, dst netip.AddrPort) (net.Conn, error)
+	// SpliceUDP is Splice for UDP flows from the host's loopback: a
+	// connected socket made inside the namespace.
+	SpliceUDP func(dst netip.AddrPort) (net.Conn, error)
 
 	// UDPIdleTimeout ends a UDP flow with no datagram in either direction for
 	// this long. Zero = 60s.

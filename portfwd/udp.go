@@ -73,7 +73,13 @@ func (r *Registry) serveUDP(f *forward) {
 				continue
 			}
 			// Dial outside the lock; only this goroutine adds flows.
-			conn, err := r.dialUDP(r.srcFor(client, f.GuestAddr), dst)
+			var conn net.Conn
+			var err error
+			if r.cfg.SpliceUDP != nil && client.Addr().Unmap().IsLoopback() {
+				conn, err = r.cfg.SpliceUDP(dst)
+			} else {
+				conn, err = r.dialUDP(r.srcFor(client, f.GuestAddr), dst)
+			}
 			if err != nil {
 				r.logfUnlessDone(f.ctx, "portfwd: %v: client %v: %v", f.Rule, client, err)
 				continue

@@ -157,7 +157,7 @@ func prepare(ctx context.Context, o *options, t nsjoin.Target, out output) (_ *p
 			p.hostNet = append(p.hostNet, f)
 		}
 	}
-	if o.splice && o.mayForwardTCP() {
+	if o.needsBroker() {
 		if p.broker, err = nsjoin.StartBroker(t); err != nil {
 			return nil, err
 		}
@@ -241,16 +241,18 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 	// Port forwarding: the registry dials into the namespace through the
 	// stack; static --publish forwards are bound now, API ones on request.
 	fwdCfg := portfwd.Config{Dialer: st, Plan: o.plan, Logf: logf}
-	if p.broker != nil {
+	if p.broker != nil && o.splice {
 		fwdCfg.Splice = func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
 			if o.spliceToLoopback {
-				lo := netip.MustParseAddr("127.0.0.1")
-				if dst.Addr().Is6() {
-					lo = netip.IPv6Loopback()
-				}
-				dst = netip.AddrPortFrom(lo, dst.Port())
+				dst = netip.AddrPortFrom(loopbackOf(dst.Addr()), dst.Port())
 			}
 			return p.broker.DialTCP(ctx, dst)
+		}
+		fwdCfg.SpliceUDP = func(dst netip.AddrPort) (net.Conn, error) {
+			if o.spliceToLoopback {
+				dst = netip.AddrPortFrom(loopbackOf(dst.Addr()), dst.Port())
+			}
+			return p.broker.DialUDP(dst)
 		}
 	}
 	reg := portfwd.New(fwdCfg)
@@ -550,18 +552,12 @@ func autoConfig(o *options, files []*os.File, reg *portfwd.Registry, logf func(s
 	}
 }
 
-// mayForwardTCP reports whether a TCP forward may exist: given, auto, or
-// added through the API.
-func (o *options) mayForwardTCP() bool {
-	if o.autoTCP || o.apiSocket != "" || len(o.nsToHost) > 0 || o.nsAutoTCP || len(o.nsToHostUDP) > 0 || o.nsAutoUDP {
-		return true
-	}
-	for _, r := range o.publish {
-		if r.Proto == "tcp" {
-			return true
-		}
-	}
-	return false
+// needsBroker reports whether a forward may ever need a socket made in
+// the namespace: a forward given, auto, or added through the API (the
+// local path), or one from the namespace's loopback (-T, -U).
+func (o *options) needsBroker() bool {
+	local := o.splice && (len(o.publish) > 0 || o.autoTCP || o.autoUDP || o.apiSocket != "")
+	return local || len(o.nsToHost) > 0 || len(o.nsToHostUDP) > 0 || o.nsAutoTCP || o.nsAutoUDP
 }
 
 // nsLoopAuto is pasta's -T and -U, also as an autofwd.Forwarder for their
@@ -632,4 +628,12 @@ func forwardsHostPort(reg *portfwd.Registry, proto string, port uint16) bool {
 		}
 	}
 	return false
+}
+
+// loopbackOf is the loopback address of a's family.
+func loopbackOf(a netip.Addr) netip.Addr {
+	if a.Is6() {
+		return netip.IPv6Loopback()
+	}
+	return netip.MustParseAddr("127.0.0.1")
 }
