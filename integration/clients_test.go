@@ -374,14 +374,7 @@ runtime = "runc"
 network_cmd_path = %q
 `, suite.bin), "PATH="+os.Getenv("PATH"))
 	dir := e.dir
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		if out, err := e.podman(ctx, "rm", "--all", "--force", "--time", "0"); err != nil {
-			t.Logf("podman rm --all: %v: %s", err, out)
-		}
-		e.killPause(t)
-	})
+	cleanPodmanUp(t, e.podman, e)
 
 	importBusybox(t, e.podman, dir, busybox)
 	return e
@@ -755,4 +748,17 @@ func runRootlesskit(t *testing.T, cmd *exec.Cmd, state string) (*proc, io.Closer
 		time.Sleep(20 * time.Millisecond)
 	}
 	return p, stdin, &target{pid: pid}
+}
+
+// cleanPodmanUp removes, when t ends, every container podman (a Podman of env) made, and
+// its pause process.
+func cleanPodmanUp(t *testing.T, podman func(context.Context, ...string) (string, error), env *podmanEnv) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		if out, err := podman(ctx, "rm", "--all", "--force", "--time", "0"); err != nil {
+			t.Logf("podman rm --all: %v: %s", err, out)
+		}
+		env.killPause(t)
+	})
 }

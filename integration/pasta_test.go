@@ -192,14 +192,7 @@ default_rootless_network_cmd = "pasta"
 `, peer.dir)
 	e := &pastaPodman{root: root, peer: peer, podmanEnv: *podmanConfig(t, conf, rootPath, "PODMAN_IGNORE_CGROUPSV1_WARNING=1")}
 	dir := e.dir
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		if out, err := e.podman(ctx, "rm", "--all", "--force", "--time", "0"); err != nil {
-			t.Logf("podman rm --all: %v: %s", err, out)
-		}
-		e.killPause(t)
-	})
+	cleanPodmanUp(t, e.podman, &e.podmanEnv)
 
 	// The files httpd serves: a blob to fetch, and a CGI script that reports the client's
 	// address as the server sees it.

@@ -208,42 +208,45 @@ func waitConnected(ctx context.Context, c *net.TCPConn) error {
 
 // DialUDP returns a UDP socket connected to dst from inside the namespace.
 func (b *Broker) DialUDP(dst netip.AddrPort) (*net.UDPConn, error) {
-	f, err := b.request(brokerConnect, "udp", dst)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	c, err := net.FileConn(f)
-	if err != nil {
-		return nil, err
-	}
-	return c.(*net.UDPConn), nil
+	return brokerSocket(b, brokerConnect, "udp", dst, func(f *os.File) (*net.UDPConn, error) {
+		c, err := net.FileConn(f)
+		if err != nil {
+			return nil, err
+		}
+		return c.(*net.UDPConn), nil
+	})
 }
 
 // ListenUDP binds a UDP socket to addr inside the namespace.
 func (b *Broker) ListenUDP(addr netip.AddrPort) (*net.UDPConn, error) {
-	f, err := b.request(brokerListen, "udp", addr)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	c, err := net.FilePacketConn(f)
-	if err != nil {
-		return nil, err
-	}
-	return c.(*net.UDPConn), nil
+	return brokerSocket(b, brokerListen, "udp", addr, func(f *os.File) (*net.UDPConn, error) {
+		c, err := net.FilePacketConn(f)
+		if err != nil {
+			return nil, err
+		}
+		return c.(*net.UDPConn), nil
+	})
 }
 
 // ListenTCP listens on addr inside the namespace.
 func (b *Broker) ListenTCP(addr netip.AddrPort) (*net.TCPListener, error) {
-	f, err := b.request(brokerListen, "tcp", addr)
+	return brokerSocket(b, brokerListen, "tcp", addr, func(f *os.File) (*net.TCPListener, error) {
+		ln, err := net.FileListener(f)
+		if err != nil {
+			return nil, err
+		}
+		return ln.(*net.TCPListener), nil
+	})
+}
+
+// brokerSocket makes one socket through b and wraps it (the wrappers dup
+// the fd, so the file is closed here).
+func brokerSocket[T any](b *Broker, op uint8, network string, addr netip.AddrPort, wrap func(*os.File) (T, error)) (T, error) {
+	f, err := b.request(op, network, addr)
 	if err != nil {
-		return nil, err
+		var zero T
+		return zero, err
 	}
 	defer f.Close()
-	ln, err := net.FileListener(f)
-	if err != nil {
-		return nil, err
-	}
-	return ln.(*net.TCPListener), nil
+	return wrap(f)
 }
