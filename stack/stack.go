@@ -125,6 +125,9 @@ type Config struct {
 	// DialTimeout bounds each outbound TCP dial. 0 means 30s.
 	DialTimeout time.Duration
 
+	// Limits bound the flows and memory a guest can make the stack hold.
+	Limits Limits
+
 	// Logf receives diagnostics. nil discards them.
 	Logf func(format string, args ...any)
 
@@ -183,6 +186,9 @@ type Stack struct {
 	// udpFast holds the UDP flows whose datagrams the link filter writes
 	// to the host itself (udpfast.go).
 	udpFast udpFastTable
+
+	// refused counts what the stack refused, by reason (limits.go).
+	refused refusals
 
 	// syns notes the guests' SYNs for tcpunreach.go.
 	syns synTable
