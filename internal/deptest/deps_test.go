@@ -39,6 +39,7 @@ var rules = map[string]rule{
 	"nsrun":             {why: "only makes namespaces"},
 	"hostif":            {why: "reads the host's template interface with netlink, nothing else"},
 	"pcap":              {why: "the capture file format only: link sees it as a link.Capture, cmd/usernet wires it"},
+	"policy":            {why: "decides flows by address, protocol, port and name; knows no packets or sockets"},
 	"internal/pollfd":   {why: "waits on fds"},
 	"frontend/pasta":    {why: "pasta's command line only: the command builds on it"},
 	"internal/testutil": {why: "helpers for tests; no production package may import it"},
