@@ -51,7 +51,7 @@ var rules = map[string]rule{
 	"portfwd":                 {why: "reaches the namespace through its Dialer interface, which stack implements", may: []string{"netplan", "relay"}},
 	"loopfwd":                 {why: "relays the namespace's loopback to the host's; listeners are handed in", may: []string{"relay"}},
 	"autofwd":                 {why: "adds and removes forwards; reads files it is handed", may: []string{"portfwd", "netplan", "relay"}},
-	"apisock":                 {why: "the wire format over portfwd, nothing else", may: []string{"portfwd", "netplan", "relay"}},
+	"apisock":                 {why: "the wire format over portfwd and policy, nothing else", may: []string{"portfwd", "netplan", "relay", "policy"}},
 	"cmd/usernet":             {why: "wiring", gvisor: true, may: []string{"*"}},
 	"integration":             {why: "runs the binary; its code is in _test.go files"},
 	"bench/cmd/usernet-bench": {why: "drives the binaries: standard library only"},
