@@ -38,6 +38,7 @@ type options struct {
 	publish             []portfwd.Rule // usernet: -p/--publish, static forwards
 	resolvConf          string         // usernet: where to read the upstream from
 	pcap                string         // usernet, pasta's -p: capture the tap's frames to this file
+	egress              egressOptions  // usernet: the egress policy's flags (egress.go)
 
 	// Set by pasta's command line only (pasta.go).
 	ipv6Only         bool // the tap gets no IPv4 address
@@ -104,6 +105,7 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	fs.StringVar(&o.dnsUpstream, "dns-upstream", "", "DNS server the forwarder relays to, ADDR[:PORT] (default: first nameserver of --resolv-conf)")
 	fs.StringVar(&o.resolvConf, "resolv-conf", "/etc/resolv.conf", "resolv.conf to take the DNS upstream from")
 	fs.StringVar(&o.pcap, "pcap", "", "capture every frame of the tap to a pcap file")
+	addEgressFlags(fs, &o.egress)
 	fs.String("target-type", "netns", "specify the target type ([netns], default=netns)")
 	fs.BoolVarP(&o.help, "help", "h", false, "show this help and exit")
 	fs.BoolVarP(&o.version, "version", "v", false, "show version and exit")

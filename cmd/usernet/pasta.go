@@ -36,9 +36,22 @@ var (
 )
 
 // pastaExtra are usernet's own options on pasta's command line.
-var pastaExtra = []pasta.ExtraOption{
-	{Name: "api-socket", HasArg: true, Usage: "  --api-socket PATH\tserve slirp4netns's port forwarding API on a unix socket (usernet)"},
-	{Name: "no-sandbox", Usage: "  --no-sandbox\t\tdo not confine the process (usernet; by default it is, as pasta confines itself)"},
+var pastaExtra = append([]pasta.ExtraOption{
+	{Name: "api-socket", HasArg: true, Usage: "  --api-socket PATH\tserve slirp4netns's port forwarding API on a unix socket (usernet)\n"},
+	{Name: "no-sandbox", Usage: "  --no-sandbox\t\tdo not confine the process (usernet; by default it is, as pasta confines itself)\n"},
+}, pastaEgressExtra()...)
+
+// pastaEgressExtra are the egress policy's flags on pasta's command line.
+func pastaEgressExtra() []pasta.ExtraOption {
+	var out []pasta.ExtraOption
+	for _, d := range egressFlags {
+		head := "  --" + d.name
+		if !d.isBool {
+			head += " " + d.metavar
+		}
+		out = append(out, pasta.ExtraOption{Name: d.name, HasArg: !d.isBool, Usage: head + "\t" + d.usage + " (usernet)\n"})
+	}
+	return out
 }
 
 // pastaState is what a pasta-style invocation needs beyond its options,
@@ -179,6 +192,13 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 	// not to.
 	if _, off := po.ExtraValue("no-sandbox"); !off {
 		o.enableSandbox, o.enableSeccomp = true, sandbox.SeccompSupported()
+	}
+	for _, x := range po.Extra {
+		if isEgressFlag(x.Name) {
+			if err := o.egress.add(x.Name, x.Value); err != nil {
+				return nil, t, err
+			}
+		}
 	}
 	o.pcap = po.Pcap
 	if po.NsMACGiven {
