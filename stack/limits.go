@@ -16,13 +16,18 @@ type Limits struct {
 type Refusal int
 
 const (
+	// RefusedPolicy: a new flow the egress policy denies.
+	RefusedPolicy Refusal = iota
+
 	// refusalCount must stay last.
-	refusalCount Refusal = iota
+	refusalCount
 )
 
 // refusalNames are the counters' names in Stack.Refusals, indexed by
 // Refusal; stable, since stats readers key on them.
-var refusalNames = [refusalCount]string{}
+var refusalNames = [refusalCount]string{
+	RefusedPolicy: "policy",
+}
 
 func (r Refusal) String() string {
 	if r < 0 || r >= refusalCount {

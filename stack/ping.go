@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/usernet/usernet/policy"
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -44,8 +45,13 @@ func (s *Stack) forwardPing(src, dst netip.Addr, mac tcpip.LinkAddress, icmp []b
 	if mac == "" {
 		return
 	}
-	if _, v := s.route(netip.AddrPortFrom(dst, 0)); v != forward {
+	hostDst, v := s.route(netip.AddrPortFrom(dst, 0))
+	if v != forward {
 		return // the virtual network, multicast, broadcast...: silence
+	}
+	if s.egressDenied(policy.ICMP, hostDst) {
+		s.prohibitPing(src, dst, mac, icmp)
+		return
 	}
 	key := pingKey{src: src, dst: dst, id: binary.BigEndian.Uint16(icmp[4:])}
 	msg := append([]byte(nil), icmp...)

@@ -62,6 +62,7 @@ import (
 	"github.com/usernet/usernet/dhcp"
 	"github.com/usernet/usernet/link"
 	"github.com/usernet/usernet/netplan"
+	"github.com/usernet/usernet/policy"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -127,6 +128,12 @@ type Config struct {
 
 	// Limits bound the flows and memory a guest can make the stack hold.
 	Limits Limits
+
+	// Egress, when set, decides every new flow leaving for the host
+	// (egress.go); EgressRST answers a denied TCP connection with a RST
+	// instead of ICMP "administratively prohibited".
+	Egress    *policy.Policy
+	EgressRST bool
 
 	// Logf receives diagnostics. nil discards them.
 	Logf func(format string, args ...any)

@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/usernet/usernet/policy"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -36,6 +37,10 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 	hostDst, v := s.route(dst)
 	if v != forward {
 		return true // drop: reject, silent, and unreachable (already sent by the link filter)
+	}
+	if s.egressDenied(policy.UDP, hostDst) {
+		s.prohibitUDP(netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort), dst)
+		return true
 	}
 	if !s.flows.enter() {
 		return true
