@@ -3,11 +3,14 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/usernet/usernet/policy"
 )
@@ -208,4 +211,70 @@ func (e *egressOptions) policyConfig(pf policyFile, host []netip.Addr) (policy.C
 		cfg.DNS, _ = policy.ParseDNSAction(dnsPolicy)
 	}
 	return cfg, nil
+}
+
+// egressConfig reads what the policy needs from the host, before the
+// sandbox hides it: the policy file and the host's own addresses (the
+// presets cover them). nil without any egress flag.
+func egressConfig(o *options) (*policy.Config, error) {
+	if !o.egress.enabled() {
+		return nil, nil
+	}
+	var pf policyFile
+	if o.egress.file != "" {
+		var err error
+		if pf, err = readPolicyFile(o.egress.file); err != nil {
+			return nil, err
+		}
+	}
+	host, err := hostAddrs()
+	if err != nil {
+		return nil, fmt.Errorf("egress policy: the host's addresses: %w", err)
+	}
+	cfg, err := o.egress.policyConfig(pf, host)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := policy.New(cfg); err != nil {
+		return nil, fmt.Errorf("egress policy: %w", err)
+	}
+	return &cfg, nil
+}
+
+// hostAddrs are the addresses of the host's interfaces but loopback.
+func hostAddrs() ([]netip.Addr, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		n, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(n.IP)
+		if ok && !ip.Unmap().IsLoopback() {
+			out = append(out, ip.Unmap())
+		}
+	}
+	return out, nil
+}
+
+// policyNames lets the DNS forwarder ask the egress policy about names.
+type policyNames struct{ p *policy.Policy }
+
+func (n policyNames) Allow(name string) (bool, dnsmessage.RCode) {
+	ok, act := n.p.NameAllowed(name)
+	if ok {
+		return true, dnsmessage.RCodeSuccess
+	}
+	if act == policy.DNSNXDomain {
+		return false, dnsmessage.RCodeNameError
+	}
+	return false, dnsmessage.RCodeRefused
+}
+
+func (n policyNames) Answered(name string, addrs []netip.Addr, ttl time.Duration) {
+	n.p.Learn(name, addrs, ttl)
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/usernet/usernet/loopfwd"
 	"github.com/usernet/usernet/netplan"
 	"github.com/usernet/usernet/nsjoin"
+	"github.com/usernet/usernet/policy"
 	"github.com/usernet/usernet/portfwd"
 	"github.com/usernet/usernet/stack"
 	"github.com/usernet/usernet/tap"
@@ -71,6 +72,7 @@ type prepared struct {
 	vnetHdr    bool              // tap opened with IFF_VNET_HDR and offloads (off only in debug builds)
 	api        *net.UnixListener // --api-socket, bound before the sandbox; nil once the server owns it
 	pcap       *os.File          // --pcap's file, or nil
+	egress     *policy.Config    // the egress policy, files read and host addresses listed; nil for none
 }
 
 // prepare checks the settings, opens the ready and exit fds and the target
@@ -116,6 +118,9 @@ func prepare(ctx context.Context, o *options, t nsjoin.Target, out output) (_ *p
 		}
 	}
 	if p.pcap, err = openPcap(o.pcap); err != nil {
+		return nil, err
+	}
+	if p.egress, err = egressConfig(o); err != nil {
 		return nil, err
 	}
 
@@ -196,6 +201,13 @@ func (p *prepared) close() {
 func (p *prepared) run(ctx context.Context, out output, onReady func() error) error {
 	o := p.o
 	logf := lineLogger(out.stderr) // one writer for every component's lines
+	var egress *policy.Policy
+	if p.egress != nil {
+		var err error
+		if egress, err = policy.New(*p.egress); err != nil {
+			return fmt.Errorf("egress policy: %w", err)
+		}
+	}
 	var serveDNS func(context.Context, net.PacketConn, net.Listener) error
 	if !o.disableDNS {
 		// The upstream follows resolv.conf as libslirp's does: a host
@@ -204,12 +216,16 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		if o.enableSeccomp && o.dnsUpstream == "" && p.resolvConf == "" {
 			logf("dns: not following %s: under --enable-seccomp that needs Landlock, which this kernel lacks; the upstream stays %v", o.resolvConf, p.upstream)
 		}
-		fwd, err := dns.New(dns.Config{
+		dcfg := dns.Config{
 			Upstream:   p.upstream,
 			ResolvConf: p.resolvConf,
 			Check:      upstreamOutside(o.plan),
 			Logf:       logf,
-		})
+		}
+		if egress != nil {
+			dcfg.Names = policyNames{egress}
+		}
+		fwd, err := dns.New(dcfg)
 		if err != nil {
 			return fmt.Errorf("dns forwarder: %w", err)
 		}
@@ -231,6 +247,7 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		ServeDNS:      serveDNS,
 		DisableDHCP:   o.disableDHCP,
 		DisableRA:     o.disableRA,
+		Egress:        egress,
 		Logf:          logf,
 	})
 	if err != nil {
@@ -268,7 +285,11 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 	}
 	var api *apisock.Server
 	if p.api != nil {
-		api, err = apisock.New(apisock.Config{Path: o.apiSocket, Listener: p.api, Forwarder: reg, Logf: logf})
+		acfg := apisock.Config{Path: o.apiSocket, Listener: p.api, Forwarder: reg, Logf: logf}
+		if egress != nil {
+			acfg.Policy = egress
+		}
+		api, err = apisock.New(acfg)
 		if err != nil {
 			st.Close()
 			closeRegistry(reg)
