@@ -23,6 +23,7 @@ type egressOptions struct {
 	dnsPolicy string // --dns-policy
 	file      string // --policy, read by policyConfig
 	fileAt    int    // how many rules came before --policy
+	rst       bool   // --egress-rst
 	n         int    // flags seen, for error positions
 }
 
@@ -38,6 +39,7 @@ var egressFlags = []struct {
 	{"allow-domain", "NAME", "allow the addresses the DNS forwarder resolves for NAME and names under it; other names are refused", false},
 	{"egress-default", "allow|deny", "what flows no rule matches get (default allow; deny once --allow-domain is given)", false},
 	{"dns-policy", "refused|nxdomain|resolve", "the DNS answer for names no --allow-domain covers (default refused)", false},
+	{"egress-rst", "", "answer a denied TCP connection with a RST instead of ICMP administratively prohibited", true},
 	{"policy", "FILE", "read rules from a JSON file: {\"default\":..., \"rules\":[RULE...]} in the API's format", false},
 }
 
@@ -90,6 +92,8 @@ func (e *egressOptions) add(name, value string) error {
 			return bad(err)
 		}
 		e.dnsPolicy = value
+	case "egress-rst":
+		e.rst = value != "false"
 	case "policy":
 		if e.file != "" {
 			return bad(fmt.Errorf("only one policy file"))

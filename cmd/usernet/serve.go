@@ -248,6 +248,7 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		DisableDHCP:   o.disableDHCP,
 		DisableRA:     o.disableRA,
 		Egress:        egress,
+		EgressRST:     o.egress.rst,
 		Logf:          logf,
 	})
 	if err != nil {
