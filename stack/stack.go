@@ -197,6 +197,11 @@ type Stack struct {
 	// refused counts what the stack refused, by reason (limits.go).
 	refused refusals
 
+	// live are the flows alive now (flows.go).
+	live flowSet
+	// counters reads the tap's frame counts; nil with a test link.
+	counters func() link.Counters
+
 	// syns notes the guests' SYNs for tcpunreach.go.
 	syns synTable
 
@@ -276,6 +281,7 @@ func New(cfg Config) (*Stack, error) {
 	}
 	cfg.Tap.Close() // tapFile is our own dup of it
 	s.tap = tapFile
+	s.counters = raw.Counters
 	return s, nil
 }
 
