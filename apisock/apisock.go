@@ -61,6 +61,8 @@ type Config struct {
 	// rules now deny, for "kill_existing", and returns how many.
 	Policy     Policy
 	KillDenied func() int
+	// Stats, when set, serves get_stats and list_connections.
+	Stats Stats
 	// Logf logs failed commands (with the underlying error, which the wire
 	// format has no room for) and accept errors. nil = discard.
 	Logf func(format string, args ...any)

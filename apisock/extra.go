@@ -21,9 +21,24 @@ type Policy interface {
 	Default() policy.Action
 }
 
+// Stats gives get_stats and list_connections their answers, each a value
+// that encodes to a JSON object (get_stats) or array (list_connections).
+type Stats interface {
+	Stats() any
+	Connections() any
+}
+
 // extra answers execute if it is one of usernet's commands; ok is false for
 // a command it does not know (or whose part the server lacks).
 func (s *Server) extra(execute string, args map[string]json.RawMessage) (reply []byte, ok bool) {
+	if st := s.cfg.Stats; st != nil {
+		switch execute {
+		case "get_stats":
+			return returnReply(st.Stats()), true
+		case "list_connections":
+			return returnReply(st.Connections()), true
+		}
+	}
 	p := s.cfg.Policy
 	switch {
 	case p == nil:

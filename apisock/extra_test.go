@@ -53,3 +53,21 @@ func TestPolicyCommandsUnknownWithoutPolicy(t *testing.T) {
 		}
 	}
 }
+
+type fakeStats struct{}
+
+func (fakeStats) Stats() any       { return map[string]int{"flows": 2} }
+func (fakeStats) Connections() any { return []map[string]string{{"proto": "tcp"}} }
+
+func TestStatsCommands(t *testing.T) {
+	s := startServer(t, Config{Forwarder: &fakeForwarder{}, Stats: fakeStats{}})
+	for req, want := range map[string]string{
+		`{"execute":"get_stats"}`:        `{"return":{"flows":2}}`,
+		`{"execute":"list_connections"}`: `{"return":[{"proto":"tcp"}]}`,
+		`{"execute":"list_rules"}`:       string(errorReply(errUnknown)),
+	} {
+		if got := call(t, s.cfg.Path, req, false); got != want {
+			t.Errorf("%s = %s, want %s", req, got, want)
+		}
+	}
+}

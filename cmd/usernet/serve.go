@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/usernet/usernet/apisock"
 	"github.com/usernet/usernet/autofwd"
@@ -286,9 +287,10 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 	}
 	var api *apisock.Server
 	if p.api != nil {
-		acfg := apisock.Config{Path: o.apiSocket, Listener: p.api, Forwarder: reg, Logf: logf}
+		acfg := apisock.Config{Path: o.apiSocket, Listener: p.api, Forwarder: reg, Logf: logf,
+			Stats: statsSource{st: st, reg: reg, start: time.Now()}}
 		if egress != nil {
-			acfg.Policy = egress
+			acfg.Policy, acfg.KillDenied = egress, st.KillDenied
 		}
 		api, err = apisock.New(acfg)
 		if err != nil {
