@@ -43,9 +43,9 @@ type Tap struct {
 	// checksums (HostGSO), and the kernel hands us the same (see vnet.go).
 	vnetHdr bool
 
-	// capture, if set (SetCapture), is told every frame; nil costs the
-	// data path one check per frame.
-	capture Capture
+	// capture, if set (SetCapture, at any time), is told every frame; none
+	// costs the data path one atomic load per frame.
+	capture atomic.Pointer[captureBox]
 
 	mu         sync.Mutex
 	dispatcher gvstack.NetworkDispatcher // guarded by mu
@@ -96,9 +96,19 @@ type Capture interface {
 	WriteFrame(parts ...[]byte)
 }
 
-// SetCapture sets c to be told every frame (nil: none). Call it before
-// the endpoint is attached or written to.
-func (l *Tap) SetCapture(c Capture) { l.capture = c }
+// SetCapture sets c to be told every frame from now on (nil: none). It
+// may be called at any time; a frame being handled as it is called may
+// still go to the previous capture.
+func (l *Tap) SetCapture(c Capture) {
+	if c == nil {
+		l.capture.Store(nil)
+		return
+	}
+	l.capture.Store(&captureBox{c})
+}
+
+// captureBox lets an interface value sit behind an atomic pointer.
+type captureBox struct{ c Capture }
 
 // MTU implements gvstack.LinkEndpoint.
 func (l *Tap) MTU() uint32 { return l.mtu }
@@ -238,9 +248,9 @@ func (l *Tap) readLoop(d gvstack.NetworkDispatcher) {
 		}
 		l.rxFrames.Add(1)
 		l.rxBytes.Add(uint64(n - hdrLen))
-		if l.capture != nil {
+		if cb := l.capture.Load(); cb != nil {
 			parts[0], parts[1] = head[hdrLen:min(n, len(head))], body.AsSlice()[:max(n-len(head), 0)]
-			l.capture.WriteFrame(parts[:]...)
+			cb.c.WriteFrame(parts[:]...)
 		}
 		var payload buffer.Buffer
 		if n <= len(head) {
@@ -359,8 +369,8 @@ func (l *Tap) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error) {
 // them.
 func (l *Tap) writePacket(pkt *gvstack.PacketBuffer) tcpip.Error {
 	slices := pkt.AsSlices()
-	if l.capture != nil {
-		l.capture.WriteFrame(slices...)
+	if cb := l.capture.Load(); cb != nil {
+		cb.c.WriteFrame(slices...)
 	}
 	if l.vnetHdr {
 		hdr := vnetHeaderFor(pkt)

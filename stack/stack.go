@@ -199,8 +199,10 @@ type Stack struct {
 
 	// live are the flows alive now (flows.go).
 	live flowSet
-	// counters reads the tap's frame counts; nil with a test link.
-	counters func() link.Counters
+	// counters reads the tap's frame counts, setCapture replaces its
+	// capture; nil with a test link.
+	counters   func() link.Counters
+	setCapture func(link.Capture)
 
 	// syns notes the guests' SYNs for tcpunreach.go.
 	syns synTable
@@ -281,7 +283,7 @@ func New(cfg Config) (*Stack, error) {
 	}
 	cfg.Tap.Close() // tapFile is our own dup of it
 	s.tap = tapFile
-	s.counters = raw.Counters
+	s.counters, s.setCapture = raw.Counters, raw.SetCapture
 	return s, nil
 }
 
@@ -548,4 +550,12 @@ func (s *Stack) shutdown() {
 func macFor(gw4 netip.Addr) tcpip.LinkAddress {
 	gw := gw4.As4()
 	return tcpip.LinkAddress([]byte{0x52, 0x55, gw[0], gw[1], gw[2], gw[3]})
+}
+
+// SetCapture makes c see every frame of the tap from now on (nil: none),
+// beside or instead of Config.Capture, at any time.
+func (s *Stack) SetCapture(c link.Capture) {
+	if s.setCapture != nil {
+		s.setCapture(c)
+	}
 }
