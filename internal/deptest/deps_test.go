@@ -24,7 +24,7 @@ type rule struct {
 	may    []string // module packages it may depend on, directly or indirectly
 }
 
-// The layers, bottom up: leaves (netplan, relay, dhcp, dns, tap, pollfd,
+// The layers, bottom up: leaves (netplan, relay, dhcp, dhcp6, dns, tap, pollfd,
 // sandbox, nsrun, frontend/pasta, pcap), then link on tap, stack on link,
 // portfwd beside stack (it reaches the namespace through its Dialer
 // interface, which stack implements), apisock on portfwd, and cmd/usernet
@@ -33,6 +33,7 @@ var rules = map[string]rule{
 	"netplan":           {why: "addresses only: a leaf every package may read"},
 	"relay":             {why: "sees connections as net.Conn: stack and portfwd adapt theirs to it"},
 	"dhcp":              {why: "the protocol only: stack moves its packets"},
+	"dhcp6":             {why: "the protocol only: stack moves its packets"},
 	"dns":               {why: "serves whatever net.PacketConn/net.Listener it is handed"},
 	"tap":               {why: "runs in the nsjoin child and must stay small"},
 	"sandbox":           {why: "runs first in every usernet process and must stay small"},
@@ -47,7 +48,7 @@ var rules = map[string]rule{
 	"nsjoin":            {why: "only joins the namespaces and hands over the tap's fd", may: []string{"tap", "internal/pollfd"}},
 	"link":              {why: "moves frames for the stack, which sits on top of it", gvisor: true, may: []string{"tap"}},
 	"stack": {why: "terminates the namespace's flows; portfwd, dns and apisock sit on top of it",
-		gvisor: true, may: []string{"dhcp", "link", "netplan", "policy", "relay", "tap"}},
+		gvisor: true, may: []string{"dhcp", "dhcp6", "link", "netplan", "policy", "relay", "tap"}},
 	"portfwd":                 {why: "reaches the namespace through its Dialer interface, which stack implements", may: []string{"netplan", "relay"}},
 	"loopfwd":                 {why: "relays the namespace's loopback to the host's; listeners are handed in", may: []string{"relay"}},
 	"autofwd":                 {why: "adds and removes forwards; reads files it is handed", may: []string{"portfwd", "netplan", "relay"}},
