@@ -41,9 +41,7 @@ func (s *Stack) bindDHCP() error {
 		PoolStart: plan.DHCPStart4,
 		PoolSize:  plan.DHCPSize,
 	}
-	if s.cfg.ServeDNS != nil && plan.DNS4.IsValid() {
-		cfg.DNS = []netip.Addr{plan.DNS4}
-	}
+	cfg.DNS = s.advertised().DNS4
 	srv, err := dhcp.NewServer(cfg)
 	if err != nil {
 		return err
@@ -97,13 +95,14 @@ func (s *Stack) serveDHCP(pc *gonet.UDPConn) {
 			mac:   mac,
 			proto: header.IPv4ProtocolNumber,
 			data: ipv4Packet(s.cfg.Plan.Gateway4, dst, header.UDPProtocolNumber,
-				udp4(netip.AddrPortFrom(s.cfg.Plan.Gateway4, dhcp.ServerPort), netip.AddrPortFrom(dst, dhcp.ClientPort), r.Msg.Marshal())),
+				udpDatagram(netip.AddrPortFrom(s.cfg.Plan.Gateway4, dhcp.ServerPort), netip.AddrPortFrom(dst, dhcp.ClientPort), r.Msg.Marshal())),
 		})
 	}
 }
 
-// udp4 builds a UDP datagram (header and payload) with its IPv4 checksum.
-func udp4(src, dst netip.AddrPort, payload []byte) []byte {
+// udpDatagram builds a UDP datagram (header and payload) with its checksum
+// over the pseudo-header of src and dst, IPv4 or IPv6.
+func udpDatagram(src, dst netip.AddrPort, payload []byte) []byte {
 	d := header.UDP(make([]byte, header.UDPMinimumSize+len(payload)))
 	d.Encode(&header.UDPFields{SrcPort: src.Port(), DstPort: dst.Port(), Length: uint16(len(d))})
 	copy(d.Payload(), payload)

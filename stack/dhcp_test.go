@@ -33,7 +33,7 @@ func (c *dhcpClient) frame(m *dhcp.Message, src, dst netip.Addr) []byte {
 	m.Op, m.HType, m.HLen, m.XID = dhcp.OpRequest, 1, 6, c.xid
 	copy(m.CHAddr[:], c.mac)
 	pkt := ipv4Packet(src, dst, header.UDPProtocolNumber,
-		udp4(netip.AddrPortFrom(src, dhcp.ClientPort), netip.AddrPortFrom(dst, dhcp.ServerPort), m.Marshal()))
+		udpDatagram(netip.AddrPortFrom(src, dhcp.ClientPort), netip.AddrPortFrom(dst, dhcp.ServerPort), m.Marshal()))
 	dstMAC := broadcastMAC
 	if dst != netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
 		dstMAC = stackMAC

@@ -29,8 +29,9 @@
 //	hostsock.go  every host socket of a flow is opened here
 //
 // The services of the virtual network: DNS at the plan's DNS address
-// (Config.ServeDNS), DHCP (dhcp.go, protocol in package dhcp), router
-// advertisements (ra.go); ICMP errors are built in packets.go.
+// (Config.ServeDNS), DHCP (dhcp.go, protocol in package dhcp), DHCPv6
+// (dhcp6.go, protocol in package dhcp6, answered from the link filter),
+// router advertisements (ra.go); ICMP errors are built in packets.go.
 //
 // Host → namespace (port forwarding) is dialin.go: DialTCP and DialUDP make
 // gVisor endpoints bound to a spoofed source (the real client's address or
@@ -60,6 +61,7 @@ import (
 	"time"
 
 	"github.com/usernet/usernet/dhcp"
+	"github.com/usernet/usernet/dhcp6"
 	"github.com/usernet/usernet/link"
 	"github.com/usernet/usernet/netplan"
 	"github.com/usernet/usernet/policy"
@@ -118,6 +120,21 @@ type Config struct {
 	// of the plan's DHCP pool with router Gateway4 and, when DNS is
 	// served, DNS DNS4 (dhcp.go).
 	DisableDHCP bool
+
+	// DHCPv6 turns on the DHCPv6 server (pasta; slirp4netns has none): a
+	// client on the tap gets Plan.Guest6, which must then be valid, and
+	// router advertisements set the M flag (dhcp6.go).
+	DHCPv6 bool
+
+	// Advertise, when not nil, is what DHCP, DHCPv6 and router
+	// advertisements name as DNS servers and search domains (pasta: only
+	// with --dhcp-dns, --dhcp-search). nil: the plan's DNS4 and DNS6 when
+	// DNS is served, and no search list (slirp4netns).
+	Advertise *Advertise
+
+	// FQDN, when set, is the name DHCPv6 gives the client (option 39,
+	// pasta's --fqdn).
+	FQDN string
 
 	// DisableRA turns off router advertisements (pasta's --no-ra, and
 	// --config-net, which configures the guest's IPv6 itself).
@@ -222,6 +239,10 @@ type Stack struct {
 	// DisableDHCP.
 	dhcp      *dhcp.Server
 	dhcpConns []*gonet.UDPConn
+
+	// dhcp6 answers DHCPv6 from the link filter; nil without
+	// Config.DHCPv6.
+	dhcp6 *dhcp6.Server
 
 	// ctl queues packets the link filter wants sent (ICMP errors), so that
 	// they are written from the control goroutine and never re-enter the
@@ -442,6 +463,12 @@ func (s *Stack) build(link gvstack.LinkEndpoint) error {
 
 	if !s.cfg.DisableDHCP {
 		if err := s.bindDHCP(); err != nil {
+			return err
+		}
+	}
+
+	if s.cfg.DHCPv6 {
+		if err := s.newDHCP6(); err != nil {
 			return err
 		}
 	}
