@@ -14,6 +14,7 @@ import (
 	"github.com/usernet/usernet/netplan"
 	"github.com/usernet/usernet/portfwd"
 	"github.com/usernet/usernet/sandbox"
+	"github.com/usernet/usernet/stack"
 	"github.com/usernet/usernet/tap"
 )
 
@@ -44,7 +45,10 @@ type options struct {
 	ipv6Only         bool // the tap gets no IPv4 address
 	disableDHCP      bool
 	disableRA        bool
-	autoTCP, autoUDP bool // forward the ports the namespace listens on
+	dhcpv6           bool             // serve DHCPv6 (stack.Config.DHCPv6)
+	advertise        *stack.Advertise // DNS and search list of DHCP, DHCPv6 and RAs; nil: slirp4netns's
+	fqdn             string           // DHCPv6's option 39 (--fqdn)
+	autoTCP, autoUDP bool             // forward the ports the namespace listens on
 	// splice: TCP clients on the host's loopback are connected again from
 	// inside the namespace (pasta's local path), to the guest's address,
 	// or to its loopback with spliceToLoopback (--host-lo-to-ns-lo).

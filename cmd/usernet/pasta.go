@@ -17,6 +17,7 @@ import (
 	"github.com/usernet/usernet/nsjoin"
 	"github.com/usernet/usernet/portfwd"
 	"github.com/usernet/usernet/sandbox"
+	"github.com/usernet/usernet/stack"
 )
 
 // pasta's command line: usernet called as pasta (a symlink or copy), or as
@@ -208,6 +209,10 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 	if o.plan, err = pastaPlan(po, tmpl); err != nil {
 		return nil, t, err
 	}
+	// DHCPv6 hands out the guest's IPv6 address, when there is one.
+	o.dhcpv6 = !po.NoDHCPv6 && o.plan.Guest6.IsValid()
+	o.advertise = pastaAdvertise(po, o.plan)
+	o.fqdn = po.FQDN
 	o.tapName = po.NsIfname
 	if o.tapName == "" {
 		o.tapName = tmpl.V4.Ifname
@@ -378,6 +383,32 @@ func pastaPlan(po *pasta.Options, tmpl hostif.Template) (netplan.Plan, error) {
 		return p, fmt.Errorf("addresses copied from the host: %w", err)
 	}
 	return p, nil
+}
+
+// pastaAdvertise is what DHCP, DHCPv6 and router advertisements name as
+// DNS servers and search list. pasta names none unless --dhcp-dns, and no
+// search list unless --dhcp-search; then, for each family, -D's
+// addresses, else the --dns-forward address: usernet's forwarder, which
+// follows the host's resolv.conf (pasta would name the resolv.conf's
+// nameservers themselves); and -S's domains.
+func pastaAdvertise(po *pasta.Options, plan netplan.Plan) *stack.Advertise {
+	a := &stack.Advertise{}
+	if po.DHCPDNS && !po.DNSNone {
+		a.DNS4, a.DNS6 = po.DNS4, po.DNS6
+		if len(a.DNS4) == 0 && plan.DNS4.IsValid() {
+			a.DNS4 = []netip.Addr{plan.DNS4}
+		}
+		if len(a.DNS6) == 0 && plan.DNS6.IsValid() {
+			a.DNS6 = []netip.Addr{plan.DNS6}
+		}
+		if !plan.IPv6() {
+			a.DNS6 = nil
+		}
+	}
+	if po.DHCPSearch && !po.SearchNone {
+		a.Search = po.Search
+	}
+	return a
 }
 
 // pastaRules turns one listening port of -t/-u into forwards: to the

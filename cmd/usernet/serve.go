@@ -250,6 +250,9 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		DisableRA:     o.disableRA,
 		Egress:        egress,
 		EgressRST:     o.egress.rst,
+		DHCPv6:        o.dhcpv6,
+		Advertise:     o.advertise,
+		FQDN:          o.fqdn,
 		Logf:          logf,
 	})
 	if err != nil {
