@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/usernet/usernet/dhcp"
+	"github.com/usernet/usernet/dhcp6"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
 	"gvisor.dev/gvisor/pkg/tcpip/link/pipe"
@@ -173,6 +174,14 @@ func goldenCases(t *testing.T) []goldenCase {
 
 		{"routerAdvert/dns", s.routerAdvert},
 		{"routerAdvert/mtu9000-no-dns", s9k.routerAdvert},
+		{"routerAdvert/dhcpv6-dnssl", func() []byte {
+			// As pasta's command line with --dhcp-dns --dhcp-search:
+			// M set, two DNS servers, a search list.
+			s6 := goldenStack(t, 1500, true)
+			s6.dhcp6 = &dhcp6.Server{}
+			s6.cfg.Advertise = &Advertise{DNS6: []netip.Addr{far6, guest6}, Search: []string{"example.org", "a.example"}}
+			return s6.routerAdvert()
+		}},
 
 		{"icmpUnreachableFor/v4", func() []byte {
 			e := icmpError{dst: ap("192.0.2.1:53"), typ: uint8(header.ICMPv4DstUnreachable), code: uint8(header.ICMPv4PortUnreachable), payload: []byte("query")}
