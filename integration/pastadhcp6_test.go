@@ -25,7 +25,9 @@ mv "$out.tmp" "$out"
 // busybox) in the namespace must get the host's IPv6 address (2001:db8::1, copied from
 // the private host's uplink) from the peer's DHCPv6 server, with the DNS server, search list
 // and FQDN asked for with --dhcp-dns, --dhcp-search and --fqdn; the router advertisements
-// (seen in the peer's --pcap capture) must set M. With --no-dhcpv6 nothing answers.
+// (seen in the peer's --pcap capture) must set M. busybox udhcpc then gets the host's IPv4
+// address with the DNS server, hostname and search list. With --no-dhcpv6 nothing answers
+// DHCPv6.
 func TestPastaDHCPv6(t *testing.T) {
 	root := needTrixie(t)
 	busybox := filepath.Join(root.dir, "bin/busybox")
@@ -40,7 +42,7 @@ func TestPastaDHCPv6(t *testing.T) {
 			t.Run("lease", func(t *testing.T) {
 				dir := shortUserDir(t, "d6-")
 				tg, pcap := startPastaDHCPv6(t, root, peer, dir, "--dhcp-dns", "--dhcp-search",
-					"-D", "2001:db8::53", "-S", "example.org", "--fqdn", "h.example.org")
+					"-D", "2001:db8::53", "-D", "198.51.100.53", "-S", "example.org", "-H", "h", "--fqdn", "h.example.org")
 				got, err := udhcpc6(t, tg, busybox, dir)
 				if err != nil {
 					t.Fatal(err)
@@ -63,6 +65,19 @@ func TestPastaDHCPv6(t *testing.T) {
 					}
 				}
 				checkDHCPv6Capture(t, pcap)
+
+				// DHCP (IPv4) on the same tap: the host's address, with the same
+				// options pasta adds (hostname 12, search list 119).
+				got4, err := udhcpc4(t, tg, busybox, dir)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("udhcpc got %v", got4)
+				for k, w := range map[string]string{"ip": hostAddr(t, "4").String(), "dns": "198.51.100.53", "hostname": "h", "search": "example.org"} {
+					if got4[k] != w {
+						t.Errorf("udhcpc's %s = %q, want %q", k, got4[k], w)
+					}
+				}
 			})
 			t.Run("no-dhcpv6", func(t *testing.T) {
 				dir := shortUserDir(t, "d6-")
@@ -128,9 +143,38 @@ func udhcpc6(t *testing.T, tg *target, busybox, dir string) (map[string]string, 
 		"-O", "dns", "-O", "search", "-s", script); err != nil {
 		return nil, fmt.Errorf("udhcpc6 got no lease: %v (stdout %q)", err, o)
 	}
-	b, err := os.ReadFile(out)
+	return readLease(out)
+}
+
+// udhcpc4Script is udhcpc6Script for busybox udhcpc: lease4.out.
+const udhcpc4Script = `#!/bin/sh
+[ "$1" = bound ] || exit 0
+out="$(dirname "$0")/lease4.out"
+printf 'ip=%s\ndns=%s\nhostname=%s\nsearch=%s\nlease=%s\n' "$ip" "$dns" "$hostname" "$search" "$lease" > "$out.tmp"
+mv "$out.tmp" "$out"
+`
+
+// udhcpc4 runs busybox udhcpc on tap0 in tg until it has a lease and returns what the
+// script saw.
+func udhcpc4(t *testing.T, tg *target, busybox, dir string) (map[string]string, error) {
+	t.Helper()
+	script := filepath.Join(dir, "udhcpc4.sh")
+	if err := os.WriteFile(script, []byte(udhcpc4Script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx := testContext(t, 30*time.Second)
+	if o, err := tg.tryNsenter(ctx, busybox, "udhcpc", "-i", "tap0", "-n", "-q", "-f", "-t", "3", "-T", "1",
+		"-O", "search", "-O", "hostname", "-s", script); err != nil {
+		return nil, fmt.Errorf("udhcpc got no lease: %v (stdout %q)", err, o)
+	}
+	return readLease(filepath.Join(dir, "lease4.out"))
+}
+
+// readLease reads a script's KEY=VALUE lines.
+func readLease(path string) (map[string]string, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("udhcpc6 exited 0 but its script wrote nothing: %v", err)
+		return nil, fmt.Errorf("the client exited 0 but its script wrote nothing: %v", err)
 	}
 	m := map[string]string{}
 	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {

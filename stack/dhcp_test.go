@@ -294,3 +294,25 @@ func TestDHCPDisabledGetsNoAnswer(t *testing.T) {
 		t.Errorf("a broadcast DISCOVER reached the host dialer: %v", got)
 	}
 }
+
+// pasta's options: the advertised DNS and search list, -H and --fqdn.
+func TestDHCPPastaOptions(t *testing.T) {
+	goroutineLeakCheck(t)
+	cfg := testConfig(t)
+	cfg.ServeDNS = serveNoDNS
+	cfg.Advertise = &Advertise{DNS4: []netip.Addr{netip.MustParseAddr("192.0.2.53")}, Search: []string{"example.org", "example.net"}}
+	cfg.Hostname, cfg.FQDN = "myhost", "myhost.example.org"
+	e := startEnv(t, cfg)
+	c := &dhcpClient{e: e, mac: "\x02\x00\x00\x00\x00\x0f", xid: 600}
+	_, ack := c.lease(t)
+	for code, want := range map[byte]string{
+		dhcp.OptDNS:          "\xc0\x00\x02\x35",
+		dhcp.OptHostname:     "myhost",
+		dhcp.OptClientFQDN:   "\x04\xff\xff\x06myhost\x07example\x03org\x00", // as pasta 2025 sends it
+		dhcp.OptDomainSearch: "\x07example\x03org\x00\x07example\x03net\x00",
+	} {
+		if got := string(ack.msg.Options[code]); got != want {
+			t.Errorf("ACK option %d = %q, want %q", code, got, want)
+		}
+	}
+}

@@ -132,9 +132,10 @@ type Config struct {
 	// DNS is served, and no search list (slirp4netns).
 	Advertise *Advertise
 
-	// FQDN, when set, is the name DHCPv6 gives the client (option 39,
-	// pasta's --fqdn).
-	FQDN string
+	// Hostname and FQDN, when set, are the names DHCP gives the client
+	// (options 12 and 81; pasta's -H and --fqdn); DHCPv6 gives FQDN
+	// (option 39).
+	Hostname, FQDN string
 
 	// DisableRA turns off router advertisements (pasta's --no-ra, and
 	// --config-net, which configures the guest's IPv6 itself).

@@ -47,7 +47,7 @@ type options struct {
 	disableRA        bool
 	dhcpv6           bool             // serve DHCPv6 (stack.Config.DHCPv6)
 	advertise        *stack.Advertise // DNS and search list of DHCP, DHCPv6 and RAs; nil: slirp4netns's
-	fqdn             string           // DHCPv6's option 39 (--fqdn)
+	hostname, fqdn   string           // DHCP's options 12, 81 and DHCPv6's 39 (-H, --fqdn)
 	autoTCP, autoUDP bool             // forward the ports the namespace listens on
 	// splice: TCP clients on the host's loopback are connected again from
 	// inside the namespace (pasta's local path), to the guest's address,

@@ -212,7 +212,7 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 	// DHCPv6 hands out the guest's IPv6 address, when there is one.
 	o.dhcpv6 = !po.NoDHCPv6 && o.plan.Guest6.IsValid()
 	o.advertise = pastaAdvertise(po, o.plan)
-	o.fqdn = po.FQDN
+	o.hostname, o.fqdn = po.Hostname, po.FQDN
 	o.tapName = po.NsIfname
 	if o.tapName == "" {
 		o.tapName = tmpl.V4.Ifname

@@ -135,7 +135,7 @@ func TestPastaDHCPv6AndAdvertise(t *testing.T) {
 		args           string
 		dhcpv6         bool
 		dns4, dns6, sl string
-		fqdn           string
+		hostname, fqdn string
 	}{
 		{args: "--dns-forward 169.254.1.1 1", dhcpv6: true},
 		{args: "--no-dhcpv6 1"},
@@ -144,12 +144,12 @@ func TestPastaDHCPv6AndAdvertise(t *testing.T) {
 		{args: "--dhcp-dns --dns-forward 169.254.1.1 --dns-forward fd00::53 1", dhcpv6: true, dns4: "[169.254.1.1]", dns6: "[fd00::53]"},
 		{args: "--dhcp-dns -D 192.0.2.53 -D 2001:db8::53 --dns-forward 169.254.1.1 1", dhcpv6: true, dns4: "[192.0.2.53]", dns6: "[2001:db8::53]"},
 		{args: "--dhcp-dns -D none --dns-forward 169.254.1.1 1", dhcpv6: true, dns4: "[]", dns6: "[]"},
-		{args: "-D 192.0.2.53 -S example.org --fqdn h.example.org 1", dhcpv6: true, fqdn: "h.example.org"},
+		{args: "-D 192.0.2.53 -S example.org -H h --fqdn h.example.org 1", dhcpv6: true, hostname: "h", fqdn: "h.example.org"},
 		{args: "--dhcp-search -S example.org -S example.net 1", dhcpv6: true, sl: "[example.org example.net]"},
 	} {
 		o, _ := parsePasta(t, c.args)
-		if o.dhcpv6 != c.dhcpv6 || o.fqdn != c.fqdn {
-			t.Errorf("%s: dhcpv6 %v, fqdn %q; want %v, %q", c.args, o.dhcpv6, o.fqdn, c.dhcpv6, c.fqdn)
+		if o.dhcpv6 != c.dhcpv6 || o.hostname != c.hostname || o.fqdn != c.fqdn {
+			t.Errorf("%s: dhcpv6 %v, hostname %q, fqdn %q; want %v, %q, %q", c.args, o.dhcpv6, o.hostname, o.fqdn, c.dhcpv6, c.hostname, c.fqdn)
 		}
 		a := o.advertise
 		if a == nil {

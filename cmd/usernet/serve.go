@@ -252,6 +252,7 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		EgressRST:     o.egress.rst,
 		DHCPv6:        o.dhcpv6,
 		Advertise:     o.advertise,
+		Hostname:      o.hostname,
 		FQDN:          o.fqdn,
 		Logf:          logf,
 	})
