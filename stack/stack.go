@@ -14,9 +14,9 @@
 // filter.go sees every frame from the guest first. It answers or drops what
 // gVisor would get wrong as a transparent proxy (ARP and neighbor
 // solicitations for foreign addresses, echo to any address), sends ICMP
-// echo to ping.go, UDP of known flows to udpfast.go, notes SYNs for
-// tcpunreach.go, and gives everything else to gVisor, whose forwarders hand
-// each new flow to:
+// echo to ping.go, UDP of known flows to udpfast.go, DHCPv6 to dhcp6.go,
+// notes SYNs for tcpunreach.go, and gives everything else to gVisor, whose
+// forwarders hand each new flow to:
 //
 //	tcp.go       guest TCP: route, dial the host (hostsock.go), then complete
 //	             the handshake and relay both ways (package relay)
