@@ -112,6 +112,13 @@ func startPastaDHCPv6(t *testing.T, root *trixieRoot, peer *pastaPeer, dir strin
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// pasta brings the namespace's lo up, also without --config-net.
+	for deadline := time.Now().Add(5 * time.Second); !tg.links(t, ctx)["lo"].up(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: the namespace's lo is still down", peer.name)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	tg.nsenter(t, ctx, "ip", "link", "set", "tap0", "up")
 	// udhcpc6 needs a link-local address that is no longer tentative (duplicate address
 	// detection takes a second).

@@ -61,6 +61,9 @@ type options struct {
 	nsAutoTCP, nsAutoUDP bool
 	// keepWhenGone: run on when the target goes (pasta's --no-netns-quit).
 	keepWhenGone bool
+	// loopbackUp: the namespace's lo is brought up also without
+	// configure (pasta does, always).
+	loopbackUp bool
 	// publishErr says which option publish[i] came from when it cannot
 	// be bound; nil: slirp4netns's --publish.
 	publishErr func(i int, err error) error

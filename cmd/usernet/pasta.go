@@ -180,6 +180,7 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 		splice:           !po.NoSplice,
 		spliceToLoopback: po.HostLoToNsLo,
 		keepWhenGone:     po.NoNetnsQuit,
+		loopbackUp:       true,
 	}
 	var t nsjoin.Target
 	switch {

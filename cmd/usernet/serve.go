@@ -127,10 +127,11 @@ func prepare(ctx context.Context, o *options, t nsjoin.Target, out output) (_ *p
 
 	p.vnetHdr = !debugNoOffload()
 	req := nsjoin.Request{
-		Tap:       tap.Options{Name: o.tapName, VnetHdr: p.vnetHdr},
-		Configure: o.configure,
-		Announce:  out.announce,
-		ProcNet:   o.autoTCP || o.autoUDP,
+		Tap:        tap.Options{Name: o.tapName, VnetHdr: p.vnetHdr},
+		Configure:  o.configure,
+		Announce:   out.announce,
+		ProcNet:    o.autoTCP || o.autoUDP,
+		LoopbackUp: o.loopbackUp,
 	}
 	if o.configure {
 		req.Config = tap.Config{
