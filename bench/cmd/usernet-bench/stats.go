@@ -68,3 +68,17 @@ func kBField(text, key string) (float64, error) {
 	}
 	return 0, fmt.Errorf("no %s line", key)
 }
+
+// pssEstimateMiB estimates the PSS of one of n alike processes from its /proc/PID/status
+// text, for processes whose smaps_rollup cannot be read: its anonymous and shmem pages are
+// its own, its file pages (binary, libraries) are shared by the n.
+func pssEstimateMiB(status string, n int) (float64, error) {
+	var v [3]float64
+	for i, k := range []string{"RssAnon", "RssShmem", "RssFile"} {
+		var err error
+		if v[i], err = kBField(status, k); err != nil {
+			return 0, err
+		}
+	}
+	return (v[0] + v[1] + v[2]/float64(max(n, 1))) / 1024, nil
+}

@@ -224,3 +224,13 @@ func TestRunUDPFlows(t *testing.T) {
 		t.Errorf("no server: %v", err)
 	}
 }
+
+func TestPSSEstimate(t *testing.T) {
+	status := "VmRSS:\t  12288 kB\nRssAnon:\t   4096 kB\nRssFile:\t   8192 kB\nRssShmem:\t   1024 kB\n"
+	if v, err := pssEstimateMiB(status, 8); err != nil || v != 6 {
+		t.Errorf("estimate = %v, %v; want 4 + 1 + 8/8 = 6 MiB", v, err)
+	}
+	if _, err := pssEstimateMiB("VmRSS:\t1 kB\n", 8); err == nil {
+		t.Error("no RssAnon: no error")
+	}
+}
