@@ -396,7 +396,7 @@ func scale(m Meta) string {
 	if m.UDPFlows > 0 {
 		parts = append(parts, fmt.Sprintf("%d UDP flows", m.UDPFlows))
 	}
-	if m.Conns > 0 {
+	if m.Conns > 0 && m.CloseWaitS > 0 {
 		parts = append(parts, fmt.Sprintf("%d idle connections, RSS again %g s after they closed", m.Conns, m.CloseWaitS))
 	}
 	if m.Fleet > 0 {

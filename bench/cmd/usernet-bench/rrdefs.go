@@ -41,6 +41,9 @@ func rrMetrics(clients []int, dur string) []Metric {
 				} else {
 					label, unit, lat = "connect + 1-byte request + response + close", "conn/s", "connection transaction latency"
 				}
+				if c > 1 && mode == "rr" {
+					label += ","
+				}
 				if fwd {
 					label += " host→ns through a port forward"
 					cmd = fmt.Sprintf("usernet-bench rr -mode %s%s -addr 127.0.0.1:FWD2 -d %ss", mode, flag, dur)
