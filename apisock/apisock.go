@@ -78,7 +78,8 @@ type Config struct {
 	// discard.
 	Logf func(format string, args ...any)
 	// AllowUIDs are the client uids served; nil = this process's real and
-	// effective uids, and root. A client with another uid gets an error
+	// effective uids, and root (asked in New: under a seccomp filter that
+	// refuses getuid, pass them). A client with another uid gets an error
 	// reply and is closed.
 	AllowUIDs []uint32
 }

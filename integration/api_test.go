@@ -144,6 +144,26 @@ func apiExchange(path, req string, timeout time.Duration) (string, error) {
 
 // --- test side ---
 
+// apiCallAs sends req to the API socket at sock from a process with cred (api-call).
+func apiCallAs(t *testing.T, sock, req string, cred *syscall.Credential) APICallResult {
+	t.Helper()
+	cmd := exec.CommandContext(testContext(t, time.Minute), suite.helper, "api-call", sock, req)
+	cmd.Env = append(os.Environ(), envHelper+"=1")
+	cmd.Dir = suite.dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.Output()
+	var res APICallResult
+	if err != nil || json.Unmarshal(out, &res) != nil {
+		t.Fatalf("api-call as uid %d: %v, output %q", cred.Uid, err, out)
+	}
+	return res
+}
+
+// userCred is the unprivileged user's, for apiCallAs.
+func userCred() *syscall.Credential {
+	return &syscall.Credential{Uid: suite.uid, Gid: suite.gid, Groups: []uint32{}}
+}
+
 // apiRun is a target with the binary under test serving it, with an API socket, and the
 // fwd-server listening inside.
 type apiRun struct {
@@ -927,18 +947,8 @@ func TestAPISocketFile(t *testing.T) {
 				t.Errorf("%s: mode %v, want 0600", sock, fi.Mode().Perm())
 			}
 		})
-		ctx := testContext(t, time.Minute)
 		call := func(cred *syscall.Credential) APICallResult {
-			cmd := exec.CommandContext(ctx, suite.helper, "api-call", sock, `{"execute":"list_hostfwd"}`)
-			cmd.Env = append(os.Environ(), envHelper+"=1")
-			cmd.Dir = suite.dir
-			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGKILL}
-			out, err := cmd.Output()
-			var res APICallResult
-			if err != nil || json.Unmarshal(out, &res) != nil {
-				t.Fatalf("api-call as uid %d: %v, output %q", cred.Uid, err, out)
-			}
-			return res
+			return apiCallAs(t, sock, `{"execute":"list_hostfwd"}`, cred)
 		}
 		if res := call(&syscall.Credential{Uid: suite.uid, Gid: suite.gid, Groups: []uint32{}}); res.Reply != `{"entries":[]}` || res.Err != "" {
 			t.Errorf("list_hostfwd as %s (the user running the daemon): %+v; want {\"entries\":[]}", testUser, res)

@@ -37,6 +37,7 @@ type sandboxState struct {
 	Tap      int               // the tap's fd
 	VnetHdr  bool              `json:",omitempty"` // the tap was opened with IFF_VNET_HDR
 	API      int               `json:",omitempty"` // the API socket's listening fd (--api-socket), 0 for none
+	APIUIDs  []uint32          `json:",omitempty"` // who may use it: our uids, asked before the filter (no getuid under it), and root
 	Pcap     int               `json:",omitempty"` // --pcap's file, opened (and truncated) before the sandbox; 0 for none
 	Watch    nsjoin.WatchState // the target watch: an inherited pidfd, or the path (see sandboxBinds)
 	Upstream string            `json:",omitempty"` // DNS upstream, resolved before the sandbox
@@ -198,6 +199,8 @@ func enterSandbox(p *prepared) error {
 		defer f.Close()
 		s.API = int(f.Fd())
 		keep = append(keep, s.API)
+		// Our uids map to themselves in the sandbox's user namespace.
+		s.APIUIDs = []uint32{uint32(os.Getuid()), uint32(os.Geteuid()), 0}
 	}
 	if p.pcap != nil {
 		s.Pcap = int(p.pcap.Fd())
@@ -344,6 +347,7 @@ func resume(argv []string) (*prepared, error) {
 			return fail(fmt.Errorf("inherited API socket fd %d is not a unix socket", s.API))
 		}
 		p.api = ul
+		p.apiUIDs = s.APIUIDs
 	}
 	if s.Pcap > 0 {
 		if !pollfd.IsOpen(s.Pcap) {

@@ -72,6 +72,7 @@ type prepared struct {
 	pasta      *pastaState       // pasta's command line only
 	vnetHdr    bool              // tap opened with IFF_VNET_HDR and offloads (off only in debug builds)
 	api        *net.UnixListener // --api-socket, bound before the sandbox; nil once the server owns it
+	apiUIDs    []uint32          // who may use it (apisock.Config.AllowUIDs); nil: the default
 	pcap       *os.File          // --pcap's file, or nil
 	egress     *policy.Config    // the egress policy, files read and host addresses listed; nil for none
 }
@@ -293,7 +294,7 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 	var api *apisock.Server
 	if p.api != nil {
 		acfg := apisock.Config{Path: o.apiSocket, Listener: p.api, Forwarder: reg, Logf: logf,
-			Stats: statsSource{st: st, reg: reg, start: time.Now()}}
+			Stats: statsSource{st: st, reg: reg, start: time.Now()}, AllowUIDs: p.apiUIDs}
 		if egress != nil {
 			acfg.Policy, acfg.KillDenied = egress, st.KillDenied
 		}
@@ -305,6 +306,7 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		}
 		p.api = nil // the server owns it now
 	}
+	debugProbeFS(out.stderr)
 	if !out.noSettings {
 		printSettings(out.stdout, o, p)
 		if o.enableSeccomp {
