@@ -159,6 +159,17 @@ func apiCallAs(t *testing.T, sock, req string, cred *syscall.Credential) APICall
 	return res
 }
 
+// apiUserExchange is apiExchange made by the unprivileged user running usernet: a
+// sandboxed usernet refuses root, which its user namespace does not map (docs/api.md).
+func apiUserExchange(t *testing.T, sock, req string) (string, error) {
+	t.Helper()
+	res := apiCallAs(t, sock, req, userCred())
+	if res.Err != "" {
+		return res.Reply, errors.New(res.Err)
+	}
+	return res.Reply, nil
+}
+
 // userCred is the unprivileged user's, for apiCallAs.
 func userCred() *syscall.Credential {
 	return &syscall.Credential{Uid: suite.uid, Gid: suite.gid, Groups: []uint32{}}
