@@ -73,6 +73,8 @@ type Config struct {
 	KillDenied func() int
 	// Stats, when set, serves get_stats and list_connections.
 	Stats Stats
+	// Capture, when set, serves capture (capture.go).
+	Capture Capturer
 	// Logf logs failed commands (with the underlying error, which the wire
 	// format has no room for), refused clients and accept errors. nil =
 	// discard.
@@ -100,7 +102,9 @@ type Server struct {
 	ln      *net.UnixListener
 	running atomic.Bool
 	wg      sync.WaitGroup // connection goroutines; Run waits for them
-	allow   []uint32
+
+	captures atomic.Int32 // live capture streams (capture.go)
+	allow    []uint32
 
 	mu     sync.Mutex // guards conns, byPeer, seq
 	conns  map[*conn]struct{}
@@ -443,6 +447,10 @@ func (s *Server) serve(ctx context.Context, cn *conn) {
 	req, err := readRequest(c)
 	if ctx.Err() != nil || !cn.busy.CompareAndSwap(connWaiting, connHandling) {
 		return // shutting down, or evicted for another client
+	}
+	if err == nil && s.cfg.Capture != nil && isCapture(req) {
+		s.streamCapture(ctx, cn)
+		return
 	}
 	reply := s.handle(ctx, req, err)
 	if reply == nil {

@@ -243,7 +243,6 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		Tap:           p.tap,
 		MTU:           uint32(o.mtu),
 		VnetHdr:       p.vnetHdr,
-		Capture:       capture,
 		Plan:          o.plan,
 		OutboundAddr:  p.out4,
 		OutboundAddr6: p.out6,
@@ -262,6 +261,11 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		return fmt.Errorf("netstack: %w", err) // close closes the tap
 	}
 	p.tap = nil // the stack owns it now
+	// --pcap and the API's live captures; installed before Run reads a frame.
+	captures := &captureHub{set: st.SetCapture}
+	if capture != nil {
+		captures.add(capture)
+	}
 
 	// Port forwarding: the registry dials into the namespace through the
 	// stack; static --publish forwards are bound now, API ones on request.
@@ -294,7 +298,7 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 	var api *apisock.Server
 	if p.api != nil {
 		acfg := apisock.Config{Path: o.apiSocket, Listener: p.api, Forwarder: reg, Logf: logf,
-			Stats: statsSource{st: st, reg: reg, start: time.Now()}, AllowUIDs: p.apiUIDs}
+			Stats: statsSource{st: st, reg: reg, start: time.Now()}, Capture: captures, AllowUIDs: p.apiUIDs}
 		if egress != nil {
 			acfg.Policy, acfg.KillDenied = egress, st.KillDenied
 		}
