@@ -12,9 +12,12 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
+	"syscall"
 )
 
 // Aborter is a connection that can be closed with a reset (RST) instead of
@@ -23,6 +26,16 @@ import (
 // (the stack's gVisor-side conns) implement it.
 type Aborter interface {
 	Abort()
+}
+
+// ReadableWaiter is a connection that can wait for something to read
+// (data, its end, or an error) without a buffer, so that an idle
+// connection holds no copy buffer. *net.TCPConn does it through its raw
+// socket; the stack's gVisor-side conns implement it. WaitReadable must
+// return when the connection is closed; an error is the connection's, as
+// Read would have returned it (a socket reports a reset only once).
+type ReadableWaiter interface {
+	WaitReadable() error
 }
 
 // Abort closes c with a reset where c can send one: through its Abort
@@ -82,12 +95,13 @@ func pipe(dst, src net.Conn, end func(abort bool)) {
 	}
 }
 
-// Copy buffers. A direction starts with a small buffer and moves to a
-// large one once a read fills the small one: bulk transfers get large
-// reads and writes, while idle connections (keep-alives, possibly
-// thousands) hold only the small one. Both come from pools, so that
-// short connections (one request, one answer) do not each allocate
-// buffers for the GC to collect.
+// Copy buffers. A direction takes a buffer only when its source has
+// something to read and gives it back once a read leaves it not full, so
+// that an idle connection (keep-alives, possibly thousands) holds none. It
+// starts with a small buffer and moves to a large one once a read fills
+// the small one: bulk transfers get large reads and writes. Both come from
+// pools, so that short connections (one request, one answer) do not each
+// allocate buffers for the GC to collect.
 const (
 	smallBufSize = 16 << 10
 	largeBufSize = 256 << 10
@@ -102,35 +116,77 @@ var (
 // not use io.Copy: *net.TCPConn's ReadFrom and WriteTo would take over
 // with buffers of their own, bypassing the ones above.
 func copyHalf(dst io.Writer, src io.Reader) error {
-	small := smallBufs.Get().(*[]byte)
-	buf := *small
-	var large *[]byte
-	defer func() {
-		if small != nil {
-			smallBufs.Put(small)
-		}
-		if large != nil {
-			largeBufs.Put(large)
-		}
-	}()
+	wait := readableWaiter(src)
+	pool := &smallBufs
 	for {
-		n, rerr := src.Read(buf)
-		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return werr
+		if wait != nil {
+			if err := wait(); err != nil {
+				return err
 			}
 		}
-		if rerr != nil {
-			if rerr == io.EOF {
-				return nil
+		b := pool.Get().(*[]byte)
+		err := func() error {
+			defer func() { pool.Put(b) }()
+			for {
+				n, rerr := src.Read(*b)
+				if n > 0 {
+					if _, werr := dst.Write((*b)[:n]); werr != nil {
+						return werr
+					}
+				}
+				if rerr != nil {
+					return rerr
+				}
+				if n < len(*b) && wait != nil {
+					return nil // drained: wait without the buffer
+				}
+				if n == len(*b) && pool == &smallBufs {
+					pool.Put(b)
+					pool = &largeBufs
+					b = pool.Get().(*[]byte)
+				}
 			}
-			return rerr
-		}
-		if n == len(buf) && large == nil {
-			large = largeBufs.Get().(*[]byte)
-			buf = *large
-			smallBufs.Put(small)
-			small = nil
+		}()
+		switch {
+		case err == io.EOF:
+			return nil
+		case err != nil:
+			return err
 		}
 	}
+}
+
+// readableWaiter returns how to wait for src to become readable without a
+// buffer, or nil.
+func readableWaiter(src io.Reader) func() error {
+	switch c := src.(type) {
+	case ReadableWaiter:
+		return c.WaitReadable
+	case syscall.Conn:
+		rc, err := c.SyscallConn()
+		if err != nil {
+			return nil
+		}
+		return func() error { return waitSocket(rc) }
+	}
+	return nil
+}
+
+// waitSocket waits until a stream socket has data, its end or an error
+// to read: MSG_PEEK of one byte, the netpoller between tries.
+func waitSocket(rc syscall.RawConn) error {
+	var one [1]byte
+	var sockErr error
+	err := rc.Read(func(fd uintptr) bool {
+		_, _, err := syscall.Recvfrom(int(fd), one[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR) {
+			return false
+		}
+		sockErr = err
+		return true
+	})
+	if sockErr != nil {
+		return &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("recvfrom", sockErr)}
+	}
+	return err
 }

@@ -182,12 +182,13 @@ const (
 	// (raRouterLifetime) is three times the maximum.
 	defaultRAInterval = 200 * time.Second
 
-	// tcpMaxInFlight bounds TCP connection attempts whose host dial has not
-	// finished. gVisor counts a SYN as in flight until Complete, and drops
-	// new SYNs beyond the limit, so a small limit (gvisor-tap-vsock uses 10)
-	// lets a few black-holed destinations stall every new connection.
-	// Each attempt costs one goroutine and one socket.
-	tcpMaxInFlight = 4096
+	// tcpForwarderSlack is how far gVisor's forwarder cap on SYNs in
+	// flight (until Complete) lies above Limits.TCPMaxHalfOpen. The
+	// forwarder drops SYNs beyond its cap silently, so it must never be
+	// what limits: tcplimit.go refuses or evicts first, with a RST, and
+	// the slack only covers handlers between the SYN and that decision,
+	// or resetting an evicted attempt.
+	tcpForwarderSlack = 4096
 
 	nicID tcpip.NICID = 1
 )
@@ -221,6 +222,9 @@ type Stack struct {
 	// capture; nil with a test link.
 	counters   func() link.Counters
 	setCapture func(link.Capture)
+
+	// tcp bounds the guest's TCP connections (tcplimit.go).
+	tcp *tcpTable
 
 	// syns notes the guests' SYNs for tcpunreach.go.
 	syns synTable
@@ -354,6 +358,7 @@ func newStack(cfg Config, link gvstack.LinkEndpoint) (*Stack, error) {
 	}
 	s.ctx, s.cancel = context.WithCancelCause(context.Background())
 	s.ping.flows = make(map[pingKey]*pingFlow)
+	s.tcp = newTCPTable(cfg.Limits, &s.refused)
 	s.udpPorts = make(map[udpPortKey]*udpPort)
 
 	if err := s.build(link); err != nil {
@@ -457,7 +462,7 @@ func (s *Stack) build(link gvstack.LinkEndpoint) error {
 	}
 	s.gv.SetRouteTable(routes)
 
-	tcpFwd := tcp.NewForwarder(s.gv, 0, tcpMaxInFlight, s.handleTCP)
+	tcpFwd := tcp.NewForwarder(s.gv, 0, s.tcp.lim.TCPMaxHalfOpen+tcpForwarderSlack, s.handleTCP)
 	s.gv.SetTransportProtocolHandler(tcp.ProtocolNumber, tcpFwd.HandlePacket)
 	udpFwd := udp.NewForwarder(s.gv, s.handleUDP)
 	s.gv.SetTransportProtocolHandler(udp.ProtocolNumber, udpFwd.HandlePacket)
