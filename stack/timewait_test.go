@@ -2,16 +2,19 @@ package stack
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
-	"strings"
 	"testing"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
 )
 
 // TestTCPTimeWaitReuse: when the host closed first, the stack's side of
@@ -28,23 +31,12 @@ func TestTCPTimeWaitReuse(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.host = &redirect{to: func(context.Context, string, netip.AddrPort) (netip.AddrPort, error) { return server, nil }}
 	e := startEnv(t, cfg)
-	dst := netip.MustParseAddrPort("203.0.113.7:80")
-	remote := tcpip.FullAddress{NIC: 1, Addr: tcpipAddr(dst.Addr()), Port: dst.Port()}
+	remote := tcpip.FullAddress{NIC: 1, Addr: tcpipAddr(netip.MustParseAddr("203.0.113.7")), Port: 80}
 
 	const port = 40000
 	for i := range 5 {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		start := time.Now()
-		var c *gonet.TCPConn
-		var err error
-		for { // the guest's own port may still be closing
-			c, err = gonet.DialTCPWithBind(ctx, e.guest, tcpip.FullAddress{NIC: 1, Port: port}, remote, ipv4.ProtocolNumber)
-			if err == nil || ctx.Err() != nil || !strings.Contains(err.Error(), (&tcpip.ErrPortInUse{}).String()) {
-				break
-			}
-			time.Sleep(time.Millisecond)
-		}
-		cancel()
+		c, err := dialFromPort(e.guest, port, remote, 5*time.Second)
 		if err != nil {
 			t.Fatalf("connection %d from port %d: %v", i, port, err)
 		}
@@ -59,4 +51,37 @@ func TestTCPTimeWaitReuse(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond) // the last ACKs, well inside TIME_WAIT
 	}
+}
+
+// dialFromPort connects g to remote from local port port (SO_REUSEADDR,
+// as a guest reusing its port would).
+func dialFromPort(g *gvstack.Stack, port uint16, remote tcpip.FullAddress, d time.Duration) (*gonet.TCPConn, error) {
+	var wq waiter.Queue
+	ep, tcpErr := g.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
+	if tcpErr != nil {
+		return nil, errors.New(tcpErr.String())
+	}
+	ep.SocketOptions().SetReuseAddress(true)
+	if tcpErr := ep.Bind(tcpip.FullAddress{NIC: 1, Port: port}); tcpErr != nil {
+		ep.Close()
+		return nil, errors.New("bind: " + tcpErr.String())
+	}
+	entry, ch := waiter.NewChannelEntry(waiter.WritableEvents)
+	wq.EventRegister(&entry)
+	defer wq.EventUnregister(&entry)
+	tcpErr = ep.Connect(remote)
+	if _, ok := tcpErr.(*tcpip.ErrConnectStarted); ok {
+		select {
+		case <-ch:
+			tcpErr = ep.LastError()
+		case <-time.After(d):
+			ep.Close()
+			return nil, errors.New("connect: timed out")
+		}
+	}
+	if tcpErr != nil {
+		ep.Close()
+		return nil, errors.New("connect: " + tcpErr.String())
+	}
+	return gonet.NewTCPConn(&wq, ep), nil
 }
