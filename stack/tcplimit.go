@@ -28,30 +28,31 @@ import (
 // Every refusal is a RST, never a silent drop: the guest's connect fails
 // at once instead of retransmitting into a full table.
 
+// The TCP limits' defaults (docs/limits.md says why).
 const (
-	defaultTCPMaxConns             = 16384
-	defaultTCPMaxHalfOpen          = 1024
-	defaultTCPMaxHalfOpenPerSource = 1024
-	defaultTCPMaxDialsPerDest      = 256
-	defaultTCPHandshakeTimeout     = 10 * time.Second
+	DefaultTCPMaxConns             = 16384
+	DefaultTCPMaxHalfOpen          = 1024
+	DefaultTCPMaxHalfOpenPerSource = 1024
+	DefaultTCPMaxDialsPerDest      = 256
+	DefaultTCPHandshakeTimeout     = 10 * time.Second
 )
 
-// withDefaults fills the zero TCP limits.
+// withTCPDefaults fills the zero TCP limits.
 func (l Limits) withTCPDefaults() Limits {
 	if l.TCPMaxConns <= 0 {
-		l.TCPMaxConns = defaultTCPMaxConns
+		l.TCPMaxConns = DefaultTCPMaxConns
 	}
 	if l.TCPMaxHalfOpen <= 0 {
-		l.TCPMaxHalfOpen = defaultTCPMaxHalfOpen
+		l.TCPMaxHalfOpen = DefaultTCPMaxHalfOpen
 	}
 	if l.TCPMaxHalfOpenPerSource <= 0 {
-		l.TCPMaxHalfOpenPerSource = defaultTCPMaxHalfOpenPerSource
+		l.TCPMaxHalfOpenPerSource = DefaultTCPMaxHalfOpenPerSource
 	}
 	if l.TCPMaxDialsPerDest <= 0 {
-		l.TCPMaxDialsPerDest = defaultTCPMaxDialsPerDest
+		l.TCPMaxDialsPerDest = DefaultTCPMaxDialsPerDest
 	}
 	if l.TCPHandshakeTimeout <= 0 {
-		l.TCPHandshakeTimeout = defaultTCPHandshakeTimeout
+		l.TCPHandshakeTimeout = DefaultTCPHandshakeTimeout
 	}
 	return l
 }

@@ -255,6 +255,7 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		Advertise:     o.advertise,
 		Hostname:      o.hostname,
 		FQDN:          o.fqdn,
+		Limits:        o.limits,
 		Logf:          logf,
 	})
 	if err != nil {
