@@ -26,8 +26,8 @@ type Limits struct {
 	// TCPMaxHalfOpenPerSource is the same bound for one guest address.
 	TCPMaxHalfOpenPerSource int
 	// TCPMaxDialsPerDest bounds host dials in progress to one destination
-	// address; a SYN beyond it gets a RST, so that a black-holed
-	// destination holds at most this many slots.
+	// (address and port); a SYN beyond it gets a RST, so that a
+	// black-holed destination holds at most this many slots.
 	TCPMaxDialsPerDest int
 	// TCPHandshakeTimeout bounds the guest's handshake once the host dial
 	// has succeeded; then the host socket is closed and the guest reset.

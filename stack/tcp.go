@@ -48,7 +48,7 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		return
 	}
 
-	a, ok := s.tcp.admit(s.ctx, src.Addr(), dst.Addr())
+	a, ok := s.tcp.admit(s.ctx, src.Addr(), dst)
 	if !ok {
 		r.Complete(true)
 		return
@@ -77,11 +77,6 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	timedOut := errors.Is(context.Cause(hctx), context.DeadlineExceeded)
 	cancel()
 	r.Complete(false)
-	if err == nil && !s.tcp.established(a) {
-		err = errEvicted // between the handshake and here
-		ep.Abort()
-		ep.Close()
-	}
 	if err != nil {
 		// The guest reset, did not answer in time, was evicted, or we are
 		// shutting down: the host socket goes at once, with a RST.
@@ -91,6 +86,7 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		relay.Abort(host)
 		return
 	}
+	s.tcp.established(a)
 	relay.Run(s.ctx, guestConn{gonet.NewTCPConn(&wq, ep), ep, &wq}, host)
 }
 
@@ -125,10 +121,12 @@ func (s *Stack) createEndpoint(ctx context.Context, r *tcp.ForwarderRequest, wq 
 	if tcpErr != nil {
 		return nil, errors.New(tcpErr.String())
 	}
-	if ctx.Err() != nil {
+	// A handshake that completed as ctx ended is kept (an eviction or a
+	// timeout that came too late), unless the stack is going away.
+	if s.ctx.Err() != nil {
 		e.Abort()
 		e.Close()
-		return nil, context.Cause(ctx)
+		return nil, s.ctx.Err()
 	}
 	return e, nil
 }

@@ -15,8 +15,9 @@ import (
 // dials black-holed addresses, or floods SYNs and never answers the
 // SYN-ACK, must not stop the next good connection, so:
 //
-//   - a destination address has at most TCPMaxDialsPerDest dials in
-//     progress; a SYN beyond gets a RST at once;
+//   - a destination (address and port) has at most TCPMaxDialsPerDest
+//     dials in progress; a SYN beyond gets a RST at once (not the address
+//     alone: every host service is behind the one gateway address);
 //   - at TCPMaxHalfOpen attempts (or TCPMaxHalfOpenPerSource for one guest
 //     address), a new SYN takes the slot of the oldest attempt, which is
 //     reset: an attempt that has waited longest is the likeliest to be
@@ -31,8 +32,8 @@ import (
 // The TCP limits' defaults (docs/limits.md says why).
 const (
 	DefaultTCPMaxConns             = 16384
-	DefaultTCPMaxHalfOpen          = 1024
-	DefaultTCPMaxHalfOpenPerSource = 1024
+	DefaultTCPMaxHalfOpen          = 4096
+	DefaultTCPMaxHalfOpenPerSource = 4096
 	DefaultTCPMaxDialsPerDest      = 256
 	DefaultTCPHandshakeTimeout     = 10 * time.Second
 )
@@ -70,7 +71,7 @@ type tcpTable struct {
 	conns int                       // guarded by mu; attempts and established
 	all   list.List                 // guarded by mu; of *tcpAttempt, oldest first
 	bySrc map[netip.Addr]*list.List // guarded by mu; of *tcpAttempt, oldest first
-	dials map[netip.Addr]int        // guarded by mu; by destination
+	dials map[netip.AddrPort]int    // guarded by mu; by destination
 }
 
 // tcpAttempt is one half-open attempt's slot. Its context ends when it is
@@ -79,7 +80,7 @@ type tcpAttempt struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	src    netip.Addr
-	dst    netip.Addr
+	dst    netip.AddrPort
 
 	// guarded by tcpTable.mu
 	inAll, inSrc *list.Element // nil once the slot is gone
@@ -92,14 +93,14 @@ func newTCPTable(lim Limits, refused *refusals) *tcpTable {
 		lim:     lim.withTCPDefaults(),
 		refused: refused,
 		bySrc:   make(map[netip.Addr]*list.List),
-		dials:   make(map[netip.Addr]int),
+		dials:   make(map[netip.AddrPort]int),
 	}
 }
 
 // admit makes room for a SYN from src to dst and returns its attempt, in
 // its dial phase, or false (counted) when the SYN must be refused. ctx is
 // the stack's.
-func (t *tcpTable) admit(ctx context.Context, src, dst netip.Addr) (*tcpAttempt, bool) {
+func (t *tcpTable) admit(ctx context.Context, src netip.Addr, dst netip.AddrPort) (*tcpAttempt, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.conns >= t.lim.TCPMaxConns {
@@ -173,16 +174,11 @@ func (t *tcpTable) dialed(a *tcpAttempt) {
 	}
 }
 
-// established ends a's half-open phase; false if a was evicted meanwhile
-// (the caller resets the connection).
-func (t *tcpTable) established(a *tcpAttempt) bool {
+// established ends a's half-open phase (if an eviction has not already).
+func (t *tcpTable) established(a *tcpAttempt) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if a.inAll == nil {
-		return false
-	}
 	t.dropHalfOpenLocked(a)
-	return true
 }
 
 // done gives back whatever a still holds: its half-open slot, and its

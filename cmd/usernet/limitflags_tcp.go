@@ -31,7 +31,7 @@ var tcpLimitFlags = []tcpLimitFlag{
 		usage: "the same, per namespace address",
 		count: func(l *stack.Limits) *int { return &l.TCPMaxHalfOpenPerSource }},
 	{name: "tcp-max-dials-per-dest", metavar: "N", def: strconv.Itoa(stack.DefaultTCPMaxDialsPerDest),
-		usage: "TCP connects in progress to one destination address; more are reset",
+		usage: "TCP connects in progress to one destination address and port; more are reset",
 		count: func(l *stack.Limits) *int { return &l.TCPMaxDialsPerDest }},
 	{name: "tcp-handshake-timeout", metavar: "DURATION", def: stack.DefaultTCPHandshakeTimeout.String(),
 		usage:    "time the namespace has to complete a TCP handshake once the host connected",
