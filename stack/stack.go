@@ -182,13 +182,14 @@ const (
 	// (raRouterLifetime) is three times the maximum.
 	defaultRAInterval = 200 * time.Second
 
-	// tcpForwarderSlack is how far gVisor's forwarder cap on SYNs in
-	// flight (until Complete) lies above Limits.TCPMaxHalfOpen. The
-	// forwarder drops SYNs beyond its cap silently, so it must never be
-	// what limits: tcplimit.go refuses or evicts first, with a RST, and
-	// the slack only covers handlers between the SYN and that decision,
-	// or resetting an evicted attempt.
-	tcpForwarderSlack = 4096
+	// gVisor's forwarder holds a handler goroutine per SYN until Complete
+	// and drops SYNs beyond its cap silently, so its cap lies above
+	// Limits.TCPMaxHalfOpen, where tcplimit.go refuses or evicts first with
+	// a RST: the room above covers handlers on their way to that decision
+	// and evicted attempts being reset. Only a flood faster than the stack
+	// can reset reaches it; then it bounds the goroutines (and memory)
+	// that the flood holds, and the guest retransmits.
+	tcpForwarderCapFactor = 2
 
 	nicID tcpip.NICID = 1
 )
@@ -462,7 +463,7 @@ func (s *Stack) build(link gvstack.LinkEndpoint) error {
 	}
 	s.gv.SetRouteTable(routes)
 
-	tcpFwd := tcp.NewForwarder(s.gv, 0, s.tcp.lim.TCPMaxHalfOpen+tcpForwarderSlack, s.handleTCP)
+	tcpFwd := tcp.NewForwarder(s.gv, 0, tcpForwarderCapFactor*s.tcp.lim.TCPMaxHalfOpen, s.handleTCP)
 	s.gv.SetTransportProtocolHandler(tcp.ProtocolNumber, tcpFwd.HandlePacket)
 	udpFwd := udp.NewForwarder(s.gv, s.handleUDP)
 	s.gv.SetTransportProtocolHandler(udp.ProtocolNumber, udpFwd.HandlePacket)

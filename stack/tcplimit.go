@@ -32,8 +32,8 @@ import (
 // The TCP limits' defaults (docs/limits.md says why).
 const (
 	DefaultTCPMaxConns             = 16384
-	DefaultTCPMaxHalfOpen          = 4096
-	DefaultTCPMaxHalfOpenPerSource = 4096
+	DefaultTCPMaxHalfOpen          = 1024
+	DefaultTCPMaxHalfOpenPerSource = 1024
 	DefaultTCPMaxDialsPerDest      = 256
 	DefaultTCPHandshakeTimeout     = 10 * time.Second
 )
