@@ -19,7 +19,8 @@
 // forwarders hand each new flow to:
 //
 //	tcp.go       guest TCP: route, dial the host (hostsock.go), then complete
-//	             the handshake and relay both ways (package relay)
+//	             the handshake and relay both ways (package relay);
+//	             tcplimit.go bounds the attempts and connections
 //	udp.go       guest UDP: one host socket per guest port, one gVisor
 //	             endpoint per remote; udpfast.go writes known flows' datagrams
 //	             from the filter; udperr.go turns host ICMP errors into ICMP
