@@ -65,7 +65,7 @@ const (
 // refusalNames are the counters' names in Stack.Refusals, indexed by
 // Refusal; stable, since stats readers key on them.
 var refusalNames = [refusalCount]string{
-	RefusedPolicy: "policy",
+	RefusedPolicy:       "policy",
 	TCPConnLimit:        "tcp_conn_limit",
 	TCPHalfOpenEvicted:  "tcp_half_open_evicted",
 	TCPSourceEvicted:    "tcp_half_open_source_evicted",
