@@ -40,3 +40,34 @@ func TestRunGivesBackABurst(t *testing.T) {
 	cancel()
 	<-done
 }
+
+var held [][]byte
+
+// TestRunCollectsWhenIdle: live data that becomes garbage after the last
+// collection (connections that closed) is collected and returned although
+// nothing allocates after it.
+func TestRunCollectsWhenIdle(t *testing.T) {
+	for range 48 {
+		held = append(held, make([]byte, 1<<20))
+	}
+	runtime.GC() // the 48 MiB are live as of this collection
+	held = nil
+	old := debug.SetGCPercent(-1)
+	defer debug.SetGCPercent(old)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { Run(ctx, 10*time.Millisecond, 8<<20); close(done) }()
+	deadline := time.Now().Add(time.Second)
+	for {
+		_, live := Excess()
+		if live < 16<<20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("live heap %d bytes 1 s after the data was dropped; want it collected", live)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+}
