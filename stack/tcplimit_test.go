@@ -187,6 +187,15 @@ func TestTCPConnLimit(t *testing.T) {
 	if n := e.refusals(TCPConnLimit); n != 1 {
 		t.Errorf("refusals %v: %d, want 1", TCPConnLimit, n)
 	}
+	for i, c := range conns { // the established ones are not touched
+		b := []byte("hi")
+		if _, err := c.Write(b); err != nil {
+			t.Fatalf("connection %d after the refusal: %v", i, err)
+		}
+		if _, err := io.ReadFull(c, b); err != nil || string(b) != "hi" {
+			t.Fatalf("connection %d after the refusal: read %q, %v", i, b, err)
+		}
+	}
 	conns[0].Close()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
