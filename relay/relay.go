@@ -116,11 +116,12 @@ var (
 // not use io.Copy: *net.TCPConn's ReadFrom and WriteTo would take over
 // with buffers of their own, bypassing the ones above.
 func copyHalf(dst io.Writer, src io.Reader) error {
-	wait := readableWaiter(src)
+	s := sourceOf(src)
 	pool := &smallBufs
+	wait := s.waitFirst
 	for {
-		if wait != nil {
-			if err := wait(); err != nil {
+		if wait {
+			if err := s.wait(); err != nil {
 				return err
 			}
 		}
@@ -128,7 +129,10 @@ func copyHalf(dst io.Writer, src io.Reader) error {
 		err := func() error {
 			defer func() { pool.Put(b) }()
 			for {
-				n, rerr := src.Read(*b)
+				n, rerr := s.read(*b)
+				if rerr == errWouldBlock {
+					return nil // drained: wait without the buffer
+				}
 				if n > 0 {
 					if _, werr := dst.Write((*b)[:n]); werr != nil {
 						return werr
@@ -137,8 +141,8 @@ func copyHalf(dst io.Writer, src io.Reader) error {
 				if rerr != nil {
 					return rerr
 				}
-				if n < len(*b) && wait != nil {
-					return nil // drained: wait without the buffer
+				if n < len(*b) && s.waitFirst {
+					return nil // probably drained: wait without the buffer
 				}
 				if n == len(*b) && pool == &smallBufs {
 					pool.Put(b)
@@ -153,23 +157,67 @@ func copyHalf(dst io.Writer, src io.Reader) error {
 		case err != nil:
 			return err
 		}
+		wait = s.wait != nil
 	}
 }
 
-// readableWaiter returns how to wait for src to become readable without a
-// buffer, or nil.
-func readableWaiter(src io.Reader) func() error {
+// errWouldBlock is a source's read that found nothing to read.
+var errWouldBlock = errors.New("relay: nothing to read")
+
+// source is how copyHalf reads a connection.
+type source struct {
+	// read reads what is there; it blocks, or, for a source with wait,
+	// may return errWouldBlock.
+	read func(p []byte) (int, error)
+	// wait, when not nil, waits without a buffer until there is
+	// something to read.
+	wait func() error
+	// waitFirst: read blocks, so wait before each read that may find
+	// nothing.
+	waitFirst bool
+}
+
+func sourceOf(src io.Reader) source {
 	switch c := src.(type) {
 	case ReadableWaiter:
-		return c.WaitReadable
+		return source{read: src.Read, wait: c.WaitReadable, waitFirst: true}
 	case syscall.Conn:
 		rc, err := c.SyscallConn()
 		if err != nil {
-			return nil
+			break
 		}
-		return func() error { return waitSocket(rc) }
+		return source{
+			read: func(p []byte) (int, error) { return readNow(rc, p) },
+			wait: func() error { return waitSocket(rc) },
+		}
 	}
-	return nil
+	return source{read: src.Read}
+}
+
+// readNow reads what a stream socket has, without waiting: errWouldBlock
+// when it has nothing, io.EOF at its end.
+func readNow(rc syscall.RawConn, p []byte) (int, error) {
+	var n int
+	var err error
+	if rerr := rc.Read(func(fd uintptr) bool {
+		for {
+			n, err = syscall.Read(int(fd), p)
+			if err != syscall.EINTR {
+				return true
+			}
+		}
+	}); rerr != nil {
+		return 0, rerr // closed
+	}
+	switch {
+	case err == syscall.EAGAIN:
+		return 0, errWouldBlock
+	case err != nil:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", err)}
+	case n == 0 && len(p) > 0:
+		return 0, io.EOF
+	}
+	return n, nil
 }
 
 // waitSocket waits until a stream socket has data, its end or an error
