@@ -181,7 +181,7 @@ func sourceOf(src io.Reader) source {
 	switch c := src.(type) {
 	case ReadableWaiter:
 		return source{read: src.Read, wait: c.WaitReadable, waitFirst: true}
-	case syscall.Conn:
+	case *net.TCPConn: // a stream socket: MSG_PEEK and read(2) apply
 		rc, err := c.SyscallConn()
 		if err != nil {
 			break
