@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -110,6 +111,9 @@ const (
 var (
 	smallBufs = sync.Pool{New: func() any { b := make([]byte, smallBufSize); return &b }}
 	largeBufs = sync.Pool{New: func() any { b := make([]byte, largeBufSize); return &b }}
+	// buffersHeld counts the buffers taken from the pools and not yet
+	// given back (tests).
+	buffersHeld atomic.Int64
 )
 
 // copyHalf copies src to dst until src's EOF (nil) or an error. It does
@@ -126,8 +130,9 @@ func copyHalf(dst io.Writer, src io.Reader) error {
 			}
 		}
 		b := pool.Get().(*[]byte)
+		buffersHeld.Add(1)
 		err := func() error {
-			defer func() { pool.Put(b) }()
+			defer func() { pool.Put(b); buffersHeld.Add(-1) }()
 			for {
 				n, rerr := s.read(*b)
 				if rerr == errWouldBlock {
