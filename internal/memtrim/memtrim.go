@@ -40,7 +40,7 @@ func Run(ctx context.Context, interval time.Duration, least uint64) {
 			debug.FreeOSMemory()
 			after := read()
 			if idle && h.objects+h.free-least < after.objects+after.free {
-				wait = min(wait*2, 64) // found little: back off
+				wait = min(wait*2, 12) // found little: back off
 			}
 			waited = 0
 			h = after
