@@ -41,12 +41,12 @@ func shortConn(addr string) (time.Duration, error) {
 	start := time.Now()
 	c, err := net.DialTimeout("tcp", addr, helperTimeout)
 	if err != nil {
-		return time.Since(start), err
+		return time.Since(start), &phaseError{"connect", err}
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(helperTimeout))
 	if _, err := io.Copy(io.Discard, c); err != nil {
-		return time.Since(start), err
+		return time.Since(start), &phaseError{"read", err}
 	}
 	return time.Since(start), nil
 }
@@ -72,7 +72,7 @@ func helperTCPChurn(args []string) (any, error) {
 				mu.Lock()
 				res.Conns++
 				if err != nil {
-					res.Errors[errName(err)]++
+					res.Errors[phaseErr(err)]++
 				}
 				if d > time.Second {
 					res.Over1s++
@@ -87,6 +87,24 @@ func helperTCPChurn(args []string) (any, error) {
 	}
 	wg.Wait()
 	return res, nil
+}
+
+// phaseError says whether a short connection failed connecting or reading.
+type phaseError struct {
+	phase string
+	err   error
+}
+
+func (e *phaseError) Error() string { return e.phase + ": " + e.err.Error() }
+func (e *phaseError) Unwrap() error { return e.err }
+
+// phaseErr names err with its phase: "connect ECONNREFUSED", "read timeout".
+func phaseErr(err error) string {
+	var pe *phaseError
+	if errors.As(err, &pe) {
+		return pe.phase + " " + errName(pe.err)
+	}
+	return errName(err)
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -105,7 +123,7 @@ func probe(addr string, interval time.Duration, stop <-chan struct{}) Probes {
 	for {
 		d, err := shortConn(addr)
 		if err != nil {
-			p.Errors[errName(err)]++
+			p.Errors[phaseErr(err)]++
 		} else {
 			p.MS = append(p.MS, ms(d))
 		}
