@@ -1,6 +1,9 @@
 package stack
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+	"time"
+)
 
 // Limits bound what a guest can make the stack hold on its behalf: every
 // table a guest's packets can fill has one, and a flow refused at a limit
@@ -9,6 +12,26 @@ import "sync/atomic"
 // what a client sees when it is hit.
 type Limits struct {
 	// Fields are added by the parts of the stack that enforce them.
+
+	// TCP (tcplimit.go). A connection attempt is half-open from the
+	// guest's SYN until the guest completes its handshake: the host dial,
+	// then gVisor's SYN-ACK and the guest's ACK.
+
+	// TCPMaxConns bounds the guest's TCP connections, half-open and
+	// established; a SYN beyond it gets a RST.
+	TCPMaxConns int
+	// TCPMaxHalfOpen bounds half-open attempts; at the limit a new SYN
+	// takes the slot of the oldest attempt, which gets a RST.
+	TCPMaxHalfOpen int
+	// TCPMaxHalfOpenPerSource is the same bound for one guest address.
+	TCPMaxHalfOpenPerSource int
+	// TCPMaxDialsPerDest bounds host dials in progress to one destination
+	// (address and port); a SYN beyond it gets a RST, so that a
+	// black-holed destination holds at most this many slots.
+	TCPMaxDialsPerDest int
+	// TCPHandshakeTimeout bounds the guest's handshake once the host dial
+	// has succeeded; then the host socket is closed and the guest reset.
+	TCPHandshakeTimeout time.Duration
 }
 
 // Refusal is why the stack refused or dropped something a guest sent; each
@@ -19,6 +42,22 @@ const (
 	// RefusedPolicy: a new flow the egress policy denies.
 	RefusedPolicy Refusal = iota
 
+	// TCP (tcplimit.go).
+
+	// TCPConnLimit: a SYN beyond Limits.TCPMaxConns, answered with a RST.
+	TCPConnLimit
+	// TCPHalfOpenEvicted: the oldest half-open attempt, reset to make room
+	// for a new SYN at Limits.TCPMaxHalfOpen.
+	TCPHalfOpenEvicted
+	// TCPSourceEvicted: the same at Limits.TCPMaxHalfOpenPerSource.
+	TCPSourceEvicted
+	// TCPDestLimit: a SYN beyond Limits.TCPMaxDialsPerDest, answered with
+	// a RST.
+	TCPDestLimit
+	// TCPHandshakeTimeout: a guest that did not complete its handshake
+	// within Limits.TCPHandshakeTimeout, reset.
+	TCPHandshakeTimeout
+
 	// refusalCount must stay last.
 	refusalCount
 )
@@ -26,7 +65,12 @@ const (
 // refusalNames are the counters' names in Stack.Refusals, indexed by
 // Refusal; stable, since stats readers key on them.
 var refusalNames = [refusalCount]string{
-	RefusedPolicy: "policy",
+	RefusedPolicy:       "policy",
+	TCPConnLimit:        "tcp_conn_limit",
+	TCPHalfOpenEvicted:  "tcp_half_open_evicted",
+	TCPSourceEvicted:    "tcp_half_open_source_evicted",
+	TCPDestLimit:        "tcp_dest_limit",
+	TCPHandshakeTimeout: "tcp_handshake_timeout",
 }
 
 func (r Refusal) String() string {

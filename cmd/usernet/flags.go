@@ -40,6 +40,7 @@ type options struct {
 	resolvConf          string         // usernet: where to read the upstream from
 	pcap                string         // usernet, pasta's -p: capture the tap's frames to this file
 	egress              egressOptions  // usernet: the egress policy's flags (egress.go)
+	limits              stack.Limits   // usernet: the bounds on what the namespace can make usernet hold
 
 	// Set by pasta's command line only (pasta.go).
 	ipv6Only         bool // the tap gets no IPv4 address
@@ -113,6 +114,7 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	fs.StringVar(&o.resolvConf, "resolv-conf", "/etc/resolv.conf", "resolv.conf to take the DNS upstream from")
 	fs.StringVar(&o.pcap, "pcap", "", "capture every frame of the tap to a pcap file")
 	addEgressFlags(fs, &o.egress)
+	addTCPLimitFlags(fs, &o.limits)
 	fs.String("target-type", "netns", "specify the target type ([netns], default=netns)")
 	fs.BoolVarP(&o.help, "help", "h", false, "show this help and exit")
 	fs.BoolVarP(&o.version, "version", "v", false, "show version and exit")

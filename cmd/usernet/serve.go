@@ -15,6 +15,7 @@ import (
 	"github.com/usernet/usernet/apisock"
 	"github.com/usernet/usernet/autofwd"
 	"github.com/usernet/usernet/dns"
+	"github.com/usernet/usernet/internal/memtrim"
 	"github.com/usernet/usernet/internal/pollfd"
 	"github.com/usernet/usernet/loopfwd"
 	"github.com/usernet/usernet/netplan"
@@ -255,6 +256,7 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		Advertise:     o.advertise,
 		Hostname:      o.hostname,
 		FQDN:          o.fqdn,
+		Limits:        o.limits,
 		Logf:          logf,
 	})
 	if err != nil {
@@ -331,6 +333,9 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 			cancel(fmt.Errorf("netstack: %w", err))
 		}
 	})
+	// A burst of flows (a SYN flood, thousands of connections) leaves the
+	// heap at its peak long after the flows have gone.
+	wg.Go(func() { memtrim.Run(ctx, memTrimInterval, memTrimMin) })
 	wg.Go(func() {
 		if err := reg.Run(ctx); err != nil {
 			cancel(fmt.Errorf("port forwarding: %w", err))
@@ -672,3 +677,10 @@ func loopbackOf(a netip.Addr) netip.Addr {
 	}
 	return netip.MustParseAddr("127.0.0.1")
 }
+
+// How often memtrim looks, and the least heap beyond the live data it
+// gives back.
+const (
+	memTrimInterval = 5 * time.Second
+	memTrimMin      = 16 << 20
+)
