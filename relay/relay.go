@@ -58,7 +58,11 @@ func Abort(c net.Conn) {
 // write error, such as a reset, or a half-close that fails), or the end of
 // ctx, aborts both with Abort: an upload cut short must not look complete
 // to the receiver. Run returns when both copies have.
-func Run(ctx context.Context, a, b net.Conn) {
+func Run(ctx context.Context, a, b net.Conn) { RunCounted(ctx, a, b, nil, nil) }
+
+// RunCounted is Run that adds the bytes it copies from a to b to aToB, and
+// from b to a to bToA, as they are written (nil: not counted).
+func RunCounted(ctx context.Context, a, b net.Conn, aToB, bToA *atomic.Uint64) {
 	var once sync.Once
 	// end closes both conns once: gracefully after a clean exchange (both
 	// FINs have been passed on), with resets otherwise.
@@ -77,8 +81,8 @@ func Run(ctx context.Context, a, b net.Conn) {
 	defer stop()
 
 	var wg sync.WaitGroup
-	wg.Go(func() { pipe(b, a, end) })
-	pipe(a, b, end)
+	wg.Go(func() { pipe(b, a, aToB, end) })
+	pipe(a, b, bToA, end)
 	wg.Wait()
 	end(false)
 }
@@ -86,8 +90,8 @@ func Run(ctx context.Context, a, b net.Conn) {
 // pipe copies src to dst and passes src's EOF on as dst's half-close. On
 // an error it aborts both conns (through end), which also makes the other
 // direction's blocked Read or Write return.
-func pipe(dst, src net.Conn, end func(abort bool)) {
-	if err := copyHalf(dst, src); err != nil {
+func pipe(dst, src net.Conn, count *atomic.Uint64, end func(abort bool)) {
+	if err := copyHalf(dst, src, count); err != nil {
 		end(true)
 		return
 	}
@@ -119,7 +123,7 @@ var (
 // copyHalf copies src to dst until src's EOF (nil) or an error. It does
 // not use io.Copy: *net.TCPConn's ReadFrom and WriteTo would take over
 // with buffers of their own, bypassing the ones above.
-func copyHalf(dst io.Writer, src io.Reader) error {
+func copyHalf(dst io.Writer, src io.Reader, count *atomic.Uint64) error {
 	s := sourceOf(src)
 	pool := &smallBufs
 	wait := s.waitFirst
@@ -141,6 +145,9 @@ func copyHalf(dst io.Writer, src io.Reader) error {
 				if n > 0 {
 					if _, werr := dst.Write((*b)[:n]); werr != nil {
 						return werr
+					}
+					if count != nil {
+						count.Add(uint64(n))
 					}
 				}
 				if rerr != nil {

@@ -275,7 +275,7 @@ func TestCopyTakesLargeBufferOnlyAfterAFullRead(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			r := &sizeReader{fill: tt.fill}
-			if err := copyHalf(io.Discard, r); err != nil {
+			if err := copyHalf(io.Discard, r, nil); err != nil {
 				t.Fatalf("copyHalf: %v", err)
 			}
 			if !slices.Equal(r.sizes, tt.want) {

@@ -43,7 +43,8 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		r.Complete(true)
 		return
 	}
-	if s.egressDenied(policy.TCP, hostDst) {
+	denied, rule := s.egressDenied(policy.TCP, hostDst)
+	if denied {
 		r.Complete(!s.prohibitTCP(src, dst, seq, haveSeq))
 		return
 	}
@@ -87,7 +88,10 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		return
 	}
 	s.tcp.established(a)
-	relay.Run(s.ctx, guestConn{gonet.NewTCPConn(&wq, ep), ep, &wq}, host)
+	guest := guestConn{gonet.NewTCPConn(&wq, ep), ep, &wq}
+	f := s.trackFlow(policy.TCP, src, dst, hostDst, rule, func() { relay.Abort(host) })
+	defer s.untrackFlow(f)
+	relay.RunCounted(s.ctx, guest, host, &f.out, &f.in)
 }
 
 // createEndpoint runs r.CreateEndpoint, which blocks until the guest
