@@ -27,7 +27,13 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		r.Complete(true)
 		return
 	}
-	defer s.flows.leave()
+	// relaying: the relay's goroutine owns what is left to release.
+	relaying := false
+	defer func() {
+		if !relaying {
+			s.flows.leave()
+		}
+	}()
 
 	id := r.ID()
 	dst := netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort)
@@ -54,7 +60,11 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		r.Complete(true)
 		return
 	}
-	defer s.tcp.done(a)
+	defer func() {
+		if !relaying {
+			s.tcp.done(a)
+		}
+	}()
 
 	dctx, cancel := context.WithTimeout(a.ctx, s.cfg.DialTimeout)
 	host, err := s.dialHost(dctx, "tcp", hostDst)
@@ -90,8 +100,16 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	s.tcp.established(a)
 	guest := guestConn{gonet.NewTCPConn(&wq, ep), ep, &wq}
 	f := s.trackFlow(policy.TCP, src, dst, hostDst, rule, func() { relay.Abort(host) })
-	defer s.untrackFlow(f)
-	relay.RunCounted(s.ctx, guest, host, &f.out, &f.in)
+	// The relay runs on fresh goroutines, and this one ends: its stack
+	// grew in the dial and the handshake, and an idle connection would
+	// keep it for as long as it lasts.
+	relaying = true
+	go func() {
+		defer s.flows.leave()
+		defer s.tcp.done(a)
+		defer s.untrackFlow(f)
+		relay.RunCounted(s.ctx, guest, host, &f.out, &f.in)
+	}()
 }
 
 // createEndpoint runs r.CreateEndpoint, which blocks until the guest
