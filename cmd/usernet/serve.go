@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/usernet/usernet/dns"
 	"github.com/usernet/usernet/internal/memtrim"
 	"github.com/usernet/usernet/internal/pollfd"
+	"github.com/usernet/usernet/internal/procs"
 	"github.com/usernet/usernet/loopfwd"
 	"github.com/usernet/usernet/netplan"
 	"github.com/usernet/usernet/nsjoin"
@@ -240,6 +242,12 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		return err
 	}
 	defer closeCapture() // after the stack has stopped: wg.Wait below
+	if adaptProcs {
+		// gVisor starts a TCP processor goroutine per P it sees: one per
+		// core, for procs to run at once when it raises GOMAXPROCS (its
+		// Run lowers it to 1 again).
+		runtime.GOMAXPROCS(runtime.NumCPU())
+	}
 	st, err := stack.New(stack.Config{
 		Tap:           p.tap,
 		MTU:           uint32(o.mtu),
@@ -335,7 +343,12 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 	})
 	// A burst of flows (a SYN flood, thousands of connections) leaves the
 	// heap at its peak long after the flows have gone.
-	wg.Go(func() { memtrim.Run(ctx, memTrimInterval, memTrimMin) })
+	wg.Go(func() { memtrim.Run(ctx, memTrimInterval, memTrimMin, memTrimIdleMin) })
+	// One P for one connection's chain of hand-offs, every core for many
+	// connections at once (main.go, oneProc).
+	if adaptProcs {
+		wg.Go(func() { procs.Run(ctx, procs.Config{Trace: debugProcsTrace(logf)}) })
+	}
 	wg.Go(func() {
 		if err := reg.Run(ctx); err != nil {
 			cancel(fmt.Errorf("port forwarding: %w", err))
@@ -678,9 +691,12 @@ func loopbackOf(a netip.Addr) netip.Addr {
 	return netip.MustParseAddr("127.0.0.1")
 }
 
-// How often memtrim looks, and the least heap beyond the live data it
-// gives back.
+// How often memtrim looks, the least heap beyond the live data it gives
+// back while busy, and the least heap an idle collection needs: often and
+// little enough when idle that the memory of a thousand connections goes
+// back within seconds of their close (docs/performance.md).
 const (
-	memTrimInterval = 5 * time.Second
+	memTrimInterval = time.Second
 	memTrimMin      = 16 << 20
+	memTrimIdleMin  = 4 << 20
 )

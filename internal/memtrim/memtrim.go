@@ -16,10 +16,14 @@ import (
 // returns what it can (debug.FreeOSMemory) when the heap holds more than
 // least beyond its live data (free pages not yet returned), and also, while
 // no collection runs by itself (nothing allocates), when the heap holds
-// more than least: connections that closed left garbage that only a
+// more than idleLeast: connections that closed left garbage that only a
 // collection finds. A collection that finds little doubles the wait before
 // the next idle one. It returns when ctx ends.
-func Run(ctx context.Context, interval time.Duration, least uint64) {
+//
+// least guards busy times, when a collection competes with the work and
+// the pages it returns are soon faulted in again; idleLeast may be
+// smaller, as an idle collection costs nothing but its own CPU.
+func Run(ctx context.Context, interval time.Duration, least, idleLeast uint64) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	last := read()
@@ -35,11 +39,11 @@ func Run(ctx context.Context, interval time.Duration, least uint64) {
 			wait, waited = 1, 0 // the runtime collects by itself: busy
 		}
 		waited++
-		idle := h.cycles == last.cycles && waited >= wait && h.objects+h.free > least
+		idle := h.cycles == last.cycles && waited >= wait && h.objects+h.free > idleLeast
 		if excess := h.excess(); (excess > least && excess > h.live) || idle {
 			debug.FreeOSMemory()
 			after := read()
-			if idle && h.objects+h.free-least < after.objects+after.free {
+			if idle && h.objects+h.free-idleLeast < after.objects+after.free {
 				wait = min(wait*2, 12) // found little: back off
 			}
 			waited = 0

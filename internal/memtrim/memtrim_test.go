@@ -25,7 +25,7 @@ func TestRunGivesBackABurst(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { Run(ctx, 10*time.Millisecond, 8<<20); close(done) }()
+	go func() { Run(ctx, 10*time.Millisecond, 8<<20, 8<<20); close(done) }()
 	deadline := time.Now().Add(time.Second)
 	for {
 		excess, live := Excess()
@@ -56,7 +56,7 @@ func TestRunCollectsWhenIdle(t *testing.T) {
 	defer debug.SetGCPercent(old)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { Run(ctx, 10*time.Millisecond, 8<<20); close(done) }()
+	go func() { Run(ctx, 10*time.Millisecond, 8<<20, 8<<20); close(done) }()
 	deadline := time.Now().Add(time.Second)
 	for {
 		_, live := Excess()
