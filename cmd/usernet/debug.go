@@ -10,6 +10,7 @@ package main
 //	USERNET_DEBUG_NO_OFFLOAD=1     open the tap without IFF_VNET_HDR and offloads
 //	USERNET_DEBUG_CPUPROFILE=FILE  CPU profile of the whole process while serving
 //	USERNET_DEBUG_TRACE=FILE       execution trace (go tool trace -pprof=sched FILE)
+//	USERNET_DEBUG_PROCS=1          log internal/procs's samples while it adapts GOMAXPROCS
 //	USERNET_DEBUG_FS_PROBE=DIR     once running (sandboxed, if asked), try to change DIR
 //	                               (write, create, remove, ...) and say how each went on
 //	                               stderr: "usernet: debug fs-probe OP: ok|ERRNO"
@@ -24,7 +25,24 @@ import (
 	"runtime/trace"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/usernet/usernet/internal/procs"
 )
+
+// debugProcsTrace logs the samples of internal/procs (USERNET_DEBUG_PROCS):
+// those that saw goroutines wait, and every change.
+func debugProcsTrace(logf func(string, ...any)) func(procs.Sample) {
+	if os.Getenv("USERNET_DEBUG_PROCS") == "" {
+		return nil
+	}
+	last := 1
+	return func(s procs.Sample) {
+		if s.Waiting >= 0.01 || s.Procs != last {
+			logf("debug procs: waiting %.3f procs %d", s.Waiting, s.Procs)
+		}
+		last = s.Procs
+	}
+}
 
 func debugNoOffload() bool { return os.Getenv("USERNET_DEBUG_NO_OFFLOAD") != "" }
 

@@ -55,21 +55,27 @@ func main() {
 }
 
 // oneProc runs Go code on one P (GOMAXPROCS=1) unless the user set
-// GOMAXPROCS. usernet's work is a pipeline whose other ends — the
-// namespace's programs and the host's servers — need CPUs too; with a
-// second P, every goroutine hand-off on the packet path (tap reader → TCP
-// processor → copy goroutine → tap writer) woke a spinning thread that
-// took a core from them. Syscalls still overlap: a thread blocked in a
-// tap or socket write gives the P up. Measured on the 2-core machine,
-// same binary, bench/run.sh --runs 3 (docs/design.md "One P"): rr p50
-// 205 → 101 µs, host→ns 10.6 → 14.0 Gbit/s, ns→host 8.87 → 9.28 Gbit/s,
-// CPU per GB −25 to −35% everywhere. slirp4netns and pasta are
-// single-threaded too.
+// GOMAXPROCS: a number is the runtime's, "auto" lets internal/procs raise
+// it to the number of cores while goroutines queue for the one P, and
+// lower it again when they stop. usernet's work for one connection is a
+// chain of goroutine hand-offs (tap reader → TCP processor → relay → host
+// socket, and back) whose other ends — the namespace's program, the host's
+// server — need CPUs too; with a second P every hand-off woke a spinning
+// thread that took a core from them. On a 2-core machine neither a second
+// P nor "auto" gained measurably with many connections at once, and both
+// cost memory; docs/design.md "One P" has the figures.
 func oneProc() {
-	if os.Getenv("GOMAXPROCS") == "" {
+	switch os.Getenv("GOMAXPROCS") {
+	case "auto":
+		adaptProcs = true
+		fallthrough
+	case "":
 		runtime.GOMAXPROCS(1)
 	}
 }
+
+// adaptProcs: GOMAXPROCS=auto (oneProc).
+var adaptProcs bool
 
 func realMain(argv []string, stdout, stderr io.Writer) int {
 	if len(argv) > 0 && argv[0] == "run" {

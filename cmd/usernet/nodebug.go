@@ -2,7 +2,11 @@
 
 package main
 
-import "io"
+import (
+	"io"
+
+	"github.com/usernet/usernet/internal/procs"
+)
 
 // Without -tags usernet_debug there are no debugging aids (debug.go).
 
@@ -11,3 +15,5 @@ func debugNoOffload() bool { return false }
 func startDebugProfiles(func(string, ...any)) func() { return func() {} }
 
 func debugProbeFS(io.Writer) {}
+
+func debugProcsTrace(func(string, ...any)) func(procs.Sample) { return nil }

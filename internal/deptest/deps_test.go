@@ -43,6 +43,7 @@ var rules = map[string]rule{
 	"policy":            {why: "decides flows by address, protocol, port and name; knows no packets or sockets"},
 	"internal/pollfd":   {why: "waits on fds"},
 	"internal/memtrim":  {why: "returns the heap of a burst to the system"},
+	"internal/procs":    {why: "adapts GOMAXPROCS to how much work queues for the Ps"},
 	"frontend/pasta":    {why: "pasta's command line only: the command builds on it"},
 	"internal/testutil": {why: "helpers for tests; no production package may import it"},
 	"internal/deptest":  {why: "this test"},
