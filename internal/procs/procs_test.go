@@ -83,9 +83,18 @@ func TestRunFollowsTheQueue(t *testing.T) {
 		}
 		close(ping)
 	}()
-	time.Sleep(300 * time.Millisecond)
-	if p := procsNow(); p != 1 {
-		t.Errorf("a chain of hand-offs raised GOMAXPROCS to %d", p)
+	// The host may deschedule the thread for a while (a loaded machine, a
+	// race build), which the histogram counts as waiting: a raise now and
+	// then is tolerated, staying raised is not.
+	raised := 0
+	for range 30 {
+		time.Sleep(10 * time.Millisecond)
+		if procsNow() > 1 {
+			raised++
+		}
+	}
+	if raised > 15 {
+		t.Errorf("a chain of hand-offs ran on more than one P in %d of 30 looks", raised)
 	}
 	stopChain.Store(true)
 	<-chainDone
