@@ -1,6 +1,10 @@
 package stack
 
-import "sync/atomic"
+import (
+	"net/netip"
+	"sync/atomic"
+	"time"
+)
 
 // Limits bound what a guest can make the stack hold on its behalf: every
 // table a guest's packets can fill has one, and a flow refused at a limit
@@ -9,6 +13,60 @@ import "sync/atomic"
 // what a client sees when it is hit.
 type Limits struct {
 	// Fields are added by the parts of the stack that enforce them.
+
+	// UDPFlows bounds the UDP flows (guest port, remote) at once. A new
+	// flow beyond it evicts the flow idle longest if that one has been
+	// idle for udpEvictIdle, else it is refused with ICMP
+	// administratively prohibited.
+	UDPFlows int
+	// UDPPorts bounds the host UDP sockets, one per guest UDP port: the
+	// host's ephemeral ports a guest can take. Evicted and refused as
+	// UDPFlows.
+	UDPPorts int
+	// UDPBufferBytes bounds the receive buffers granted to UDP flows'
+	// gVisor endpoints (memory is used only while datagrams queue): flows
+	// beyond the budget get a small buffer.
+	UDPBufferBytes int
+	// UDPIdle is how long a UDP flow lives without traffic (DNS flows:
+	// 15 s).
+	UDPIdle time.Duration
+
+	// PingFlows bounds the ICMP echo flows (guest address, destination,
+	// identifier), each a host ping socket. Beyond it the flow idle
+	// longest is evicted if idle for pingEvictIdle, else the request is
+	// refused with ICMP administratively prohibited.
+	PingFlows int
+
+	// AllowSources are prefixes, besides the virtual network's own, that
+	// the guest may send from (networks routed through the namespace).
+	// Frames from any other source are dropped at the link filter.
+	AllowSources []netip.Prefix
+}
+
+// Defaults of Limits.
+const (
+	defaultUDPFlows       = 4096
+	defaultUDPPorts       = 1024
+	defaultUDPBufferBytes = 64 << 20
+	defaultUDPIdle        = 240 * time.Second
+	defaultPingFlows      = 256
+)
+
+// withDefaults returns l with each zero field set to its default.
+func (l Limits) withDefaults() Limits {
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&l.UDPFlows, defaultUDPFlows)
+	def(&l.UDPPorts, defaultUDPPorts)
+	def(&l.UDPBufferBytes, defaultUDPBufferBytes)
+	def(&l.PingFlows, defaultPingFlows)
+	if l.UDPIdle <= 0 {
+		l.UDPIdle = defaultUDPIdle
+	}
+	return l
 }
 
 // Refusal is why the stack refused or dropped something a guest sent; each
@@ -16,13 +74,34 @@ type Limits struct {
 type Refusal int
 
 const (
+	// RefusedUDPFlows: a new UDP flow beyond Limits.UDPFlows.
+	RefusedUDPFlows Refusal = iota
+	// RefusedUDPPorts: a new guest UDP port beyond Limits.UDPPorts.
+	RefusedUDPPorts
+	// EvictedUDPFlows: UDP flows ended early to make room for new ones.
+	EvictedUDPFlows
+	// RefusedPingFlows: a new ICMP echo flow beyond Limits.PingFlows.
+	RefusedPingFlows
+	// EvictedPingFlows: ping flows ended early to make room.
+	EvictedPingFlows
+	// SpoofedSource: a frame from a source outside the virtual network
+	// (and Limits.AllowSources).
+	SpoofedSource
+
 	// refusalCount must stay last.
-	refusalCount Refusal = iota
+	refusalCount
 )
 
 // refusalNames are the counters' names in Stack.Refusals, indexed by
 // Refusal; stable, since stats readers key on them.
-var refusalNames = [refusalCount]string{}
+var refusalNames = [refusalCount]string{
+	RefusedUDPFlows:  "udp_flows",
+	RefusedUDPPorts:  "udp_ports",
+	EvictedUDPFlows:  "udp_flows_evicted",
+	RefusedPingFlows: "ping_flows",
+	EvictedPingFlows: "ping_flows_evicted",
+	SpoofedSource:    "spoofed_source",
+}
 
 func (r Refusal) String() string {
 	if r < 0 || r >= refusalCount {
@@ -35,6 +114,8 @@ func (r Refusal) String() string {
 type refusals [refusalCount]atomic.Uint64
 
 func (c *refusals) add(r Refusal) { c[r].Add(1) }
+
+func (c *refusals) addN(r Refusal, n int) { c[r].Add(uint64(n)) }
 
 // Refusals returns each reason's count since New, by name.
 func (s *Stack) Refusals() map[string]uint64 {

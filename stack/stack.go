@@ -143,13 +143,12 @@ type Config struct {
 	raInterval time.Duration
 }
 
-// Defaults. The UDP timeouts follow tailscale's forwarder (and are in the
-// range of conntrack's): long enough for request/response protocols, short
-// enough that a scan does not pin thousands of host sockets.
+// Defaults. The DNS and ping timeouts follow tailscale's forwarder (and are
+// in the range of conntrack's); other UDP flows live as long as libslirp's
+// (Limits.UDPIdle).
 const (
 	defaultMTU         = 1500
 	defaultDialTimeout = 30 * time.Second
-	defaultUDPIdle     = 60 * time.Second
 	defaultDNSIdle     = 15 * time.Second
 	defaultPingIdle    = 30 * time.Second
 	// defaultRAInterval is within RFC 4861's MaxRtrAdvInterval default
@@ -193,9 +192,8 @@ type Stack struct {
 	// syns notes the guests' SYNs for tcpunreach.go.
 	syns synTable
 
-	// udpPorts are the host sockets of the guest's UDP ports (udp.go).
-	udpPortsMu sync.Mutex
-	udpPorts   map[udpPortKey]*udpPort // guarded by udpPortsMu
+	// udp is the guest's UDP ports and flows (udp.go, udplimits.go).
+	udp udpTable
 
 	// flows tracks every goroutine the Stack starts or gVisor starts on
 	// its behalf; teardown refuses new ones and waits for the rest.
@@ -282,8 +280,9 @@ func newStack(cfg Config, link gvstack.LinkEndpoint) (*Stack, error) {
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = defaultDialTimeout
 	}
+	cfg.Limits = cfg.Limits.withDefaults()
 	if cfg.udpIdle <= 0 {
-		cfg.udpIdle = defaultUDPIdle
+		cfg.udpIdle = cfg.Limits.UDPIdle
 	}
 	if cfg.dnsIdle <= 0 {
 		cfg.dnsIdle = defaultDNSIdle
@@ -317,7 +316,7 @@ func newStack(cfg Config, link gvstack.LinkEndpoint) (*Stack, error) {
 	}
 	s.ctx, s.cancel = context.WithCancelCause(context.Background())
 	s.ping.flows = make(map[pingKey]*pingFlow)
-	s.udpPorts = make(map[udpPortKey]*udpPort)
+	s.udp.init(cfg.Limits)
 
 	if err := s.build(link); err != nil {
 		s.cancel(err)
