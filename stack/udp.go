@@ -169,13 +169,13 @@ type udpFlow struct {
 	idle    time.Duration
 	rcvBuf  int // granted by udpTable.grantRcvBuf
 
-	last   atomic.Int64 // traffic last seen, udpTable.now
-	timer  *time.Timer  // checks last; guarded by nothing: see checkIdle
-	done   chan struct{}
-	once   sync.Once
-	slot   atomic.Bool // holds one of udpTable's flow slots
-	fast   udpFastKey  // in s.udpFast with fastF
-	fastF  *udpFastFlow
+	last  atomic.Int64 // traffic last seen, udpTable.now
+	timer *time.Timer  // checks last; guarded by nothing: see checkIdle
+	done  chan struct{}
+	once  sync.Once
+	slot  atomic.Bool // holds one of udpTable's flow slots
+	fast  udpFastKey  // in s.udpFast with fastF
+	fastF *udpFastFlow
 	// hostFirst: made by the port's reader, counted in udpPort.hostFirst.
 	hostFirst bool
 }
