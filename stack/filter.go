@@ -138,7 +138,13 @@ func (s *Stack) filterARP(pkt *gvstack.PacketBuffer) bool {
 		return false
 	}
 	h := header.ARP(b)
-	if !h.IsValid() || h.Op() != header.ARPRequest {
+	if !h.IsValid() {
+		return false
+	}
+	if s.spoofed(netip.AddrFrom4([4]byte(h.ProtocolAddressSender()))) {
+		return true
+	}
+	if h.Op() != header.ARPRequest {
 		return false
 	}
 	target := netip.AddrFrom4([4]byte(h.ProtocolAddressTarget()))
@@ -184,6 +190,9 @@ func (s *Stack) filterIPv4(pkt *gvstack.PacketBuffer) bool {
 	total := int(ip.TotalLength())
 	dst := netip.AddrFrom4(ip.DestinationAddress().As4())
 	src := netip.AddrFrom4(ip.SourceAddress().As4())
+	if s.spoofed(src) {
+		return true
+	}
 	firstFragment := ip.FragmentOffset() == 0
 	fragmented := ip.More() || !firstFragment
 
@@ -227,7 +236,9 @@ func (s *Stack) filterIPv4(pkt *gvstack.PacketBuffer) bool {
 // whose solicited-node group it shares with one of its own addresses; a
 // wrong answer for the guest's own address fails its duplicate address
 // detection) and answers router solicitations with a router
-// advertisement. Packets with extension headers go to the stack unchanged.
+// advertisement. Packets with extension headers go to the stack unchanged
+// if they carry TCP or UDP, or are for our own addresses; the rest is
+// dropped.
 func (s *Stack) filterIPv6(pkt *gvstack.PacketBuffer) bool {
 	size := pkt.Data().Size()
 	b := peek(pkt, header.IPv6MinimumSize)
@@ -242,8 +253,23 @@ func (s *Stack) filterIPv6(pkt *gvstack.PacketBuffer) bool {
 	total := hl + int(ip.PayloadLength())
 	dst := netip.AddrFrom16(ip.DestinationAddress().As16())
 	src := netip.AddrFrom16(ip.SourceAddress().As16())
+	if s.spoofed(src) {
+		return true
+	}
 
 	switch tcpip.TransportProtocolNumber(ip.NextHeader()) {
+	case ipv6HopByHop, ipv6Routing, ipv6Fragment, ipv6DestOpts:
+		// The stack would answer an echo request behind extension
+		// headers for any address (it is promiscuous). Only TCP and UDP
+		// go on to the forwarders; the rest is for our own addresses.
+		if s.isOwn(dst) {
+			return false
+		}
+		proto, _, ok := ipv6Upper(peek(pkt, min(total, maxIPv6Headers)))
+		if ok && (proto == uint8(header.TCPProtocolNumber) || proto == uint8(header.UDPProtocolNumber)) {
+			return false
+		}
+		return true
 	case header.ICMPv6ProtocolNumber:
 		b = peek(pkt, min(total, hl+header.ICMPv6NeighborSolicitMinimumSize))
 		if len(b) < hl+header.ICMPv6MinimumSize {
@@ -291,6 +317,10 @@ func (s *Stack) filterIPv6(pkt *gvstack.PacketBuffer) bool {
 	}
 	return false
 }
+
+// maxIPv6Headers bounds how far the link filter looks for the upper layer
+// of an IPv6 packet with extension headers.
+const maxIPv6Headers = 512
 
 // gatewayUnreachable answers a TCP SYN or a UDP datagram to a dead gateway
 // (deadGateway) with ICMP destination unreachable, code "net

@@ -215,6 +215,10 @@ type Stack struct {
 
 	ping pingTable
 
+	// sources4 and sources6 are the prefixes the guest may send from
+	// (source.go).
+	sources4, sources6 []netip.Prefix
+
 	started  atomic.Bool
 	teardown sync.Once
 	done     chan struct{} // closed when teardown has finished
@@ -316,7 +320,9 @@ func newStack(cfg Config, link gvstack.LinkEndpoint) (*Stack, error) {
 	}
 	s.ctx, s.cancel = context.WithCancelCause(context.Background())
 	s.ping.flows = make(map[pingKey]*pingFlow)
+	s.ping.epoch = time.Now()
 	s.udp.init(cfg.Limits)
+	s.sources4, s.sources6 = sourcePrefixes(&s.cfg)
 
 	if err := s.build(link); err != nil {
 		s.cancel(err)
