@@ -16,7 +16,7 @@ type Limits struct {
 
 	// UDPFlows bounds the UDP flows (guest port, remote) at once. A new
 	// flow beyond it evicts the flow idle longest if that one has been
-	// idle for udpEvictIdle, else it is refused with ICMP
+	// idle for 5 s, else it is refused with ICMP
 	// administratively prohibited.
 	UDPFlows int
 	// UDPPorts bounds the host UDP sockets, one per guest UDP port: the
@@ -33,7 +33,7 @@ type Limits struct {
 
 	// PingFlows bounds the ICMP echo flows (guest address, destination,
 	// identifier), each a host ping socket. Beyond it the flow idle
-	// longest is evicted if idle for pingEvictIdle, else the request is
+	// longest is evicted if idle for 5 s, else the request is
 	// refused with ICMP administratively prohibited.
 	PingFlows int
 

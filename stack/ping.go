@@ -47,14 +47,10 @@ type pingTable struct {
 
 func (t *pingTable) now() int64 { return int64(time.Since(t.epoch)) }
 
-// pingEvictIdle is how long a ping flow must have been quiet before a new
-// one may take its place (ping sends one request a second).
-const pingEvictIdle = 5 * time.Second
-
 // admitLocked makes room for a new flow at Limits.PingFlows: it evicts the
-// flow idle longest if that one has been idle for pingEvictIdle; false
+// flow idle longest if that one has been idle for Config.evictIdle; false
 // means the new flow is refused.
-func (t *pingTable) admitLocked(limit int) (ok bool, evicted *pingFlow) {
+func (t *pingTable) admitLocked(limit int, evictIdle time.Duration) (ok bool, evicted *pingFlow) {
 	if len(t.flows) < limit {
 		return true, nil
 	}
@@ -69,7 +65,7 @@ func (t *pingTable) admitLocked(limit int) (ok bool, evicted *pingFlow) {
 			oldK, old = k, f
 		}
 	}
-	if old == nil || now-old.last.Load() < int64(pingEvictIdle) {
+	if old == nil || now-old.last.Load() < int64(evictIdle) {
 		t.fullUntil = now + int64(evictBackoff)
 		return false, nil
 	}
@@ -91,7 +87,7 @@ func (s *Stack) forwardPing(src, dst netip.Addr, mac tcpip.LinkAddress, icmp []b
 	s.ping.mu.Lock()
 	f := s.ping.flows[key]
 	if f == nil {
-		ok, evicted := s.ping.admitLocked(s.cfg.Limits.PingFlows)
+		ok, evicted := s.ping.admitLocked(s.cfg.Limits.PingFlows, s.cfg.evictIdle)
 		if evicted != nil {
 			evicted.cancel()
 			s.refused.add(EvictedPingFlows)

@@ -139,6 +139,9 @@ type Config struct {
 	host hostSeam
 	// udpIdle, dnsIdle, pingIdle override the flow idle timeouts.
 	udpIdle, dnsIdle, pingIdle time.Duration
+	// evictIdle overrides how long a UDP or ping flow must have been
+	// quiet before a new flow at the limit may evict it.
+	evictIdle time.Duration
 	// raInterval overrides the period of unsolicited router advertisements.
 	raInterval time.Duration
 }
@@ -291,6 +294,9 @@ func newStack(cfg Config, link gvstack.LinkEndpoint) (*Stack, error) {
 	if cfg.dnsIdle <= 0 {
 		cfg.dnsIdle = defaultDNSIdle
 	}
+	if cfg.evictIdle <= 0 {
+		cfg.evictIdle = defaultEvictIdle
+	}
 	if cfg.pingIdle <= 0 {
 		cfg.pingIdle = defaultPingIdle
 	}
@@ -321,7 +327,7 @@ func newStack(cfg Config, link gvstack.LinkEndpoint) (*Stack, error) {
 	s.ctx, s.cancel = context.WithCancelCause(context.Background())
 	s.ping.flows = make(map[pingKey]*pingFlow)
 	s.ping.epoch = time.Now()
-	s.udp.init(cfg.Limits)
+	s.udp.init(cfg.Limits, cfg.evictIdle)
 	s.sources4, s.sources6 = sourcePrefixes(&s.cfg)
 
 	if err := s.build(link); err != nil {

@@ -9,16 +9,17 @@ import (
 
 // The bounds of the UDP tables (Limits.UDPFlows, UDPPorts, UDPBufferBytes).
 // At a limit, the flows (or ports) that have been idle longest make room
-// if they have been idle for udpEvictIdle; otherwise the new flow is
+// if they have been idle for defaultEvictIdle; otherwise the new flow is
 // refused, and the guest gets ICMP administratively prohibited. Eviction
 // goes in batches, and a search that found nothing to evict is not
 // repeated for evictBackoff, so that a flood at the limit costs little.
 
 const (
-	// udpEvictIdle is how long a flow must have been quiet before a new
-	// flow may take its place: a request/response exchange is over, and a
-	// flow that keeps talking is never cut by a scan.
-	udpEvictIdle = 5 * time.Second
+	// defaultEvictIdle is how long a flow (UDP or ping) must have been
+	// quiet before a new flow may take its place: a request/response
+	// exchange is over, and a flow that keeps talking (ping sends once a
+	// second) is never cut by a scan.
+	defaultEvictIdle = 5 * time.Second
 	// evictBackoff is how long a search that found nothing to evict holds.
 	evictBackoff = 100 * time.Millisecond
 	// udpSmallRcvBuf is the receive buffer of a flow beyond the budget:
@@ -33,6 +34,7 @@ var errUDPPortsFull = errors.New("too many UDP ports (--udp-ports)")
 // flows, and the counts the limits apply to.
 type udpTable struct {
 	maxFlows, maxPorts, bufBudget int
+	evictIdle                     time.Duration
 	epoch                         time.Time // for now
 
 	mu         sync.Mutex
@@ -44,7 +46,8 @@ type udpTable struct {
 	flowsFullUntil, portsFullUntil int64
 }
 
-func (t *udpTable) init(l Limits) {
+func (t *udpTable) init(l Limits, evictIdle time.Duration) {
+	t.evictIdle = evictIdle
 	t.maxFlows, t.maxPorts, t.bufBudget = l.UDPFlows, l.UDPPorts, l.UDPBufferBytes
 	t.epoch = time.Now()
 	t.ports = make(map[udpPortKey]*udpPort)
@@ -80,7 +83,7 @@ func (t *udpTable) releaseSlot() {
 }
 
 // evictFlowsLocked frees the slots of a batch of the flows idle longest
-// (at least udpEvictIdle) and returns them, to be closed.
+// (at least evictIdle) and returns them, to be closed.
 func (t *udpTable) evictFlowsLocked() []*udpFlow {
 	now := t.now()
 	if now < t.flowsFullUntil {
@@ -88,7 +91,7 @@ func (t *udpTable) evictFlowsLocked() []*udpFlow {
 	}
 	var cands []*udpFlow
 	for f := range t.flows {
-		if f.slot.Load() && now-f.last.Load() >= int64(udpEvictIdle) {
+		if f.slot.Load() && now-f.last.Load() >= int64(t.evictIdle) {
 			cands = append(cands, f)
 		}
 	}
@@ -109,7 +112,7 @@ func (t *udpTable) evictFlowsLocked() []*udpFlow {
 }
 
 // evictPortsLocked drops a batch of the ports whose flows have all been
-// idle longest (at least udpEvictIdle) from the table, frees their flows'
+// idle longest (at least evictIdle) from the table, frees their flows'
 // slots and returns the flows, to be closed; each port's socket closes
 // when its last flow has ended.
 func (t *udpTable) evictPortsLocked() []*udpFlow {
@@ -129,7 +132,7 @@ func (t *udpTable) evictPortsLocked() []*udpFlow {
 			last = max(last, f.last.Load())
 		}
 		p.mu.Unlock()
-		if last >= 0 && now-last >= int64(udpEvictIdle) {
+		if last >= 0 && now-last >= int64(t.evictIdle) {
 			cands = append(cands, cand{p, last})
 		}
 	}
