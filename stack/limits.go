@@ -125,3 +125,6 @@ func (s *Stack) Refusals() map[string]uint64 {
 	}
 	return m
 }
+
+// DefaultLimits returns the limits a zero Limits stands for.
+func DefaultLimits() Limits { return Limits{}.withDefaults() }

@@ -28,7 +28,7 @@ const (
 )
 
 // errUDPPortsFull: a new guest port beyond Limits.UDPPorts, none to evict.
-var errUDPPortsFull = errors.New("too many UDP ports (--udp-ports)")
+var errUDPPortsFull = errors.New("too many UDP ports (--udp-sockets)")
 
 // udpTable is the stack's UDP state: the guest ports' host sockets, the
 // flows, and the counts the limits apply to.

@@ -14,6 +14,7 @@ import (
 	"github.com/usernet/usernet/netplan"
 	"github.com/usernet/usernet/portfwd"
 	"github.com/usernet/usernet/sandbox"
+	"github.com/usernet/usernet/stack"
 	"github.com/usernet/usernet/tap"
 )
 
@@ -38,6 +39,7 @@ type options struct {
 	publish             []portfwd.Rule // usernet: -p/--publish, static forwards
 	resolvConf          string         // usernet: where to read the upstream from
 	pcap                string         // usernet, pasta's -p: capture the tap's frames to this file
+	limits              stack.Limits   // usernet: what a guest can make usernet hold (limits.go)
 
 	// Set by pasta's command line only (pasta.go).
 	ipv6Only         bool // the tap gets no IPv4 address
@@ -104,6 +106,7 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	fs.StringVar(&o.dnsUpstream, "dns-upstream", "", "DNS server the forwarder relays to, ADDR[:PORT] (default: first nameserver of --resolv-conf)")
 	fs.StringVar(&o.resolvConf, "resolv-conf", "/etc/resolv.conf", "resolv.conf to take the DNS upstream from")
 	fs.StringVar(&o.pcap, "pcap", "", "capture every frame of the tap to a pcap file")
+	addLimitFlags(fs)
 	fs.String("target-type", "netns", "specify the target type ([netns], default=netns)")
 	fs.BoolVarP(&o.help, "help", "h", false, "show this help and exit")
 	fs.BoolVarP(&o.version, "version", "v", false, "show version and exit")
@@ -209,6 +212,9 @@ func parseFlagsMode(argv []string, out io.Writer, positional int, interspersed b
 			return nil, nil, fmt.Errorf("--publish %s: %w", spec, err)
 		}
 		o.publish = append(o.publish, r)
+	}
+	if o.limits, err = limitsFromFlags(fs); err != nil {
+		return nil, nil, err
 	}
 	if o.dnsUpstream != "" && o.disableDNS {
 		return nil, nil, errors.New("--dns-upstream and --disable-dns cannot be used together")

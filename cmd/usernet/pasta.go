@@ -36,10 +36,10 @@ var (
 )
 
 // pastaExtra are usernet's own options on pasta's command line.
-var pastaExtra = []pasta.ExtraOption{
-	{Name: "api-socket", HasArg: true, Usage: "  --api-socket PATH\tserve slirp4netns's port forwarding API on a unix socket (usernet)"},
-	{Name: "no-sandbox", Usage: "  --no-sandbox\t\tdo not confine the process (usernet; by default it is, as pasta confines itself)"},
-}
+var pastaExtra = append([]pasta.ExtraOption{
+	{Name: "api-socket", HasArg: true, Usage: "  --api-socket PATH\tserve slirp4netns's port forwarding API on a unix socket (usernet)\n"},
+	{Name: "no-sandbox", Usage: "  --no-sandbox\t\tdo not confine the process (usernet; by default it is, as pasta confines itself)\n"},
+}, pastaLimitOptions()...)
 
 // pastaState is what a pasta-style invocation needs beyond its options,
 // also across the sandbox's re-execution (sandboxState.Pasta).
@@ -175,6 +175,10 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 	if v, ok := po.ExtraValue("api-socket"); ok {
 		o.apiSocket = v
 	}
+	var err error
+	if o.limits, err = limitsFromPasta(po); err != nil {
+		return nil, t, err
+	}
 	// pasta always confines itself; so does usernet here, unless asked
 	// not to.
 	if _, off := po.ExtraValue("no-sandbox"); !off {
@@ -184,7 +188,6 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 	if po.NsMACGiven {
 		o.mac = po.NsMAC[:]
 	}
-	var err error
 	if o.plan, err = pastaPlan(po, tmpl); err != nil {
 		return nil, t, err
 	}

@@ -10,11 +10,13 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/usernet/usernet/apisock"
 	"github.com/usernet/usernet/autofwd"
 	"github.com/usernet/usernet/dns"
 	"github.com/usernet/usernet/internal/pollfd"
+	"github.com/usernet/usernet/internal/ratelog"
 	"github.com/usernet/usernet/loopfwd"
 	"github.com/usernet/usernet/netplan"
 	"github.com/usernet/usernet/nsjoin"
@@ -196,6 +198,11 @@ func (p *prepared) close() {
 func (p *prepared) run(ctx context.Context, out output, onReady func() error) error {
 	o := p.o
 	logf := lineLogger(out.stderr) // one writer for every component's lines
+	// Lines that the guest or the network can trigger (a DHCP lease, a
+	// failed flow, a dropped datagram) go through one rate-limited
+	// logger whose goroutine writes them, never the data path.
+	netLog := ratelog.New(func(line string) { logf("%s", line) }, netLogRate, netLogBurst, netLogSummary)
+	defer netLog.Close() // last: after the stack and the forwards have stopped
 	var serveDNS func(context.Context, net.PacketConn, net.Listener) error
 	if !o.disableDNS {
 		// The upstream follows resolv.conf as libslirp's does: a host
@@ -208,7 +215,7 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 			Upstream:   p.upstream,
 			ResolvConf: p.resolvConf,
 			Check:      upstreamOutside(o.plan),
-			Logf:       logf,
+			Logf:       netLog.Logf,
 		})
 		if err != nil {
 			return fmt.Errorf("dns forwarder: %w", err)
@@ -231,7 +238,8 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		ServeDNS:      serveDNS,
 		DisableDHCP:   o.disableDHCP,
 		DisableRA:     o.disableRA,
-		Logf:          logf,
+		Limits:        o.limits,
+		Logf:          netLog.Logf,
 	})
 	if err != nil {
 		return fmt.Errorf("netstack: %w", err) // close closes the tap
@@ -240,7 +248,7 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 
 	// Port forwarding: the registry dials into the namespace through the
 	// stack; static --publish forwards are bound now, API ones on request.
-	fwdCfg := portfwd.Config{Dialer: st, Plan: o.plan, Logf: logf}
+	fwdCfg := portfwd.Config{Dialer: st, Plan: o.plan, Logf: netLog.Logf}
 	if p.broker != nil && o.splice {
 		fwdCfg.Splice = func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
 			if o.spliceToLoopback {
@@ -399,6 +407,15 @@ func closeRegistry(r *portfwd.Registry) {
 	cancel()
 	r.Run(ctx)
 }
+
+// The rate of the lines the guest or the network triggers: a burst of
+// netLogBurst, netLogRate a second after it, and the count of the lines
+// beyond that at most every netLogSummary.
+const (
+	netLogRate    = 20
+	netLogBurst   = 100
+	netLogSummary = 10 * time.Second
+)
 
 // lineLogger returns a Logf that writes one line per call to w.
 func lineLogger(w io.Writer) func(string, ...any) {

@@ -24,7 +24,7 @@ type rule struct {
 	may    []string // module packages it may depend on, directly or indirectly
 }
 
-// The layers, bottom up: leaves (netplan, relay, dhcp, dns, tap, pollfd,
+// The layers, bottom up: leaves (netplan, relay, dhcp, dns, tap, pollfd, ratelog,
 // sandbox, nsrun, frontend/pasta, pcap), then link on tap, stack on link,
 // portfwd beside stack (it reaches the namespace through its Dialer
 // interface, which stack implements), apisock on portfwd, and cmd/usernet
@@ -33,7 +33,8 @@ var rules = map[string]rule{
 	"netplan":           {why: "addresses only: a leaf every package may read"},
 	"relay":             {why: "sees connections as net.Conn: stack and portfwd adapt theirs to it"},
 	"dhcp":              {why: "the protocol only: stack moves its packets"},
-	"dns":               {why: "serves whatever net.PacketConn/net.Listener it is handed"},
+	"dns":               {why: "serves whatever net.PacketConn/net.Listener it is handed", may: []string{"internal/ratelog"}},
+	"internal/ratelog":  {why: "rate-limited log lines: a leaf"},
 	"tap":               {why: "runs in the nsjoin child and must stay small"},
 	"sandbox":           {why: "runs first in every usernet process and must stay small"},
 	"nsrun":             {why: "only makes namespaces"},
