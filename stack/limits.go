@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"sync/atomic"
 	"time"
+
+	"github.com/usernet/usernet/internal/ratelog"
 )
 
 // Limits bound what a guest can make the stack hold on its behalf: every
@@ -103,6 +105,29 @@ var refusalNames = [refusalCount]string{
 	SpoofedSource:    "spoofed_source",
 }
 
+// refusalLines are what the log says, at most once per refusalLogEvery
+// for each reason, when the stack refuses something; "" logs nothing.
+var refusalLines = [refusalCount]string{
+	RefusedUDPFlows:  "refused a new UDP flow: too many (--udp-flows)",
+	RefusedUDPPorts:  "refused a new UDP port: too many host UDP sockets (--udp-sockets)",
+	EvictedUDPFlows:  "ended idle UDP flows early to make room (--udp-flows, --udp-sockets)",
+	RefusedPingFlows: "refused a new ICMP echo flow: too many (--ping-flows)",
+	EvictedPingFlows: "ended idle ICMP echo flows early to make room (--ping-flows)",
+	SpoofedSource:    "dropped frames from a source outside the virtual network (--allow-source)",
+}
+
+// refusalLogEvery is how often each reason may be logged.
+const refusalLogEvery = 10 * time.Second
+
+// refuse counts n refusals for reason r, and logs it unless it was logged
+// less than refusalLogEvery ago.
+func (s *Stack) refuse(r Refusal, n int) {
+	total := s.refused[r].Add(uint64(n))
+	if refusalLines[r] != "" && s.refusalLog[r].Allow(refusalLogEvery) {
+		s.logf("stack: %s; %s=%d so far", refusalLines[r], refusalNames[r], total)
+	}
+}
+
 func (r Refusal) String() string {
 	if r < 0 || r >= refusalCount {
 		return "unknown"
@@ -115,7 +140,9 @@ type refusals [refusalCount]atomic.Uint64
 
 func (c *refusals) add(r Refusal) { c[r].Add(1) }
 
-func (c *refusals) addN(r Refusal, n int) { c[r].Add(uint64(n)) }
+// refusalLogs limit the log lines of each reason (Stack.refuse).
+type refusalLogs [refusalCount]ratelog.Every
+
 
 // Refusals returns each reason's count since New, by name.
 func (s *Stack) Refusals() map[string]uint64 {

@@ -90,11 +90,11 @@ func (s *Stack) forwardPing(src, dst netip.Addr, mac tcpip.LinkAddress, icmp []b
 		ok, evicted := s.ping.admitLocked(s.cfg.Limits.PingFlows, s.cfg.evictIdle)
 		if evicted != nil {
 			evicted.cancel()
-			s.refused.add(EvictedPingFlows)
+			s.refuse(EvictedPingFlows, 1)
 		}
 		if !ok {
 			s.ping.mu.Unlock()
-			s.refused.add(RefusedPingFlows)
+			s.refuse(RefusedPingFlows, 1)
 			s.refusePing(src, dst, mac, icmp)
 			return
 		}

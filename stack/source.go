@@ -69,7 +69,7 @@ func (s *Stack) spoofed(a netip.Addr) bool {
 	if s.sourceAllowed(a) {
 		return false
 	}
-	s.refused.add(SpoofedSource)
+	s.refuse(SpoofedSource, 1)
 	return true
 }
 

@@ -190,7 +190,8 @@ type Stack struct {
 	udpFast udpFastTable
 
 	// refused counts what the stack refused, by reason (limits.go).
-	refused refusals
+	refused    refusals
+	refusalLog refusalLogs
 
 	// syns notes the guests' SYNs for tcpunreach.go.
 	syns synTable

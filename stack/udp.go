@@ -45,7 +45,7 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 		return true // drop: reject, silent, and unreachable (already sent by the link filter)
 	}
 	if !s.udp.reserveFlow(s.evictedUDP) {
-		s.refused.add(RefusedUDPFlows)
+		s.refuse(RefusedUDPFlows, 1)
 		s.refuseUDP(src, dst)
 		return true
 	}
@@ -89,7 +89,7 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 			s.udp.returnRcvBuf(rcv)
 			switch {
 			case errors.Is(err, errUDPPortsFull):
-				s.refused.add(RefusedUDPPorts)
+				s.refuse(RefusedUDPPorts, 1)
 				s.refuseUDP(src, dst)
 			case s.ctx.Err() == nil:
 				s.logf("stack: udp %v → %v: %v", src, to, err)
@@ -103,7 +103,7 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 }
 
 // evictedUDP counts flows evicted to make room.
-func (s *Stack) evictedUDP(n int) { s.refused.addN(EvictedUDPFlows, n) }
+func (s *Stack) evictedUDP(n int) { s.refuse(EvictedUDPFlows, n) }
 
 // refuseUDP tells the guest at src that its datagram to dst was refused at
 // a limit: ICMP destination unreachable, administratively prohibited, from
@@ -296,7 +296,7 @@ func (s *Stack) hostFirstFlow(p *udpPort, from netip.AddrPort) *udpFlow {
 		p.mu.Unlock()
 	}
 	if !s.udp.reserveFlow(s.evictedUDP) {
-		s.refused.add(RefusedUDPFlows)
+		s.refuse(RefusedUDPFlows, 1)
 		undo()
 		return nil
 	}

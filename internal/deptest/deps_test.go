@@ -47,7 +47,7 @@ var rules = map[string]rule{
 	"nsjoin":            {why: "only joins the namespaces and hands over the tap's fd", may: []string{"tap", "internal/pollfd"}},
 	"link":              {why: "moves frames for the stack, which sits on top of it", gvisor: true, may: []string{"tap"}},
 	"stack": {why: "terminates the namespace's flows; portfwd, dns and apisock sit on top of it",
-		gvisor: true, may: []string{"dhcp", "link", "netplan", "relay", "tap"}},
+		gvisor: true, may: []string{"dhcp", "internal/ratelog", "link", "netplan", "relay", "tap"}},
 	"portfwd":                 {why: "reaches the namespace through its Dialer interface, which stack implements", may: []string{"netplan", "relay"}},
 	"loopfwd":                 {why: "relays the namespace's loopback to the host's; listeners are handed in", may: []string{"relay"}},
 	"autofwd":                 {why: "adds and removes forwards; reads files it is handed", may: []string{"portfwd", "netplan", "relay"}},
