@@ -143,7 +143,6 @@ func (c *refusals) add(r Refusal) { c[r].Add(1) }
 // refusalLogs limit the log lines of each reason (Stack.refuse).
 type refusalLogs [refusalCount]ratelog.Every
 
-
 // Refusals returns each reason's count since New, by name.
 func (s *Stack) Refusals() map[string]uint64 {
 	m := make(map[string]uint64, refusalCount)

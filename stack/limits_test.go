@@ -195,9 +195,10 @@ func TestUDPIdleFlowsHoldLittle(t *testing.T) {
 	during := memInUse()
 	per := (int64(during) - int64(before)) / flows
 	t.Logf("%d idle UDP flows (each its own guest port and host socket): %d bytes each (heap and stacks)", flows, per)
-	// Two parked goroutines (the flow's and its port's) are most of it;
-	// the old cost was two 64 KiB buffers more.
-	if per > 20<<10 {
+	// The port's parked reader is much of it; the old cost was two 64 KiB
+	// buffers and another goroutine more. The race detector's shadow
+	// memory makes the figures meaningless.
+	if per > 20<<10 && !raceEnabled {
 		t.Errorf("an idle UDP flow holds %d bytes, want a few KiB", per)
 	}
 	deadline := time.Now().Add(20 * time.Second)
@@ -210,7 +211,7 @@ func TestUDPIdleFlowsHoldLittle(t *testing.T) {
 	after := memInUse()
 	t.Logf("memory in use: %d KiB before, %d KiB with the flows, %d KiB after they expired", before>>10, during>>10, after>>10)
 	// What stays is the maps' grown tables and the heap's fragments.
-	if int64(after)-int64(before) > int64(flows)*4096 {
+	if int64(after)-int64(before) > int64(flows)*4096 && !raceEnabled {
 		t.Errorf("%d KiB still in use after the flows expired (before: %d KiB)", after>>10, before>>10)
 	}
 }
@@ -295,9 +296,12 @@ func TestSpoofedSourceDropped(t *testing.T) {
 		cfg := testConfig(t)
 		cfg.Limits.AllowSources = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}
 		e := startEnv(t, cfg)
+		if !udpEchoed(guestUDP(t, e.guest, false), dst, "own", 5*time.Second) { // the stack runs
+			t.Fatal("UDP from the guest's own address not served")
+		}
 		injectFrame(t, e.guest, ipv4.ProtocolNumber, stackMAC, spoofedUDP(spoof, dst, "routed"))
 		deadline := time.Now().Add(5 * time.Second)
-		for e.s.udpHostSockets() != 1 {
+		for e.s.udpHostSockets() != 2 {
 			if time.Now().After(deadline) {
 				t.Fatal("UDP from an --allow-source prefix got no host socket")
 			}

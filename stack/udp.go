@@ -44,7 +44,7 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 	if v != forward {
 		return true // drop: reject, silent, and unreachable (already sent by the link filter)
 	}
-	if !s.udp.reserveFlow(s.evictedUDP) {
+	if !s.reserveUDPFlow() {
 		s.refuse(RefusedUDPFlows, 1)
 		s.refuseUDP(src, dst)
 		return true
@@ -76,8 +76,9 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 	if dst.Port() == 53 {
 		idle = s.cfg.dnsIdle
 	}
+	// The goroutine opens the host socket off the inbound path; its
+	// tracker membership passes to the flow, which leaves when it ends.
 	go func() {
-		defer s.flows.leave()
 		to, err := s.toHost(s.ctx, "udp", hostDst)
 		var port *udpPort
 		if err == nil {
@@ -94,16 +95,13 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 			case s.ctx.Err() == nil:
 				s.logf("stack: udp %v → %v: %v", src, to, err)
 			}
+			s.flows.leave()
 			return
 		}
-		f := s.startUDPFlow(port, ep, &wq, dst, to, idle, false, rcv)
-		s.runUDPFlow(f)
+		s.startUDPFlow(port, ep, &wq, dst, to, idle, false, rcv)
 	}()
 	return true
 }
-
-// evictedUDP counts flows evicted to make room.
-func (s *Stack) evictedUDP(n int) { s.refuse(EvictedUDPFlows, n) }
 
 // refuseUDP tells the guest at src that its datagram to dst was refused at
 // a limit: ICMP destination unreachable, administratively prohibited, from
@@ -169,13 +167,18 @@ type udpFlow struct {
 	idle    time.Duration
 	rcvBuf  int // granted by udpTable.grantRcvBuf
 
-	last  atomic.Int64 // traffic last seen, udpTable.now
-	timer *time.Timer  // checks last; guarded by nothing: see checkIdle
-	done  chan struct{}
-	once  sync.Once
-	slot  atomic.Bool // holds one of udpTable's flow slots
-	fast  udpFastKey  // in s.udpFast with fastF
-	fastF *udpFastFlow
+	last     atomic.Int64 // traffic last seen, udpTable.now
+	timer    *time.Timer  // checks last; set before the flow is published
+	entry    waiter.Entry // on wq: the guest sent datagrams (kickUDPFlow)
+	draining atomic.Bool  // a drainUDPFlow goroutine runs
+	once     sync.Once
+	slot     atomic.Bool // holds one of udpTable's flow slots
+	fast     udpFastKey  // in s.udpFast with fastF
+	fastF    *udpFastFlow
+
+	mu      sync.Mutex
+	stopCtx func() bool // guarded by mu; unregisters the flow from the stack's context
+	ended   bool        // guarded by mu
 	// hostFirst: made by the port's reader, counted in udpPort.hostFirst.
 	hostFirst bool
 }
@@ -183,12 +186,12 @@ type udpFlow struct {
 // touch notes traffic: the idle timer reads it when it fires.
 func (f *udpFlow) touch(t *udpTable) { f.last.Store(t.now()) }
 
-// close ends the flow: its goroutine sees done (or the closed endpoint)
-// and cleans up (endUDPFlow).
-func (f *udpFlow) close() {
+// closeUDPFlow ends a flow (idle, evicted, the stack shutting down): it
+// closes the endpoint and cleans up, once.
+func (s *Stack) closeUDPFlow(f *udpFlow) {
 	f.once.Do(func() {
-		close(f.done)
 		f.ep.Close()
+		s.endUDPFlow(f)
 	})
 }
 
@@ -209,7 +212,7 @@ func (s *Stack) acquireUDPPort(src, hostDst netip.AddrPort) (*udpPort, error) {
 	if len(t.ports) >= t.maxPorts {
 		victims = t.evictPortsLocked()
 	}
-	defer closeFlows(victims, s.evictedUDP) // after the unlock
+	defer s.closeFlows(victims) // after the unlock
 	defer t.mu.Unlock()
 	if len(t.ports) >= t.maxPorts {
 		return nil, errUDPPortsFull
@@ -295,7 +298,7 @@ func (s *Stack) hostFirstFlow(p *udpPort, from netip.AddrPort) *udpFlow {
 		p.hostFirst--
 		p.mu.Unlock()
 	}
-	if !s.udp.reserveFlow(s.evictedUDP) {
+	if !s.reserveUDPFlow() {
 		s.refuse(RefusedUDPFlows, 1)
 		undo()
 		return nil
@@ -321,22 +324,31 @@ func (s *Stack) hostFirstFlow(p *udpPort, from netip.AddrPort) *udpFlow {
 		undo()
 		return nil // e.g. shutting down
 	}
-	f := s.startUDPFlow(p, ep, wq, visible, from, s.cfg.udpIdle, true, 0)
-	if !s.flows.goFunc(func() { s.runUDPFlow(f) }) {
-		f.close()
-		s.endUDPFlow(f)
+	if !s.flows.enter() {
+		ep.Close()
+		s.releaseUDPPort(p)
+		s.udp.releaseSlot()
+		undo()
 		return nil
 	}
-	return f
+	return s.startUDPFlow(p, ep, wq, visible, from, s.cfg.udpIdle, true, 0)
 }
 
-// startUDPFlow registers a flow with its port (and the fast path) and
-// arms its idle timer. The caller has reserved the flow's slot.
+// startUDPFlow registers a flow with its port (and the fast path), arms
+// its idle timer and the relay of the guest's datagrams. The caller has
+// reserved the flow's slot and a tracker membership, which the flow gives
+// back when it ends.
+//
+// No goroutine waits for the guest's datagrams: the endpoint's readable
+// event starts one (drainUDPFlow) that lives while datagrams are queued,
+// which after the first one is rare (the fast path takes them).
 func (s *Stack) startUDPFlow(p *udpPort, ep tcpip.Endpoint, wq *waiter.Queue, visible, hostDst netip.AddrPort, idle time.Duration, hostFirst bool, rcvBuf int) *udpFlow {
-	f := &udpFlow{port: p, ep: ep, wq: wq, visible: visible, hostDst: hostDst, idle: idle, rcvBuf: rcvBuf, done: make(chan struct{}), hostFirst: hostFirst}
+	f := &udpFlow{port: p, ep: ep, wq: wq, visible: visible, hostDst: hostDst, idle: idle, rcvBuf: rcvBuf, hostFirst: hostFirst}
 	f.slot.Store(true)
 	f.touch(&s.udp)
 	f.timer = time.AfterFunc(idle, func() { s.checkIdle(f) })
+	f.entry = waiter.NewFunctionEntry(waiter.ReadableEvents, func(waiter.EventMask) { s.kickUDPFlow(f) })
+	wq.EventRegister(&f.entry)
 	s.udp.mu.Lock()
 	s.udp.flows[f] = struct{}{}
 	s.udp.mu.Unlock()
@@ -346,12 +358,48 @@ func (s *Stack) startUDPFlow(p *udpPort, ep tcpip.Endpoint, wq *waiter.Queue, vi
 	// From now on the link filter writes this flow's datagrams to the
 	// host itself (udpfast.go); those that reach the gVisor endpoint
 	// anyway (queued before, or not taken by the fast path) are relayed
-	// by runUDPFlow.
+	// by drainUDPFlow.
 	// The key is what the link filter sees on the wire: the guest port
 	// and the remote as the guest addresses it (both plain, unmapped).
 	f.fast, f.fastF = udpFastKey{src: p.key.src, dst: visible}, udpFastFlowOf(p.host, hostDst, func() { f.touch(&s.udp) })
 	s.udpFast.add(f.fast, f.fastF)
+	stop := context.AfterFunc(s.ctx, func() { s.closeUDPFlow(f) })
+	f.mu.Lock()
+	if f.ended {
+		f.mu.Unlock()
+		stop()
+	} else {
+		f.stopCtx = stop
+		f.mu.Unlock()
+	}
+	// The first datagram was queued before the entry was registered.
+	s.kickUDPFlow(f)
 	return f
+}
+
+// kickUDPFlow starts a drainUDPFlow goroutine unless one runs. It is
+// called from inside the endpoint's notification (which holds the
+// queue's lock: no reading here).
+func (s *Stack) kickUDPFlow(f *udpFlow) {
+	if f.draining.CompareAndSwap(false, true) && !s.flows.goFunc(func() { s.drainUDPFlow(f) }) {
+		f.draining.Store(false)
+	}
+}
+
+// drainUDPFlow relays the datagrams queued on a flow's endpoint to the
+// host, then exits; a datagram queued while it was stopping starts it
+// again (kickUDPFlow) or is taken by the check after the stop.
+func (s *Stack) drainUDPFlow(f *udpFlow) {
+	for {
+		open := relayQueued(f.ep, func(b []byte) {
+			f.touch(&s.udp)
+			f.port.host.write(b, f.hostDst)
+		})
+		f.draining.Store(false)
+		if !open || f.ep.Readiness(waiter.ReadableEvents) == 0 || !f.draining.CompareAndSwap(false, true) {
+			return
+		}
+	}
 }
 
 // checkIdle runs when a flow's timer fires: the flow ends if it has seen
@@ -361,24 +409,24 @@ func (s *Stack) startUDPFlow(p *udpPort, ep tcpip.Endpoint, wq *waiter.Queue, vi
 func (s *Stack) checkIdle(f *udpFlow) {
 	quiet := time.Duration(s.udp.now() - f.last.Load())
 	if quiet >= f.idle {
-		f.close()
+		s.closeUDPFlow(f)
 		return
 	}
 	f.timer.Reset(f.idle - quiet)
 }
 
-// runUDPFlow relays the guest's datagrams of a flow to the host until the
-// flow is closed (idle, evicted, or the stack shuts down), then ends it.
-func (s *Stack) runUDPFlow(f *udpFlow) {
-	stop := context.AfterFunc(s.ctx, f.close)
-	defer stop()
-	relayEndpoint(f.ep, f.wq, f.done, func(b []byte) { f.port.host.write(b, f.hostDst) }, func() { f.touch(&s.udp) })
-	f.close()
-	s.endUDPFlow(f)
-}
-
+// endUDPFlow undoes startUDPFlow (closeUDPFlow calls it once).
 func (s *Stack) endUDPFlow(f *udpFlow) {
+	defer s.flows.leave()
 	p := f.port
+	f.mu.Lock()
+	f.ended = true
+	stop := f.stopCtx
+	f.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+	f.wq.EventUnregister(&f.entry)
 	f.timer.Stop()
 	s.udpFast.remove(f.fast, f.fastF)
 	p.mu.Lock()
@@ -423,21 +471,17 @@ func (s *Stack) guestVisible(from netip.AddrPort, v6 bool) (netip.AddrPort, bool
 	return netip.AddrPortFrom(a, from.Port()), true
 }
 
-// relayEndpoint reads the datagrams the guest sends to ep and hands them to
-// send until ep is closed or done is. A buffer is taken from datagramPool
-// only while a datagram is in hand. Errors of one datagram do not end the
-// flow: the endpoint reports an ICMP error from the guest (port
-// unreachable for one of our datagrams) on its next read.
-func relayEndpoint(ep tcpip.Endpoint, wq *waiter.Queue, done <-chan struct{}, send func([]byte), touch func()) {
-	entry, ready := waiter.NewChannelEntry(waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr)
-	wq.EventRegister(&entry)
-	defer wq.EventUnregister(&entry)
+// relayQueued hands the datagrams queued on ep to send, each in a buffer
+// of datagramPool taken only while it is in hand, until none is left; false
+// means ep is closed. Errors of one datagram do not end the flow: the
+// endpoint reports an ICMP error from the guest (port unreachable for one
+// of our datagrams) on its next read.
+func relayQueued(ep tcpip.Endpoint, send func([]byte)) (open bool) {
 	for {
 		bp := datagramPool.Get().(*[]byte)
 		w := tcpip.SliceWriter(*bp)
 		res, err := ep.Read(&w, tcpip.ReadOptions{})
 		if err == nil {
-			touch()
 			send((*bp)[:res.Count])
 			datagramPool.Put(bp)
 			continue
@@ -445,14 +489,10 @@ func relayEndpoint(ep tcpip.Endpoint, wq *waiter.Queue, done <-chan struct{}, se
 		datagramPool.Put(bp)
 		switch err.(type) {
 		case *tcpip.ErrWouldBlock:
-			select {
-			case <-ready:
-			case <-done:
-				return
-			}
+			return true
 		case *tcpip.ErrConnectionRefused:
 		default:
-			return
+			return false
 		}
 	}
 }

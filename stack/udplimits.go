@@ -57,11 +57,18 @@ func (t *udpTable) init(l Limits, evictIdle time.Duration) {
 // now is the monotonic time since init, for flows' last-traffic stamps.
 func (t *udpTable) now() int64 { return int64(time.Since(t.epoch)) }
 
+// reserveUDPFlow takes a flow slot, evicting idle flows at the limit;
+// false means the flow is refused.
+func (s *Stack) reserveUDPFlow() bool {
+	ok, victims := s.udp.reserveFlow()
+	s.closeFlows(victims)
+	return ok
+}
+
 // reserveFlow takes a flow slot, evicting idle flows at the limit; false
-// means the flow is refused. The evicted flows are closed before it
-// returns; each costs its slot at once, its resources when its goroutine
-// has cleaned up.
-func (t *udpTable) reserveFlow(evicted func(n int)) bool {
+// means the flow is refused. The caller closes the victims, whose slots
+// are free already.
+func (t *udpTable) reserveFlow() (bool, []*udpFlow) {
 	t.mu.Lock()
 	var victims []*udpFlow
 	if t.slots >= t.maxFlows {
@@ -72,8 +79,7 @@ func (t *udpTable) reserveFlow(evicted func(n int)) bool {
 		t.slots++
 	}
 	t.mu.Unlock()
-	closeFlows(victims, evicted)
-	return ok
+	return ok, victims
 }
 
 func (t *udpTable) releaseSlot() {
@@ -157,13 +163,13 @@ func (t *udpTable) evictPortsLocked() []*udpFlow {
 	return victims
 }
 
-// closeFlows closes evicted flows and reports how many.
-func closeFlows(fs []*udpFlow, evicted func(n int)) {
+// closeFlows closes evicted flows and counts them.
+func (s *Stack) closeFlows(fs []*udpFlow) {
 	for _, f := range fs {
-		f.close()
+		s.closeUDPFlow(f)
 	}
-	if len(fs) > 0 && evicted != nil {
-		evicted(len(fs))
+	if len(fs) > 0 {
+		s.refuse(EvictedUDPFlows, len(fs))
 	}
 }
 
