@@ -342,3 +342,49 @@ func TestIPv6EchoBehindExtensionHeaders(t *testing.T) {
 		t.Error("the stack answered an echo request to a foreign address behind a hop-by-hop header")
 	}
 }
+
+func TestUDPBufferBudget(t *testing.T) {
+	goroutineLeakCheck(t)
+	pc := udpEchoServer(t, false)
+	cfg := testConfig(t)
+	cfg.Limits.UDPBufferBytes = 2 * udpRcvBuf
+	cfg.udpIdle = 500 * time.Millisecond
+	e := startEnv(t, cfg)
+	dst := netip.AddrPortFrom(gw4, portOf(pc.LocalAddr()))
+
+	sizes := func() (big, small int) {
+		e.s.udp.mu.Lock()
+		defer e.s.udp.mu.Unlock()
+		for f := range e.s.udp.flows {
+			switch f.ep.SocketOptions().GetReceiveBufferSize() {
+			case udpRcvBuf:
+				big++
+			case udpSmallRcvBuf:
+				small++
+			}
+		}
+		return big, small
+	}
+	for i := range 4 {
+		if !udpEchoed(guestUDP(t, e.guest, false), dst, "x", 5*time.Second) {
+			t.Fatalf("flow %d not served beyond the buffer budget", i)
+		}
+	}
+	if big, small := sizes(); big != 2 || small != 2 {
+		t.Errorf("%d flows with a 1 MiB receive buffer and %d with 16 KiB, want 2 and 2 (budget 2 MiB)", big, small)
+	}
+	// The budget comes back when the flows end.
+	deadline := time.Now().Add(10 * time.Second)
+	for e.s.udpHostSockets() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("flows did not expire")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !udpEchoed(guestUDP(t, e.guest, false), dst, "again", 5*time.Second) {
+		t.Fatal("new flow not served")
+	}
+	if big, _ := sizes(); big != 1 {
+		t.Errorf("a new flow after the others ended got no 1 MiB buffer: the budget was not returned")
+	}
+}
