@@ -388,3 +388,39 @@ func TestUDPBufferBudget(t *testing.T) {
 		t.Errorf("a new flow after the others ended got no 1 MiB buffer: the budget was not returned")
 	}
 }
+
+func TestSourceAllowed(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		cfg   Config
+		allow []string
+		deny  []string
+	}{
+		{"slirp4netns", Config{Plan: testPlan(t, true)},
+			[]string{"10.0.2.100", "10.0.2.15", "0.0.0.0", "169.254.3.4", "fd00::1234", "fe80::64", "::"},
+			[]string{"10.0.3.1", "192.0.2.1", "127.0.0.1", "255.255.255.255", "224.0.0.1", "2001:db8::1", "ff02::1", "::1"}},
+		// pasta: the guest has the host's address in the host's network.
+		{"mirrored", Config{Plan: mirrorPlan(t)},
+			[]string{"198.51.100.10", "198.51.100.77", "0.0.0.0", "fe80::1"},
+			[]string{"10.0.2.100", "198.51.101.10", "192.0.2.1"}},
+		{"allow-source", Config{Plan: testPlan(t, false), Limits: Limits{AllowSources: []netip.Prefix{
+			netip.MustParsePrefix("10.9.0.0/16"), netip.MustParsePrefix("2001:db8:5::/48")}}},
+			[]string{"10.9.200.1", "2001:db8:5::9", "10.0.2.100"},
+			[]string{"10.10.0.1", "2001:db8:6::9"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &Stack{cfg: tc.cfg}
+			s.sources4, s.sources6 = sourcePrefixes(&s.cfg)
+			for _, a := range tc.allow {
+				if !s.sourceAllowed(netip.MustParseAddr(a)) {
+					t.Errorf("source %s refused, want allowed", a)
+				}
+			}
+			for _, a := range tc.deny {
+				if ad, err := netip.ParseAddr(a); err == nil && s.sourceAllowed(ad) {
+					t.Errorf("source %s allowed, want refused", a)
+				}
+			}
+		})
+	}
+}
