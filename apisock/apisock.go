@@ -56,6 +56,13 @@ type Config struct {
 	// nothing is dropped without a reply; one that sent part of a request gets
 	// "bad request: cannot parse JSON".
 	ReadTimeout time.Duration
+	// Policy, when set, serves add_rule, list_rules and remove_rule
+	// (extra.go); KillDenied, when set, closes the live flows that the
+	// rules now deny, for "kill_existing", and returns how many.
+	Policy     Policy
+	KillDenied func() int
+	// Stats, when set, serves get_stats and list_connections.
+	Stats Stats
 	// Logf logs failed commands (with the underlying error, which the wire
 	// format has no room for) and accept errors. nil = discard.
 	Logf func(format string, args ...any)

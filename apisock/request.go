@@ -128,6 +128,9 @@ func (s *Server) handle(ctx context.Context, raw json.RawMessage, readErr error)
 	case "remove_hostfwd":
 		return s.removeHostfwd(args)
 	}
+	if reply, ok := s.extra(execute, args); ok {
+		return reply
+	}
 	return errorReply(errUnknown)
 }
 

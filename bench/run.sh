@@ -14,9 +14,10 @@
 #   5. writes the report: docs/bench/ (full run) or a temp dir (--quick).
 #
 # Options:
-#   --quick            smoke mode for CI: 1 run of each workload, 1 s each, report in a temp
-#                      dir, exit 1 if anything failed. Takes about a minute and a half (plus
-#                      the build).
+#   --quick            smoke mode for CI: 1 run of each workload, 1 s each, in reduced forms
+#                      (rr/crr with 1 and 16 clients, 100 UDP flows, 10 instances at once, RSS
+#                      2 s after the close), report in a temp dir, exit 1 if anything failed.
+#                      Takes about two minutes (plus the build).
 #   --runs N           runs of each workload (default 5)
 #   --duration SEC     length of each timed run (default 5)
 #   --backends LIST    default usernet,usernet-pasta,slirp4netns,pasta,pasta-2025 (usernet
@@ -29,8 +30,10 @@
 #                      headers/offloads (A/B runs)
 #   --workloads RE     only the workloads whose name matches RE (tcp_n2h_65520, tcp_h2n_65520,
 #                      tcp_n2h_1500, tcp_h2n_1500, tcp_fwd_65520, tcp_fwdr_65520, udp_1g,
-#                      udp_max, rr, crr, rr_fwd, crr_fwd);
-#                      memory and startup always run. For quick A/B runs, not for the report.
+#                      udp_max, udp_flows, loopback, rr, crr, rr_fwd, crr_fwd, and with N
+#                      clients rr_cN, crr_cN, rr_fwd_cN, crr_fwd_cN for N in 4, 16, 64);
+#                      memory and startup always run, the host loopback whenever a tcp_
+#                      workload does. For quick A/B runs, not for the report.
 #   --out DIR          report directory (default docs/bench, or a temp dir with --quick)
 #   --provisional TXT  a warning printed at the top of the report
 #   --rev REV          build usernet from git revision REV (git archive, read-only) instead

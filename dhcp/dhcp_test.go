@@ -388,3 +388,23 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestExtraOptionsInOffersAndAcks(t *testing.T) {
+	cfg := slirpConfig(&clock{t: time.Unix(1e9, 0)})
+	cfg.Extra = Options{OptHostname: []byte("myhost"), OptDomainSearch: []byte("\x07example\x03org\x00"), OptRouter: {1, 2, 3, 4}}
+	s := mustServer(t, cfg)
+	off := handle(t, s, request(Discover, macA, nil))
+	ack := handle(t, s, request(Request, macA, Options{OptRequestedAddr: addrOpt(off.Msg.YIAddr), OptServerID: addrOpt(gw)}))
+	for _, r := range []*Reply{off, ack} {
+		if string(r.Msg.Options[OptHostname]) != "myhost" || string(r.Msg.Options[OptDomainSearch]) != "\x07example\x03org\x00" {
+			t.Errorf("%v: options 12 %q, 119 %q; want the extra ones", r.Msg.Type(), r.Msg.Options[OptHostname], r.Msg.Options[OptDomainSearch])
+		}
+		if !bytes.Equal(r.Msg.Options[OptRouter], []byte{10, 0, 2, 2}) {
+			t.Errorf("%v: router %v; an extra option must not replace the server's own", r.Msg.Type(), r.Msg.Options[OptRouter])
+		}
+	}
+	nak := handle(t, s, request(Request, macB, Options{OptRequestedAddr: addrOpt(ip("10.0.2.15"))}))
+	if nak == nil || nak.Msg.Type() != Nak || nak.Msg.Options[OptHostname] != nil {
+		t.Errorf("NAK %+v: want one without the extra options", nak)
+	}
+}

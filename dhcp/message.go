@@ -81,6 +81,7 @@ const (
 	OptSubnetMask    byte = 1
 	OptRouter        byte = 3
 	OptDNS           byte = 6
+	OptHostname      byte = 12
 	OptRequestedAddr byte = 50
 	OptLeaseTime     byte = 51
 	OptOverload      byte = 52
@@ -89,6 +90,8 @@ const (
 	OptParamRequest  byte = 55
 	OptMessage       byte = 56
 	OptClientID      byte = 61
+	OptClientFQDN    byte = 81  // RFC 4702
+	OptDomainSearch  byte = 119 // RFC 3397
 	OptEnd           byte = 255
 )
 

@@ -41,6 +41,11 @@ type Config struct {
 	PoolStart netip.Addr
 	PoolSize  int
 
+	// Extra are options sent as they are in every OFFER and ACK (pasta's
+	// hostname, FQDN and search list: options 12, 81, 119). They do not
+	// replace the server's own.
+	Extra Options
+
 	// LeaseTime is sent as option 51. 0 means DefaultLeaseTime.
 	LeaseTime time.Duration
 
@@ -261,6 +266,11 @@ func (s *Server) reply(req *Message, t MessageType, yiaddr netip.Addr, lease boo
 	}
 	if lease {
 		m.Options.SetUint32(OptLeaseTime, uint32(s.cfg.LeaseTime/time.Second))
+	}
+	for c, v := range s.cfg.Extra {
+		if _, own := m.Options[c]; !own {
+			m.Options[c] = v
+		}
 	}
 	return deliver(req, m)
 }

@@ -78,6 +78,9 @@ type Config struct {
 	// Logf receives operational log lines. nil discards them. Errors caused
 	// by the end of Serve's context are never logged.
 	Logf func(format string, args ...any)
+	// Names, if set, vets every query's name and sees every answer's
+	// addresses (names.go).
+	Names Names
 }
 
 // Forwarder relays DNS queries to one upstream resolver (at a time: see
@@ -89,6 +92,7 @@ type Forwarder struct {
 	follow   *resolvFollower                // nil: Upstream is fixed
 	timeout  time.Duration
 	logf     func(format string, args ...any)
+	names    Names // nil: every name is relayed
 	dialer   net.Dialer
 
 	// Set by New; tests in this package lower them before calling Serve.
@@ -120,6 +124,7 @@ func New(cfg Config) (*Forwarder, error) {
 	f := &Forwarder{
 		timeout:     cfg.Timeout,
 		logf:        cfg.Logf,
+		names:       cfg.Names,
 		idleTimeout: tcpIdleTimeout,
 		udpSem:      make(chan struct{}, maxUDPInFlight),
 		tcpSem:      make(chan struct{}, maxTCPConns),

@@ -82,13 +82,17 @@ func (f *Forwarder) serveTCPConn(ctx context.Context, c net.Conn) {
 			return
 		}
 		deadline := time.Now().Add(f.timeout)
-		to := f.upstreamForQuery()
-		reply, err := f.exchangeTCP(ctx, &up, to, q, deadline)
-		if err != nil {
-			if ctx.Err() == nil && f.upstreamLog.Allow(logEvery) {
-				f.logf("dns: tcp query to %v: %v", to, err)
+		reply := f.refusal(q)
+		if reply == nil {
+			to := f.upstreamForQuery()
+			reply, err = f.exchangeTCP(ctx, &up, to, q, deadline)
+			if err != nil {
+				if ctx.Err() == nil && f.upstreamLog.Allow(logEvery) {
+					f.logf("dns: tcp query to %v: %v", to, err)
+				}
+				return
 			}
-			return
+			f.learn(q, reply)
 		}
 		if w.setDeadline(deadline) != nil {
 			return

@@ -83,13 +83,18 @@ func (f *Forwarder) relayUDP(ctx context.Context, pc net.PacketConn, q []byte, c
 	bufp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bufp)
 
-	up := f.upstreamForQuery()
-	reply, err := f.exchangeUDP(qctx, up, q, *bufp)
-	if err != nil {
-		if ctx.Err() == nil && f.upstreamLog.Allow(logEvery) {
-			f.logf("dns: udp query to %v: %v", up, err)
+	reply := f.refusal(q)
+	if reply == nil {
+		up := f.upstreamForQuery()
+		var err error
+		reply, err = f.exchangeUDP(qctx, up, q, *bufp)
+		if err != nil {
+			if ctx.Err() == nil && f.upstreamLog.Allow(logEvery) {
+				f.logf("dns: udp query to %v: %v", up, err)
+			}
+			return
 		}
-		return
+		f.learn(q, reply)
 	}
 	if _, err := pc.WriteTo(reply, client); err != nil && ctx.Err() == nil {
 		f.logf("dns: udp reply to %v: %v", client, err)

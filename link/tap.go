@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -42,9 +43,9 @@ type Tap struct {
 	// checksums (HostGSO), and the kernel hands us the same (see vnet.go).
 	vnetHdr bool
 
-	// capture, if set (SetCapture), is told every frame; nil costs the
-	// data path one check per frame.
-	capture Capture
+	// capture, if set (SetCapture, at any time), is told every frame; none
+	// costs the data path one atomic load per frame.
+	capture atomic.Pointer[captureBox]
 
 	mu         sync.Mutex
 	dispatcher gvstack.NetworkDispatcher // guarded by mu
@@ -54,6 +55,24 @@ type Tap struct {
 	// tx holds the frames WritePackets defers to the writer goroutine
 	// (txqueue.go); nil until Attach starts the writer.
 	tx *txQueue // guarded by mu
+
+	// Frames and bytes (with vnet headers, without them) each way: from
+	// the namespace (rx) and to it (tx). Always on: an uncontended atomic
+	// add per frame.
+	rxFrames, rxBytes, txFrames, txBytes atomic.Uint64
+}
+
+// Counters are a Tap's frame and byte counts.
+type Counters struct {
+	RxFrames uint64 `json:"rx_frames"` // from the namespace
+	RxBytes  uint64 `json:"rx_bytes"`
+	TxFrames uint64 `json:"tx_frames"` // to the namespace
+	TxBytes  uint64 `json:"tx_bytes"`
+}
+
+// Counters returns the counts so far.
+func (l *Tap) Counters() Counters {
+	return Counters{l.rxFrames.Load(), l.rxBytes.Load(), l.txFrames.Load(), l.txBytes.Load()}
 }
 
 var _ gvstack.LinkEndpoint = (*Tap)(nil)
@@ -77,9 +96,19 @@ type Capture interface {
 	WriteFrame(parts ...[]byte)
 }
 
-// SetCapture sets c to be told every frame (nil: none). Call it before
-// the endpoint is attached or written to.
-func (l *Tap) SetCapture(c Capture) { l.capture = c }
+// SetCapture sets c to be told every frame from now on (nil: none). It
+// may be called at any time; a frame being handled as it is called may
+// still go to the previous capture.
+func (l *Tap) SetCapture(c Capture) {
+	if c == nil {
+		l.capture.Store(nil)
+		return
+	}
+	l.capture.Store(&captureBox{c})
+}
+
+// captureBox lets an interface value sit behind an atomic pointer.
+type captureBox struct{ c Capture }
 
 // MTU implements gvstack.LinkEndpoint.
 func (l *Tap) MTU() uint32 { return l.mtu }
@@ -217,9 +246,11 @@ func (l *Tap) readLoop(d gvstack.NetworkDispatcher) {
 		if n <= hdrLen {
 			continue
 		}
-		if l.capture != nil {
+		l.rxFrames.Add(1)
+		l.rxBytes.Add(uint64(n - hdrLen))
+		if cb := l.capture.Load(); cb != nil {
 			parts[0], parts[1] = head[hdrLen:min(n, len(head))], body.AsSlice()[:max(n-len(head), 0)]
-			l.capture.WriteFrame(parts[:]...)
+			cb.c.WriteFrame(parts[:]...)
 		}
 		var payload buffer.Buffer
 		if n <= len(head) {
@@ -338,8 +369,8 @@ func (l *Tap) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error) {
 // them.
 func (l *Tap) writePacket(pkt *gvstack.PacketBuffer) tcpip.Error {
 	slices := pkt.AsSlices()
-	if l.capture != nil {
-		l.capture.WriteFrame(slices...)
+	if cb := l.capture.Load(); cb != nil {
+		cb.c.WriteFrame(slices...)
 	}
 	if l.vnetHdr {
 		hdr := vnetHeaderFor(pkt)
@@ -370,8 +401,9 @@ func deferredTCP(pkt *gvstack.PacketBuffer) bool {
 
 func (l *Tap) writeFrame(slices [][]byte) tcpip.Error {
 	var werr error
+	var n int
 	err := l.raw.Write(func(fd uintptr) bool {
-		_, werr = unix.Writev(int(fd), slices)
+		n, werr = unix.Writev(int(fd), slices)
 		return werr != unix.EAGAIN
 	})
 	if err != nil {
@@ -379,6 +411,11 @@ func (l *Tap) writeFrame(slices [][]byte) tcpip.Error {
 	}
 	switch werr {
 	case nil:
+		if l.vnetHdr {
+			n -= tap.VnetHdrLen
+		}
+		l.txFrames.Add(1)
+		l.txBytes.Add(uint64(n))
 		return nil
 	case unix.EIO, unix.EBADFD, unix.ENXIO:
 		return &tcpip.ErrClosedForSend{}

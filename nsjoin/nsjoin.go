@@ -74,6 +74,8 @@ type Request struct {
 	// ProcNet also brings back the namespace's /proc/net/tcp, tcp6, udp
 	// and udp6, opened inside it (Opened.ProcNet).
 	ProcNet bool `json:",omitempty"`
+	// LoopbackUp brings lo up without Configure (pasta always does).
+	LoopbackUp bool `json:",omitempty"`
 }
 
 // ProcNetFiles are the files Request.ProcNet opens, in Opened.ProcNet's
@@ -164,6 +166,11 @@ func childOpen() (*os.File, bool, []*os.File, error) {
 	}
 	if req.Configure {
 		if err := tap.Configure(req.Tap.Name, req.Config); err != nil {
+			f.Close()
+			return nil, false, nil, err
+		}
+	} else if req.LoopbackUp {
+		if err := tap.LoopbackUp(); err != nil {
 			f.Close()
 			return nil, false, nil, err
 		}

@@ -2,9 +2,11 @@ package stack
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 
 	"github.com/usernet/usernet/dhcp"
+	"github.com/usernet/usernet/dhcp6"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
@@ -41,9 +43,13 @@ func (s *Stack) bindDHCP() error {
 		PoolStart: plan.DHCPStart4,
 		PoolSize:  plan.DHCPSize,
 	}
-	if s.cfg.ServeDNS != nil && plan.DNS4.IsValid() {
-		cfg.DNS = []netip.Addr{plan.DNS4}
+	adv := s.advertised()
+	cfg.DNS = adv.DNS4
+	extra, err := dhcpExtra(adv.Search, s.cfg.Hostname, s.cfg.FQDN)
+	if err != nil {
+		return fmt.Errorf("stack: DHCP: %w", err)
 	}
+	cfg.Extra = extra
 	srv, err := dhcp.NewServer(cfg)
 	if err != nil {
 		return err
@@ -61,6 +67,35 @@ func (s *Stack) bindDHCP() error {
 		s.dhcpConns = append(s.dhcpConns, pc)
 	}
 	return nil
+}
+
+// dhcpExtra are the options pasta adds to its DHCP replies: the search
+// list (119, RFC 3397), the hostname (12) and the client's FQDN (81, RFC
+// 4702: flags E, the name in wire format, both RCODEs 255 as RFC 4702
+// §4 asks of a server).
+func dhcpExtra(search []string, hostname, fqdn string) (dhcp.Options, error) {
+	o := dhcp.Options{}
+	if len(search) > 0 {
+		b, err := dhcp6.EncodeDomains(search...)
+		if err != nil {
+			return nil, fmt.Errorf("search list: %w", err)
+		}
+		o[dhcp.OptDomainSearch] = b
+	}
+	if hostname != "" {
+		if len(hostname) > 255 {
+			return nil, fmt.Errorf("hostname of %d bytes, over 255", len(hostname))
+		}
+		o[dhcp.OptHostname] = []byte(hostname)
+	}
+	if fqdn != "" {
+		b, err := dhcp6.EncodeDomains(fqdn)
+		if err != nil {
+			return nil, fmt.Errorf("FQDN: %w", err)
+		}
+		o[dhcp.OptClientFQDN] = append([]byte{0x04, 0xff, 0xff}, b...)
+	}
+	return o, nil
 }
 
 // serveDHCP answers the requests arriving at pc until the Stack shuts
@@ -97,13 +132,14 @@ func (s *Stack) serveDHCP(pc *gonet.UDPConn) {
 			mac:   mac,
 			proto: header.IPv4ProtocolNumber,
 			data: ipv4Packet(s.cfg.Plan.Gateway4, dst, header.UDPProtocolNumber,
-				udp4(netip.AddrPortFrom(s.cfg.Plan.Gateway4, dhcp.ServerPort), netip.AddrPortFrom(dst, dhcp.ClientPort), r.Msg.Marshal())),
+				udpDatagram(netip.AddrPortFrom(s.cfg.Plan.Gateway4, dhcp.ServerPort), netip.AddrPortFrom(dst, dhcp.ClientPort), r.Msg.Marshal())),
 		})
 	}
 }
 
-// udp4 builds a UDP datagram (header and payload) with its IPv4 checksum.
-func udp4(src, dst netip.AddrPort, payload []byte) []byte {
+// udpDatagram builds a UDP datagram (header and payload) with its checksum
+// over the pseudo-header of src and dst, IPv4 or IPv6.
+func udpDatagram(src, dst netip.AddrPort, payload []byte) []byte {
 	d := header.UDP(make([]byte, header.UDPMinimumSize+len(payload)))
 	d.Encode(&header.UDPFields{SrcPort: src.Port(), DstPort: dst.Port(), Length: uint16(len(d))})
 	copy(d.Payload(), payload)

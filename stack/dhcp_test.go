@@ -33,7 +33,7 @@ func (c *dhcpClient) frame(m *dhcp.Message, src, dst netip.Addr) []byte {
 	m.Op, m.HType, m.HLen, m.XID = dhcp.OpRequest, 1, 6, c.xid
 	copy(m.CHAddr[:], c.mac)
 	pkt := ipv4Packet(src, dst, header.UDPProtocolNumber,
-		udp4(netip.AddrPortFrom(src, dhcp.ClientPort), netip.AddrPortFrom(dst, dhcp.ServerPort), m.Marshal()))
+		udpDatagram(netip.AddrPortFrom(src, dhcp.ClientPort), netip.AddrPortFrom(dst, dhcp.ServerPort), m.Marshal()))
 	dstMAC := broadcastMAC
 	if dst != netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
 		dstMAC = stackMAC
@@ -292,5 +292,27 @@ func TestDHCPDisabledGetsNoAnswer(t *testing.T) {
 	}
 	if got := d.dialed(); len(got) != 0 {
 		t.Errorf("a broadcast DISCOVER reached the host dialer: %v", got)
+	}
+}
+
+// pasta's options: the advertised DNS and search list, -H and --fqdn.
+func TestDHCPPastaOptions(t *testing.T) {
+	goroutineLeakCheck(t)
+	cfg := testConfig(t)
+	cfg.ServeDNS = serveNoDNS
+	cfg.Advertise = &Advertise{DNS4: []netip.Addr{netip.MustParseAddr("192.0.2.53")}, Search: []string{"example.org", "example.net"}}
+	cfg.Hostname, cfg.FQDN = "myhost", "myhost.example.org"
+	e := startEnv(t, cfg)
+	c := &dhcpClient{e: e, mac: "\x02\x00\x00\x00\x00\x0f", xid: 600}
+	_, ack := c.lease(t)
+	for code, want := range map[byte]string{
+		dhcp.OptDNS:          "\xc0\x00\x02\x35",
+		dhcp.OptHostname:     "myhost",
+		dhcp.OptClientFQDN:   "\x04\xff\xff\x06myhost\x07example\x03org\x00", // as pasta 2025 sends it
+		dhcp.OptDomainSearch: "\x07example\x03org\x00\x07example\x03net\x00",
+	} {
+		if got := string(ack.msg.Options[code]); got != want {
+			t.Errorf("ACK option %d = %q, want %q", code, got, want)
+		}
 	}
 }

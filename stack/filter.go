@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"sync"
 
+	"github.com/usernet/usernet/dhcp6"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/nested"
@@ -236,9 +237,9 @@ func (s *Stack) filterIPv4(pkt *gvstack.PacketBuffer) bool {
 // whose solicited-node group it shares with one of its own addresses; a
 // wrong answer for the guest's own address fails its duplicate address
 // detection) and answers router solicitations with a router
-// advertisement. Packets with extension headers go to the stack unchanged
-// if they carry TCP or UDP, or are for our own addresses; the rest is
-// dropped.
+// advertisement, and takes DHCPv6 to ff02::1:2 (dhcp6.go). Packets with
+// extension headers go to the stack unchanged if they carry TCP or UDP,
+// or are for our own addresses; the rest is dropped.
 func (s *Stack) filterIPv6(pkt *gvstack.PacketBuffer) bool {
 	size := pkt.Data().Size()
 	b := peek(pkt, header.IPv6MinimumSize)
@@ -304,6 +305,10 @@ func (s *Stack) filterIPv6(pkt *gvstack.PacketBuffer) bool {
 	case header.TCPProtocolNumber, header.UDPProtocolNumber:
 		// UDP right after the fixed header: no extension headers, so
 		// not a fragment either.
+		if s.dhcp6 != nil && dst == dhcp6.AllServers && tcpip.TransportProtocolNumber(ip.NextHeader()) == header.UDPProtocolNumber &&
+			s.serveDHCP6(pkt, src, hl, total) {
+			return true
+		}
 		if tcpip.TransportProtocolNumber(ip.NextHeader()) == header.UDPProtocolNumber && s.udpFastSend(pkt, src, dst, hl, total) {
 			return true
 		}

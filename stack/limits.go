@@ -76,8 +76,11 @@ func (l Limits) withDefaults() Limits {
 type Refusal int
 
 const (
+	// RefusedPolicy: a new flow the egress policy denies.
+	RefusedPolicy Refusal = iota
+
 	// RefusedUDPFlows: a new UDP flow beyond Limits.UDPFlows.
-	RefusedUDPFlows Refusal = iota
+	RefusedUDPFlows
 	// RefusedUDPPorts: a new guest UDP port beyond Limits.UDPPorts.
 	RefusedUDPPorts
 	// EvictedUDPFlows: UDP flows ended early to make room for new ones.
@@ -97,6 +100,7 @@ const (
 // refusalNames are the counters' names in Stack.Refusals, indexed by
 // Refusal; stable, since stats readers key on them.
 var refusalNames = [refusalCount]string{
+	RefusedPolicy:    "policy",
 	RefusedUDPFlows:  "udp_flows",
 	RefusedUDPPorts:  "udp_ports",
 	EvictedUDPFlows:  "udp_flows_evicted",

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/usernet/usernet/dhcp"
+	"github.com/usernet/usernet/dhcp6"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
 	"gvisor.dev/gvisor/pkg/tcpip/link/pipe"
@@ -78,7 +79,7 @@ func goldenCases(t *testing.T) []goldenCase {
 	// The offending packets quoted by ICMP errors; built here, so their
 	// IDs are set apart from the cases' own.
 	ipv4ID.Store(goldenID - 0x100)
-	udpQuote4 := ipv4Packet(guest4, outside, header.UDPProtocolNumber, udp4(ap("10.0.2.100:5000"), ap("192.0.2.1:53"), []byte("query")))
+	udpQuote4 := ipv4Packet(guest4, outside, header.UDPProtocolNumber, udpDatagram(ap("10.0.2.100:5000"), ap("192.0.2.1:53"), []byte("query")))
 	tcpQuote6 := ipv6Packet(guest6, far6, header.TCPProtocolNumber, 64, seqBytes(20, 0x40))
 	ll6Quote := ipv6Packet(ll6, far6, header.UDPProtocolNumber, 64, seqBytes(13, 0x80))
 
@@ -173,6 +174,14 @@ func goldenCases(t *testing.T) []goldenCase {
 
 		{"routerAdvert/dns", s.routerAdvert},
 		{"routerAdvert/mtu9000-no-dns", s9k.routerAdvert},
+		{"routerAdvert/dhcpv6-dnssl", func() []byte {
+			// As pasta's command line with --dhcp-dns --dhcp-search:
+			// M set, two DNS servers, a search list.
+			s6 := goldenStack(t, 1500, true)
+			s6.dhcp6 = &dhcp6.Server{}
+			s6.cfg.Advertise = &Advertise{DNS6: []netip.Addr{far6, guest6}, Search: []string{"example.org", "a.example"}}
+			return s6.routerAdvert()
+		}},
 
 		{"icmpUnreachableFor/v4", func() []byte {
 			e := icmpError{dst: ap("192.0.2.1:53"), typ: uint8(header.ICMPv4DstUnreachable), code: uint8(header.ICMPv4PortUnreachable), payload: []byte("query")}
@@ -190,14 +199,14 @@ func goldenCases(t *testing.T) []goldenCase {
 		{"tcpUnreachable/v4", tcpUnreach(ap("10.0.2.100:40000"), ap("192.0.2.1:80"), 0xdeadbeef, uint8(header.ICMPv4HostUnreachable))},
 		{"tcpUnreachable/v6", tcpUnreach(ap("[fd00::100]:40001"), ap("[2001:db8::1]:443"), 0x01020304, uint8(header.ICMPv6AddressUnreachable))},
 
-		{"udp4/odd", func() []byte { return udp4(ap("10.0.2.2:67"), ap("10.0.2.15:68"), seqBytes(7, 0x31)) }},
+		{"udp4/odd", func() []byte { return udpDatagram(ap("10.0.2.2:67"), ap("10.0.2.15:68"), seqBytes(7, 0x31)) }},
 		// The payload is chosen so that the sum comes out as zero, which
 		// RFC 768 sends as 0xffff.
-		{"udp4/zero-sum", func() []byte { return udp4(ap("10.0.2.2:67"), ap("10.0.2.15:68"), []byte{0xe7, 0x42}) }},
+		{"udp4/zero-sum", func() []byte { return udpDatagram(ap("10.0.2.2:67"), ap("10.0.2.15:68"), []byte{0xe7, 0x42}) }},
 		{"dhcpReply", func() []byte {
 			// As serveDHCP builds it; any payload will do.
 			return ipv4Packet(gw4, bcast4, header.UDPProtocolNumber,
-				udp4(netip.AddrPortFrom(gw4, dhcp.ServerPort), netip.AddrPortFrom(bcast4, dhcp.ClientPort), seqBytes(300, 0x63)))
+				udpDatagram(netip.AddrPortFrom(gw4, dhcp.ServerPort), netip.AddrPortFrom(bcast4, dhcp.ClientPort), seqBytes(300, 0x63)))
 		}},
 	}
 }

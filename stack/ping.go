@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/usernet/usernet/policy"
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -79,8 +80,13 @@ func (s *Stack) forwardPing(src, dst netip.Addr, mac tcpip.LinkAddress, icmp []b
 	if mac == "" {
 		return
 	}
-	if _, v := s.route(netip.AddrPortFrom(dst, 0)); v != forward {
+	hostDst, v := s.route(netip.AddrPortFrom(dst, 0))
+	if v != forward {
 		return // the virtual network, multicast, broadcast...: silence
+	}
+	if s.egressDenied(policy.ICMP, hostDst) {
+		s.prohibitPing(src, dst, mac, icmp)
+		return
 	}
 	key := pingKey{src: src, dst: dst, id: binary.BigEndian.Uint16(icmp[4:])}
 
@@ -95,7 +101,7 @@ func (s *Stack) forwardPing(src, dst netip.Addr, mac tcpip.LinkAddress, icmp []b
 		if !ok {
 			s.ping.mu.Unlock()
 			s.refuse(RefusedPingFlows, 1)
-			s.refusePing(src, dst, mac, icmp)
+			s.prohibitPing(src, dst, mac, icmp)
 			return
 		}
 		if !s.flows.enter() {
@@ -121,25 +127,6 @@ func (s *Stack) forwardPing(src, dst netip.Addr, mac tcpip.LinkAddress, icmp []b
 	case f.reqs <- append([]byte(nil), icmp...):
 	default: // the host socket is backed up; ping tolerates loss
 	}
-}
-
-// refusePing answers an echo request refused at Limits.PingFlows with
-// ICMP destination unreachable, administratively prohibited, from the
-// gateway.
-func (s *Stack) refusePing(src, dst netip.Addr, mac tcpip.LinkAddress, icmp []byte) {
-	var pkt []byte
-	if src.Is4() {
-		quote := ipv4Packet(src, dst, header.ICMPv4ProtocolNumber, icmp)
-		pkt = dstUnreachable(s.cfg.Plan.Gateway4, src, uint8(header.ICMPv4AdminProhibited), quote)
-	} else {
-		from := s.cfg.Plan.Gateway6
-		if src.IsLinkLocalUnicast() {
-			from = s.cfg.Plan.Router6
-		}
-		quote := ipv6Packet(src, dst, header.ICMPv6ProtocolNumber, 64, icmp)
-		pkt = dstUnreachable(from, src, uint8(header.ICMPv6Prohibited), quote)
-	}
-	s.queue(outPacket{mac: mac, proto: protoOf(src), data: pkt})
 }
 
 // servePing owns one ping flow until it has been idle for pingIdle, is

@@ -66,7 +66,8 @@ func (s *Stack) sendRA() {
 
 // routerAdvert builds the RA packet: from fe80::2 to all nodes, hop limit
 // 255, advertising us as default router, fd00::/64 on-link and for SLAAC,
-// the link MTU, and fd00::3 as DNS server when DNS is served.
+// the link MTU, and the advertised DNS servers and search list
+// (fd00::3 when DNS is served, by default).
 func (s *Stack) routerAdvert() []byte {
 	// Options: source link-layer address, MTU, prefix information, RDNSS
 	// (RFC 8106). gVisor has no type for the MTU option (RFC 4861 §4.6.4),
@@ -82,11 +83,12 @@ func (s *Stack) routerAdvert() []byte {
 	binary.BigEndian.PutUint32(pi[6:], raPrefLifetime)
 	copy(pi[14:], s.cfg.Plan.Net6.Addr().AsSlice())
 	after := header.NDPOptionsSerializer{pi}
-	if s.cfg.ServeDNS != nil && s.cfg.Plan.DNS6.IsValid() {
-		rdnss := make(header.NDPRecursiveDNSServer, 2+4+16) // reserved, lifetime, one address
-		binary.BigEndian.PutUint32(rdnss[2:], raRDNSSLifetime)
-		copy(rdnss[6:], s.cfg.Plan.DNS6.AsSlice())
-		after = append(after, rdnss)
+	adv := s.advertised()
+	if o := rdnss(adv.DNS6); o != nil {
+		after = append(after, o)
+	}
+	if o := dnssl(adv.Search); o != nil {
+		after = append(after, o)
 	}
 	const mtuOptionSize = 8
 
@@ -95,7 +97,12 @@ func (s *Stack) routerAdvert() []byte {
 	// Nor can gVisor's NDPRouterAdvert be written: the fixed fields are
 	// set here. Reachable time and retrans timer stay 0: unspecified.
 	body := ra.MessageBody()
-	body[0] = 64 // cur hop limit; the flags byte stays 0: no M, no O
+	body[0] = 64 // cur hop limit
+	if s.dhcp6 != nil {
+		// M: addresses are available with DHCPv6 (RFC 4861 §4.2), as
+		// pasta's RAs say. No O: the configuration comes with them.
+		body[1] = 0x80
+	}
 	binary.BigEndian.PutUint16(body[2:], raRouterLifetime)
 	opts := body[header.NDPRAMinimumSize:]
 	opts = opts[header.NDPOptions(opts).Serialize(before):]

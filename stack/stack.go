@@ -14,9 +14,9 @@
 // filter.go sees every frame from the guest first. It answers or drops what
 // gVisor would get wrong as a transparent proxy (ARP and neighbor
 // solicitations for foreign addresses, echo to any address), sends ICMP
-// echo to ping.go, UDP of known flows to udpfast.go, notes SYNs for
-// tcpunreach.go, and gives everything else to gVisor, whose forwarders hand
-// each new flow to:
+// echo to ping.go, UDP of known flows to udpfast.go, DHCPv6 to dhcp6.go,
+// notes SYNs for tcpunreach.go, and gives everything else to gVisor, whose
+// forwarders hand each new flow to:
 //
 //	tcp.go       guest TCP: route, dial the host (hostsock.go), then complete
 //	             the handshake and relay both ways (package relay)
@@ -29,8 +29,9 @@
 //	hostsock.go  every host socket of a flow is opened here
 //
 // The services of the virtual network: DNS at the plan's DNS address
-// (Config.ServeDNS), DHCP (dhcp.go, protocol in package dhcp), router
-// advertisements (ra.go); ICMP errors are built in packets.go.
+// (Config.ServeDNS), DHCP (dhcp.go, protocol in package dhcp), DHCPv6
+// (dhcp6.go, protocol in package dhcp6, answered from the link filter),
+// router advertisements (ra.go); ICMP errors are built in packets.go.
 //
 // Host → namespace (port forwarding) is dialin.go: DialTCP and DialUDP make
 // gVisor endpoints bound to a spoofed source (the real client's address or
@@ -60,8 +61,10 @@ import (
 	"time"
 
 	"github.com/usernet/usernet/dhcp"
+	"github.com/usernet/usernet/dhcp6"
 	"github.com/usernet/usernet/link"
 	"github.com/usernet/usernet/netplan"
+	"github.com/usernet/usernet/policy"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -118,6 +121,22 @@ type Config struct {
 	// served, DNS DNS4 (dhcp.go).
 	DisableDHCP bool
 
+	// DHCPv6 turns on the DHCPv6 server (pasta; slirp4netns has none): a
+	// client on the tap gets Plan.Guest6, which must then be valid, and
+	// router advertisements set the M flag (dhcp6.go).
+	DHCPv6 bool
+
+	// Advertise, when not nil, is what DHCP, DHCPv6 and router
+	// advertisements name as DNS servers and search domains (pasta: only
+	// with --dhcp-dns, --dhcp-search). nil: the plan's DNS4 and DNS6 when
+	// DNS is served, and no search list (slirp4netns).
+	Advertise *Advertise
+
+	// Hostname and FQDN, when set, are the names DHCP gives the client
+	// (options 12 and 81; pasta's -H and --fqdn); DHCPv6 gives FQDN
+	// (option 39).
+	Hostname, FQDN string
+
 	// DisableRA turns off router advertisements (pasta's --no-ra, and
 	// --config-net, which configures the guest's IPv6 itself).
 	DisableRA bool
@@ -127,6 +146,12 @@ type Config struct {
 
 	// Limits bound the flows and memory a guest can make the stack hold.
 	Limits Limits
+
+	// Egress, when set, decides every new flow leaving for the host
+	// (egress.go); EgressRST answers a denied TCP connection with a RST
+	// instead of ICMP "administratively prohibited".
+	Egress    *policy.Policy
+	EgressRST bool
 
 	// Logf receives diagnostics. nil discards them.
 	Logf func(format string, args ...any)
@@ -193,6 +218,13 @@ type Stack struct {
 	refused    refusals
 	refusalLog refusalLogs
 
+	// live are the flows alive now (flows.go).
+	live flowSet
+	// counters reads the tap's frame counts, setCapture replaces its
+	// capture; nil with a test link.
+	counters   func() link.Counters
+	setCapture func(link.Capture)
+
 	// syns notes the guests' SYNs for tcpunreach.go.
 	syns synTable
 
@@ -210,6 +242,10 @@ type Stack struct {
 	// DisableDHCP.
 	dhcp      *dhcp.Server
 	dhcpConns []*gonet.UDPConn
+
+	// dhcp6 answers DHCPv6 from the link filter; nil without
+	// Config.DHCPv6.
+	dhcp6 *dhcp6.Server
 
 	// ctl queues packets the link filter wants sent (ICMP errors), so that
 	// they are written from the control goroutine and never re-enter the
@@ -275,6 +311,7 @@ func New(cfg Config) (*Stack, error) {
 	}
 	cfg.Tap.Close() // tapFile is our own dup of it
 	s.tap = tapFile
+	s.counters, s.setCapture = raw.Counters, raw.SetCapture
 	return s, nil
 }
 
@@ -443,6 +480,12 @@ func (s *Stack) build(link gvstack.LinkEndpoint) error {
 		}
 	}
 
+	if s.cfg.DHCPv6 {
+		if err := s.newDHCP6(); err != nil {
+			return err
+		}
+	}
+
 	if s.cfg.ServeDNS != nil {
 		for _, a := range []netip.Addr{plan.DNS4, plan.DNS6} {
 			if !a.IsValid() {
@@ -547,4 +590,12 @@ func (s *Stack) shutdown() {
 func macFor(gw4 netip.Addr) tcpip.LinkAddress {
 	gw := gw4.As4()
 	return tcpip.LinkAddress([]byte{0x52, 0x55, gw[0], gw[1], gw[2], gw[3]})
+}
+
+// SetCapture makes c see every frame of the tap from now on (nil: none),
+// beside or instead of Config.Capture, at any time.
+func (s *Stack) SetCapture(c link.Capture) {
+	if s.setCapture != nil {
+		s.setCapture(c)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/usernet/usernet/policy"
 	"github.com/usernet/usernet/relay"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -40,6 +41,10 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		return
 	default:
 		r.Complete(true)
+		return
+	}
+	if s.egressDenied(policy.TCP, hostDst) {
+		r.Complete(!s.prohibitTCP(src, dst, seq, haveSeq))
 		return
 	}
 

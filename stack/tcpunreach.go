@@ -61,9 +61,9 @@ func (t *synTable) take(k synKey) (uint32, bool) {
 // address (pkt is an IP packet whose TCP header starts at hl) for
 // handleTCP. Our own addresses are never unreachable (the gateway's host
 // side is the loopback), so their segments — most bulk traffic — are not
-// even looked at.
+// even looked at, unless an egress policy may deny them.
 func (s *Stack) noteSYN(pkt *gvstack.PacketBuffer, src, dst netip.Addr, hl int) {
-	if s.isOwn(dst) {
+	if s.cfg.Egress == nil && s.isOwn(dst) {
 		return
 	}
 	b := peek(pkt, hl+header.TCPMinimumSize)

@@ -12,9 +12,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/usernet/usernet/policy"
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
@@ -44,9 +44,13 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 	if v != forward {
 		return true // drop: reject, silent, and unreachable (already sent by the link filter)
 	}
+	if s.egressDenied(policy.UDP, hostDst) {
+		s.prohibitUDP(src, dst)
+		return true
+	}
 	if !s.reserveUDPFlow() {
 		s.refuse(RefusedUDPFlows, 1)
-		s.refuseUDP(src, dst)
+		s.prohibitUDP(src, dst)
 		return true
 	}
 	if !s.flows.enter() {
@@ -91,7 +95,7 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 			switch {
 			case errors.Is(err, errUDPPortsFull):
 				s.refuse(RefusedUDPPorts, 1)
-				s.refuseUDP(src, dst)
+				s.prohibitUDP(src, dst)
 			case s.ctx.Err() == nil:
 				s.logf("stack: udp %v → %v: %v", src, to, err)
 			}
@@ -101,17 +105,6 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 		s.startUDPFlow(port, ep, &wq, dst, to, idle, false, rcv)
 	}()
 	return true
-}
-
-// refuseUDP tells the guest at src that its datagram to dst was refused at
-// a limit: ICMP destination unreachable, administratively prohibited, from
-// dst, quoting the datagram's headers.
-func (s *Stack) refuseUDP(src, dst netip.AddrPort) {
-	e := icmpError{v6: src.Addr().Is6(), code: uint8(header.ICMPv4AdminProhibited)}
-	if e.v6 {
-		e.code = uint8(header.ICMPv6Prohibited)
-	}
-	s.relayICMPError(e, src, dst)
 }
 
 // maxHostFirstFlows bounds the flows one guest UDP port gets from the host

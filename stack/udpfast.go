@@ -92,7 +92,7 @@ func (s *Stack) udpFastSend(pkt *gvstack.PacketBuffer, src, dst netip.Addr, ihl,
 	data.Release()
 	// Never wait: a full socket buffer drops the datagram, as the kernel
 	// would. Errors (ECONNREFUSED from an earlier ICMP error, a socket
-	// closed just now) cost this datagram only, as in relayDatagrams.
+	// closed just now) cost this datagram only, as in relayQueued.
 	f.rc.Write(func(fd uintptr) bool {
 		unix.Sendto(int(fd), (*bp)[:n], 0, f.to)
 		return true

@@ -115,16 +115,24 @@ type Config struct {
 	Gateway6 netip.Addr
 }
 
-// Configure brings lo and the tap up, sets MTU, MAC and address, and adds the
-// default route, as slirp4netns --configure does. It must run inside the
-// namespace with CAP_NET_ADMIN there.
-func Configure(name string, cfg Config) error {
+// LoopbackUp brings the namespace's lo up (pasta does, configured or not).
+func LoopbackUp() error {
 	lo, err := netlink.LinkByName("lo")
 	if err != nil {
 		return fmt.Errorf("find lo: %w", err)
 	}
 	if err := netlink.LinkSetUp(lo); err != nil {
 		return fmt.Errorf("bring lo up: %w", err)
+	}
+	return nil
+}
+
+// Configure brings lo and the tap up, sets MTU, MAC and address, and adds the
+// default route, as slirp4netns --configure does. It must run inside the
+// namespace with CAP_NET_ADMIN there.
+func Configure(name string, cfg Config) error {
+	if err := LoopbackUp(); err != nil {
+		return err
 	}
 	link, err := netlink.LinkByName(name)
 	if err != nil {

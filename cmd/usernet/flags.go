@@ -39,13 +39,17 @@ type options struct {
 	publish             []portfwd.Rule // usernet: -p/--publish, static forwards
 	resolvConf          string         // usernet: where to read the upstream from
 	pcap                string         // usernet, pasta's -p: capture the tap's frames to this file
+	egress              egressOptions  // usernet: the egress policy's flags (egress.go)
 	limits              stack.Limits   // usernet: what a guest can make usernet hold (limits.go)
 
 	// Set by pasta's command line only (pasta.go).
 	ipv6Only         bool // the tap gets no IPv4 address
 	disableDHCP      bool
 	disableRA        bool
-	autoTCP, autoUDP bool // forward the ports the namespace listens on
+	dhcpv6           bool             // serve DHCPv6 (stack.Config.DHCPv6)
+	advertise        *stack.Advertise // DNS and search list of DHCP, DHCPv6 and RAs; nil: slirp4netns's
+	hostname, fqdn   string           // DHCP's options 12, 81 and DHCPv6's 39 (-H, --fqdn)
+	autoTCP, autoUDP bool             // forward the ports the namespace listens on
 	// splice: TCP clients on the host's loopback are connected again from
 	// inside the namespace (pasta's local path), to the guest's address,
 	// or to its loopback with spliceToLoopback (--host-lo-to-ns-lo).
@@ -58,6 +62,9 @@ type options struct {
 	nsAutoTCP, nsAutoUDP bool
 	// keepWhenGone: run on when the target goes (pasta's --no-netns-quit).
 	keepWhenGone bool
+	// loopbackUp: the namespace's lo is brought up also without
+	// configure (pasta does, always).
+	loopbackUp bool
 	// publishErr says which option publish[i] came from when it cannot
 	// be bound; nil: slirp4netns's --publish.
 	publishErr func(i int, err error) error
@@ -106,6 +113,7 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	fs.StringVar(&o.dnsUpstream, "dns-upstream", "", "DNS server the forwarder relays to, ADDR[:PORT] (default: first nameserver of --resolv-conf)")
 	fs.StringVar(&o.resolvConf, "resolv-conf", "/etc/resolv.conf", "resolv.conf to take the DNS upstream from")
 	fs.StringVar(&o.pcap, "pcap", "", "capture every frame of the tap to a pcap file")
+	addEgressFlags(fs, &o.egress)
 	addLimitFlags(fs)
 	fs.String("target-type", "netns", "specify the target type ([netns], default=netns)")
 	fs.BoolVarP(&o.help, "help", "h", false, "show this help and exit")

@@ -17,6 +17,7 @@ import (
 	"github.com/usernet/usernet/nsjoin"
 	"github.com/usernet/usernet/portfwd"
 	"github.com/usernet/usernet/sandbox"
+	"github.com/usernet/usernet/stack"
 )
 
 // pasta's command line: usernet called as pasta (a symlink or copy), or as
@@ -39,7 +40,20 @@ var (
 var pastaExtra = append([]pasta.ExtraOption{
 	{Name: "api-socket", HasArg: true, Usage: "  --api-socket PATH\tserve slirp4netns's port forwarding API on a unix socket (usernet)\n"},
 	{Name: "no-sandbox", Usage: "  --no-sandbox\t\tdo not confine the process (usernet; by default it is, as pasta confines itself)\n"},
-}, pastaLimitOptions()...)
+}, append(pastaEgressExtra(), pastaLimitOptions()...)...)
+
+// pastaEgressExtra are the egress policy's flags on pasta's command line.
+func pastaEgressExtra() []pasta.ExtraOption {
+	var out []pasta.ExtraOption
+	for _, d := range egressFlags {
+		head := "  --" + d.name
+		if !d.isBool {
+			head += " " + d.metavar
+		}
+		out = append(out, pasta.ExtraOption{Name: d.name, HasArg: !d.isBool, Usage: head + "\t" + d.usage + " (usernet)\n"})
+	}
+	return out
+}
 
 // pastaState is what a pasta-style invocation needs beyond its options,
 // also across the sandbox's re-execution (sandboxState.Pasta).
@@ -166,6 +180,7 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 		splice:           !po.NoSplice,
 		spliceToLoopback: po.HostLoToNsLo,
 		keepWhenGone:     po.NoNetnsQuit,
+		loopbackUp:       true,
 	}
 	var t nsjoin.Target
 	switch {
@@ -184,6 +199,13 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 	if _, off := po.ExtraValue("no-sandbox"); !off {
 		o.enableSandbox, o.enableSeccomp = true, sandbox.SeccompSupported()
 	}
+	for _, x := range po.Extra {
+		if isEgressFlag(x.Name) {
+			if err := o.egress.add(x.Name, x.Value); err != nil {
+				return nil, t, err
+			}
+		}
+	}
 	o.pcap = po.Pcap
 	if po.NsMACGiven {
 		o.mac = po.NsMAC[:]
@@ -191,6 +213,10 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 	if o.plan, err = pastaPlan(po, tmpl); err != nil {
 		return nil, t, err
 	}
+	// DHCPv6 hands out the guest's IPv6 address, when there is one.
+	o.dhcpv6 = !po.NoDHCPv6 && o.plan.Guest6.IsValid()
+	o.advertise = pastaAdvertise(po, o.plan)
+	o.hostname, o.fqdn = po.Hostname, po.FQDN
 	o.tapName = po.NsIfname
 	if o.tapName == "" {
 		o.tapName = tmpl.V4.Ifname
@@ -361,6 +387,32 @@ func pastaPlan(po *pasta.Options, tmpl hostif.Template) (netplan.Plan, error) {
 		return p, fmt.Errorf("addresses copied from the host: %w", err)
 	}
 	return p, nil
+}
+
+// pastaAdvertise is what DHCP, DHCPv6 and router advertisements name as
+// DNS servers and search list. pasta names none unless --dhcp-dns, and no
+// search list unless --dhcp-search; then, for each family, -D's
+// addresses, else the --dns-forward address: usernet's forwarder, which
+// follows the host's resolv.conf (pasta would name the resolv.conf's
+// nameservers themselves); and -S's domains.
+func pastaAdvertise(po *pasta.Options, plan netplan.Plan) *stack.Advertise {
+	a := &stack.Advertise{}
+	if po.DHCPDNS && !po.DNSNone {
+		a.DNS4, a.DNS6 = po.DNS4, po.DNS6
+		if len(a.DNS4) == 0 && plan.DNS4.IsValid() {
+			a.DNS4 = []netip.Addr{plan.DNS4}
+		}
+		if len(a.DNS6) == 0 && plan.DNS6.IsValid() {
+			a.DNS6 = []netip.Addr{plan.DNS6}
+		}
+		if !plan.IPv6() {
+			a.DNS6 = nil
+		}
+	}
+	if po.DHCPSearch && !po.SearchNone {
+		a.Search = po.Search
+	}
+	return a
 }
 
 // pastaRules turns one listening port of -t/-u into forwards: to the

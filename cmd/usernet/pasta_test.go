@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -123,6 +124,51 @@ func TestPastaUnsupportedOptions(t *testing.T) {
 		}
 		if _, _, err := pastaOptions(po, hostTemplate); err == nil || !strings.Contains(err.Error(), "not supported") {
 			t.Errorf("pastaOptions(%q) = %v, want a 'not supported' error", args, err)
+		}
+	}
+}
+
+// DHCPv6 is served unless --no-dhcpv6 or there is no IPv6 address; DNS
+// and the search list are advertised only when asked for, as pasta does.
+func TestPastaDHCPv6AndAdvertise(t *testing.T) {
+	for _, c := range []struct {
+		args           string
+		dhcpv6         bool
+		dns4, dns6, sl string
+		hostname, fqdn string
+	}{
+		{args: "--dns-forward 169.254.1.1 1", dhcpv6: true},
+		{args: "--no-dhcpv6 1"},
+		{args: "-4 1"},
+		{args: "--dhcp-dns --dns-forward 169.254.1.1 1", dhcpv6: true, dns4: "[169.254.1.1]", dns6: "[]"},
+		{args: "--dhcp-dns --dns-forward 169.254.1.1 --dns-forward fd00::53 1", dhcpv6: true, dns4: "[169.254.1.1]", dns6: "[fd00::53]"},
+		{args: "--dhcp-dns -D 192.0.2.53 -D 2001:db8::53 --dns-forward 169.254.1.1 1", dhcpv6: true, dns4: "[192.0.2.53]", dns6: "[2001:db8::53]"},
+		{args: "--dhcp-dns -D none --dns-forward 169.254.1.1 1", dhcpv6: true, dns4: "[]", dns6: "[]"},
+		{args: "-D 192.0.2.53 -S example.org -H h --fqdn h.example.org 1", dhcpv6: true, hostname: "h", fqdn: "h.example.org"},
+		{args: "--dhcp-search -S example.org -S example.net 1", dhcpv6: true, sl: "[example.org example.net]"},
+	} {
+		o, _ := parsePasta(t, c.args)
+		if o.dhcpv6 != c.dhcpv6 || o.hostname != c.hostname || o.fqdn != c.fqdn {
+			t.Errorf("%s: dhcpv6 %v, hostname %q, fqdn %q; want %v, %q, %q", c.args, o.dhcpv6, o.hostname, o.fqdn, c.dhcpv6, c.hostname, c.fqdn)
+		}
+		a := o.advertise
+		if a == nil {
+			t.Fatalf("%s: advertise nil, want pasta's choice (never slirp4netns's default)", c.args)
+		}
+		str := func(v any, empty bool) string {
+			if s := fmt.Sprint(v); s != "[]" || !empty {
+				return s
+			}
+			return ""
+		}
+		if got := str(a.DNS4, c.dns4 == ""); got != c.dns4 {
+			t.Errorf("%s: advertised DNS4 %s, want %s", c.args, got, c.dns4)
+		}
+		if got := str(a.DNS6, c.dns6 == ""); got != c.dns6 {
+			t.Errorf("%s: advertised DNS6 %s, want %s", c.args, got, c.dns6)
+		}
+		if got := str(a.Search, c.sl == ""); got != c.sl {
+			t.Errorf("%s: advertised search %s, want %s", c.args, got, c.sl)
 		}
 	}
 }

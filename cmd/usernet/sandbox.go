@@ -19,6 +19,7 @@ import (
 
 	"github.com/usernet/usernet/internal/pollfd"
 	"github.com/usernet/usernet/nsjoin"
+	"github.com/usernet/usernet/policy"
 	"github.com/usernet/usernet/sandbox"
 )
 
@@ -46,6 +47,7 @@ type sandboxState struct {
 	HostNet  []int             `json:",omitempty"` // the host's /proc/net/tcp, tcp6 (pasta's -T auto)
 	Broker   int               `json:",omitempty"` // the socket broker's socket (pasta's local path)
 	Pasta    *pastaState       `json:",omitempty"` // pasta's command line: re-parsed with this
+	Egress   *policy.Config    `json:",omitempty"` // the egress policy, its file read before the sandbox
 }
 
 // serveSandboxed is realMain with --enable-sandbox or --enable-seccomp:
@@ -228,6 +230,7 @@ func enterSandbox(p *prepared) error {
 		}
 	}
 	s.VnetHdr = p.vnetHdr
+	s.Egress = p.egress
 	if p.upstream.IsValid() {
 		s.Upstream = p.upstream.String()
 	}
@@ -315,6 +318,7 @@ func resume(argv []string) (*prepared, error) {
 		}
 	}
 	p.vnetHdr = s.VnetHdr
+	p.egress = s.Egress
 	p.resolvConf = s.Resolv
 	if s.Upstream != "" {
 		if p.upstream, err = netip.ParseAddrPort(s.Upstream); err != nil {

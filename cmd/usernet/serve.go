@@ -20,6 +20,7 @@ import (
 	"github.com/usernet/usernet/loopfwd"
 	"github.com/usernet/usernet/netplan"
 	"github.com/usernet/usernet/nsjoin"
+	"github.com/usernet/usernet/policy"
 	"github.com/usernet/usernet/portfwd"
 	"github.com/usernet/usernet/stack"
 	"github.com/usernet/usernet/tap"
@@ -73,6 +74,7 @@ type prepared struct {
 	vnetHdr    bool              // tap opened with IFF_VNET_HDR and offloads (off only in debug builds)
 	api        *net.UnixListener // --api-socket, bound before the sandbox; nil once the server owns it
 	pcap       *os.File          // --pcap's file, or nil
+	egress     *policy.Config    // the egress policy, files read and host addresses listed; nil for none
 }
 
 // prepare checks the settings, opens the ready and exit fds and the target
@@ -120,13 +122,17 @@ func prepare(ctx context.Context, o *options, t nsjoin.Target, out output) (_ *p
 	if p.pcap, err = openPcap(o.pcap); err != nil {
 		return nil, err
 	}
+	if p.egress, err = egressConfig(o); err != nil {
+		return nil, err
+	}
 
 	p.vnetHdr = !debugNoOffload()
 	req := nsjoin.Request{
-		Tap:       tap.Options{Name: o.tapName, VnetHdr: p.vnetHdr},
-		Configure: o.configure,
-		Announce:  out.announce,
-		ProcNet:   o.autoTCP || o.autoUDP,
+		Tap:        tap.Options{Name: o.tapName, VnetHdr: p.vnetHdr},
+		Configure:  o.configure,
+		Announce:   out.announce,
+		ProcNet:    o.autoTCP || o.autoUDP,
+		LoopbackUp: o.loopbackUp,
 	}
 	if o.configure {
 		req.Config = tap.Config{
@@ -203,6 +209,13 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 	// logger whose goroutine writes them, never the data path.
 	netLog := ratelog.New(func(line string) { logf("%s", line) }, netLogRate, netLogBurst, netLogSummary)
 	defer netLog.Close() // last: after the stack and the forwards have stopped
+	var egress *policy.Policy
+	if p.egress != nil {
+		var err error
+		if egress, err = policy.New(*p.egress); err != nil {
+			return fmt.Errorf("egress policy: %w", err)
+		}
+	}
 	var serveDNS func(context.Context, net.PacketConn, net.Listener) error
 	if !o.disableDNS {
 		// The upstream follows resolv.conf as libslirp's does: a host
@@ -211,12 +224,16 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		if o.enableSeccomp && o.dnsUpstream == "" && p.resolvConf == "" {
 			logf("dns: not following %s: under --enable-seccomp that needs Landlock, which this kernel lacks; the upstream stays %v", o.resolvConf, p.upstream)
 		}
-		fwd, err := dns.New(dns.Config{
+		dcfg := dns.Config{
 			Upstream:   p.upstream,
 			ResolvConf: p.resolvConf,
 			Check:      upstreamOutside(o.plan),
 			Logf:       netLog.Logf,
-		})
+		}
+		if egress != nil {
+			dcfg.Names = policyNames{egress}
+		}
+		fwd, err := dns.New(dcfg)
 		if err != nil {
 			return fmt.Errorf("dns forwarder: %w", err)
 		}
@@ -239,6 +256,12 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		DisableDHCP:   o.disableDHCP,
 		DisableRA:     o.disableRA,
 		Limits:        o.limits,
+		Egress:        egress,
+		EgressRST:     o.egress.rst,
+		DHCPv6:        o.dhcpv6,
+		Advertise:     o.advertise,
+		Hostname:      o.hostname,
+		FQDN:          o.fqdn,
 		Logf:          netLog.Logf,
 	})
 	if err != nil {
@@ -276,7 +299,12 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 	}
 	var api *apisock.Server
 	if p.api != nil {
-		api, err = apisock.New(apisock.Config{Path: o.apiSocket, Listener: p.api, Forwarder: reg, Logf: logf})
+		acfg := apisock.Config{Path: o.apiSocket, Listener: p.api, Forwarder: reg, Logf: logf,
+			Stats: statsSource{st: st, reg: reg, start: time.Now()}}
+		if egress != nil {
+			acfg.Policy, acfg.KillDenied = egress, st.KillDenied
+		}
+		api, err = apisock.New(acfg)
 		if err != nil {
 			st.Close()
 			closeRegistry(reg)

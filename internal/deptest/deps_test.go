@@ -24,7 +24,7 @@ type rule struct {
 	may    []string // module packages it may depend on, directly or indirectly
 }
 
-// The layers, bottom up: leaves (netplan, relay, dhcp, dns, tap, pollfd, ratelog,
+// The layers, bottom up: leaves (netplan, relay, dhcp, dhcp6, dns, tap, pollfd, ratelog,
 // sandbox, nsrun, frontend/pasta, pcap), then link on tap, stack on link,
 // portfwd beside stack (it reaches the namespace through its Dialer
 // interface, which stack implements), apisock on portfwd, and cmd/usernet
@@ -33,6 +33,7 @@ var rules = map[string]rule{
 	"netplan":           {why: "addresses only: a leaf every package may read"},
 	"relay":             {why: "sees connections as net.Conn: stack and portfwd adapt theirs to it"},
 	"dhcp":              {why: "the protocol only: stack moves its packets"},
+	"dhcp6":             {why: "the protocol only: stack moves its packets"},
 	"dns":               {why: "serves whatever net.PacketConn/net.Listener it is handed", may: []string{"internal/ratelog"}},
 	"internal/ratelog":  {why: "rate-limited log lines: a leaf"},
 	"tap":               {why: "runs in the nsjoin child and must stay small"},
@@ -40,6 +41,7 @@ var rules = map[string]rule{
 	"nsrun":             {why: "only makes namespaces"},
 	"hostif":            {why: "reads the host's template interface with netlink, nothing else"},
 	"pcap":              {why: "the capture file format only: link sees it as a link.Capture, cmd/usernet wires it"},
+	"policy":            {why: "decides flows by address, protocol, port and name; knows no packets or sockets"},
 	"internal/pollfd":   {why: "waits on fds"},
 	"frontend/pasta":    {why: "pasta's command line only: the command builds on it"},
 	"internal/testutil": {why: "helpers for tests; no production package may import it"},
@@ -47,11 +49,11 @@ var rules = map[string]rule{
 	"nsjoin":            {why: "only joins the namespaces and hands over the tap's fd", may: []string{"tap", "internal/pollfd"}},
 	"link":              {why: "moves frames for the stack, which sits on top of it", gvisor: true, may: []string{"tap"}},
 	"stack": {why: "terminates the namespace's flows; portfwd, dns and apisock sit on top of it",
-		gvisor: true, may: []string{"dhcp", "internal/ratelog", "link", "netplan", "relay", "tap"}},
+		gvisor: true, may: []string{"dhcp", "dhcp6", "internal/ratelog", "link", "netplan", "policy", "relay", "tap"}},
 	"portfwd":                 {why: "reaches the namespace through its Dialer interface, which stack implements", may: []string{"netplan", "relay"}},
 	"loopfwd":                 {why: "relays the namespace's loopback to the host's; listeners are handed in", may: []string{"relay"}},
 	"autofwd":                 {why: "adds and removes forwards; reads files it is handed", may: []string{"portfwd", "netplan", "relay"}},
-	"apisock":                 {why: "the wire format over portfwd, nothing else", may: []string{"portfwd", "netplan", "relay"}},
+	"apisock":                 {why: "the wire format over portfwd and policy, nothing else", may: []string{"portfwd", "netplan", "relay", "policy"}},
 	"cmd/usernet":             {why: "wiring", gvisor: true, may: []string{"*"}},
 	"integration":             {why: "runs the binary; its code is in _test.go files"},
 	"bench/cmd/usernet-bench": {why: "drives the binaries: standard library only"},

@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,6 +35,10 @@ type options struct {
 	runs           int
 	dur            time.Duration
 	conns          int
+	clients        []int         // concurrent clients of the rr/crr workloads
+	udpFlows       int           // flows of the udp_flows workload
+	fleet          int           // instances at once for mem_fleet
+	closeWait      time.Duration // mem_closed: RSS this long after the connections closed
 	out            string
 	backends       []string
 	usernet        string
@@ -77,6 +82,10 @@ func drive(args []string) error {
 	fs.IntVar(&o.runs, "runs", 5, "runs of each workload (median, min, max)")
 	fs.DurationVar(&o.dur, "duration", 5*time.Second, "length of each timed workload run")
 	fs.IntVar(&o.conns, "conns", 1000, "idle TCP connections for the memory workload")
+	clients := fs.String("clients", "1,4,16,64", "concurrent clients of rr and crr (1 keeps the old names rr, crr, ...); -quick: 1,16")
+	fs.IntVar(&o.udpFlows, "udp-flows", 1000, "UDP flows at once for udp_flows; -quick: 100")
+	fs.IntVar(&o.fleet, "fleet", 50, "instances at once for mem_fleet; -quick: 10")
+	fs.DurationVar(&o.closeWait, "close-wait", 5*time.Second, "mem_closed: RSS this long after the idle connections closed; -quick: 2s")
 	fs.StringVar(&o.out, "out", "", "directory for results.json and logs/ (required)")
 	fs.StringVar(&backends, "backends", "usernet,usernet-pasta,slirp4netns,pasta,pasta-2025", "comma-separated backends")
 	fs.StringVar(&o.usernet, "usernet", "usernet", "usernet binary")
@@ -88,16 +97,27 @@ func drive(args []string) error {
 	fs.StringVar(&o.pasta2025Root, "pasta-2025-root", "/var/cache/usernet/trixie-root", "Debian trixie root whose passt is the pasta-2025 backend (integration/trixie.sh builds it)")
 	fs.StringVar(&o.command, "command", "", "how the harness was invoked, for the report")
 	fs.StringVar(&o.workloads, "workloads", "", "run only the workloads whose name matches this regexp (e.g. 'tcp_.*_1500|crr'); memory and startup always run")
-	var err error
-	if err = fs.Parse(args); err != nil {
+	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	var err error
 	if o.out == "" {
 		return errors.New("-out is required")
 	}
 	if o.quick {
+		// Reduced forms (the report says so): CI's smoke run must stay short.
 		o.runs = 1
 		o.dur = time.Second
+		*clients = "1,16"
+		o.udpFlows = 100
+		o.fleet = 10
+		o.closeWait = 2 * time.Second
+	}
+	if o.clients, err = parseClients(*clients); err != nil {
+		return fmt.Errorf("-clients: %w", err)
+	}
+	if o.udpFlows < 1 || o.fleet < 1 || o.conns < 1 {
+		return errors.New("-conns, -udp-flows and -fleet must be at least 1")
 	}
 	if o.usernetPasta == "" {
 		o.usernetPasta = filepath.Join(filepath.Dir(o.usernet), "pasta")
@@ -154,6 +174,10 @@ func drive(args []string) error {
 	d.logf("== startup and memory (%d fresh instances per backend)", o.runs)
 	d.startupPhase()
 	if ctx.Err() == nil {
+		d.logf("== memory of %d instances at once, per backend", o.fleet)
+		d.fleetPhase()
+	}
+	if ctx.Err() == nil {
 		d.logf("== throughput, request/response, CPU (%d runs × %v)", o.runs, o.dur)
 		d.throughputPhase()
 	}
@@ -168,6 +192,10 @@ func drive(args []string) error {
 			s.finish()
 			d.res.Meta.Failures += len(s.Errors)
 		}
+	}
+	if lo := d.res.Loopback; lo != nil {
+		lo.finish()
+		d.res.Meta.Failures += len(lo.Errors)
 	}
 	b, err := json.MarshalIndent(d.res, "", "  ")
 	if err != nil {
@@ -322,20 +350,24 @@ func (d *driver) initResults(start time.Time) {
 	o := d.opt
 	dur := fmt.Sprint(int(o.dur.Seconds()))
 	m := Meta{
-		Date:      start.UTC().Format(time.RFC3339),
-		Quick:     o.quick,
-		Runs:      o.runs,
-		DurationS: o.dur.Seconds(),
-		Conns:     o.conns,
-		Nproc:     runtime.NumCPU(),
-		Kernel:    strings.TrimSpace(readFile("/proc/sys/kernel/osrelease")),
-		CPU:       cpuModel(),
-		MemTotal:  procField("/proc/meminfo", "MemTotal"),
-		LoadStart: loadavg(),
-		GoVersion: runtime.Version(),
-		Iperf3:    firstLine(cmdOutput("iperf3", "--version")),
-		Command:   o.command,
-		NSEnter:   "nsenter -U -n --preserve-credentials -t <pid of the namespace's holder> --",
+		Date:       start.UTC().Format(time.RFC3339),
+		Quick:      o.quick,
+		Runs:       o.runs,
+		DurationS:  o.dur.Seconds(),
+		Conns:      o.conns,
+		Clients:    o.clients,
+		UDPFlows:   o.udpFlows,
+		Fleet:      o.fleet,
+		CloseWaitS: o.closeWait.Seconds(),
+		Nproc:      runtime.NumCPU(),
+		Kernel:     strings.TrimSpace(readFile("/proc/sys/kernel/osrelease")),
+		CPU:        cpuModel(),
+		MemTotal:   procField("/proc/meminfo", "MemTotal"),
+		LoadStart:  loadavg(),
+		GoVersion:  runtime.Version(),
+		Iperf3:     firstLine(cmdOutput("iperf3", "--version")),
+		Command:    o.command,
+		NSEnter:    "nsenter -U -n --preserve-credentials -t <pid of the namespace's holder> --",
 		Environment: "private network namespace (unshare --net --pid; lo, plus a veth pair with a default route that leads nowhere, which pasta needs), " +
 			fmt.Sprintf("everything as uid %d; each backend instance in its own unshare --user --map-root-user --net --mount", os.Getuid()),
 		Order: "each run goes through every workload, and within a workload through every backend, in an order rotated per run; backends stay up between runs (one instance per backend and MTU)",
@@ -360,20 +392,12 @@ func (d *driver) initResults(start time.Time) {
 		{ID: "udp_1g_loss", Group: "UDP", Label: "UDP ns→host, offered 1 Gbit/s: loss", Unit: "%", Better: "lower", Command: iperf(" -u -b 1G -l 1400")},
 		{ID: "udp_max_rate", Group: "UDP", Label: "UDP ns→host, unlimited: delivered", Unit: "Gbit/s", Better: "higher", Command: iperf(" -u -b 0 -l 1400")},
 		{ID: "udp_max_loss", Group: "UDP", Label: "UDP ns→host, unlimited: loss", Unit: "%", Better: "lower", Command: iperf(" -u -b 0 -l 1400")},
-		{ID: "rr_tps", Group: "TCP request/response", Label: "1-byte ping-pong on one connection ns→host", Unit: "trans/s", Better: "higher", Command: nsCmd + " usernet-bench rr -mode rr -addr 10.0.2.2:PORT -d " + dur + "s"},
-		{ID: "rr_p50", Group: "TCP request/response", Label: "ping-pong latency p50", Unit: "µs", Better: "lower", Command: "(same run)"},
-		{ID: "rr_p99", Group: "TCP request/response", Label: "ping-pong latency p99", Unit: "µs", Better: "lower", Command: "(same run)"},
-		{ID: "crr_tps", Group: "TCP request/response", Label: "connect + 1-byte request + response + close, ns→host", Unit: "conn/s", Better: "higher", Command: nsCmd + " usernet-bench rr -mode crr -addr 10.0.2.2:PORT -d " + dur + "s"},
-		{ID: "crr_p50", Group: "TCP request/response", Label: "connection transaction latency p50", Unit: "µs", Better: "lower", Command: "(same run)"},
-		{ID: "crr_p99", Group: "TCP request/response", Label: "connection transaction latency p99", Unit: "µs", Better: "lower", Command: "(same run)"},
-		{ID: "rr_fwd_tps", Group: "TCP request/response", Label: "1-byte ping-pong on one connection host→ns through a port forward", Unit: "trans/s", Better: "higher",
-			Command: "usernet-bench rr -mode rr -addr 127.0.0.1:FWD2 -d " + dur + "s (forward 127.0.0.1:FWD2 → namespace port 5202, where `" + nsCmd + " usernet-bench echo -addr 0.0.0.0:5202` listens)"},
-		{ID: "rr_fwd_p50", Group: "TCP request/response", Label: "ping-pong latency p50, through a port forward", Unit: "µs", Better: "lower", Command: "(same run)"},
-		{ID: "rr_fwd_p99", Group: "TCP request/response", Label: "ping-pong latency p99, through a port forward", Unit: "µs", Better: "lower", Command: "(same run)"},
-		{ID: "crr_fwd_tps", Group: "TCP request/response", Label: "connect + 1-byte request + response + close, host→ns through a port forward", Unit: "conn/s", Better: "higher",
-			Command: "usernet-bench rr -mode crr -addr 127.0.0.1:FWD2 -d " + dur + "s (the same forward)"},
-		{ID: "crr_fwd_p50", Group: "TCP request/response", Label: "connection transaction latency p50, through a port forward", Unit: "µs", Better: "lower", Command: "(same run)"},
-		{ID: "crr_fwd_p99", Group: "TCP request/response", Label: "connection transaction latency p99, through a port forward", Unit: "µs", Better: "lower", Command: "(same run)"},
+		{ID: "udp_flows_qps", Group: "UDP", Label: fmt.Sprintf("%d UDP flows at once ns→host, 64-byte query and echo: answered", o.udpFlows), Unit: "queries/s", Better: "higher",
+			Command: fmt.Sprintf("%s usernet-bench udpflows -n %d -size 64 -timeout 500ms -addr 10.0.2.2:UPORT -d %ss (UDP echo server on the host's 127.0.0.1:UPORT)", nsCmd, o.udpFlows, dur)},
+		{ID: "udp_flows_loss", Group: "UDP", Label: fmt.Sprintf("%d UDP flows: queries unanswered within 500 ms", o.udpFlows), Unit: "%", Better: "lower", Command: "(same run)"},
+		{ID: "udp_flows_cpu", Group: "UDP", Label: fmt.Sprintf("%d UDP flows: backend CPU per answered query", o.udpFlows), Unit: "CPU µs/query", Better: "lower",
+			Command: "utime+stime of /proc/PID/stat around the run ÷ queries answered"},
+		// rr and crr: rrMetrics, inserted here
 		{ID: "cpu_n2h_65520", Group: "CPU", Label: "backend CPU, TCP ns→host MTU 65520", Unit: "CPU s/GB", Better: "lower", Command: "utime+stime of /proc/PID/stat around each tcp_n2h_65520 run ÷ bytes received"},
 		{ID: "cpu_h2n_65520", Group: "CPU", Label: "backend CPU, TCP host→ns MTU 65520", Unit: "CPU s/GB", Better: "lower", Command: "same, around tcp_h2n_65520"},
 		{ID: "cpu_n2h_1500", Group: "CPU", Label: "backend CPU, TCP ns→host MTU 1500", Unit: "CPU s/GB", Better: "lower", Command: "same, around tcp_n2h_1500"},
@@ -383,10 +407,20 @@ func (d *driver) initResults(start time.Time) {
 		{ID: "mem_idle", Group: "Memory", Label: "backend RSS idle (fresh instance, after the gateway check)", Unit: "MiB", Better: "lower", Command: "VmRSS of /proc/PID/status, 1 s after the gateway check"},
 		{ID: "mem_conns", Group: "Memory", Label: fmt.Sprintf("backend RSS with %d idle TCP connections ns→host", o.conns), Unit: "MiB", Better: "lower",
 			Command: fmt.Sprintf("%s usernet-bench hold -n %d -addr 10.0.2.2:PORT (each connection greeted by the host server), VmRSS 1 s after all are up; last fresh instance only", nsCmd, o.conns)},
+		{ID: "mem_closed", Group: "Memory", Label: fmt.Sprintf("backend RSS %g s after those %d connections closed", o.closeWait.Seconds(), o.conns), Unit: "MiB", Better: "lower",
+			Command: fmt.Sprintf("VmRSS %g s after the hold client closed its connections and exited; same instance", o.closeWait.Seconds())},
+		{ID: "mem_per_conn", Group: "Memory", Label: "backend RSS per idle TCP connection", Unit: "KiB", Better: "lower",
+			Command: fmt.Sprintf("(RSS with %d connections − RSS idle of the same instance) ÷ %d", o.conns, o.conns)},
+		{ID: "mem_fleet_total", Group: "Memory", Label: fmt.Sprintf("%d idle instances at once: total PSS", o.fleet), Unit: "MiB", Better: "lower",
+			Command: fmt.Sprintf("%d fresh instances of the backend started one after another, each passing the gateway check; 1 s later, the sum of Pss in /proc/PID/smaps_rollup of every backend process (once per run of the harness)", o.fleet)},
+		{ID: "mem_fleet_per", Group: "Memory", Label: fmt.Sprintf("%d idle instances at once: PSS per instance", o.fleet), Unit: "MiB", Better: "lower",
+			Command: fmt.Sprintf("(same) ÷ %d", o.fleet)},
 		{ID: "mem_peak", Group: "Memory", Label: "backend peak RSS (VmHWM) after all bulk workloads (MTU 65520 instance)", Unit: "MiB", Better: "lower", Command: "VmHWM of /proc/PID/status at the end"},
 		{ID: "start_poll", Group: "Startup", Label: "launch → tap0 has 10.0.2.100/24 and default via 10.0.2.2", Unit: "ms", Better: "lower", Command: nsCmd + " usernet-bench waitnet (started before the backend, polls every 1 ms)"},
 		{ID: "start_readyfd", Group: "Startup", Label: "launch → ready fd (-r) written", Unit: "ms", Better: "lower", Command: "pipe passed as fd 3"},
 	}
+	at := slices.IndexFunc(defs, func(m Metric) bool { return m.ID == "cpu_n2h_65520" })
+	defs = slices.Insert(defs, at, rrMetrics(o.clients, dur)...)
 	for i := range defs {
 		m := &defs[i]
 		m.Results = map[string]*Series{}
@@ -681,13 +715,27 @@ func procField(path, key string) string {
 
 // vmMiB reads a "VmXXX: N kB" field of /proc/PID/status in MiB.
 func vmMiB(pid int, key string) (float64, error) {
-	v := procField(fmt.Sprintf("/proc/%d/status", pid), key)
-	f := strings.Fields(v)
-	if len(f) != 2 || f[1] != "kB" {
-		return 0, fmt.Errorf("/proc/%d/status %s = %q", pid, key, v)
+	path := fmt.Sprintf("/proc/%d/status", pid)
+	kb, err := kBField(readFile(path), key)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
 	}
-	kb, err := strconv.ParseFloat(f[0], 64)
-	return kb / 1024, err
+	return kb / 1024, nil
+}
+
+// pssMiB is the process's proportional set size (pages shared with other processes count
+// in part), from /proc/PID/smaps_rollup, in MiB.
+func pssMiB(pid int) (float64, error) {
+	path := fmt.Sprintf("/proc/%d/smaps_rollup", pid)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	kb, err := kBField(string(b), "Pss")
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	return kb / 1024, nil
 }
 
 // cpuSeconds is utime+stime of the whole process (all its threads, live and exited).

@@ -9,7 +9,9 @@
 //	           as an unprivileged user inside a private network namespace)
 //	report     results.json → results.md, results.csv, chart.svg
 //	token-get  (inside a namespace) read the token the driver serves on the host's loopback
-//	rr         (inside a namespace) TCP request/response: 1-byte ping-pong or connect/request/close
+//	rr         (inside a namespace) TCP request/response, 1 or N clients at once: 1-byte
+//	           ping-pong or connect/request/close
+//	udpflows   (inside a namespace) many UDP flows of small queries at once (a DNS storm)
 //	hold       (inside a namespace) open N idle TCP connections and keep them open
 //	waitnet    (inside a namespace) poll until the tap has its address and default route
 //
@@ -37,6 +39,8 @@ func main() {
 		err = tokenGet(args)
 	case "rr":
 		err = rrClient(args)
+	case "udpflows":
+		err = udpFlowsClient(args)
 	case "hold":
 		err = holdClient(args)
 	case "echo":
@@ -53,6 +57,6 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: usernet-bench drive|report|token-get|rr|hold|echo|waitnet [FLAGS] (see bench/README.md)")
+	fmt.Fprintln(os.Stderr, "usage: usernet-bench drive|report|token-get|rr|udpflows|hold|echo|waitnet [FLAGS] (see bench/README.md)")
 	os.Exit(2)
 }

@@ -122,19 +122,25 @@ func markdown(r *Results) string {
 		p("> **Provisional.** %s\n\n", m.Provisional)
 	}
 	if m.Quick {
-		p("> **Smoke run (`--quick`)**: 1 short run of each workload. These figures only show that the harness works.\n\n")
+		p("> **Smoke run (`--quick`)**: 1 short run of each workload, in reduced forms (%s). These figures only show that the harness works.\n\n", scale(m))
 	}
 	p("Made by [`bench/run.sh`](../../bench/README.md) on %s. Raw data: [results.json](results.json), "+
 		"every sample: [results.csv](results.csv), chart: [chart.svg](chart.svg).\n\n", m.Date)
 	p("Each figure is the **median** of %d runs (min–max in brackets) of %g s each, unless marked otherwise. "+
 		"Ratios are usernet's median ÷ the other backend's median; the arrow says which way is better "+
 		"(↑ higher, ↓ lower), so for ↓ rows a ratio below 1 favours usernet.\n\n", m.Runs, m.DurationS)
+	if sc := scale(m); sc != "" {
+		p("Scale of this run: %s.\n\n", sc)
+	}
 
 	p("## Machine and versions\n\n| | |\n|---|---|\n")
 	p("| CPU | %s, %d cores (nproc) |\n| Kernel | %s |\n| Memory | %s |\n", m.CPU, m.Nproc, m.Kernel, memGiB(m.MemTotal))
 	p("| Load average | %s at start, %s at end |\n| Go (harness) | %s |\n| iperf3 | %s |\n", m.LoadStart, m.LoadEnd, m.GoVersion, m.Iperf3)
 	for _, b := range r.Backends {
 		p("| %s | %s |\n", b.Name, b.Version)
+	}
+	if r.Loopback != nil {
+		p("| Host loopback | TCP on 127.0.0.1 with no backend (iperf3, same run): %s Gbit/s |\n", cell(r.Loopback))
 	}
 	p("| Date | %s, run took %.0f s |\n\n", m.Date, m.ElapsedS)
 
@@ -169,6 +175,8 @@ func markdown(r *Results) string {
 		p("\n")
 	}
 
+	loopbackTable(p, r)
+
 	p("\n## n/a and failures\n\n¹ n/a: the backend could not do the workload; ² runs that failed (not in the median).\n\n")
 	bad := problems(r, true)
 	for _, l := range bad {
@@ -195,6 +203,9 @@ func markdown(r *Results) string {
 	p("```\n\nWorkloads (`NS` = `%s`):\n\n| metric | command |\n|---|---|\n", m.NSEnter)
 	for _, met := range r.Metrics {
 		p("| `%s` | `%s` |\n", met.ID, strings.ReplaceAll(met.Command, "`", "'"))
+	}
+	if r.Loopback != nil {
+		p("| host loopback | `iperf3 -c 127.0.0.1 -p PORT -t %g -J --connect-timeout 5000` against `iperf3 -s -B 127.0.0.1 -p PORT`, both in the run's network namespace, once per run before the backends' workloads |\n", m.DurationS)
 	}
 	p("\nOrder: %s.\n\n![chart](chart.svg)\n", m.Order)
 	return w.String()
@@ -357,9 +368,75 @@ func problems(r *Results, withExpected bool) []string {
 			ids[k] = append(ids[k], "`"+met.ID+"`")
 		}
 	}
+	if lo := r.Loopback; lo != nil && (lo.NA != "" && len(lo.Samples) == 0 || len(lo.Errors) > 0) {
+		what := "n/a: " + oneLine(lo.NA)
+		if len(lo.Samples) > 0 {
+			what = fmt.Sprintf("%d failed run(s), first: %s", len(lo.Errors), oneLine(lo.Errors[0]))
+		}
+		order = append(order, key{"host loopback", what})
+		ids[order[len(order)-1]] = []string{"`loopback`"}
+	}
 	var out []string
 	for _, k := range order {
 		out = append(out, fmt.Sprintf("%s, %s: %s", k.backend, strings.Join(ids[k], ", "), k.what))
 	}
 	return out
+}
+
+// scale says how big the workloads that grow with load were (the --quick forms are smaller).
+func scale(m Meta) string {
+	var parts []string
+	if len(m.Clients) > 0 {
+		var c []string
+		for _, n := range m.Clients {
+			c = append(c, strconv.Itoa(n))
+		}
+		parts = append(parts, "request/response with "+strings.Join(c, ", ")+" concurrent clients")
+	}
+	if m.UDPFlows > 0 {
+		parts = append(parts, fmt.Sprintf("%d UDP flows", m.UDPFlows))
+	}
+	if m.Conns > 0 && m.CloseWaitS > 0 {
+		parts = append(parts, fmt.Sprintf("%d idle connections, RSS again %g s after they closed", m.Conns, m.CloseWaitS))
+	}
+	if m.Fleet > 0 {
+		parts = append(parts, fmt.Sprintf("%d instances at once", m.Fleet))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// loopbackTable writes every TCP bulk figure as a fraction of the host's own loopback.
+func loopbackTable(p func(string, ...any), r *Results) {
+	lo := r.Loopback
+	if lo == nil || lo.NA != "" || len(lo.Samples) == 0 || lo.Median <= 0 {
+		return
+	}
+	names := backendNames(r)
+	p("\n## TCP bulk ÷ host loopback\n\nEach backend's median ÷ the median of iperf3 on the host's own 127.0.0.1 in the same run (%s Gbit/s): the share of the physical limit.\n\n| workload |", num(lo.Median))
+	for _, n := range names {
+		p(" %s |", n)
+	}
+	p("\n|---|")
+	for range names {
+		p("---|")
+	}
+	p("\n")
+	for _, met := range r.Metrics {
+		if met.Group != "TCP bulk" || met.Unit != "Gbit/s" {
+			continue
+		}
+		p("| %s |", met.Label)
+		for _, n := range names {
+			p(" %s |", ofLoopback(met.Results[n], lo))
+		}
+		p("\n")
+	}
+}
+
+// ofLoopback is a bulk series' median as a fraction of the loopback's, or — without one.
+func ofLoopback(s, lo *Series) string {
+	if s == nil || s.NA != "" || len(s.Samples) == 0 || lo == nil || lo.Median <= 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f", s.Median/lo.Median)
 }

@@ -11,6 +11,9 @@ type Results struct {
 	Meta     Meta          `json:"meta"`
 	Backends []BackendInfo `json:"backends"`
 	Metrics  []*Metric     `json:"metrics"`
+	// Loopback is iperf3 TCP on the host's own 127.0.0.1 in the same run, no backend: the
+	// physical limit the bulk figures are compared with (Gbit/s). Nil in older results.
+	Loopback *Series `json:"loopback,omitempty"`
 	// Notes are odd things seen during the run (version quirks, MTUs actually applied).
 	Notes []string `json:"notes"`
 }
@@ -20,8 +23,12 @@ type Meta struct {
 	Date        string  `json:"date"` // RFC 3339, UTC, when the run started
 	Quick       bool    `json:"quick"`
 	Runs        int     `json:"runs"`
-	DurationS   float64 `json:"duration_s"` // of each timed workload run
-	Conns       int     `json:"conns"`      // idle connections for mem_conns
+	DurationS   float64 `json:"duration_s"`             // of each timed workload run
+	Conns       int     `json:"conns"`                  // idle connections for mem_conns
+	Clients     []int   `json:"clients,omitempty"`      // concurrent clients of rr/crr
+	UDPFlows    int     `json:"udp_flows,omitempty"`    // flows of udp_flows
+	Fleet       int     `json:"fleet,omitempty"`        // instances at once for mem_fleet
+	CloseWaitS  float64 `json:"close_wait_s,omitempty"` // mem_closed: seconds after the close
 	ElapsedS    float64 `json:"elapsed_s"`
 	Nproc       int     `json:"nproc"`
 	Kernel      string  `json:"kernel"`

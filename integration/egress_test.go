@@ -1,0 +1,125 @@
+package integration
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// acceptCounter serves ln, counting the connections it accepts: a denied
+// destination's counter must stay 0 (nothing reached it).
+func acceptCounter(t *testing.T, ln net.Listener) *atomic.Int32 {
+	var n atomic.Int32
+	serveTCP(t, ln, func(*net.TCPConn) { n.Add(1) })
+	return &n
+}
+
+// TestEgressRules: --deny and --deny-host rules deny new flows with ICMP
+// administratively prohibited (EHOSTUNREACH inside, at once), nothing
+// reaches the denied destination, other flows go through; rules added and
+// removed over the API apply to the next flows. Sandbox and seccomp on.
+func TestEgressRules(t *testing.T) {
+	setup(t)
+	usernetOnly(t, "egress policy")
+	t.Parallel()
+	denied := inetListenTCP(t, "[::]:0")
+	allowed := inetListenTCP(t, "[::]:0")
+	deniedN, allowedN := acceptCounter(t, denied), acceptCounter(t, allowed)
+	udpDenied := inetListenUDP(t, "[::]:0")
+	udpEchoServer(t, udpDenied)
+	udpAllowed := inetListenUDP(t, "[::]:0")
+	udpEchoServer(t, udpAllowed)
+	host := listenTCP(t, "127.0.0.1:0")
+	hostN := acceptCounter(t, host)
+
+	inet := func(a net.Addr) string { return net.JoinHostPort(suite.inet4, port(a)) }
+	sock := filepath.Join(shortUserDir(t, "eg"), "api.sock")
+	tg := newTarget(t)
+	startUsernet(t, tg, usernetOpts{flags: []string{"-c", "--enable-sandbox", "--enable-seccomp", "--api-socket", sock,
+		"--deny", "tcp:" + suite.inet4 + ":" + port(denied.Addr()),
+		"--deny", "udp:" + suite.inet4 + ":" + port(udpDenied.LocalAddr()),
+		"--deny-host",
+	}})
+
+	start := time.Now()
+	checkDial(t, tg, inet(denied.Addr()), "EHOSTUNREACH")
+	if el := time.Since(start); el > 5*time.Second {
+		t.Errorf("the denied connect took %v; want it refused at once", el)
+	}
+	checkDial(t, tg, inet(allowed.Addr()), "")
+	checkDial(t, tg, "10.0.2.2:"+port(host.Addr()), "EHOSTUNREACH")
+	var res DialResult
+	tg.helper(t, testContext(t, 30*time.Second), &res, "udp-send", inet(udpDenied.LocalAddr()))
+	if res.Err != "EHOSTUNREACH" {
+		t.Errorf("udp-send to the denied port: %q, want EHOSTUNREACH", res.Err)
+	}
+	checkUDP(t, tg, inet(udpAllowed.LocalAddr()), 3)
+	checkPing(t, tg, suite.inet4)
+
+	// At runtime, over the API: deny the allowed port before everything, then remove it.
+	reply, err := apiExchange(sock, fmt.Sprintf(`{"execute":"add_rule","arguments":{"rule":{"action":"deny","proto":"tcp","dst":%q,"ports":%q},"before":1}}`,
+		suite.inet4, port(allowed.Addr())), 10*time.Second)
+	if err != nil || reply != `{"return":{"id":4,"killed":0}}` {
+		t.Fatalf("add_rule: %q, %v", reply, err)
+	}
+	checkDial(t, tg, inet(allowed.Addr()), "EHOSTUNREACH")
+	list, _ := apiExchange(sock, `{"execute":"list_rules"}`, 10*time.Second)
+	if !strings.HasPrefix(list, `{"return":{"default":"allow","rules":[{"id":4,`) || !strings.Contains(list, `"preset":"host"`) {
+		t.Errorf("list_rules: %s", list)
+	}
+	if reply, err := apiExchange(sock, `{"execute":"remove_rule","arguments":{"id":4}}`, 10*time.Second); err != nil || reply != `{"return":{}}` {
+		t.Fatalf("remove_rule: %q, %v", reply, err)
+	}
+	checkDial(t, tg, inet(allowed.Addr()), "")
+
+	time.Sleep(100 * time.Millisecond) // let the servers count what reached them
+	if n := deniedN.Load(); n != 0 {
+		t.Errorf("the denied destination accepted %d connections", n)
+	}
+	if n := hostN.Load(); n != 0 {
+		t.Errorf("the host's loopback accepted %d connections under --deny-host", n)
+	}
+	if n := allowedN.Load(); n != 2 {
+		t.Errorf("the allowed destination accepted %d connections, want 2", n)
+	}
+}
+
+// TestEgressDomains: with --allow-domain only the addresses the DNS
+// forwarder resolved for that domain are reachable; other names are
+// refused without reaching the upstream; DNS to anywhere else is denied.
+func TestEgressDomains(t *testing.T) {
+	setup(t)
+	usernetOnly(t, "egress policy")
+	t.Parallel()
+	dns := startDNS(t, suite.inet4)
+	ln := inetListenTCP(t, "[::]:0")
+	acceptCounter(t, ln)
+	addr := net.JoinHostPort(suite.inet4, port(ln.Addr()))
+	tg := newTarget(t)
+	startUsernet(t, tg, usernetOpts{flags: []string{"-c", "--enable-sandbox", "--enable-seccomp", "--dns-upstream", dns.addr,
+		"--allow-domain", "ok.usernet.test"}})
+
+	checkDial(t, tg, addr, "EHOSTUNREACH") // nothing resolved yet: the default is deny
+	var res DNSResult
+	tg.helper(t, testContext(t, 30*time.Second), &res, "dns", "10.0.2.3:53", "udp", "A", "other.usernet.test")
+	if res.RCode != "RCodeRefused" {
+		t.Errorf("a name outside the allowed domain: %+v, want REFUSED", res)
+	}
+	for _, q := range dns.seen() {
+		if strings.Contains(q, "other.usernet.test") {
+			t.Errorf("the upstream saw a refused name: %q", q)
+		}
+	}
+	checkDNS(t, tg, "10.0.2.3:53", "tcp", "A", "www.ok.usernet.test", []string{suite.inet4})
+	checkDial(t, tg, addr, "")
+	// DNS around the forwarder is denied, even to an allowed address.
+	var udp DialResult
+	tg.helper(t, testContext(t, 30*time.Second), &udp, "udp-send", net.JoinHostPort(suite.inet4, "53"))
+	if udp.Err != "EHOSTUNREACH" {
+		t.Errorf("DNS to the allowed address directly: %q, want EHOSTUNREACH", udp.Err)
+	}
+}
