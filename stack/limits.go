@@ -18,8 +18,8 @@ type Limits struct {
 
 	// UDPFlows bounds the UDP flows (guest port, remote) at once. A new
 	// flow beyond it evicts the flow idle longest if that one has been
-	// idle for 5 s, else it is refused with ICMP
-	// administratively prohibited.
+	// idle for 5 s, else it is refused with ICMP administratively
+	// prohibited. Flows the host side starts are dropped instead.
 	UDPFlows int
 	// UDPPorts bounds the host UDP sockets, one per guest UDP port: the
 	// host's ephemeral ports a guest can take. Evicted and refused as
@@ -35,13 +35,14 @@ type Limits struct {
 
 	// PingFlows bounds the ICMP echo flows (guest address, destination,
 	// identifier), each a host ping socket. Beyond it the flow idle
-	// longest is evicted if idle for 5 s, else the request is
-	// refused with ICMP administratively prohibited.
+	// longest is evicted if idle for 5 s, else the request is refused
+	// with ICMP administratively prohibited.
 	PingFlows int
 
 	// AllowSources are prefixes, besides the virtual network's own, that
 	// the guest may send from (networks routed through the namespace).
-	// Frames from any other source are dropped at the link filter.
+	// Frames from any other source are dropped at the link filter, and
+	// counted (they are not flows: nothing answers them).
 	AllowSources []netip.Prefix
 }
 
