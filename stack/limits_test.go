@@ -292,6 +292,23 @@ func TestSpoofedSourceDropped(t *testing.T) {
 			t.Errorf("%d host sockets, want 1 (the guest's own flow only)", n)
 		}
 	})
+	t.Run("ipv6", func(t *testing.T) {
+		cfg := testConfig(t)
+		cfg.Plan = testPlan(t, true)
+		e := startEnv(t, cfg)
+		if !udpEchoed(guestUDP(t, e.guest, false), dst, "own", 5*time.Second) { // the stack runs
+			t.Fatal("UDP from the guest's own address not served")
+		}
+		u := header.UDP(make([]byte, header.UDPMinimumSize+1))
+		from, to := netip.MustParseAddr("2001:db8:99::1"), netip.MustParseAddr("fd00::2")
+		u.Encode(&header.UDPFields{SrcPort: 4000, DstPort: dst.Port(), Length: uint16(len(u))})
+		u.SetChecksum(^u.CalculateChecksum(header.PseudoHeaderChecksum(header.UDPProtocolNumber, tcpipAddr(from), tcpipAddr(to), uint16(len(u)))))
+		injectFrame(t, e.guest, ipv6.ProtocolNumber, stackMAC, ipv6Packet(from, to, header.UDPProtocolNumber, 64, u))
+		waitRefusals(t, e.s, "spoofed_source", 1)
+		if n := e.s.udpHostSockets(); n != 1 {
+			t.Errorf("%d host sockets, want 1 (the guest's own flow only)", n)
+		}
+	})
 	t.Run("allowed", func(t *testing.T) {
 		cfg := testConfig(t)
 		cfg.Limits.AllowSources = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}
