@@ -7,6 +7,13 @@
 // newline, the client may half-close or not; one compact JSON reply with no
 // trailing newline; then the server closes the connection.
 //
+// Only the user running usernet (and root) may use it: the socket is created
+// with mode 0600, and each client's credentials (SO_PEERCRED) are checked.
+// Idle clients cannot starve others: a request must arrive within
+// ReadTimeout of the connect, and when all maxConns slots are taken a new
+// client takes the slot of a client still silent, of the peer (process)
+// holding the most slots; docs/api.md has the numbers.
+//
 // It owns the listening socket and one goroutine per request. It must not
 // import stack or gVisor: it reaches forwards through [Forwarder] only.
 package apisock
@@ -19,10 +26,13 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/usernet/usernet/portfwd"
 )
@@ -63,15 +73,23 @@ type Config struct {
 	KillDenied func() int
 	// Stats, when set, serves get_stats and list_connections.
 	Stats Stats
+	// Capture, when set, serves capture (capture.go).
+	Capture Capturer
 	// Logf logs failed commands (with the underlying error, which the wire
-	// format has no room for) and accept errors. nil = discard.
+	// format has no room for), refused clients and accept errors. nil =
+	// discard.
 	Logf func(format string, args ...any)
+	// AllowUIDs are the client uids served; nil = this process's real and
+	// effective uids, and root (asked in New: under a seccomp filter that
+	// refuses getuid, pass them). A client with another uid gets an error
+	// reply and is closed.
+	AllowUIDs []uint32
 }
 
 const (
 	defaultReadTimeout = 5 * time.Second
-	// maxConns bounds the connections served at once; further clients wait in
-	// the listen backlog. Each connection lasts at most ReadTimeout.
+	// maxConns bounds the connections served at once. A client beyond it
+	// takes the slot of a silent one (evict), or is told "busy".
 	maxConns = 256
 	// maxPathLen is the longest socket path: sun_path is 108 bytes with its NUL.
 	maxPathLen = 107
@@ -84,6 +102,17 @@ type Server struct {
 	ln      *net.UnixListener
 	running atomic.Bool
 	wg      sync.WaitGroup // connection goroutines; Run waits for them
+
+	captures atomic.Int32 // live capture streams (capture.go)
+	allow    []uint32
+
+	mu     sync.Mutex // guards conns, byPeer, seq
+	conns  map[*conn]struct{}
+	byPeer map[peer]int
+	seq    uint64
+
+	refusedLog rateLog       // refused clients
+	refusing   chan struct{} // refused clients being answered (refuse)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -108,15 +137,19 @@ func New(cfg Config) (*Server, error) {
 	// Close removes the socket file, also for a listener rebuilt from an
 	// inherited fd (net.FileListener does not unlink by default).
 	ln.SetUnlinkOnClose(true)
-	s := &Server{cfg: cfg, logf: cfg.Logf, ln: ln}
+	s := &Server{cfg: cfg, logf: cfg.Logf, ln: ln, allow: cfg.AllowUIDs,
+		conns: map[*conn]struct{}{}, byPeer: map[peer]int{}, refusing: make(chan struct{}, maxRefusing)}
 	if s.logf == nil {
 		s.logf = func(string, ...any) {}
+	}
+	if s.allow == nil {
+		s.allow = []uint32{uint32(os.Getuid()), uint32(os.Geteuid()), 0}
 	}
 	return s, nil
 }
 
-// Listen checks path, replaces a stale socket file there, listens on it and
-// makes the socket mode 0600 (only our user may connect: the API can open
+// Listen checks path, replaces a stale socket file there, and listens on it
+// with mode 0600 from the start (only our user may connect: the API can open
 // ports). It refuses a path that is not a socket, and a socket a running
 // server still answers on.
 func Listen(path string) (*net.UnixListener, error) {
@@ -129,18 +162,40 @@ func Listen(path string) (*net.UnixListener, error) {
 	if err := removeStale(path); err != nil {
 		return nil, err
 	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("api socket: %w", err)
 	}
-	// Between bind and chmod the socket has the umask's mode; the parent
-	// directory (podman's and rootlesskit's are 0700) is what really guards it.
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close() // FileListener dups it
+	// bind(2) gives the file the socket inode's mode less the umask: set
+	// it first, so that the file never has another mode (no window, and no
+	// chmod by path, which would follow a symlink put there meanwhile).
+	// The umask would do too, but it is the whole process's.
+	if err := unix.Fchmod(fd, 0o600); err != nil {
+		return nil, fmt.Errorf("api socket: fchmod: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		return nil, fmt.Errorf("api socket: bind %s: %w", path, err)
+	}
+	testHookAfterBind(path)
+	if err := unix.Listen(fd, unix.SOMAXCONN); err != nil {
+		os.Remove(path)
+		return nil, fmt.Errorf("api socket: listen: %w", err)
+	}
+	ln, err := net.FileListener(f)
+	if err != nil {
+		os.Remove(path)
 		return nil, fmt.Errorf("api socket: %w", err)
 	}
-	return ln, nil
+	ul := ln.(*net.UnixListener)
+	ul.SetUnlinkOnClose(true)
+	return ul, nil
 }
+
+// testHookAfterBind runs right after the socket file is made (tests look
+// at its mode there).
+var testHookAfterBind = func(string) {}
 
 // removeStale removes the socket file at path if no server answers on it.
 // slirp4netns unlinks whatever is there; we refuse to delete what is not a
@@ -180,18 +235,10 @@ func (s *Server) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { s.Close() })
 	defer stop()
 
-	slots := make(chan struct{}, maxConns)
 	var delay time.Duration
-accept:
 	for {
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-			break accept
-		}
 		c, err := s.ln.AcceptUnix()
 		if err != nil {
-			<-slots
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				break
 			}
@@ -200,19 +247,183 @@ accept:
 			select {
 			case <-time.After(delay):
 			case <-ctx.Done():
-				break accept
 			}
 			continue
 		}
 		delay = 0
+		cn, reply := s.admit(c)
+		if cn == nil {
+			s.refuse(c, reply)
+			continue
+		}
 		s.wg.Go(func() {
-			defer func() { <-slots }()
-			s.serve(ctx, c)
+			defer s.release(cn)
+			s.serve(ctx, cn)
 		})
 	}
 	s.Close()
 	s.wg.Wait()
 	return nil
+}
+
+// refuse gives c its one error line and closes it, off the accept loop, a
+// few at a time: beyond that, c is closed without a word.
+func (s *Server) refuse(c *net.UnixConn, reply []byte) {
+	select {
+	case s.refusing <- struct{}{}:
+	default:
+		c.Close()
+		return
+	}
+	s.wg.Go(func() {
+		defer func() { <-s.refusing }()
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(drainTimeout))
+		if _, err := c.Write(reply); err != nil {
+			return
+		}
+		// As serve does: what the client sent must be read before the
+		// close, or the kernel resets the connection under the reply.
+		c.CloseWrite()
+		io.CopyN(io.Discard, c, maxDrain)
+	})
+}
+
+// maxRefusing bounds the refused clients being answered at once.
+const maxRefusing = 16
+
+// peer is who a client is: its uid and process, as SO_PEERCRED says.
+type peer struct {
+	uid uint32
+	pid int32
+}
+
+// conn is a client being served.
+type conn struct {
+	c    *net.UnixConn
+	peer peer
+	seq  uint64       // accept order
+	busy atomic.Int32 // connWaiting, connHandling or connEvicted
+}
+
+const (
+	connWaiting  = iota // no whole request yet: may be evicted
+	connHandling        // its request is being carried out
+	connEvicted         // closed to make room for another client
+)
+
+// admit registers a newly accepted client, or returns the reply it gets
+// instead: a client of another user is refused; when all slots are taken,
+// the client still waiting for its request of the peer holding the most
+// slots (the oldest of them) is evicted; if none is waiting, "busy".
+func (s *Server) admit(c *net.UnixConn) (*conn, []byte) {
+	cred, err := peerCred(c)
+	if err != nil {
+		s.logf("api socket: client credentials: %v", err)
+		return nil, errorReply(errPeer)
+	}
+	if !s.allowed(cred.Uid) {
+		if n := s.refusedLog.allow(); n > 0 {
+			s.logf("api socket: refused a client of uid %d (pid %d): only uids %v may use the API (%d refused in all)", cred.Uid, cred.Pid, s.allow, n)
+		}
+		return nil, errorReply(errPeer)
+	}
+	cn := &conn{c: c, peer: peer{uid: cred.Uid, pid: cred.Pid}}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.conns) >= maxConns {
+		victim := s.victimLocked()
+		if victim == nil {
+			return nil, errorReply(errBusy)
+		}
+		s.removeLocked(victim)
+		victim.c.Close() // its goroutine sees the read fail and leaves
+	}
+	s.seq++
+	cn.seq = s.seq
+	s.conns[cn] = struct{}{}
+	s.byPeer[cn.peer]++
+	return cn, nil
+}
+
+// victimLocked picks the client to evict, marked evicted, or nil.
+func (s *Server) victimLocked() *conn {
+	var best *conn
+	for cn := range s.conns {
+		if cn.busy.Load() != connWaiting {
+			continue
+		}
+		if best == nil || s.byPeer[cn.peer] > s.byPeer[best.peer] ||
+			(s.byPeer[cn.peer] == s.byPeer[best.peer] && cn.seq < best.seq) {
+			best = cn
+		}
+	}
+	if best == nil || !best.busy.CompareAndSwap(connWaiting, connEvicted) {
+		return nil // it just got its request: let it be
+	}
+	return best
+}
+
+func (s *Server) removeLocked(cn *conn) {
+	if _, ok := s.conns[cn]; !ok {
+		return
+	}
+	delete(s.conns, cn)
+	if s.byPeer[cn.peer]--; s.byPeer[cn.peer] == 0 {
+		delete(s.byPeer, cn.peer)
+	}
+}
+
+func (s *Server) release(cn *conn) {
+	s.mu.Lock()
+	s.removeLocked(cn)
+	s.mu.Unlock()
+}
+
+// allowed reports whether a client of uid may use the API.
+func (s *Server) allowed(uid uint32) bool {
+	return slices.Contains(s.allow, uid)
+}
+
+// peerCred is c's peer's credentials, as the kernel recorded them at
+// connect, in this process's user namespace (an unmapped uid, root's in a
+// sandbox of its own among them, is the overflow uid).
+func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := rc.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	if cerr != nil {
+		return nil, fmt.Errorf("SO_PEERCRED: %w", cerr)
+	}
+	return cred, nil
+}
+
+// rateLog lets a line through at most once a second, counting all calls.
+type rateLog struct {
+	mu   sync.Mutex
+	last time.Time
+	n    int
+}
+
+// allow counts one event and returns the count so far if a line may be
+// written now, else 0.
+func (r *rateLog) allow() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.n++
+	if now := time.Now(); now.Sub(r.last) >= time.Second {
+		r.last = now
+		return r.n
+	}
+	return 0
 }
 
 // Close closes the listener and removes the socket file. Run calls it; call
@@ -226,14 +437,19 @@ func (s *Server) Close() error {
 	return s.closeErr
 }
 
-// serve answers the one request of c and closes it.
-func (s *Server) serve(ctx context.Context, c *net.UnixConn) {
+// serve answers the one request of cn and closes it.
+func (s *Server) serve(ctx context.Context, cn *conn) {
+	c := cn.c
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	c.SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
 	req, err := readRequest(c)
-	if ctx.Err() != nil {
+	if ctx.Err() != nil || !cn.busy.CompareAndSwap(connWaiting, connHandling) {
+		return // shutting down, or evicted for another client
+	}
+	if err == nil && s.cfg.Capture != nil && isCapture(req) {
+		s.streamCapture(ctx, cn)
 		return
 	}
 	reply := s.handle(ctx, req, err)

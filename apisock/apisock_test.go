@@ -4,17 +4,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/usernet/usernet/netplan"
 	"github.com/usernet/usernet/portfwd"
+	"golang.org/x/sys/unix"
 )
 
 // The replies of slirp4netns 1.2.0 (commit 656041d4, libslirp 4.7.0) as
@@ -507,5 +510,117 @@ func TestWithPortfwdRegistry(t *testing.T) {
 	}
 	if got := call(t, p, `{"execute":"list_hostfwd"}`, true); !strings.Contains(got, `"id":2`) || strings.Contains(got, `"id":1`) {
 		t.Fatalf("list after remove + add = %s; want only id 2", got)
+	}
+}
+
+// TestSocketModeFromBind: the socket file is 0600 the moment it exists, not
+// chmod-ed afterwards (a window, and chmod follows a symlink put there).
+func TestSocketModeFromBind(t *testing.T) {
+	old := unix.Umask(0) // the widest umask: nothing but the socket's own mode may narrow it
+	defer unix.Umask(old)
+	var mode os.FileMode
+	var statErr error
+	testHookAfterBind = func(path string) {
+		fi, err := os.Lstat(path)
+		statErr = err
+		if err == nil {
+			mode = fi.Mode()
+		}
+	}
+	defer func() { testHookAfterBind = func(string) {} }()
+	ln, err := Listen(socketPath(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if statErr != nil || mode.Type() != os.ModeSocket || mode.Perm() != 0o600 {
+		t.Fatalf("socket file right after bind: mode %v, %v; want a socket with 0600", mode, statErr)
+	}
+}
+
+// TestPeerRefused: a client whose uid is not allowed gets one error line and
+// the connection closes; the refusal is logged.
+func TestPeerRefused(t *testing.T) {
+	var mu sync.Mutex
+	var logged []string
+	logf := func(format string, a ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		logged = append(logged, fmt.Sprintf(format, a...))
+	}
+	fwd := &fakeForwarder{}
+	s := startServer(t, Config{Forwarder: fwd, AllowUIDs: []uint32{uint32(os.Getuid()) + 4242}, Logf: logf})
+	got := call(t, s.cfg.Path, `{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":8080,"guest_port":80}}`, true)
+	if want := `{"error":{"desc":"` + errPeer + `"}}`; got != want {
+		t.Fatalf("reply to a client of another uid: %s; want %s", got, want)
+	}
+	if len(fwd.Rules()) != 0 {
+		t.Fatalf("a refused client's request was carried out: %+v", fwd.Rules())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(logged) != 1 || !strings.Contains(logged[0], fmt.Sprintf("refused a client of uid %d (pid %d)", os.Getuid(), os.Getpid())) {
+		t.Fatalf("log: %q; want one line naming the uid and pid", logged)
+	}
+}
+
+// TestIdleClientsDoNotStarveARequest: more silent clients than there are
+// slots, then a request: it is answered at once (a silent client's slot is
+// taken), and the silent clients that lost theirs see EOF without a reply.
+func TestIdleClientsDoNotStarveARequest(t *testing.T) {
+	s := startServer(t, Config{Forwarder: &fakeForwarder{}, ReadTimeout: time.Minute})
+	var silent []net.Conn
+	defer func() {
+		for _, c := range silent {
+			c.Close()
+		}
+	}()
+	for range maxConns + 44 {
+		c, err := net.Dial("unix", s.cfg.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		silent = append(silent, c)
+	}
+	start := time.Now()
+	if got := call(t, s.cfg.Path, `{"execute":"list_hostfwd"}`, true); got != wantListEmpty {
+		t.Fatalf("reply beside %d silent clients: %q; want %s", len(silent), got, wantListEmpty)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("reply beside %d silent clients after %v; want it at once", len(silent), d)
+	}
+	// The oldest silent clients made room: they are closed, without a reply.
+	silent[0].SetReadDeadline(time.Now().Add(5 * time.Second))
+	if b, err := io.ReadAll(silent[0]); len(b) != 0 || err != nil {
+		t.Errorf("the oldest silent client: read %q, %v; want EOF without a reply", b, err)
+	}
+	s.mu.Lock()
+	n := len(s.conns)
+	s.mu.Unlock()
+	if n > maxConns {
+		t.Errorf("%d connections held; want at most %d", n, maxConns)
+	}
+}
+
+// TestBusyWhenAllSlotsHandleRequests: with every slot's request under way,
+// a new client is told "busy" at once rather than left waiting.
+func TestBusyWhenAllSlotsHandleRequests(t *testing.T) {
+	s := startServer(t, Config{Forwarder: &fakeForwarder{}})
+	s.mu.Lock()
+	for range maxConns {
+		cn := &conn{c: nil, peer: peer{uid: 1, pid: 1}}
+		cn.busy.Store(connHandling)
+		s.conns[cn] = struct{}{}
+		s.byPeer[cn.peer]++
+	}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		clear(s.conns)
+		clear(s.byPeer)
+		s.mu.Unlock()
+	}()
+	if got, want := call(t, s.cfg.Path, `{"execute":"list_hostfwd"}`, true), `{"error":{"desc":"`+errBusy+`"}}`; got != want {
+		t.Fatalf("reply with every slot handling a request: %s; want %s", got, want)
 	}
 }

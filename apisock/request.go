@@ -22,16 +22,20 @@ const maxRequest = 4096
 // without a trailing newline. The wording of the errors is api.c's, including
 // the "bad request: " prefix on failures that were not the client's fault.
 const (
-	replyEmpty       = `{"return":{}}`
-	errParse         = `bad request: cannot parse JSON`
-	errNotObject     = `bad request: json_object() failed`
-	errNoExecute     = `bad request: no execute found`
-	errUnknown       = `bad request: unknown execute`
-	errTooLarge      = `bad request: too large message`
-	errAddPrefix     = `bad request: add_hostfwd: bad arguments.` // + field
-	errAddFailed     = `bad request: add_hostfwd: slirp_add_hostfwd failed`
-	errRemoveID      = `bad request: remove_hostfwd: bad arguments.id`
-	errRemoveFailed  = `bad request: remove_hostfwd: slirp_remove_hostfwd failed`
+	replyEmpty      = `{"return":{}}`
+	errParse        = `bad request: cannot parse JSON`
+	errNotObject    = `bad request: json_object() failed`
+	errNoExecute    = `bad request: no execute found`
+	errUnknown      = `bad request: unknown execute`
+	errTooLarge     = `bad request: too large message`
+	errAddPrefix    = `bad request: add_hostfwd: bad arguments.` // + field
+	errAddFailed    = `bad request: add_hostfwd: slirp_add_hostfwd failed`
+	errRemoveID     = `bad request: remove_hostfwd: bad arguments.id`
+	errRemoveFailed = `bad request: remove_hostfwd: slirp_remove_hostfwd failed`
+	// usernet's own: a client of another user (SO_PEERCRED), and one that
+	// finds every slot taken by clients with their requests under way.
+	errPeer          = `permission denied: only the user running usernet may use this API socket`
+	errBusy          = `busy: too many API clients at once, try again`
 	errorReplyPrefix = `{"error":{"desc":"`
 	errorReplySuffix = `"}}`
 )

@@ -144,6 +144,37 @@ func apiExchange(path, req string, timeout time.Duration) (string, error) {
 
 // --- test side ---
 
+// apiCallAs sends req to the API socket at sock from a process with cred (api-call).
+func apiCallAs(t *testing.T, sock, req string, cred *syscall.Credential) APICallResult {
+	t.Helper()
+	cmd := exec.CommandContext(testContext(t, time.Minute), suite.helper, "api-call", sock, req)
+	cmd.Env = append(os.Environ(), envHelper+"=1")
+	cmd.Dir = suite.dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.Output()
+	var res APICallResult
+	if err != nil || json.Unmarshal(out, &res) != nil {
+		t.Fatalf("api-call as uid %d: %v, output %q", cred.Uid, err, out)
+	}
+	return res
+}
+
+// apiUserExchange is apiExchange made by the unprivileged user running usernet: a
+// sandboxed usernet refuses root, which its user namespace does not map (docs/api.md).
+func apiUserExchange(t *testing.T, sock, req string) (string, error) {
+	t.Helper()
+	res := apiCallAs(t, sock, req, userCred())
+	if res.Err != "" {
+		return res.Reply, errors.New(res.Err)
+	}
+	return res.Reply, nil
+}
+
+// userCred is the unprivileged user's, for apiCallAs.
+func userCred() *syscall.Credential {
+	return &syscall.Credential{Uid: suite.uid, Gid: suite.gid, Groups: []uint32{}}
+}
+
 // apiRun is a target with the binary under test serving it, with an API socket, and the
 // fwd-server listening inside.
 type apiRun struct {
@@ -797,9 +828,9 @@ func TestAPIBadInput(t *testing.T) {
 	})
 
 	// 200 clients at once, every silentEvery-th of which sends nothing (usernet only); the
-	// others send a mix of good and bad requests. usernet serves 32 connections at once, so
-	// with fewer than 32 silent clients nobody waits for a silent one's 5 s read timeout
-	// (asserted); with more, the rest wait (logged only).
+	// others send a mix of good and bad requests. usernet serves 256 connections at once
+	// (more silent ones lose their slot to newcomers: TestAPIIdleClients), so nobody waits
+	// for a silent one's 5 s read timeout (asserted with 20 silent clients; logged with 40).
 	t.Run("200-concurrent-20-silent", func(t *testing.T) { concurrentClients(t, r, p, 10, 2500*time.Millisecond, echo) })
 	t.Run("200-concurrent-40-silent", func(t *testing.T) { concurrentClients(t, r, p, 5, 0, echo) })
 
@@ -897,6 +928,81 @@ func concurrentClients(t *testing.T, r *apiRun, p, silentEvery int, maxWait time
 	echo("after 200 clients")
 }
 
+// TestAPIIdleClients: 300 clients that connect and send nothing (more than the 256 slots)
+// do not delay a request from another process: it is answered at once; the silent clients
+// that lost their slot see EOF without a reply. slirp4netns reads synchronously: skipped.
+func TestAPIIdleClients(t *testing.T) {
+	setup(t)
+	usernetOnly(t, "slirp4netns reads the API synchronously: one silent client stalls it")
+	t.Parallel()
+	r := startAPIRun(t)
+	var silent []net.Conn
+	defer func() {
+		for _, c := range silent {
+			c.Close()
+		}
+	}()
+	for i := range 300 {
+		c, err := net.DialTimeout("unix", r.sock, 10*time.Second)
+		if err != nil {
+			t.Fatalf("silent client %d: %v", i, err)
+		}
+		silent = append(silent, c)
+	}
+	for _, who := range []struct {
+		name string
+		cred *syscall.Credential
+	}{{"the user", userCred()}, {"root", &syscall.Credential{}}} {
+		start := time.Now()
+		res := apiCallAs(t, r.sock, `{"execute":"list_hostfwd"}`, who.cred)
+		d := time.Since(start)
+		t.Logf("list_hostfwd as %s beside 300 silent clients: %+v after %v (a process started for it)", who.name, res, d)
+		if res.Reply != `{"entries":[]}` {
+			t.Errorf("list_hostfwd as %s beside 300 silent clients: %+v; want {\"entries\":[]}", who.name, res)
+		}
+		if d > 2*time.Second { // the silent clients' read timeout is 5 s
+			t.Errorf("list_hostfwd as %s beside 300 silent clients took %v; want it at once", who.name, d)
+		}
+	}
+	silent[0].SetReadDeadline(time.Now().Add(10 * time.Second))
+	if b, err := io.ReadAll(silent[0]); len(b) != 0 || err != nil {
+		t.Errorf("the oldest silent client: read %q, %v; want EOF without a reply", b, err)
+	}
+	r.alive(t)
+}
+
+// TestAPIPeerRefused: a client of another user who can reach the socket (its mode opened
+// up after the start) is refused with one error line, and usernet logs it; its request is
+// not carried out. slirp4netns checks no credentials: skipped.
+func TestAPIPeerRefused(t *testing.T) {
+	setup(t)
+	usernetOnly(t, "slirp4netns checks no credentials")
+	t.Parallel()
+	r := startAPIRun(t)
+	if err := os.Chmod(filepath.Dir(r.sock), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(r.sock, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	p := freePort(t, "tcp")
+	res := apiCallAs(t, r.sock, addReq("tcp", "127.0.0.1", p, "10.0.2.100"), &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}})
+	want := `{"error":{"desc":"permission denied: only the user running usernet may use this API socket"}}`
+	if res.Reply != want || res.Err != "" {
+		t.Errorf("add_hostfwd as uid 65534: %+v; want reply %s", res, want)
+	}
+	if got := r.call(t, `{"execute":"list_hostfwd"}`); got != `{"entries":[]}` {
+		t.Errorf("list_hostfwd after the refused add: %s; want no forward", got)
+	}
+	for end := time.Now().Add(5 * time.Second); !strings.Contains(r.un.stderr.String(), "refused a client of uid 65534"); {
+		if time.Now().After(end) {
+			t.Errorf("stderr has no line about the refused client:\n%s", r.un.stderr.String())
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // TestAPISocketFile: the socket is 0600 and owned by the user running usernet, who can use
 // it while another user cannot; it is removed after SIGTERM; a path of 108 bytes or more is
 // a clear error and exit status 1.
@@ -927,18 +1033,8 @@ func TestAPISocketFile(t *testing.T) {
 				t.Errorf("%s: mode %v, want 0600", sock, fi.Mode().Perm())
 			}
 		})
-		ctx := testContext(t, time.Minute)
 		call := func(cred *syscall.Credential) APICallResult {
-			cmd := exec.CommandContext(ctx, suite.helper, "api-call", sock, `{"execute":"list_hostfwd"}`)
-			cmd.Env = append(os.Environ(), envHelper+"=1")
-			cmd.Dir = suite.dir
-			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGKILL}
-			out, err := cmd.Output()
-			var res APICallResult
-			if err != nil || json.Unmarshal(out, &res) != nil {
-				t.Fatalf("api-call as uid %d: %v, output %q", cred.Uid, err, out)
-			}
-			return res
+			return apiCallAs(t, sock, `{"execute":"list_hostfwd"}`, cred)
 		}
 		if res := call(&syscall.Credential{Uid: suite.uid, Gid: suite.gid, Groups: []uint32{}}); res.Reply != `{"entries":[]}` || res.Err != "" {
 			t.Errorf("list_hostfwd as %s (the user running the daemon): %+v; want {\"entries\":[]}", testUser, res)

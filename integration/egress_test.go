@@ -60,18 +60,19 @@ func TestEgressRules(t *testing.T) {
 	checkUDP(t, tg, inet(udpAllowed.LocalAddr()), 3)
 	checkPing(t, tg, suite.inet4)
 
-	// At runtime, over the API: deny the allowed port before everything, then remove it.
-	reply, err := apiExchange(sock, fmt.Sprintf(`{"execute":"add_rule","arguments":{"rule":{"action":"deny","proto":"tcp","dst":%q,"ports":%q},"before":1}}`,
-		suite.inet4, port(allowed.Addr())), 10*time.Second)
+	// At runtime, over the API (as the user: the sandboxed usernet refuses root): deny the
+	// allowed port before everything, then remove it.
+	reply, err := apiUserExchange(t, sock, fmt.Sprintf(`{"execute":"add_rule","arguments":{"rule":{"action":"deny","proto":"tcp","dst":%q,"ports":%q},"before":1}}`,
+		suite.inet4, port(allowed.Addr())))
 	if err != nil || reply != `{"return":{"id":4,"killed":0}}` {
 		t.Fatalf("add_rule: %q, %v", reply, err)
 	}
 	checkDial(t, tg, inet(allowed.Addr()), "EHOSTUNREACH")
-	list, _ := apiExchange(sock, `{"execute":"list_rules"}`, 10*time.Second)
+	list, _ := apiUserExchange(t, sock, `{"execute":"list_rules"}`)
 	if !strings.HasPrefix(list, `{"return":{"default":"allow","rules":[{"id":4,`) || !strings.Contains(list, `"preset":"host"`) {
 		t.Errorf("list_rules: %s", list)
 	}
-	if reply, err := apiExchange(sock, `{"execute":"remove_rule","arguments":{"id":4}}`, 10*time.Second); err != nil || reply != `{"return":{}}` {
+	if reply, err := apiUserExchange(t, sock, `{"execute":"remove_rule","arguments":{"id":4}}`); err != nil || reply != `{"return":{}}` {
 		t.Fatalf("remove_rule: %q, %v", reply, err)
 	}
 	checkDial(t, tg, inet(allowed.Addr()), "")

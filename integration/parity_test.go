@@ -345,9 +345,31 @@ func (r *peerRecorder) check(t *testing.T, tg *target, host, want string) {
 	}
 }
 
+// checkLoopbackSource connects from tg to gateway (the host's loopback, which a server
+// listens on at loopback) and checks the source address the server sees.
+func checkLoopbackSource(t *testing.T, tg *target, loopback, gateway, want string) {
+	t.Helper()
+	ln := listenTCP(t, net.JoinHostPort(loopback, "0"))
+	seen := make(chan string, 4)
+	serveTCP(t, ln, func(c *net.TCPConn) {
+		ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
+		seen <- ap.Addr().Unmap().String()
+	})
+	checkDial(t, tg, net.JoinHostPort(gateway, port(ln.Addr())), "")
+	select {
+	case got := <-seen:
+		if got != want {
+			t.Errorf("a connection to %s (the host's %s) came from %s; want %s", gateway, loopback, got, want)
+		}
+	case <-time.After(5 * time.Second):
+		t.Errorf("the server on %s saw no connection from %s", loopback, gateway)
+	}
+}
+
 // TestParityOutboundAddr: connections to the outside (TCP and UDP) come from
 // --outbound-addr / --outbound-addr6, given as an address or as an interface name (its
-// first address); a value that is neither is an error at start.
+// first address), and so do TCP connections to the host's loopback through the gateway;
+// a value that is neither is an error at start.
 func TestParityOutboundAddr(t *testing.T) {
 	setup(t)
 	t.Parallel()
@@ -376,12 +398,20 @@ func TestParityOutboundAddr(t *testing.T) {
 					}
 					startBin(t, tg, b, usernetOpts{flags: flags})
 					rec.check(t, tg, suite.inet4, tc.want4)
-					// The gateway still reaches the host's loopback.
+					// The gateway still reaches the host's loopback, from the
+					// outbound address when there is one (slirp4netns binds every
+					// outbound socket).
 					p, hashes := hostHashServer(t)
 					checkTCPUp(t, testContext(t, defaultTimeout), tg, "10.0.2.2:"+p, 1<<16, hashes)
+					lo4 := "127.0.0.1"
+					if len(tc.flags) > 0 {
+						lo4 = tc.want4
+					}
+					checkLoopbackSource(t, tg, "127.0.0.1", "10.0.2.2", lo4)
 					if tc.want6 != "" {
 						waitSLAAC(t, testContext(t, 30*time.Second), tg)
 						rec.check(t, tg, suite.inet6, tc.want6)
+						checkLoopbackSource(t, tg, "::1", "fd00::2", tc.want6)
 					}
 				})
 			}

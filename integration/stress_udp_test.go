@@ -32,8 +32,8 @@ func init() {
 	helpers["flood"] = helperFlood
 }
 
-// FloodResult is what the flood helper reports.
-type FloodResult struct {
+// UDPFloodResult is what the flood helper reports.
+type UDPFloodResult struct {
 	Sent       int     `json:"sent"`
 	Prohibited int     `json:"prohibited"` // ICMP administratively prohibited received
 	Probes     int     `json:"probes"`
@@ -100,7 +100,7 @@ func helperFlood(args []string) (any, error) {
 	defer unix.Close(icmpFD)
 	unix.SetsockoptTimeval(icmpFD, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 100_000})
 
-	var res FloodResult
+	var res UDPFloodResult
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	var prohibited int
@@ -304,16 +304,16 @@ func sampleProc(pid int) (procFigures, error) {
 	return f, nil
 }
 
-// sampler records the peaks of a process's figures until stopped.
-type sampler struct {
+// udpSampler records the peaks of a process's figures until stopped.
+type udpSampler struct {
 	mu   sync.Mutex
 	peak procFigures
 	stop chan struct{}
 	done chan struct{}
 }
 
-func startSampler(pid int) *sampler {
-	s := &sampler{stop: make(chan struct{}), done: make(chan struct{})}
+func startUDPSampler(pid int) *udpSampler {
+	s := &udpSampler{stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
 		for {
@@ -332,7 +332,7 @@ func startSampler(pid int) *sampler {
 	return s
 }
 
-func (s *sampler) finish() procFigures {
+func (s *udpSampler) finish() procFigures {
 	close(s.stop)
 	<-s.done
 	return s.peak
@@ -417,10 +417,10 @@ func TestStressUDPFloods(t *testing.T) {
 	}
 	t.Logf("baseline: %v", base)
 
-	flood := func(kind, dst string) (FloodResult, procFigures) {
+	flood := func(kind, dst string) (UDPFloodResult, procFigures) {
 		t.Helper()
-		s := startSampler(pid)
-		var res FloodResult
+		s := startUDPSampler(pid)
+		var res UDPFloodResult
 		start := time.Now()
 		tg.helper(t, ctx, &res, "flood", kind, "tap0", strconv.Itoa(n), "10.0.2.2", dst, probe)
 		peak := s.finish()

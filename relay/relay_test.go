@@ -275,12 +275,34 @@ func TestCopyTakesLargeBufferOnlyAfterAFullRead(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			r := &sizeReader{fill: tt.fill}
-			if err := copyHalf(io.Discard, r); err != nil {
+			if err := copyHalf(io.Discard, r, nil); err != nil {
 				t.Fatalf("copyHalf: %v", err)
 			}
 			if !slices.Equal(r.sizes, tt.want) {
 				t.Errorf("read buffer sizes = %v; want %v", r.sizes, tt.want)
 			}
 		})
+	}
+}
+
+// TestIdleHoldsNoBuffer: once a connection has gone quiet, neither
+// direction holds a copy buffer, and the connection still works after.
+func TestIdleHoldsNoBuffer(t *testing.T) {
+	r := startRun(t)
+	for i := range 2 {
+		if _, err := r.left.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, 4)
+		if _, err := io.ReadFull(r.right, b); err != nil || string(b) != "ping" {
+			t.Fatalf("exchange %d: %q, %v", i, b, err)
+		}
+		deadline := time.Now().Add(2 * time.Second)
+		for buffersHeld.Load() != 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("exchange %d: %d copy buffers held by an idle connection, want 0", i, buffersHeld.Load())
+			}
+			time.Sleep(time.Millisecond)
+		}
 	}
 }

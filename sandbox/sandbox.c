@@ -11,9 +11,10 @@
 //	_USERNET_SANDBOX_BINDS=...  more host directories to show at their own path, one a
 //	                            line, "ro /path" or "rw /path" (with _FS only)
 //	_USERNET_SANDBOX_COMM=NAME  the process name before the re-execution (else "exe")
-//	_USERNET_SANDBOX_READ=...   set (even empty): the only directories files may be read
-//	                            from (and below), one a line, enforced with Landlock
-//	                            (Config.ConfineReads)
+//	_USERNET_SANDBOX_READ=...   set (even empty): nothing may be written, created or
+//	                            removed, and files may be read only from these
+//	                            directories (and below), one a line, enforced with
+//	                            Landlock (Config.ConfineFS)
 //
 // Errors are recorded, not printed: the Go side reports them (Resume) and
 // exits before it serves anything. docs/sandbox.md explains the design.
@@ -343,15 +344,59 @@ static int install_seccomp(const char *hex) {
 	return 0;
 }
 
-// confine_reads lets the process open files for reading, and list
-// directories, only beneath the directories of lines (absolute paths, one a
-// line): a Landlock ruleset that handles just those two rights, so that
-// nothing else changes. A directory that is not there is skipped. It needs
-// no_new_privs.
-static int confine_reads(const char *lines) {
-	const __u64 rights = LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_READ_DIR;
-	struct landlock_ruleset_attr attr = {.handled_access_fs = rights};
-	int rfd = syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0);
+// Landlock rights and fields newer than the oldest headers we build with;
+// which of them the kernel knows is asked at run time (its ABI version).
+#define UN_LL_FS_REFER (1ULL << 13)     // ABI 2
+#define UN_LL_FS_TRUNCATE (1ULL << 14)  // ABI 3
+#define UN_LL_FS_IOCTL_DEV (1ULL << 15) // ABI 5
+#define UN_LL_SCOPE_ABSTRACT_UNIX (1ULL << 0) // ABI 6
+#define UN_LL_SCOPE_SIGNAL (1ULL << 1)        // ABI 6
+
+// struct landlock_ruleset_attr as of ABI 6; the size passed tells the
+// kernel which fields we fill.
+struct un_ruleset_attr {
+	__u64 handled_access_fs;
+	__u64 handled_access_net;
+	__u64 scoped;
+};
+
+// confine_fs makes the file system read-only and mostly unreadable to the
+// process: a Landlock ruleset that handles every file-system right the
+// kernel knows (ABI 1: execute, write, read, list, remove and make every
+// kind of file; 2: link or rename across directories; 3: truncate; 5:
+// ioctl on devices) and allows only reading files and listing directories,
+// beneath the directories of lines (absolute paths, one a line; a missing
+// one is skipped). Files opened before it (the tap, --pcap, a log file)
+// keep what they were opened for. With ABI 6 it also scopes abstract unix
+// sockets and signals to the process itself. It needs no_new_privs.
+static int confine_fs(const char *lines) {
+	int abi = syscall(SYS_landlock_create_ruleset, NULL, 0, LANDLOCK_CREATE_RULESET_VERSION);
+	if (abi < 1) {
+		if (abi >= 0)
+			errno = EOPNOTSUPP;
+		return fail("ask the landlock ABI version");
+	}
+	const __u64 read = LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_READ_DIR;
+	struct un_ruleset_attr attr = {
+		.handled_access_fs = LANDLOCK_ACCESS_FS_EXECUTE | LANDLOCK_ACCESS_FS_WRITE_FILE | read |
+		                     LANDLOCK_ACCESS_FS_REMOVE_DIR | LANDLOCK_ACCESS_FS_REMOVE_FILE |
+		                     LANDLOCK_ACCESS_FS_MAKE_CHAR | LANDLOCK_ACCESS_FS_MAKE_DIR |
+		                     LANDLOCK_ACCESS_FS_MAKE_REG | LANDLOCK_ACCESS_FS_MAKE_SOCK |
+		                     LANDLOCK_ACCESS_FS_MAKE_FIFO | LANDLOCK_ACCESS_FS_MAKE_BLOCK |
+		                     LANDLOCK_ACCESS_FS_MAKE_SYM,
+	};
+	size_t size = sizeof(attr.handled_access_fs);
+	if (abi >= 2)
+		attr.handled_access_fs |= UN_LL_FS_REFER;
+	if (abi >= 3)
+		attr.handled_access_fs |= UN_LL_FS_TRUNCATE;
+	if (abi >= 5)
+		attr.handled_access_fs |= UN_LL_FS_IOCTL_DEV;
+	if (abi >= 6) {
+		attr.scoped = UN_LL_SCOPE_ABSTRACT_UNIX | UN_LL_SCOPE_SIGNAL;
+		size = sizeof(attr);
+	}
+	int rfd = syscall(SYS_landlock_create_ruleset, &attr, size, 0);
 	if (rfd < 0)
 		return fail("create the landlock ruleset");
 	char *copy = strdup(lines), *save = NULL;
@@ -363,7 +408,7 @@ static int confine_reads(const char *lines) {
 		int fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
 		if (fd < 0)
 			continue;
-		struct landlock_path_beneath_attr rule = {.allowed_access = rights, .parent_fd = fd};
+		struct landlock_path_beneath_attr rule = {.allowed_access = read, .parent_fd = fd};
 		int r = syscall(SYS_landlock_add_rule, rfd, LANDLOCK_RULE_PATH_BENEATH, &rule, 0);
 		int e = errno;
 		close(fd);
@@ -403,7 +448,7 @@ __attribute__((constructor)) static void usernet_sandbox(void) {
 	}
 	// Before the filter, which refuses the landlock syscalls.
 	const char *reads = getenv("_USERNET_SANDBOX_READ");
-	if (reads != NULL && confine_reads(reads) < 0)
+	if (reads != NULL && confine_fs(reads) < 0)
 		return;
 	const char *bpf = getenv("_USERNET_SANDBOX_BPF");
 	if (bpf != NULL && *bpf != '\0')

@@ -57,13 +57,16 @@ type Config struct {
 	// besides /etc and /run, with what is mounted below them. Read-only
 	// ones under /etc or /run are there already.
 	Binds []Bind
-	// ConfineReads makes the process unable, once in the sandbox, to open
-	// files for reading or list directories but beneath Read (nothing if
-	// Read is empty), with a Landlock ruleset; Env fails if the kernel has
-	// none (see LandlockSupported).
-	ConfineReads bool
-	// Read are the directories ConfineReads leaves readable. With Seccomp
-	// and ConfineReads, a non-empty Read makes the filter allow openat
+	// ConfineFS makes the process unable, once in the sandbox, to change
+	// anything in the file system (write, truncate, create, remove,
+	// rename, link, execute: every right of the kernel's Landlock ABI) and
+	// to open files for reading or list directories but beneath Read
+	// (nothing if Read is empty), with a Landlock ruleset; Env fails if the
+	// kernel has none (see LandlockSupported). Fds opened before keep
+	// their rights.
+	ConfineFS bool
+	// Read are the directories ConfineFS leaves readable. With Seccomp
+	// and ConfineFS, a non-empty Read makes the filter allow openat
 	// for reading (refused otherwise).
 	Read []string
 }
@@ -101,9 +104,9 @@ func Env(c Config, pid int, state []byte) ([]string, error) {
 		env = append(env, envComm+"="+strings.TrimSpace(string(comm)))
 	}
 	openRead := false
-	if c.ConfineReads {
+	if c.ConfineFS {
 		if !LandlockSupported() {
-			return nil, errors.New("sandbox: confining reads needs Landlock, which this kernel does not offer")
+			return nil, errors.New("sandbox: confining the file system needs Landlock, which this kernel does not offer")
 		}
 		for _, p := range c.Read {
 			if !filepath.IsAbs(p) || strings.ContainsAny(p, "\n\x00") {
@@ -113,7 +116,7 @@ func Env(c Config, pid int, state []byte) ([]string, error) {
 		env = append(env, envRead+"="+strings.Join(c.Read, "\n"))
 		openRead = len(c.Read) > 0
 	} else if len(c.Read) > 0 {
-		return nil, errors.New("sandbox: Read without ConfineReads")
+		return nil, errors.New("sandbox: Read without ConfineFS")
 	}
 	if c.Seccomp {
 		h, err := filterHex(pid, openRead)

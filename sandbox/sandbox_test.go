@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -51,7 +52,41 @@ type childReport struct {
 	ResumeErr string
 	Calls     map[string]string // operation → "" (it worked) or the errno name
 	Accepted  string            // the carried listener: what the peer sent
-	Unlinked  string            // removing the socket file by its path: "" or the error
+}
+
+// fsProbes change the test's directory (writable for the sandbox, or the
+// user's own with seccomp alone): nothing of it may change under the
+// filter or Landlock. Each is tried by the child; victim, to-unlink,
+// to-rename, sub and the socket exist beforehand.
+var fsProbes = []string{
+	"write a file", "truncate a file", "create a file", "unlink a file", "unlink the socket",
+	"mkdir", "rmdir", "rename a file", "symlink", "hard link", "mkfifo",
+}
+
+func tryFSProbes(dir, sock string, try func(string, func() error)) {
+	victim := filepath.Join(dir, "victim")
+	try("write a file", func() error {
+		fd, err := unix.Open(victim, unix.O_WRONLY|unix.O_CLOEXEC, 0)
+		if err == nil {
+			_, err = unix.Write(fd, []byte("changed"))
+			unix.Close(fd)
+		}
+		return err
+	})
+	try("truncate a file", func() error { return unix.Truncate(victim, 0) })
+	try("create a file", func() error {
+		fd, err := unix.Open(filepath.Join(dir, "created"), unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o600)
+		unix.Close(fd)
+		return err
+	})
+	try("unlink a file", func() error { return unix.Unlink(filepath.Join(dir, "to-unlink")) })
+	try("unlink the socket", func() error { return unix.Unlink(sock) })
+	try("mkdir", func() error { return unix.Mkdir(filepath.Join(dir, "newdir"), 0o700) })
+	try("rmdir", func() error { return unix.Rmdir(filepath.Join(dir, "sub")) })
+	try("rename a file", func() error { return unix.Rename(filepath.Join(dir, "to-rename"), filepath.Join(dir, "renamed")) })
+	try("symlink", func() error { return unix.Symlink("victim", filepath.Join(dir, "link")) })
+	try("hard link", func() error { return unix.Link(victim, filepath.Join(dir, "hardlink")) })
+	try("mkfifo", func() error { return unix.Mkfifo(filepath.Join(dir, "fifo"), 0o600) })
 }
 
 func errName(err error) string {
@@ -120,8 +155,8 @@ func resumedChild() int {
 	try("execve", func() error { return syscall.Exec("/proc/self/exe", []string{"x"}, nil) })
 	try("start a process", func() error { return exec.Command("/proc/self/exe").Start() })
 
-	// The carried listener: one connection, then remove the socket file,
-	// whose directory (under /tmp) is bound writable into the sandbox.
+	// The carried listener: one connection. Then try to change the
+	// socket's directory (under /tmp, bound writable into the sandbox).
 	f := os.NewFile(uintptr(carried.Listener), "listener")
 	if ln, err := net.FileListener(f); err != nil {
 		r.Accepted = "FileListener: " + err.Error()
@@ -138,11 +173,30 @@ func resumedChild() int {
 		ln.(*net.UnixListener).SetUnlinkOnClose(false)
 		ln.Close()
 	}
-	r.Unlinked = errName(unix.Unlink(os.Getenv("SANDBOX_TEST_SOCK")))
+	sock := os.Getenv("SANDBOX_TEST_SOCK")
+	tryFSProbes(filepath.Dir(sock), sock, try)
 
 	json.NewEncoder(os.Stdout).Encode(r)
 	io.Copy(io.Discard, os.Stdin) // the parent looks at /proc/PID until it closes stdin
 	return 0
+}
+
+// dirState is dir's entries with their type and content.
+func dirState(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	es, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]string{}
+	for _, e := range es {
+		var b []byte
+		if e.Type().IsRegular() { // not the fifo a probe may make
+			b, _ = os.ReadFile(filepath.Join(dir, e.Name()))
+		}
+		m[e.Name()] = e.Type().String() + " " + string(b)
+	}
+	return m
 }
 
 func status(t *testing.T, path string) map[string]string {
@@ -167,18 +221,23 @@ func TestSandboxedChild(t *testing.T) {
 	// holds the file "readable".
 	read := []string{"read"}
 	for _, c := range []Config{{Mounts: true, Seccomp: true}, {Seccomp: true}, {Mounts: true},
-		{Mounts: true, Seccomp: true, ConfineReads: true, Read: read}, {Seccomp: true, ConfineReads: true, Read: read},
-		{Mounts: true, ConfineReads: true, Read: read}, {Mounts: true, ConfineReads: true}} {
-		t.Run(fmt.Sprintf("mounts=%v,seccomp=%v,confine=%v,read=%v", c.Mounts, c.Seccomp, c.ConfineReads, len(c.Read) > 0), func(t *testing.T) {
+		{Mounts: true, Seccomp: true, ConfineFS: true, Read: read}, {Seccomp: true, ConfineFS: true, Read: read},
+		{Mounts: true, ConfineFS: true, Read: read}, {Mounts: true, ConfineFS: true}, {ConfineFS: true, Read: read}} {
+		t.Run(fmt.Sprintf("mounts=%v,seccomp=%v,confine=%v,read=%v", c.Mounts, c.Seccomp, c.ConfineFS, len(c.Read) > 0), func(t *testing.T) {
 			if c.Seccomp && !SeccompSupported() {
 				t.Skip(ErrArch)
 			}
-			if c.ConfineReads && !LandlockSupported() {
+			if c.ConfineFS && !LandlockSupported() {
 				t.Skip("no Landlock in this kernel")
 			}
 			t.Parallel()
 			dir := t.TempDir()
-			if err := os.WriteFile(filepath.Join(dir, "readable"), []byte("yes"), 0o644); err != nil {
+			for _, name := range []string{"readable", "victim", "to-unlink", "to-rename"} {
+				if err := os.WriteFile(filepath.Join(dir, name), []byte("yes"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := os.Mkdir(filepath.Join(dir, "sub"), 0o700); err != nil {
 				t.Fatal(err)
 			}
 			if len(c.Read) > 0 {
@@ -191,6 +250,7 @@ func TestSandboxedChild(t *testing.T) {
 			}
 			defer ln.Close()
 			ln.SetUnlinkOnClose(false)
+			before := dirState(t, dir)
 			lnFile, err := ln.File()
 			if err != nil {
 				t.Fatal(err)
@@ -241,11 +301,23 @@ func TestSandboxedChild(t *testing.T) {
 			if r.ResumeErr != "" {
 				t.Fatalf("Resume in the child: %s", r.ResumeErr)
 			}
-			if r.Accepted != "hello from the parent" || r.Unlinked != "" {
-				t.Errorf("carried listener: accepted %q, unlink %q; want the parent's message and no error", r.Accepted, r.Unlinked)
+			if r.Accepted != "hello from the parent" {
+				t.Errorf("carried listener: accepted %q; want the parent's message", r.Accepted)
 			}
-			if _, err := os.Lstat(sock); !os.IsNotExist(err) {
-				t.Errorf("%s after the child's unlinkat: %v; want it gone", sock, err)
+			// The file system: the filter refuses every call that changes
+			// it (EPERM) before Landlock (EACCES) would; without either,
+			// the writable bind is writable.
+			wantFS := map[bool]string{true: "EACCES", false: ""}[c.ConfineFS]
+			if c.Seccomp {
+				wantFS = "EPERM"
+			}
+			for _, op := range fsProbes {
+				if got, ok := r.Calls[op]; !ok || got != wantFS {
+					t.Errorf("%s in the test's directory: %q (tried: %v); want %q", op, got, ok, wantFS)
+				}
+			}
+			if after := dirState(t, dir); wantFS != "" && !maps.Equal(before, after) {
+				t.Errorf("the test's directory changed under the sandbox:\n before %v\n after  %v", before, after)
 			}
 
 			var root []string
@@ -307,7 +379,7 @@ func TestSandboxedChild(t *testing.T) {
 				}
 			}
 
-			if c.ConfineReads {
+			if c.ConfineFS {
 				// Landlock, with or without the filter: reading only in Read.
 				inRead := map[bool]string{true: "", false: "EACCES"}[len(c.Read) > 0]
 				for op, w := range map[string]string{"open /etc/hosts": "EACCES", "open a file of a Read directory": inRead} {

@@ -18,17 +18,18 @@ import (
 // connect or send fails at once instead of timing out; TCP gets a RST
 // instead with Config.EgressRST.
 
-// egressDenied says whether the policy denies a new flow to hostDst, and
-// counts it.
-func (s *Stack) egressDenied(proto policy.Proto, hostDst netip.AddrPort) bool {
+// egressDenied says whether the policy denies a new flow to hostDst (and
+// counts it), and which rule decided (0: the default, or no policy).
+func (s *Stack) egressDenied(proto policy.Proto, hostDst netip.AddrPort) (denied bool, rule int) {
 	if s.cfg.Egress == nil {
-		return false
+		return false, 0
 	}
-	if s.cfg.Egress.Check(proto, hostDst).Allow {
-		return false
+	v := s.cfg.Egress.Check(proto, hostDst)
+	if v.Allow {
+		return false, v.RuleID
 	}
 	s.refused.add(RefusedPolicy)
-	return true
+	return true, v.RuleID
 }
 
 func prohibitedCode(v6 bool) uint8 {

@@ -229,6 +229,14 @@ type sniffer struct {
 	pkts [][]byte            // network-layer packets, guarded by mu
 	dsts []tcpip.LinkAddress // their Ethernet destinations, guarded by mu
 	ch   chan struct{}
+	lose func([]byte) bool // packets the guest never gets, guarded by mu
+}
+
+// drop makes the guest lose the packets lose matches (nil: none).
+func (s *sniffer) drop(lose func([]byte) bool) {
+	s.mu.Lock()
+	s.lose = lose
+	s.mu.Unlock()
 }
 
 func newSniffer(child gvstack.LinkEndpoint) *sniffer {
@@ -246,10 +254,14 @@ func (s *sniffer) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *g
 	s.mu.Lock()
 	s.pkts = append(s.pkts, b)
 	s.dsts = append(s.dsts, dst)
+	lose := s.lose != nil && s.lose(b)
 	s.mu.Unlock()
 	select {
 	case s.ch <- struct{}{}:
 	default:
+	}
+	if lose {
+		return
 	}
 	s.Endpoint.DeliverNetworkPacket(proto, pkt)
 }

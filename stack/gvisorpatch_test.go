@@ -5,7 +5,13 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
+	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 )
+
+// Patch 0002 (a SYN for a 4-tuple in TIME_WAIT goes to the forwarder) adds
+// this method; without the patch the package does not build. Its
+// behaviour: TestTCPTimeWaitReuse.
+var _ = (*gvstack.Stack).HandleWithTransportProtocolHandler
 
 // TestGVisorZeroWindowPatch fails when usernet is built against an unpatched gVisor (the
 // replace in go.mod dropped, or third_party/gvisor regenerated without

@@ -50,20 +50,18 @@ func (s *Stack) fromHost(src netip.AddrPort) netip.AddrPort {
 // dialHost opens the host socket for one flow. network is "tcp", "ping4"
 // or "ping6" (an unprivileged ICMP echo socket, port ignored); UDP flows
 // use openHostUDP.
-// Host sockets are bound to OutboundAddr/OutboundAddr6 when set, except for
-// loopback destinations (the gateway mapping), which must stay on lo.
+// Host sockets are bound to OutboundAddr/OutboundAddr6 when set, also for
+// the gateway's mapping to the host's loopback, as slirp4netns binds every
+// outbound socket (Linux connects a socket bound to a local non-loopback
+// address to 127.0.0.1 through lo; the server sees that source).
 func (s *Stack) dialHost(ctx context.Context, network string, dst netip.AddrPort) (net.Conn, error) {
 	dst, err := s.toHost(ctx, network, dst)
 	if err != nil {
 		return nil, err
 	}
-	var local netip.Addr
-	if !dst.Addr().IsLoopback() {
-		if dst.Addr().Is4() {
-			local = s.cfg.OutboundAddr.Unmap()
-		} else {
-			local = s.cfg.OutboundAddr6
-		}
+	local := s.cfg.OutboundAddr6
+	if dst.Addr().Is4() {
+		local = s.cfg.OutboundAddr.Unmap()
 	}
 	switch network {
 	case "ping4", "ping6":

@@ -19,7 +19,8 @@ import (
 // to port 0 first takes a port of its own, and the host runs out after ~28k connections
 // (TIME_WAIT included) whatever their destinations. In a network namespace of its own with
 // a two-port ephemeral range, three connections to three servers must all succeed: to
-// loopback (no local address) and from an --outbound-addr (bound address, no port).
+// loopback (no local address) and from an --outbound-addr (bound address, no port), also
+// to loopback.
 func TestDialHostSharesEphemeralPorts(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: a network namespace of its own with a two-port ephemeral range")
@@ -32,6 +33,8 @@ func TestDialHostSharesEphemeralPorts(t *testing.T) {
 	}{
 		{"loopback", "127.0.0.1", netip.Addr{}, ""},
 		{"outbound-addr", "192.0.2.10", netip.MustParseAddr("192.0.2.1"), "192.0.2.0/24"},
+		// The gateway's mapping to the host's loopback is bound too (slirp4netns).
+		{"outbound-addr-to-loopback", "127.0.0.1", netip.MustParseAddr("192.0.2.1"), "192.0.2.1/32"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			errc := make(chan error, 1)

@@ -16,6 +16,26 @@ import (
 type Limits struct {
 	// Fields are added by the parts of the stack that enforce them.
 
+	// TCP (tcplimit.go). A connection attempt is half-open from the
+	// guest's SYN until the guest completes its handshake: the host dial,
+	// then gVisor's SYN-ACK and the guest's ACK.
+
+	// TCPMaxConns bounds the guest's TCP connections, half-open and
+	// established; a SYN beyond it gets a RST.
+	TCPMaxConns int
+	// TCPMaxHalfOpen bounds half-open attempts; at the limit a new SYN
+	// takes the slot of the oldest attempt, which gets a RST.
+	TCPMaxHalfOpen int
+	// TCPMaxHalfOpenPerSource is the same bound for one guest address.
+	TCPMaxHalfOpenPerSource int
+	// TCPMaxDialsPerDest bounds host dials in progress to one destination
+	// (address and port); a SYN beyond it gets a RST, so that a
+	// black-holed destination holds at most this many slots.
+	TCPMaxDialsPerDest int
+	// TCPHandshakeTimeout bounds the guest's handshake once the host dial
+	// has succeeded; then the host socket is closed and the guest reset.
+	TCPHandshakeTimeout time.Duration
+
 	// UDPFlows bounds the UDP flows (guest port, remote) at once. A new
 	// flow beyond it evicts the flow idle longest if that one has been
 	// idle for 5 s, else it is refused with ICMP administratively
@@ -55,8 +75,8 @@ const (
 	defaultPingFlows      = 256
 )
 
-// withDefaults returns l with each zero field set to its default.
-func (l Limits) withDefaults() Limits {
+// withUDPDefaults fills the zero UDP, ping limits.
+func (l Limits) withUDPDefaults() Limits {
 	def := func(v *int, d int) {
 		if *v <= 0 {
 			*v = d
@@ -80,6 +100,22 @@ const (
 	// RefusedPolicy: a new flow the egress policy denies.
 	RefusedPolicy Refusal = iota
 
+	// TCP (tcplimit.go).
+
+	// TCPConnLimit: a SYN beyond Limits.TCPMaxConns, answered with a RST.
+	TCPConnLimit
+	// TCPHalfOpenEvicted: the oldest half-open attempt, reset to make room
+	// for a new SYN at Limits.TCPMaxHalfOpen.
+	TCPHalfOpenEvicted
+	// TCPSourceEvicted: the same at Limits.TCPMaxHalfOpenPerSource.
+	TCPSourceEvicted
+	// TCPDestLimit: a SYN beyond Limits.TCPMaxDialsPerDest, answered with
+	// a RST.
+	TCPDestLimit
+	// TCPHandshakeTimeout: a guest that did not complete its handshake
+	// within Limits.TCPHandshakeTimeout, reset.
+	TCPHandshakeTimeout
+
 	// RefusedUDPFlows: a new UDP flow beyond Limits.UDPFlows.
 	RefusedUDPFlows
 	// RefusedUDPPorts: a new guest UDP port beyond Limits.UDPPorts.
@@ -101,13 +137,18 @@ const (
 // refusalNames are the counters' names in Stack.Refusals, indexed by
 // Refusal; stable, since stats readers key on them.
 var refusalNames = [refusalCount]string{
-	RefusedPolicy:    "policy",
-	RefusedUDPFlows:  "udp_flows",
-	RefusedUDPPorts:  "udp_ports",
-	EvictedUDPFlows:  "udp_flows_evicted",
-	RefusedPingFlows: "ping_flows",
-	EvictedPingFlows: "ping_flows_evicted",
-	SpoofedSource:    "spoofed_source",
+	RefusedPolicy:       "policy",
+	TCPConnLimit:        "tcp_conn_limit",
+	TCPHalfOpenEvicted:  "tcp_half_open_evicted",
+	TCPSourceEvicted:    "tcp_half_open_source_evicted",
+	TCPDestLimit:        "tcp_dest_limit",
+	TCPHandshakeTimeout: "tcp_handshake_timeout",
+	RefusedUDPFlows:     "udp_flows",
+	RefusedUDPPorts:     "udp_ports",
+	EvictedUDPFlows:     "udp_flows_evicted",
+	RefusedPingFlows:    "ping_flows",
+	EvictedPingFlows:    "ping_flows_evicted",
+	SpoofedSource:       "spoofed_source",
 }
 
 // refusalLines are what the log says, at most once per refusalLogEvery
@@ -158,4 +199,4 @@ func (s *Stack) Refusals() map[string]uint64 {
 }
 
 // DefaultLimits returns the limits a zero Limits stands for.
-func DefaultLimits() Limits { return Limits{}.withDefaults() }
+func DefaultLimits() Limits { return Limits{}.withTCPDefaults().withUDPDefaults() }

@@ -84,7 +84,7 @@ func (s *Stack) forwardPing(src, dst netip.Addr, mac tcpip.LinkAddress, icmp []b
 	if v != forward {
 		return // the virtual network, multicast, broadcast...: silence
 	}
-	if s.egressDenied(policy.ICMP, hostDst) {
+	if denied, _ := s.egressDenied(policy.ICMP, hostDst); denied {
 		s.prohibitPing(src, dst, mac, icmp)
 		return
 	}

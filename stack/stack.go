@@ -19,7 +19,8 @@
 // forwarders hand each new flow to:
 //
 //	tcp.go       guest TCP: route, dial the host (hostsock.go), then complete
-//	             the handshake and relay both ways (package relay)
+//	             the handshake and relay both ways (package relay);
+//	             tcplimit.go bounds the attempts and connections
 //	udp.go       guest UDP: one host socket per guest port, one gVisor
 //	             endpoint per remote; udpfast.go writes known flows' datagrams
 //	             from the filter; udperr.go turns host ICMP errors into ICMP
@@ -184,12 +185,14 @@ const (
 	// (raRouterLifetime) is three times the maximum.
 	defaultRAInterval = 200 * time.Second
 
-	// tcpMaxInFlight bounds TCP connection attempts whose host dial has not
-	// finished. gVisor counts a SYN as in flight until Complete, and drops
-	// new SYNs beyond the limit, so a small limit (gvisor-tap-vsock uses 10)
-	// lets a few black-holed destinations stall every new connection.
-	// Each attempt costs one goroutine and one socket.
-	tcpMaxInFlight = 4096
+	// gVisor's forwarder holds a handler goroutine per SYN until Complete
+	// and drops SYNs beyond its cap silently, so its cap lies above
+	// Limits.TCPMaxHalfOpen, where tcplimit.go refuses or evicts first with
+	// a RST: the room above covers handlers on their way to that decision
+	// and evicted attempts being reset. Only a flood faster than the stack
+	// can reset reaches it; then it bounds the goroutines (and memory)
+	// that the flood holds, and the guest retransmits.
+	tcpForwarderCapFactor = 2
 
 	nicID tcpip.NICID = 1
 )
@@ -224,6 +227,9 @@ type Stack struct {
 	// capture; nil with a test link.
 	counters   func() link.Counters
 	setCapture func(link.Capture)
+
+	// tcp bounds the guest's TCP connections (tcplimit.go).
+	tcp *tcpTable
 
 	// syns notes the guests' SYNs for tcpunreach.go.
 	syns synTable
@@ -325,7 +331,7 @@ func newStack(cfg Config, link gvstack.LinkEndpoint) (*Stack, error) {
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = defaultDialTimeout
 	}
-	cfg.Limits = cfg.Limits.withDefaults()
+	cfg.Limits = cfg.Limits.withUDPDefaults()
 	if cfg.udpIdle <= 0 {
 		cfg.udpIdle = cfg.Limits.UDPIdle
 	}
@@ -364,6 +370,7 @@ func newStack(cfg Config, link gvstack.LinkEndpoint) (*Stack, error) {
 	}
 	s.ctx, s.cancel = context.WithCancelCause(context.Background())
 	s.ping.flows = make(map[pingKey]*pingFlow)
+	s.tcp = newTCPTable(cfg.Limits, &s.refused)
 	s.ping.epoch = time.Now()
 	s.udp.init(cfg.Limits, cfg.evictIdle)
 	s.sources4, s.sources6 = sourcePrefixes(&s.cfg)
@@ -469,7 +476,7 @@ func (s *Stack) build(link gvstack.LinkEndpoint) error {
 	}
 	s.gv.SetRouteTable(routes)
 
-	tcpFwd := tcp.NewForwarder(s.gv, 0, tcpMaxInFlight, s.handleTCP)
+	tcpFwd := tcp.NewForwarder(s.gv, 0, tcpForwarderCapFactor*s.tcp.lim.TCPMaxHalfOpen, s.handleTCP)
 	s.gv.SetTransportProtocolHandler(tcp.ProtocolNumber, tcpFwd.HandlePacket)
 	udpFwd := udp.NewForwarder(s.gv, s.handleUDP)
 	s.gv.SetTransportProtocolHandler(udp.ProtocolNumber, udpFwd.HandlePacket)

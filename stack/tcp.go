@@ -43,18 +43,27 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		r.Complete(true)
 		return
 	}
-	if s.egressDenied(policy.TCP, hostDst) {
+	denied, rule := s.egressDenied(policy.TCP, hostDst)
+	if denied {
 		r.Complete(!s.prohibitTCP(src, dst, seq, haveSeq))
 		return
 	}
 
-	dctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
+	a, ok := s.tcp.admit(s.ctx, src.Addr(), dst)
+	if !ok {
+		r.Complete(true)
+		return
+	}
+	defer s.tcp.done(a)
+
+	dctx, cancel := context.WithTimeout(a.ctx, s.cfg.DialTimeout)
 	host, err := s.dialHost(dctx, "tcp", hostDst)
 	cancel()
+	s.tcp.dialed(a)
 	if err != nil {
 		// Unreachable: the ICMP error a router would send
-		// (tcpunreach.go). Refused, timed out, shutting down, or no
-		// sequence number: RST.
+		// (tcpunreach.go). Refused, timed out, evicted, shutting down, or
+		// no sequence number: RST.
 		if code, ok := unreachableCode(err, dst.Addr().Is6()); ok && haveSeq && s.tcpUnreachable(src, dst, seq, code) {
 			r.Complete(false)
 			return
@@ -64,26 +73,38 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	}
 
 	var wq waiter.Queue
-	ep, err := s.createEndpoint(r, &wq)
+	hctx, cancel := context.WithTimeout(a.ctx, s.tcp.lim.TCPHandshakeTimeout)
+	ep, err := s.createEndpoint(hctx, r, &wq)
+	timedOut := errors.Is(context.Cause(hctx), context.DeadlineExceeded)
+	cancel()
 	r.Complete(false)
 	if err != nil {
-		// The guest went away (RST) or we are shutting down.
+		// The guest reset, did not answer in time, was evicted, or we are
+		// shutting down: the host socket goes at once, with a RST.
+		if timedOut {
+			s.refused.add(TCPHandshakeTimeout)
+		}
 		relay.Abort(host)
 		return
 	}
-	relay.Run(s.ctx, guestConn{gonet.NewTCPConn(&wq, ep), ep}, host)
+	s.tcp.established(a)
+	guest := guestConn{gonet.NewTCPConn(&wq, ep), ep, &wq}
+	f := s.trackFlow(policy.TCP, src, dst, hostDst, rule, func() { relay.Abort(host) })
+	defer s.untrackFlow(f)
+	relay.RunCounted(s.ctx, guest, host, &f.out, &f.in)
 }
 
 // createEndpoint runs r.CreateEndpoint, which blocks until the guest
-// completes the handshake. gVisor gives no way to cancel it, so on shutdown
-// we wake it the way it waits: a writable event on its queue makes it look
+// completes the handshake, or ctx ends (the stack's, a timeout, an
+// eviction). gVisor gives no way to cancel it, so we wake it the way it
+// waits: a writable event on its queue makes it look
 // at the (not yet connected) endpoint and fail. The event is repeated
 // because it is lost if it comes before CreateEndpoint registers its
 // waiter.
-func (s *Stack) createEndpoint(r *tcp.ForwarderRequest, wq *waiter.Queue) (tcpip.Endpoint, error) {
+func (s *Stack) createEndpoint(ctx context.Context, r *tcp.ForwarderRequest, wq *waiter.Queue) (tcpip.Endpoint, error) {
 	created := make(chan struct{})
 	kicked := make(chan struct{})
-	stop := context.AfterFunc(s.ctx, func() {
+	stop := context.AfterFunc(ctx, func() {
 		defer close(kicked)
 		t := time.NewTicker(10 * time.Millisecond)
 		defer t.Stop()
@@ -104,6 +125,8 @@ func (s *Stack) createEndpoint(r *tcp.ForwarderRequest, wq *waiter.Queue) (tcpip
 	if tcpErr != nil {
 		return nil, errors.New(tcpErr.String())
 	}
+	// A handshake that completed as ctx ended is kept (an eviction or a
+	// timeout that came too late), unless the stack is going away.
 	if s.ctx.Err() != nil {
 		e.Abort()
 		e.Close()
@@ -117,9 +140,26 @@ func (s *Stack) createEndpoint(r *tcp.ForwarderRequest, wq *waiter.Queue) (tcpip
 type guestConn struct {
 	*gonet.TCPConn
 	ep tcpip.Endpoint
+	wq *waiter.Queue
 }
 
-var _ relay.Aborter = guestConn{}
+var (
+	_ relay.Aborter        = guestConn{}
+	_ relay.ReadableWaiter = guestConn{}
+)
+
+// WaitReadable implements relay.ReadableWaiter: an idle connection waits
+// here without holding a copy buffer.
+func (c guestConn) WaitReadable() error {
+	const events = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
+	e, ch := waiter.NewChannelEntry(events)
+	c.wq.EventRegister(&e)
+	defer c.wq.EventUnregister(&e)
+	if c.ep.Readiness(events) == 0 {
+		<-ch
+	}
+	return nil
+}
 
 // Abort implements relay.Aborter: RST to the guest.
 func (c guestConn) Abort() {

@@ -44,7 +44,7 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 	if v != forward {
 		return true // drop: reject, silent, and unreachable (already sent by the link filter)
 	}
-	if s.egressDenied(policy.UDP, hostDst) {
+	if denied, _ := s.egressDenied(policy.UDP, hostDst); denied {
 		s.prohibitUDP(src, dst)
 		return true
 	}

@@ -40,7 +40,7 @@ type options struct {
 	resolvConf          string         // usernet: where to read the upstream from
 	pcap                string         // usernet, pasta's -p: capture the tap's frames to this file
 	egress              egressOptions  // usernet: the egress policy's flags (egress.go)
-	limits              stack.Limits   // usernet: what a guest can make usernet hold (limits.go)
+	limits              stack.Limits   // usernet: the bounds on what the namespace can make usernet hold
 
 	// Set by pasta's command line only (pasta.go).
 	ipv6Only         bool // the tap gets no IPv4 address
@@ -114,6 +114,7 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	fs.StringVar(&o.resolvConf, "resolv-conf", "/etc/resolv.conf", "resolv.conf to take the DNS upstream from")
 	fs.StringVar(&o.pcap, "pcap", "", "capture every frame of the tap to a pcap file")
 	addEgressFlags(fs, &o.egress)
+	addTCPLimitFlags(fs, &o.limits)
 	addLimitFlags(fs)
 	fs.String("target-type", "netns", "specify the target type ([netns], default=netns)")
 	fs.BoolVarP(&o.help, "help", "h", false, "show this help and exit")
@@ -221,7 +222,7 @@ func parseFlagsMode(argv []string, out io.Writer, positional int, interspersed b
 		}
 		o.publish = append(o.publish, r)
 	}
-	if o.limits, err = limitsFromFlags(fs); err != nil {
+	if err = limitsFromFlags(fs, &o.limits); err != nil {
 		return nil, nil, err
 	}
 	if o.dnsUpstream != "" && o.disableDNS {

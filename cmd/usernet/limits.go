@@ -12,8 +12,9 @@ import (
 	"github.com/usernet/usernet/stack"
 )
 
-// The limits of what a guest can make usernet hold (stack.Limits), as
-// usernet's own options on both command lines (docs/limits.md).
+// The UDP, ping and source limits of what a guest can make usernet hold
+// (stack.Limits), as usernet's own options on both command lines
+// (docs/limits.md); the TCP ones are in limitflags_tcp.go.
 
 // limitFlag is one option that sets a field of stack.Limits.
 type limitFlag struct {
@@ -110,9 +111,8 @@ func addLimitFlags(fs *pflag.FlagSet) {
 }
 
 // limitsFromFlags reads the limit flags of a parsed slirp4netns command
-// line.
-func limitsFromFlags(fs *pflag.FlagSet) (stack.Limits, error) {
-	var l stack.Limits
+// line into l.
+func limitsFromFlags(fs *pflag.FlagSet, l *stack.Limits) error {
 	for _, f := range limitFlags {
 		if !fs.Changed(f.name) {
 			continue
@@ -125,12 +125,12 @@ func limitsFromFlags(fs *pflag.FlagSet) (stack.Limits, error) {
 			args = []string{v}
 		}
 		for _, a := range args {
-			if err := f.set(&l, a); err != nil {
-				return l, fmt.Errorf("--%s: %w", f.name, err)
+			if err := f.set(l, a); err != nil {
+				return fmt.Errorf("--%s: %w", f.name, err)
 			}
 		}
 	}
-	return l, nil
+	return nil
 }
 
 // pastaLimitOptions are the limit flags as extra options of pasta's
@@ -139,10 +139,12 @@ func pastaLimitOptions() []pasta.ExtraOption {
 	var out []pasta.ExtraOption
 	for _, f := range limitFlags {
 		var scratch stack.Limits
-		usage := fmt.Sprintf("  --%s %s\t%s (usernet)\n", f.name, f.metavar, f.usage)
+		// As the TCP limits' (limitflags_tcp.go).
+		usage := fmt.Sprintf("  --%s %s\n\t\t\t%s (usernet", f.name, f.metavar, f.usage)
 		if f.def != "" {
-			usage += "    default: " + f.def + "\n"
+			usage += "; default " + f.def
 		}
+		usage += ")"
 		out = append(out, pasta.ExtraOption{
 			Name:   f.name,
 			HasArg: true,
@@ -158,19 +160,18 @@ func pastaLimitOptions() []pasta.ExtraOption {
 	return out
 }
 
-// limitsFromPasta reads the limit options of a parsed pasta command line,
-// in order (--allow-source accumulates, others take the last).
-func limitsFromPasta(po *pasta.Options) (stack.Limits, error) {
-	var l stack.Limits
+// limitsFromPasta reads the limit options of a parsed pasta command line
+// into l, in order (--allow-source accumulates, others take the last).
+func limitsFromPasta(po *pasta.Options, l *stack.Limits) error {
 	for _, e := range po.Extra {
 		for _, f := range limitFlags {
 			if f.name != e.Name {
 				continue
 			}
-			if err := f.set(&l, e.Value); err != nil {
-				return l, fmt.Errorf("--%s: %w", f.name, err)
+			if err := f.set(l, e.Value); err != nil {
+				return fmt.Errorf("--%s: %w", f.name, err)
 			}
 		}
 	}
-	return l, nil
+	return nil
 }

@@ -36,8 +36,8 @@ func TestLimitFlagsBothCommandLines(t *testing.T) {
 	if err != nil {
 		t.Fatalf("pasta command line: %v", err)
 	}
-	l, err := limitsFromPasta(po)
-	if err != nil {
+	var l stack.Limits
+	if err := limitsFromPasta(po, &l); err != nil {
 		t.Fatalf("pasta command line: %v", err)
 	}
 	if !reflect.DeepEqual(l, want) {

@@ -5,6 +5,7 @@
 //	usernet run [OPTION]... -- COMMAND [ARG]...
 //	usernet pasta [PASTA OPTION]... [PID | COMMAND [ARG]...]   (also: called as pasta)
 //	usernet status|top --api-socket PATH
+//	usernet capture --api-socket PATH [-w FILE]
 //
 // main only wires: the command line becomes options and a netplan.Plan,
 // and the packages do the work. It is the only package that parses flags
@@ -73,6 +74,9 @@ func oneProc() {
 func realMain(argv []string, stdout, stderr io.Writer) int {
 	if len(argv) > 0 && argv[0] == "run" {
 		return runMain(argv[1:], stdout, stderr)
+	}
+	if len(argv) > 0 && argv[0] == "capture" {
+		return captureMain(argv[1:], stdout, stderr)
 	}
 	if len(argv) > 0 && (argv[0] == "status" || argv[0] == "top") {
 		return statusMain(argv[1:], argv[0] == "top", stdout, stderr)

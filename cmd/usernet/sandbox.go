@@ -37,6 +37,7 @@ type sandboxState struct {
 	Tap      int               // the tap's fd
 	VnetHdr  bool              `json:",omitempty"` // the tap was opened with IFF_VNET_HDR
 	API      int               `json:",omitempty"` // the API socket's listening fd (--api-socket), 0 for none
+	APIUIDs  []uint32          `json:",omitempty"` // who may use it: our uids, asked before the filter (no getuid under it), and root
 	Pcap     int               `json:",omitempty"` // --pcap's file, opened (and truncated) before the sandbox; 0 for none
 	Watch    nsjoin.WatchState // the target watch: an inherited pidfd, or the path (see sandboxBinds)
 	Upstream string            `json:",omitempty"` // DNS upstream, resolved before the sandbox
@@ -108,9 +109,9 @@ func sandboxConfig(o *options) sandbox.Config {
 }
 
 // sandboxBinds are the host directories the sandbox must show besides /etc
-// and /run (which it always shows, read-only):
-//   - the API socket's directory, writable: the socket file is removed on
-//     exit, from inside;
+// and /run (which it always shows, read-only), all read-only. Not the API
+// socket's: its listener is inherited, and its directory (say $HOME) would
+// be the whole of what the sandbox exposes; so its file stays after exit.
 //   - a path target's directory, read-only, so that the target watch keeps
 //     seeing the namespace file at its path (and its removal). Not an fd of
 //     the directory: with it the process could reach, and with unlinkat
@@ -119,16 +120,6 @@ func sandboxConfig(o *options) sandbox.Config {
 //     to, read-only, when elsewhere (a --resolv-conf of one's own).
 func sandboxBinds(o *options, resolvConf string) ([]sandbox.Bind, error) {
 	var binds []sandbox.Bind
-	if o.apiSocket != "" {
-		abs, err := filepath.Abs(o.apiSocket)
-		if err != nil {
-			return nil, fmt.Errorf("sandbox: %w", err)
-		}
-		if filepath.Dir(abs) == "/" {
-			return nil, fmt.Errorf("sandbox: the API socket %s would need all of / writable in the sandbox; put it in a directory of its own", abs)
-		}
-		binds = append(binds, sandbox.Bind{Path: filepath.Dir(abs), Writable: true})
-	}
 	for _, dir := range resolvDirs(resolvConf) {
 		// Not / itself: a file there is not followed (logged once).
 		if dir != "/" && !underAny(dir, "/etc", "/run") && !slices.ContainsFunc(binds, func(b sandbox.Bind) bool { return b.Path == dir }) {
@@ -181,12 +172,15 @@ func enterSandbox(p *prepared) error {
 	c := sandboxConfig(p.o)
 	if sandbox.LandlockSupported() {
 		// Once serving, usernet reads nothing but the resolv.conf it
-		// follows (none with --dns-upstream): Landlock confines reading
-		// to that, so that a sandboxed usernet cannot read what the
-		// sandbox shows (all of /run, podman's registry credentials
-		// under /run/user/UID among it) or, with the filter alone, what
-		// the user can. Only then does the filter let openat through.
-		c.ConfineReads = true
+		// follows (none with --dns-upstream) and writes, creates or
+		// removes no file (what it writes was opened before): Landlock
+		// confines reading to that file and forbids every change, so
+		// that a sandboxed usernet can neither read what the sandbox
+		// shows (all of /run, podman's registry credentials under
+		// /run/user/UID among it) or, with the filter alone, what the
+		// user can, nor change any of it. Only then does the filter let
+		// openat through.
+		c.ConfineFS = true
 		c.Read = resolvDirs(p.resolvConf)
 	} else if c.Seccomp {
 		p.resolvConf = "" // no Landlock, no openat: the upstream stays fixed (run says so)
@@ -205,6 +199,8 @@ func enterSandbox(p *prepared) error {
 		defer f.Close()
 		s.API = int(f.Fd())
 		keep = append(keep, s.API)
+		// Our uids map to themselves in the sandbox's user namespace.
+		s.APIUIDs = []uint32{uint32(os.Getuid()), uint32(os.Geteuid()), 0}
 	}
 	if p.pcap != nil {
 		s.Pcap = int(p.pcap.Fd())
@@ -351,6 +347,7 @@ func resume(argv []string) (*prepared, error) {
 			return fail(fmt.Errorf("inherited API socket fd %d is not a unix socket", s.API))
 		}
 		p.api = ul
+		p.apiUIDs = s.APIUIDs
 	}
 	if s.Pcap > 0 {
 		if !pollfd.IsOpen(s.Pcap) {

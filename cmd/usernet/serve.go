@@ -15,6 +15,7 @@ import (
 	"github.com/usernet/usernet/apisock"
 	"github.com/usernet/usernet/autofwd"
 	"github.com/usernet/usernet/dns"
+	"github.com/usernet/usernet/internal/memtrim"
 	"github.com/usernet/usernet/internal/pollfd"
 	"github.com/usernet/usernet/internal/ratelog"
 	"github.com/usernet/usernet/loopfwd"
@@ -73,6 +74,7 @@ type prepared struct {
 	pasta      *pastaState       // pasta's command line only
 	vnetHdr    bool              // tap opened with IFF_VNET_HDR and offloads (off only in debug builds)
 	api        *net.UnixListener // --api-socket, bound before the sandbox; nil once the server owns it
+	apiUIDs    []uint32          // who may use it (apisock.Config.AllowUIDs); nil: the default
 	pcap       *os.File          // --pcap's file, or nil
 	egress     *policy.Config    // the egress policy, files read and host addresses listed; nil for none
 }
@@ -248,7 +250,6 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		Tap:           p.tap,
 		MTU:           uint32(o.mtu),
 		VnetHdr:       p.vnetHdr,
-		Capture:       capture,
 		Plan:          o.plan,
 		OutboundAddr:  p.out4,
 		OutboundAddr6: p.out6,
@@ -268,6 +269,11 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		return fmt.Errorf("netstack: %w", err) // close closes the tap
 	}
 	p.tap = nil // the stack owns it now
+	// --pcap and the API's live captures; installed before Run reads a frame.
+	captures := &captureHub{set: st.SetCapture}
+	if capture != nil {
+		captures.add(capture)
+	}
 
 	// Port forwarding: the registry dials into the namespace through the
 	// stack; static --publish forwards are bound now, API ones on request.
@@ -300,7 +306,7 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 	var api *apisock.Server
 	if p.api != nil {
 		acfg := apisock.Config{Path: o.apiSocket, Listener: p.api, Forwarder: reg, Logf: logf,
-			Stats: statsSource{st: st, reg: reg, start: time.Now()}}
+			Stats: statsSource{st: st, reg: reg, start: time.Now()}, Capture: captures, AllowUIDs: p.apiUIDs}
 		if egress != nil {
 			acfg.Policy, acfg.KillDenied = egress, st.KillDenied
 		}
@@ -312,6 +318,7 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		}
 		p.api = nil // the server owns it now
 	}
+	debugProbeFS(out.stderr)
 	if !out.noSettings {
 		printSettings(out.stdout, o, p)
 		if o.enableSeccomp {
@@ -332,6 +339,9 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 			cancel(fmt.Errorf("netstack: %w", err))
 		}
 	})
+	// A burst of flows (a SYN flood, thousands of connections) leaves the
+	// heap at its peak long after the flows have gone.
+	wg.Go(func() { memtrim.Run(ctx, memTrimInterval, memTrimMin) })
 	wg.Go(func() {
 		if err := reg.Run(ctx); err != nil {
 			cancel(fmt.Errorf("port forwarding: %w", err))
@@ -682,3 +692,10 @@ func loopbackOf(a netip.Addr) netip.Addr {
 	}
 	return netip.MustParseAddr("127.0.0.1")
 }
+
+// How often memtrim looks, and the least heap beyond the live data it
+// gives back.
+const (
+	memTrimInterval = 5 * time.Second
+	memTrimMin      = 16 << 20
+)

@@ -3,6 +3,7 @@ package pasta
 import (
 	"fmt"
 	"io"
+	"strings"
 )
 
 // Usage writes the usage text in pasta's layout (tab-aligned, a
@@ -16,7 +17,7 @@ func Usage(w io.Writer, argv0 string, extra ...ExtraOption) {
 	fmt.Fprintf(w, "       %s [OPTION]... --netns [PATH|NAME]\n", argv0)
 	io.WriteString(w, usageText)
 	for _, e := range extra {
-		io.WriteString(w, e.Usage)
+		io.WriteString(w, strings.TrimSuffix(e.Usage, "\n")+"\n")
 	}
 }
 

@@ -43,6 +43,7 @@ var rules = map[string]rule{
 	"pcap":              {why: "the capture file format only: link sees it as a link.Capture, cmd/usernet wires it"},
 	"policy":            {why: "decides flows by address, protocol, port and name; knows no packets or sockets"},
 	"internal/pollfd":   {why: "waits on fds"},
+	"internal/memtrim":  {why: "returns the heap of a burst to the system"},
 	"frontend/pasta":    {why: "pasta's command line only: the command builds on it"},
 	"internal/testutil": {why: "helpers for tests; no production package may import it"},
 	"internal/deptest":  {why: "this test"},

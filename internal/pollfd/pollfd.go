@@ -15,20 +15,33 @@ import (
 
 // Wait blocks until fd reports any poll event (readable, hang-up, error) or
 // ctx ends. It returns nil for an event on fd, ctx.Err() otherwise. fd is
-// not closed. The calling goroutine is blocked in poll(2) meanwhile, woken by
-// a self-pipe when ctx ends.
+// not closed. The calling goroutine is blocked in poll(2) meanwhile, woken
+// through an eventfd when ctx ends.
+//
+// The eventfd is Wait's own for the whole call: the cancellation writes to
+// it only while Wait has not returned (Wait waits for a wake-up already
+// under way before it closes the eventfd), so a wake-up never lands in an
+// fd number that was closed and given to someone else meanwhile.
 func Wait(ctx context.Context, fd int) error {
-	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
-		return fmt.Errorf("pipe2: %w", err)
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return fmt.Errorf("eventfd: %w", err)
 	}
-	defer unix.Close(p[0])
-	defer unix.Close(p[1])
-	stop := context.AfterFunc(ctx, func() { unix.Write(p[1], []byte{0}) })
-	defer stop()
+	defer unix.Close(efd)
+	woken := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(woken)
+		var one = [8]byte{1}
+		unix.Write(efd, one[:])
+	})
+	defer func() {
+		if !stop() {
+			<-woken // the wake-up started: let it finish before efd closes
+		}
+	}()
 	fds := []unix.PollFd{
 		{Fd: int32(fd), Events: unix.POLLIN | unix.POLLPRI},
-		{Fd: int32(p[0]), Events: unix.POLLIN},
+		{Fd: int32(efd), Events: unix.POLLIN},
 	}
 	for {
 		_, err := unix.Poll(fds, -1)

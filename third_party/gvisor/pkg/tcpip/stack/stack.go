@@ -560,6 +560,19 @@ func (s *Stack) SetTransportProtocolHandler(p tcpip.TransportProtocolNumber, h f
 	}
 }
 
+// HandleWithTransportProtocolHandler hands pkt, addressed to id, to the
+// per-stack default handler of protocol p (SetTransportProtocolHandler), as
+// if no endpoint had matched it; false when there is no handler or it did
+// not take the packet. (usernet patch: a TCP endpoint in TIME_WAIT passes a
+// new SYN on to the stack's TCP forwarder.)
+func (s *Stack) HandleWithTransportProtocolHandler(p tcpip.TransportProtocolNumber, id TransportEndpointID, pkt *PacketBuffer) bool {
+	state := s.transportProtocols[p]
+	if state == nil || state.defaultHandler == nil {
+		return false
+	}
+	return state.defaultHandler(id, pkt)
+}
+
 // Clock returns the Stack's clock for retrieving the current time and
 // scheduling work.
 func (s *Stack) Clock() tcpip.Clock {

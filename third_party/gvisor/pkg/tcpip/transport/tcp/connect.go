@@ -1540,6 +1540,16 @@ func (e *Endpoint) handleTimeWaitSegments() (extendTimeWait bool, reuseTW func()
 					}
 				}
 			}
+			// usernet patch: with no listening endpoint, the new connection
+			// is for the stack's default handler (a forwarder), as if this
+			// endpoint had already gone; without this the SYN is dropped and
+			// the peer waits out TIME_WAIT (RFC 1122 4.2.2.13, Linux's
+			// tcp_timewait_state_process accepts it).
+			reuseTW = func() {
+				e.stack.HandleWithTransportProtocolHandler(ProtocolNumber, s.id, s.pkt)
+				s.DecRef()
+			}
+			return false, reuseTW
 		}
 		if extTW {
 			extendTimeWait = true

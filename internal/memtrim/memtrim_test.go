@@ -1,0 +1,73 @@
+package memtrim
+
+import (
+	"context"
+	"runtime"
+	"runtime/debug"
+	"testing"
+	"time"
+)
+
+var sink [][]byte
+
+// TestRunGivesBackABurst: after a burst of garbage, Run brings the heap the
+// process holds back near its live data.
+func TestRunGivesBackABurst(t *testing.T) {
+	runtime.GC()
+	old := debug.SetGCPercent(-1) // a burst the collector does not see
+	for range 64 {
+		sink = append(sink, make([]byte, 1<<20))
+	}
+	sink = nil
+	debug.SetGCPercent(old)
+	if excess, _ := Excess(); excess < 32<<20 {
+		t.Skipf("the runtime already collected the burst (excess %d)", excess)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { Run(ctx, 10*time.Millisecond, 8<<20); close(done) }()
+	deadline := time.Now().Add(time.Second)
+	for {
+		excess, live := Excess()
+		if excess < 8<<20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("excess heap %d bytes (live %d) 1 s after the burst; want it given back", excess, live)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+}
+
+var held [][]byte
+
+// TestRunCollectsWhenIdle: live data that becomes garbage after the last
+// collection (connections that closed) is collected and returned although
+// nothing allocates after it.
+func TestRunCollectsWhenIdle(t *testing.T) {
+	for range 48 {
+		held = append(held, make([]byte, 1<<20))
+	}
+	runtime.GC() // the 48 MiB are live as of this collection
+	held = nil
+	old := debug.SetGCPercent(-1)
+	defer debug.SetGCPercent(old)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { Run(ctx, 10*time.Millisecond, 8<<20); close(done) }()
+	deadline := time.Now().Add(time.Second)
+	for {
+		_, live := Excess()
+		if live < 16<<20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("live heap %d bytes 1 s after the data was dropped; want it collected", live)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+}
