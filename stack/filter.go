@@ -158,6 +158,30 @@ func (s *Stack) answersNeighbor(a netip.Addr) bool {
 	return plan.IsOwn(a)
 }
 
+// maxSolicitedGroups bounds the solicited-node groups joinSolicited joins:
+// one per neighbour the guest looks for, on a mirrored network any host.
+const maxSolicitedGroups = 4096
+
+// joinSolicited joins the solicited-node multicast group grp, so that the
+// stack hears (and, spoofing, answers) a multicast neighbour solicitation
+// for an address of a mirrored network that is not its own: a host
+// behind the guest's routes or on its other networks.
+func (s *Stack) joinSolicited(grp netip.Addr) {
+	s.solicitedMu.Lock()
+	defer s.solicitedMu.Unlock()
+	if _, ok := s.solicited[grp]; ok || len(s.solicited) >= maxSolicitedGroups {
+		return
+	}
+	if s.solicited == nil {
+		s.solicited = map[netip.Addr]struct{}{}
+	}
+	if err := s.gv.JoinGroup(header.IPv6ProtocolNumber, nicID, tcpipAddr(grp)); err != nil {
+		s.logf("stack: join %v: %v", grp, err)
+		return
+	}
+	s.solicited[grp] = struct{}{}
+}
+
 // deadGateway reports whether dst is the gateway of a virtual network
 // that maps no host loopback (slirp4netns --disable-host-loopback): TCP
 // and UDP to it get ICMP net unreachable.
@@ -262,7 +286,13 @@ func (s *Stack) filterIPv6(pkt *gvstack.PacketBuffer) bool {
 				return false
 			}
 			target := netip.AddrFrom16([16]byte(b[hl+8 : hl+24]))
-			return !s.answersNeighbor(target)
+			if !s.answersNeighbor(target) {
+				return true
+			}
+			if dst.IsMulticast() {
+				s.joinSolicited(dst)
+			}
+			return false
 		case header.ICMPv6EchoRequest:
 			if s.isOwn(dst) {
 				return false

@@ -259,6 +259,11 @@ type Stack struct {
 
 	ping pingTable
 
+	// solicited are the solicited-node groups joined for a mirrored
+	// network's neighbours (joinSolicited).
+	solicitedMu sync.Mutex
+	solicited   map[netip.Addr]struct{} // guarded by solicitedMu
+
 	started  atomic.Bool
 	teardown sync.Once
 	done     chan struct{} // closed when teardown has finished

@@ -217,6 +217,12 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 	o.dhcpv6 = !po.NoDHCPv6 && o.plan.Guest6.IsValid()
 	o.advertise = pastaAdvertise(po, o.plan)
 	o.hostname, o.fqdn = po.Hostname, po.FQDN
+	if !o.plan.Net4.Contains(o.plan.Gateway4) {
+		// -a without -g: the host's gateway, outside the guest's
+		// network, reached through the routes copied (pasta's DHCP
+		// would send a classless route to it; usernet's serves none).
+		o.disableDHCP = true
+	}
 	o.tapName = po.NsIfname
 	if o.tapName == "" {
 		o.tapName = tmpl.V4.Ifname
@@ -345,9 +351,22 @@ func pastaPlan(po *pasta.Options, tmpl hostif.Template) (netplan.Plan, error) {
 	if po.Gateway4.IsValid() {
 		gw = po.Gateway4
 	}
-	if !guest.IsValid() || !gw.IsValid() {
+	local := !guest.IsValid() || !gw.IsValid()
+	if local {
 		// No usable IPv4 template: pasta's local mode.
 		guest, bits, gw = pastaLocal4.Addr(), pastaLocal4.Bits(), pastaLocalGW4
+	}
+	// --config-net copies every address of the template interface
+	// unless -a gives one, and every route through it unless -g gives
+	// the default one.
+	// pasta sets a broadcast address only in the copies that have one.
+	p.NoBroadcast4 = true
+	if !po.Address4.IsValid() && !local {
+		p.Addrs4, p.NoBroadcast4 = tmpl.V4.Addrs, tmpl.V4.NoBroadcast
+	}
+	routes4 := tmpl.V4.Routes
+	if po.Gateway4.IsValid() || local {
+		routes4 = []netplan.Route{{Dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0), Gateway: gw}}
 	}
 	p.Net4 = netip.PrefixFrom(guest, bits).Masked()
 	p.Guest4, p.Gateway4 = guest, gw
@@ -382,7 +401,19 @@ func pastaPlan(po *pasta.Options, tmpl hostif.Template) (netplan.Plan, error) {
 		p.DNS6 = po.DNSForward6
 		p.HostLoopback6 = po.HostLoopbackMap(true, gw6)
 		p.GuestAlias6 = po.MapGuestAddr6
+		if !po.Address6.IsValid() {
+			p.Addrs6 = tmpl.V6.Addrs
+		}
+		routes6 := tmpl.V6.Routes
+		if po.Gateway6.IsValid() || len(routes6) == 0 {
+			routes6 = []netplan.Route{{Dst: netip.PrefixFrom(netip.IPv6Unspecified(), 0), Gateway: gw6}}
+		}
+		p.Routes = append(p.Routes, routes6...)
 	}
+	if len(routes4) == 0 {
+		routes4 = []netplan.Route{{Dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0), Gateway: gw}}
+	}
+	p.Routes = append(routes4[:len(routes4):len(routes4)], p.Routes...)
 	if err := p.Validate(); err != nil {
 		return p, fmt.Errorf("addresses copied from the host: %w", err)
 	}

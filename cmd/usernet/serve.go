@@ -136,19 +136,21 @@ func prepare(ctx context.Context, o *options, t nsjoin.Target, out output) (_ *p
 		LoopbackUp: o.loopbackUp,
 	}
 	if o.configure {
-		req.Config = tap.Config{
-			MTU:     o.mtu,
-			MAC:     o.mac,
-			Addr:    netip.PrefixFrom(o.plan.Guest4, o.plan.Net4.Bits()),
-			Gateway: o.plan.Gateway4,
+		req.Config = tap.Config{MTU: o.mtu, MAC: o.mac, Gateway: o.plan.Gateway4, NoBroadcast: o.plan.NoBroadcast4}
+		v4, v6 := !o.ipv6Only, o.plan.Guest6.IsValid() // pasta's guest does not make its own IPv6 address
+		if v4 {
+			req.Config.Addrs = o.plan.GuestAddrs(false)
+		} else {
+			req.Config.Gateway = netip.Addr{}
 		}
-		if o.ipv6Only {
-			req.Config.Addr, req.Config.Gateway = netip.Prefix{}, netip.Addr{}
-		}
-		if o.plan.Guest6.IsValid() {
-			// A guest that does not make its own address (pasta's).
-			req.Config.Addr6 = netip.PrefixFrom(o.plan.Guest6, o.plan.Net6.Bits())
+		if v6 {
+			req.Config.Addrs = append(req.Config.Addrs, o.plan.GuestAddrs(true)...)
 			req.Config.Gateway6 = o.plan.Gateway6
+		}
+		for _, r := range o.plan.Routes {
+			if r.Dst.Addr().Is4() && v4 || r.Dst.Addr().Is6() && v6 {
+				req.Config.Routes = append(req.Config.Routes, r)
+			}
 		}
 	}
 	opened, err := nsjoin.OpenTap(ctx, t, req)
