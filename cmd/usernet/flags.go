@@ -68,6 +68,8 @@ type options struct {
 	// publishErr says which option publish[i] came from when it cannot
 	// be bound; nil: slirp4netns's --publish.
 	publishErr func(i int, err error) error
+	// publishMany are forwards of every port but some (pasta's "-t ~25").
+	publishMany []manyForward
 
 	help, version bool
 

@@ -60,8 +60,11 @@ func pastaEgressExtra() []pasta.ExtraOption {
 type pastaState struct {
 	Template hostif.Template // the host's, read before the sandbox hides netlink
 	Detached bool            // the background process of a detached invocation
-	LogFD    int             `json:",omitempty"` // where stdout and stderr go once ready (Detached)
-	log      *os.File
+	// Ephemeral is the host's ephemeral port range, which "-t ~25"
+	// leaves out, read before the sandbox hides /proc.
+	Ephemeral [2]uint16
+	LogFD     int `json:",omitempty"` // where stdout and stderr go once ready (Detached)
+	log       *os.File
 }
 
 // ready is what a pasta-style invocation does once the network is ready:
@@ -132,7 +135,7 @@ func pastaMain(argv0 string, args []string, stdout, stderr io.Writer) int {
 	if !po.Foreground && !detached {
 		return detach(po.PIDFile, stderr)
 	}
-	ps := &pastaState{Template: tmpl, Detached: detached}
+	ps := &pastaState{Template: tmpl, Detached: detached, Ephemeral: eph}
 	if detached {
 		if ps.log, err = openLogTarget(po.LogFile); err != nil {
 			fmt.Fprintln(stderr, err)
@@ -266,6 +269,10 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 			continue
 		}
 		for _, r := range f.fwd.Ranges {
+			if r.Weak {
+				o.publishMany = addWeak(o.publishMany, f.proto, f.opt, r, f.fwd, o.plan, po)
+				continue
+			}
 			for port := int(r.First); port <= int(r.Last); port++ {
 				to, _ := f.fwd.Target(uint16(port))
 				m := pasta.Mapping{BindAddr: r.BindAddr, BindIfname: r.BindIfname, Port: uint16(port), To: to}
@@ -324,13 +331,6 @@ func unsupported(po *pasta.Options) string {
 		return "-F/--fd"
 	case po.Interface != "" && (po.OutboundIf4 != "" || po.OutboundIf6 != ""):
 		return "-i with --outbound-if4/6"
-	}
-	for _, f := range []*pasta.Forward{&po.TCP, &po.UDP} {
-		for _, r := range f.Ranges {
-			if r.Weak {
-				return "a forward of every port but some (~PORTS alone)"
-			}
-		}
 	}
 	return ""
 }
@@ -446,6 +446,49 @@ func pastaAdvertise(po *pasta.Options, plan netplan.Plan) *stack.Advertise {
 	return a
 }
 
+// manyForward is one exclusions-only spec of -t or -u ("~25"): its ports,
+// bound together, and pasta's messages for it.
+type manyForward struct {
+	many portfwd.Many
+	opt  string // "-t ~25"
+}
+
+// err is pasta's message for a failure to bind the spec's ports.
+func (m manyForward) err(err error) error {
+	if errors.Is(err, portfwd.ErrNoFiles) {
+		return fmt.Errorf("Can't open enough sockets for port specifier: %s", m.opt[3:])
+	}
+	return fmt.Errorf("Failed to bind any port for '%s': %w", m.opt, err)
+}
+
+// addWeak adds the ports of r, a range of an exclusions-only spec, to the
+// forward of its spec in ms (a new one for its first range). Without a
+// bind address pasta listens on dual-stack sockets.
+func addWeak(ms []manyForward, proto, opt string, r pasta.PortRange, fwd *pasta.Forward, plan netplan.Plan, po *pasta.Options) []manyForward {
+	host := r.BindAddr
+	if !host.IsValid() || host.IsUnspecified() {
+		switch {
+		case po.IPv6Only:
+			host = netip.IPv6Unspecified()
+		case !plan.IPv6():
+			host = netip.IPv4Unspecified()
+		default:
+			host = netip.Addr{} // both
+		}
+	}
+	opt += " " + r.Spec
+	if n := len(ms); n == 0 || ms[n-1].opt != opt || ms[n-1].many.Proto != proto ||
+		ms[n-1].many.HostAddr != host || ms[n-1].many.HostIfname != r.BindIfname {
+		ms = append(ms, manyForward{many: portfwd.Many{Proto: proto, HostAddr: host, HostIfname: r.BindIfname}, opt: opt})
+	}
+	m := &ms[len(ms)-1].many
+	for p := int(r.First); p <= int(r.Last); p++ {
+		to, _ := fwd.Target(uint16(p))
+		m.Ports = append(m.Ports, portfwd.PortPair{Host: uint16(p), Guest: to})
+	}
+	return ms
+}
+
 // pastaRules turns one listening port of -t/-u into forwards: to the
 // guest's address of the family the listener is of. Without a bind
 // address pasta listens on both families.
@@ -473,7 +516,7 @@ func resumePasta(ps *pastaState) (*options, error) {
 	if !isPastaName(os.Args[0]) {
 		args = args[1:] // usernet pasta ...
 	}
-	po, err := pasta.Parse(os.Args[0], args, pasta.WithExtra(pastaExtra...))
+	po, err := pasta.Parse(os.Args[0], args, pasta.WithEphemeral(ps.Ephemeral), pasta.WithExtra(pastaExtra...))
 	if err != nil {
 		return nil, err
 	}

@@ -299,6 +299,14 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 			return fmt.Errorf("--publish: %w", err)
 		}
 	}
+	// After the others: a port they bound is one these skip.
+	for _, m := range o.publishMany {
+		if _, err := reg.AddMany(ctx, m.many); err != nil {
+			st.Close()
+			closeRegistry(reg)
+			return m.err(err)
+		}
+	}
 	var api *apisock.Server
 	if p.api != nil {
 		acfg := apisock.Config{Path: o.apiSocket, Listener: p.api, Forwarder: reg, Logf: logf,
@@ -371,7 +379,7 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 				Hosts: []netip.Addr{netip.IPv4Unspecified()}, // one Add per port; nsLoopAuto listens on both loopbacks
 				// Not the ports forwarded the other way: they are
 				// our own listeners, and would loop.
-				Skip:      func(proto string, port uint16) bool { return forwardsHostPort(reg, proto, port) },
+				Skip:      reg.Forwards,
 				Forwarder: loops,
 				Logf:      logf,
 			})
@@ -598,7 +606,7 @@ func autoConfig(o *options, files []*os.File, reg *portfwd.Registry, logf func(s
 // the namespace: a forward given, auto, or added through the API (the
 // local path), or one from the namespace's loopback (-T, -U).
 func (o *options) needsBroker() bool {
-	local := o.splice && (len(o.publish) > 0 || o.autoTCP || o.autoUDP || o.apiSocket != "")
+	local := o.splice && (len(o.publish) > 0 || len(o.publishMany) > 0 || o.autoTCP || o.autoUDP || o.apiSocket != "")
 	return local || len(o.nsToHost) > 0 || len(o.nsToHostUDP) > 0 || o.nsAutoTCP || o.nsAutoUDP
 }
 
@@ -659,17 +667,6 @@ func (a *nsLoopAuto) Remove(id int) error {
 		s.Close()
 	}
 	return nil
-}
-
-// forwardsHostPort reports whether a forward of proto into the namespace
-// listens on port of the host.
-func forwardsHostPort(reg *portfwd.Registry, proto string, port uint16) bool {
-	for _, e := range reg.List() {
-		if e.Proto == proto && e.HostPort == port {
-			return true
-		}
-	}
-	return false
 }
 
 // loopbackOf is the loopback address of a's family.
