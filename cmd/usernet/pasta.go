@@ -120,6 +120,14 @@ func pastaMain(argv0 string, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
+	warn := stderr
+	if detached {
+		warn = io.Discard // the foreground process warned
+	}
+	if o.runAs, err = pastaRunAs(po.RunAs, po.RunAs != "", warn); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
 	if po.NetNS == "" {
 		// No target: new namespaces running the command, or a shell.
 		cmd := po.Args
@@ -187,6 +195,10 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 	}
 	var t nsjoin.Target
 	switch {
+	case po.FDGiven:
+		// passt's: a connected socket to a VM's frames in place of the
+		// tap (qemu's -netdev stream). pasta accepts it but has no VM.
+		return nil, t, errors.New("-F/--fd is not supported by usernet's pasta command line: it hands passt a VM's socket in place of the tap, which pasta mode has no use for")
 	case unsupported(po) != "":
 		return nil, t, fmt.Errorf("%s is not supported by usernet's pasta command line yet", unsupported(po))
 	}
@@ -325,10 +337,6 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 // or "".
 func unsupported(po *pasta.Options) string {
 	switch {
-	case po.RunAs != "":
-		return "--runas"
-	case po.FDGiven:
-		return "-F/--fd"
 	case po.Interface != "" && (po.OutboundIf4 != "" || po.OutboundIf6 != ""):
 		return "-i with --outbound-if4/6"
 	}

@@ -117,7 +117,7 @@ func TestPastaPcap(t *testing.T) {
 }
 
 func TestPastaUnsupportedOptions(t *testing.T) {
-	for _, args := range []string{"--runas 1000 1"} {
+	for _, args := range []string{"-F 3 1"} {
 		po, err := pasta.Parse("pasta", strings.Fields(args))
 		if err != nil {
 			t.Fatalf("pasta.Parse(%q): %v", args, err)
@@ -205,6 +205,36 @@ func TestPastaExclusionsOnly(t *testing.T) {
 			if _, ok := ports[x]; ok {
 				t.Errorf("%s: port %d forwarded", c.args, x)
 			}
+		}
+	}
+}
+
+func TestPastaRunAsParse(t *testing.T) {
+	for _, c := range []struct {
+		spec string
+		want string
+	}{
+		{"1000", "1000:1000"},
+		{"1000:100", "1000:100"},
+		{"0x10:0", "16:0"},
+		{"nobody", ""}, // looked up
+		{"root", "error"},
+		{"no-such-user-here", "error"},
+		{"1000:no-such-group-here", "error"},
+	} {
+		r, err := parseRunAs(c.spec)
+		got := "error"
+		if err == nil {
+			got = fmt.Sprintf("%d:%d", r.UID, r.GID)
+		}
+		if c.want == "" {
+			if err != nil {
+				t.Errorf("--runas %s: %v", c.spec, err)
+			}
+			continue
+		}
+		if got != c.want {
+			t.Errorf("--runas %s = %s, want %s", c.spec, got, c.want)
 		}
 	}
 }

@@ -425,6 +425,11 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		p.ready.Close()
 		p.ready = nil
 	}
+	if o.runAs != nil {
+		if err := o.runAs.drop(); err != nil {
+			cancel(err)
+		}
+	}
 	if onReady != nil {
 		if err := onReady(); err != nil {
 			cancel(err)
