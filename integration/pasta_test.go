@@ -698,13 +698,18 @@ func TestPastaRootlesskit(t *testing.T) {
 			for _, v := range []struct {
 				name, driver string
 				noLoopback   bool // --disable-host-loopback: pasta gets --no-map-gw
-			}{{"implicit", "implicit", false}, {"none", "none", false}, {"disable-host-loopback", "implicit", true}} {
+				ipv6         bool // --ipv6: pasta does not get --ipv4-only
+			}{{"implicit", "implicit", false, false}, {"none", "none", false, false},
+				{"disable-host-loopback", "implicit", true, false}, {"ipv6", "implicit", false, true}} {
 				driver := v.driver
 				t.Run(v.name, func(t *testing.T) {
 					t.Parallel()
 					ctx := testContext(t, 2*time.Minute)
-					rk := startPastaRootlesskit(t, ctx, root, peer, driver, v.noLoopback)
+					rk := startPastaRootlesskit(t, ctx, root, peer, driver, v.noLoopback, v.ipv6)
 					checkPastaRootlesskit(t, ctx, rk, driver, peer, v.noLoopback)
+					if v.ipv6 {
+						checkPastaRootlesskit6(t, ctx, rk, peer)
+					}
 
 					// rootlesskit exits when its command does, and ends pasta.
 					rk.stdin.Close()
@@ -728,7 +733,7 @@ type pastaRootlesskit struct {
 	port  int
 }
 
-func startPastaRootlesskit(t *testing.T, ctx context.Context, root *trixieRoot, peer *pastaPeer, driver string, noLoopback bool) *pastaRootlesskit {
+func startPastaRootlesskit(t *testing.T, ctx context.Context, root *trixieRoot, peer *pastaPeer, driver string, noLoopback, ipv6 bool) *pastaRootlesskit {
 	t.Helper()
 	dir := shortUserDir(t, "rk-")
 	state := filepath.Join(dir, "state")
@@ -742,6 +747,9 @@ func startPastaRootlesskit(t *testing.T, ctx context.Context, root *trixieRoot, 
 	}
 	if noLoopback {
 		args = append(args, "--disable-host-loopback")
+	}
+	if ipv6 {
+		args = append(args, "--ipv6")
 	}
 	args = append(args, suite.helper, "serve", strconv.Itoa(rk.port))
 	// Not ctx: the cleanup ends rootlesskit, its command's stdin first.
@@ -762,6 +770,72 @@ func startPastaRootlesskit(t *testing.T, ctx context.Context, root *trixieRoot, 
 		time.Sleep(50 * time.Millisecond)
 	}
 	return rk
+}
+
+// checkPastaRootlesskit6 is what --ipv6 adds. rootlesskit 2.0 then only leaves out
+// --ipv4-only: its child configures no IPv6 address, and pasta gets --no-ra (and the
+// namespace has no DHCPv6 client), so the namespace has a link-local address only. Given
+// the host's address and a default route through its gateway, as pasta expects, IPv6 goes
+// out; a server inside on IPv6 is forwarded from the host's ::1 and from the fake
+// internet to the host's address.
+func checkPastaRootlesskit6(t *testing.T, ctx context.Context, rk *pastaRootlesskit, peer *pastaPeer) {
+	t.Helper()
+	host6, gw6 := os.Getenv("USERNET_HOST6"), os.Getenv("USERNET_INET6")
+	rk.child.nsenter(t, ctx, "ip", "-6", "addr", "add", host6+"/64", "dev", "tap0", "nodad")
+	rk.child.nsenter(t, ctx, "ip", "-6", "route", "add", "default", "via", gw6, "dev", "tap0")
+
+	// Out: a server of the fake internet, on an address of its own (the gateway's reaches
+	// the host's loopback), one per peer: the peers run in parallel.
+	far := "2001:db8::77"
+	if !peer.isUsernet {
+		far = "2001:db8::78"
+	}
+	ipRun(t, "-n", filepath.Base(suite.inetNetns), "addr", "add", far+"/128", "dev", "ui0", "nodad")
+	t.Cleanup(func() {
+		exec.Command("ip", "-n", filepath.Base(suite.inetNetns), "addr", "del", far+"/128", "dev", "ui0").Run()
+	})
+	ln := inetListenTCP(t, "["+far+"]:0")
+	checkTCPUp(t, ctx, rk.child, net.JoinHostPort(far, port(ln.Addr())), 1<<20, hashServer(t, ln))
+
+	// In: an IPv6 server inside (made from here, root: sockets stay in the namespace they
+	// are made in), which -t auto publishes.
+	var in net.Listener
+	if err := inNetns(fmt.Sprintf("/proc/%d/ns/net", rk.child.pid), func() (err error) {
+		in, err = net.Listen("tcp6", "[::]:0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { in.Close() })
+	echoServer(t, in)
+	p := port(in.Addr())
+	for _, addr := range []string{"[::1]:" + p, "[" + host6 + "]:" + p} {
+		var err error
+		for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			if err = hostTCPEcho(ctx, addr, 64<<10); err == nil {
+				break
+			}
+		}
+		if err != nil {
+			t.Errorf("TCP %s to the server inside: %v", addr, err)
+		}
+	}
+	// From elsewhere: the fake internet, to the host's address.
+	var c net.Conn
+	if err := inNetns(suite.inetNetns, func() (err error) {
+		c, err = net.DialTimeout("tcp", "["+host6+"]:"+p, 5*time.Second)
+		return err
+	}); err != nil {
+		t.Errorf("from the fake internet to [%s]:%s: %v", host6, p, err)
+		return
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "from afar")
+	c.(*net.TCPConn).CloseWrite()
+	if b, err := io.ReadAll(c); err != nil || string(b) != "from afar" {
+		t.Errorf("from the fake internet to [%s]:%s: echo %q, %v", host6, p, b, err)
+	}
 }
 
 func checkPastaRootlesskit(t *testing.T, ctx context.Context, rk *pastaRootlesskit, driver string, peer *pastaPeer, noLoopback bool) {

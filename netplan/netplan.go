@@ -80,8 +80,10 @@ type Plan struct {
 	// other addresses are real hosts, reached through the host's sockets,
 	// and the stack answers the guest's neighbour queries for all of them.
 	// Without it (slirp4netns) the networks are virtual: none of their
-	// addresses is ever dialed on the host.
-	Mirror bool
+	// addresses is ever dialed on the host. Mirror is IPv4's; Mirror6
+	// IPv6's (pasta copies the host's IPv6 network also when -a gives an
+	// IPv4 address of another network, as rootlesskit's).
+	Mirror, Mirror6 bool
 }
 
 // Route is one route of the guest's routing table.
@@ -175,10 +177,19 @@ func (p Plan) Contains(a netip.Addr) bool {
 // addresses are never the host network's: inside the plan's networks
 // without Mirror; with Mirror, only the guest's own.
 func (p Plan) Virtual(a netip.Addr) bool {
-	if p.Mirror {
+	if p.Mirrored(a) {
 		return p.IsGuest(a)
 	}
 	return p.Contains(a)
+}
+
+// Mirrored reports whether a's family's network is the host's, copied
+// (Mirror, Mirror6).
+func (p Plan) Mirrored(a netip.Addr) bool {
+	if a.Is4() || a.Is4In6() {
+		return p.Mirror
+	}
+	return p.Mirror6
 }
 
 // IsGuest reports whether a is one of the guest's own addresses.

@@ -152,7 +152,7 @@ func (s *Stack) filterARP(pkt *gvstack.PacketBuffer) bool {
 // guest's own.
 func (s *Stack) answersNeighbor(a netip.Addr) bool {
 	plan := &s.cfg.Plan
-	if plan.Mirror {
+	if plan.Mirrored(a) {
 		return a.IsValid() && !a.IsUnspecified() && !plan.IsGuest(a)
 	}
 	return plan.IsOwn(a)
@@ -187,7 +187,7 @@ func (s *Stack) joinSolicited(grp netip.Addr) {
 // and UDP to it get ICMP net unreachable.
 func (s *Stack) deadGateway(dst netip.Addr) bool {
 	plan := &s.cfg.Plan
-	return !plan.Mirror && (dst == plan.Gateway4 && !plan.HostLoopback4.IsValid() ||
+	return !plan.Mirrored(dst) && (dst == plan.Gateway4 && !plan.HostLoopback4.IsValid() ||
 		dst == plan.Gateway6 && plan.Gateway6.IsValid() && !plan.HostLoopback6.IsValid())
 }
 

@@ -396,6 +396,7 @@ func pastaPlan(po *pasta.Options, tmpl hostif.Template) (netplan.Plan, error) {
 	}
 	if !po.IPv4Only && guest6.IsValid() && gw6.IsValid() {
 		p.Net6 = netip.PrefixFrom(guest6, bits6).Masked()
+		p.Mirror6 = tmpl.V6.Addr.IsValid() && p.Net6 == tmpl.V6.Addr.Masked()
 		p.Guest6, p.Gateway6 = guest6, gw6
 		// The stack's link-local address: the router's when it is
 		// link-local, else the host's own on that interface.
