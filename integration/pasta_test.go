@@ -189,6 +189,9 @@ helper_binaries_dir = [%q, "/usr/libexec/podman", "/usr/lib/podman"]
 
 [network]
 default_rootless_network_cmd = "pasta"
+# Bridge networks (podman network create): the root has no nft nor iptables for netavark's
+# rules, and needs none (rootlessport publishes ports, pasta proxies every flow).
+firewall_driver = "none"
 `, peer.dir)
 	e := &pastaPodman{root: root, peer: peer, podmanEnv: *podmanConfig(t, conf, rootPath, "PODMAN_IGNORE_CGROUPSV1_WARNING=1")}
 	dir := e.dir
@@ -568,6 +571,72 @@ func TestPastaPodman(t *testing.T) {
 				if got, want := clientAddr(t, ctx, base), netip.MustParseAddr("10.0.2.100"); got != want {
 					t.Errorf("a request from the host's 127.0.0.1 came from %s inside; want %s (the container's own address)", got, want)
 				}
+			})
+
+			// A network of its own (podman network create): rootless Podman runs the
+			// container in a bridge inside its rootless-netns, which pasta serves, started
+			// with --pid FILE (Podman reads the daemon's PID there); published ports go
+			// through rootlessport, not pasta.
+			t.Run("bridge-network", func(t *testing.T) {
+				const network = "un-bridge"
+				// No aardvark-dns in the root: no DNS on the network.
+				if out, err := e.podman(ctx, "network", "create", "--disable-dns", network); err != nil {
+					t.Fatalf("%v\n%s", err, out)
+				}
+				t.Cleanup(func() {
+					cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+					defer cancel()
+					e.podman(cctx, "rm", "--force", "--time", "0", "bridged")
+					if out, err := e.podman(cctx, "network", "rm", "--force", network); err != nil {
+						t.Logf("%v\n%s", err, out)
+					}
+				})
+				p := freePort(t, "tcp")
+				out, err := e.podman(ctx, "run", "-d", "--name", "bridged", "--pull=never", "--network", network,
+					"-p", fmt.Sprintf("127.0.0.1:%d:80", p), "-v", e.www+":/www:ro", podmanImage, "/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www")
+				if err != nil {
+					t.Fatalf("%v\n%s", err, out)
+				}
+				netns := findProcs(func(argv []string, _ int) bool {
+					return isPasta(argv) && slices.ContainsFunc(argv, func(a string) bool { return strings.HasSuffix(a, "/rootless-netns") })
+				})
+				if len(netns) == 0 {
+					t.Fatal("a container on a bridge network runs, but no pasta serves the rootless-netns")
+				}
+				helper := withDescendants(netns)
+				if len(helper) > 1 {
+					t.Logf("rootless-netns: %d pasta processes", len(helper))
+				}
+				// Published: rootlessport into the bridge.
+				base := fmt.Sprintf("http://127.0.0.1:%d", p)
+				waitHTTP(t, ctx, base+"/ok")
+				e.fetchBlob(t, ctx, base)
+				// Out: a server on the host's own address through host.containers.internal
+				// (pasta's --map-guest-addr, reached through the bridge and the
+				// rootless-netns), and one in the fake internet.
+				ln := listenTCP(t, net.JoinHostPort(host4.String(), "0"))
+				srv := &http.Server{Handler: http.FileServer(http.Dir(e.www))}
+				go srv.Serve(ln)
+				t.Cleanup(func() { srv.Close() })
+				far := inetListenTCP(t, net.JoinHostPort(os.Getenv("USERNET_INET4"), "0"))
+				fsrv := &http.Server{Handler: http.FileServer(http.Dir(e.www))}
+				go fsrv.Serve(far)
+				t.Cleanup(func() { fsrv.Close() })
+				for _, url := range []string{
+					fmt.Sprintf("http://host.containers.internal:%s/blob", port(ln.Addr())),
+					fmt.Sprintf("http://%s/blob", far.Addr()),
+				} {
+					out := e.exec(t, ctx, "bridged", "sh", "-c", "wget -q -T 20 -O - "+url+" | sha256sum")
+					if f := strings.Fields(out); len(f) == 0 || f[0] != e.sha {
+						t.Errorf("in the bridged container, sha256 of %s = %q; want %s", url, out, e.sha)
+					}
+				}
+				// Teardown: with its last container gone, Podman ends the rootless-netns
+				// (SIGTERM to the PID file's process) and its pasta goes.
+				if out, err := e.podman(ctx, "rm", "--force", "--time", "0", "bridged"); err != nil {
+					t.Fatalf("%v\n%s", err, out)
+				}
+				waitGone(t, helper, 10*time.Second, "after the last container of the bridge network was removed")
 			})
 		})
 	}

@@ -158,6 +158,39 @@ func (s *Stack) answersNeighbor(a netip.Addr) bool {
 	return plan.IsOwn(a)
 }
 
+// maxSenders bounds the addresses learnSender remembers.
+const maxSenders = 4096
+
+// learnSender remembers the sender's MAC of a packet from an address
+// outside the link's networks: a host behind the namespace, which routes its
+// traffic to us without NAT (containers on a Podman bridge network without
+// firewall rules). No one in the namespace answers ARP or neighbour
+// solicitations for it, so the stack would never reach it; pasta answers
+// every frame to the MAC it came from, and so does the stack now for such
+// senders.
+func (s *Stack) learnSender(src netip.Addr, proto tcpip.NetworkProtocolNumber, pkt *gvstack.PacketBuffer) {
+	plan := &s.cfg.Plan
+	// Addresses of the link's networks are resolved as usual (the
+	// guest answers for its own, SLAAC ones too).
+	if plan.IsGuest(src) || plan.Contains(src) || src.IsUnspecified() || src.IsLinkLocalUnicast() || src.IsMulticast() || s.isOwn(src) {
+		return
+	}
+	if _, ok := s.senders.Load(src); ok {
+		return
+	}
+	mac := srcMAC(pkt)
+	if mac == "" || s.sendersN.Load() >= maxSenders {
+		return
+	}
+	if _, loaded := s.senders.LoadOrStore(src, mac); loaded {
+		return
+	}
+	s.sendersN.Add(1)
+	if err := s.gv.AddStaticNeighbor(nicID, proto, tcpipAddr(src), mac); err != nil {
+		s.logf("stack: neighbour %v at %v: %v", src, mac, err)
+	}
+}
+
 // maxSolicitedGroups bounds the solicited-node groups joinSolicited joins:
 // one per neighbour the guest looks for, on a mirrored network any host.
 const maxSolicitedGroups = 4096
@@ -209,6 +242,7 @@ func (s *Stack) filterIPv4(pkt *gvstack.PacketBuffer) bool {
 	total := int(ip.TotalLength())
 	dst := netip.AddrFrom4(ip.DestinationAddress().As4())
 	src := netip.AddrFrom4(ip.SourceAddress().As4())
+	s.learnSender(src, header.IPv4ProtocolNumber, pkt)
 	firstFragment := ip.FragmentOffset() == 0
 	fragmented := ip.More() || !firstFragment
 
@@ -268,6 +302,7 @@ func (s *Stack) filterIPv6(pkt *gvstack.PacketBuffer) bool {
 	total := hl + int(ip.PayloadLength())
 	dst := netip.AddrFrom16(ip.DestinationAddress().As16())
 	src := netip.AddrFrom16(ip.SourceAddress().As16())
+	s.learnSender(src, header.IPv6ProtocolNumber, pkt)
 
 	switch tcpip.TransportProtocolNumber(ip.NextHeader()) {
 	case header.ICMPv6ProtocolNumber:

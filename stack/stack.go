@@ -259,6 +259,10 @@ type Stack struct {
 
 	ping pingTable
 
+	// senders are the foreign senders learnSender made neighbours of.
+	senders  sync.Map // netip.Addr → tcpip.LinkAddress
+	sendersN atomic.Int64
+
 	// solicited are the solicited-node groups joined for a mirrored
 	// network's neighbours (joinSolicited).
 	solicitedMu sync.Mutex
