@@ -324,6 +324,12 @@ func (s *Stack) filterIPv6(pkt *gvstack.PacketBuffer) bool {
 			if !s.answersNeighbor(target) {
 				return true
 			}
+			if src.IsUnspecified() && !s.isOwn(target) {
+				// Duplicate address detection of an address of the
+				// guest's (its link-local one, say): no one else has it.
+				// pasta answers no solicitation from ::.
+				return true
+			}
 			if dst.IsMulticast() {
 				s.joinSolicited(dst)
 			}
