@@ -196,6 +196,7 @@ type Registry struct {
 		state int // stateNew → stateRunning → stateClosed
 		next  int // the next ID; IDs are never reused
 		fwds  map[int]*forward
+		many  []*many // AddMany's
 	}
 }
 
@@ -212,6 +213,9 @@ type forward struct {
 	pc     *net.UDPConn       // udp
 	ctx    context.Context    // ends on Remove or shutdown; every flow's ctx
 	cancel context.CancelFunc // called by Remove and Run, which also close ln/pc
+	// dual4, when valid, says the host socket is dual-stack (AddMany's):
+	// IPv4 clients go to dual4, not to GuestAddr.
+	dual4 netip.Addr
 }
 
 // New returns an empty Registry. It starts nothing; see Run.
@@ -309,6 +313,9 @@ func (r *Registry) Run(ctx context.Context) error {
 	r.mu.state = stateRunning
 	for _, f := range r.mu.fwds {
 		r.startLocked(f)
+	}
+	for _, mm := range r.mu.many {
+		r.wg.Go(func() { r.serveMany(mm) })
 	}
 	r.mu.Unlock()
 

@@ -50,13 +50,14 @@ func backoff(ctx context.Context, delay *time.Duration) bool {
 func (r *Registry) forwardTCP(f *forward, client net.Conn) {
 	ctx := f.ctx
 	caddr := addrPortOf(client.RemoteAddr())
-	dst := netip.AddrPortFrom(f.GuestAddr, f.GuestPort)
+	ga := f.guestFor(caddr)
+	dst := netip.AddrPortFrom(ga, f.GuestPort)
 	var guest net.Conn
 	var err error
 	if r.cfg.Splice != nil && caddr.Addr().Unmap().IsLoopback() {
 		guest, err = r.splice(ctx, dst)
 	} else {
-		guest, err = r.dialTCP(ctx, r.srcFor(caddr, f.GuestAddr), dst)
+		guest, err = r.dialTCP(ctx, r.srcFor(caddr, ga), dst)
 	}
 	if err != nil {
 		r.logfUnlessDone(ctx, "portfwd: %v: client %v: %v", f.Rule, caddr, err)

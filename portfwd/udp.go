@@ -40,7 +40,6 @@ type udpFlows struct {
 // through the host socket and ends the flow when it has been idle.
 func (r *Registry) serveUDP(f *forward) {
 	flows := &udpFlows{m: make(map[netip.AddrPort]*udpFlow)}
-	dst := netip.AddrPortFrom(f.GuestAddr, f.GuestPort)
 	buf := make([]byte, maxDatagram)
 	var delay time.Duration
 	for {
@@ -73,12 +72,14 @@ func (r *Registry) serveUDP(f *forward) {
 				continue
 			}
 			// Dial outside the lock; only this goroutine adds flows.
+			ga := f.guestFor(client)
+			dst := netip.AddrPortFrom(ga, f.GuestPort)
 			var conn net.Conn
 			var err error
 			if r.cfg.SpliceUDP != nil && client.Addr().Unmap().IsLoopback() {
 				conn, err = r.cfg.SpliceUDP(dst)
 			} else {
-				conn, err = r.dialUDP(r.srcFor(client, f.GuestAddr), dst)
+				conn, err = r.dialUDP(r.srcFor(client, ga), dst)
 			}
 			if err != nil {
 				r.logfUnlessDone(f.ctx, "portfwd: %v: client %v: %v", f.Rule, client, err)

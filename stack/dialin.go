@@ -213,9 +213,11 @@ func (s *Stack) checkDial(network string, src, dst netip.AddrPort) (netip.AddrPo
 	case a.Is4() != d.Is4():
 		return src, dialError(network, src, dst, errors.New("stack: source and destination are of different families"))
 	case s.isOwn(a):
-	case plan.Contains(a):
+	case plan.Virtual(a):
 		// The guest would look for it on the link, where the link
-		// filter keeps it from finding anyone.
+		// filter keeps it from finding anyone (on a mirrored network,
+		// only the guest's own addresses: the stack answers for the
+		// other hosts).
 		return src, dialError(network, src, dst, errors.New("stack: source is a guest address of the virtual network"))
 	case a.IsLoopback(), a.IsMulticast(), a.IsLinkLocalUnicast(), a.IsLinkLocalMulticast(),
 		a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):

@@ -158,10 +158,67 @@ func (s *Stack) filterARP(pkt *gvstack.PacketBuffer) bool {
 // guest's own.
 func (s *Stack) answersNeighbor(a netip.Addr) bool {
 	plan := &s.cfg.Plan
-	if plan.Mirror {
+	if plan.Mirrored(a) {
 		return a.IsValid() && !a.IsUnspecified() && !plan.IsGuest(a)
 	}
 	return plan.IsOwn(a)
+}
+
+// maxSenders bounds the addresses learnSender remembers.
+const maxSenders = 4096
+
+// learnSender remembers the sender's MAC of a packet from an address
+// outside the link's networks: a host behind the namespace, which routes its
+// traffic to us without NAT (containers on a Podman bridge network without
+// firewall rules). No one in the namespace answers ARP or neighbour
+// solicitations for it, so the stack would never reach it; pasta answers
+// every frame to the MAC it came from, and so does the stack now for such
+// senders.
+func (s *Stack) learnSender(src netip.Addr, proto tcpip.NetworkProtocolNumber, pkt *gvstack.PacketBuffer) {
+	plan := &s.cfg.Plan
+	// Addresses of the link's networks are resolved as usual (the
+	// guest answers for its own, SLAAC ones too).
+	if plan.IsGuest(src) || plan.Contains(src) || src.IsUnspecified() || src.IsLinkLocalUnicast() || src.IsMulticast() || s.isOwn(src) {
+		return
+	}
+	if _, ok := s.senders.Load(src); ok {
+		return
+	}
+	mac := srcMAC(pkt)
+	if mac == "" || s.sendersN.Load() >= maxSenders {
+		return
+	}
+	if _, loaded := s.senders.LoadOrStore(src, mac); loaded {
+		return
+	}
+	s.sendersN.Add(1)
+	if err := s.gv.AddStaticNeighbor(nicID, proto, tcpipAddr(src), mac); err != nil {
+		s.logf("stack: neighbour %v at %v: %v", src, mac, err)
+	}
+}
+
+// maxSolicitedGroups bounds the solicited-node groups joinSolicited joins:
+// one per neighbour the guest looks for, on a mirrored network any host.
+const maxSolicitedGroups = 4096
+
+// joinSolicited joins the solicited-node multicast group grp, so that the
+// stack hears (and, spoofing, answers) a multicast neighbour solicitation
+// for an address of a mirrored network that is not its own: a host
+// behind the guest's routes or on its other networks.
+func (s *Stack) joinSolicited(grp netip.Addr) {
+	s.solicitedMu.Lock()
+	defer s.solicitedMu.Unlock()
+	if _, ok := s.solicited[grp]; ok || len(s.solicited) >= maxSolicitedGroups {
+		return
+	}
+	if s.solicited == nil {
+		s.solicited = map[netip.Addr]struct{}{}
+	}
+	if err := s.gv.JoinGroup(header.IPv6ProtocolNumber, nicID, tcpipAddr(grp)); err != nil {
+		s.logf("stack: join %v: %v", grp, err)
+		return
+	}
+	s.solicited[grp] = struct{}{}
 }
 
 // deadGateway reports whether dst is the gateway of a virtual network
@@ -169,7 +226,7 @@ func (s *Stack) answersNeighbor(a netip.Addr) bool {
 // and UDP to it get ICMP net unreachable.
 func (s *Stack) deadGateway(dst netip.Addr) bool {
 	plan := &s.cfg.Plan
-	return !plan.Mirror && (dst == plan.Gateway4 && !plan.HostLoopback4.IsValid() ||
+	return !plan.Mirrored(dst) && (dst == plan.Gateway4 && !plan.HostLoopback4.IsValid() ||
 		dst == plan.Gateway6 && plan.Gateway6.IsValid() && !plan.HostLoopback6.IsValid())
 }
 
@@ -194,6 +251,7 @@ func (s *Stack) filterIPv4(pkt *gvstack.PacketBuffer) bool {
 	if s.spoofed(src) {
 		return true
 	}
+	s.learnSender(src, header.IPv4ProtocolNumber, pkt)
 	firstFragment := ip.FragmentOffset() == 0
 	fragmented := ip.More() || !firstFragment
 
@@ -257,6 +315,7 @@ func (s *Stack) filterIPv6(pkt *gvstack.PacketBuffer) bool {
 	if s.spoofed(src) {
 		return true
 	}
+	s.learnSender(src, header.IPv6ProtocolNumber, pkt)
 
 	switch tcpip.TransportProtocolNumber(ip.NextHeader()) {
 	case ipv6HopByHop, ipv6Routing, ipv6Fragment, ipv6DestOpts:
@@ -287,7 +346,19 @@ func (s *Stack) filterIPv6(pkt *gvstack.PacketBuffer) bool {
 				return false
 			}
 			target := netip.AddrFrom16([16]byte(b[hl+8 : hl+24]))
-			return !s.answersNeighbor(target)
+			if !s.answersNeighbor(target) {
+				return true
+			}
+			if src.IsUnspecified() && !s.isOwn(target) {
+				// Duplicate address detection of an address of the
+				// guest's (its link-local one, say): no one else has it.
+				// pasta answers no solicitation from ::.
+				return true
+			}
+			if dst.IsMulticast() {
+				s.joinSolicited(dst)
+			}
+			return false
 		case header.ICMPv6EchoRequest:
 			if s.isOwn(dst) {
 				return false

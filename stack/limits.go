@@ -64,6 +64,12 @@ type Limits struct {
 	// Frames from any other source are dropped at the link filter, and
 	// counted (they are not flows: nothing answers them).
 	AllowSources []netip.Prefix
+	// AnySource turns the source check off: frames from any address are
+	// served, as pasta serves them (a host behind the namespace, such as
+	// a container on a Podman bridge network without NAT, is answered;
+	// see learnSender). The other limits still bound what such frames
+	// can make the stack hold.
+	AnySource bool
 }
 
 // Defaults of Limits.

@@ -15,7 +15,9 @@ import (
 // (on a mirrored plan, the host's own, whose address the guest has),
 // link-local, the unspecified address (DHCP, duplicate address detection)
 // and the prefixes the user routes through the namespace
-// (Limits.AllowSources).
+// (Limits.AllowSources). pasta checks nothing and answers senders behind
+// the namespace (learnSender); its front end turns the check off
+// (Limits.AnySource) unless --allow-source is given.
 
 var (
 	linkLocal4 = netip.MustParsePrefix("169.254.0.0/16")
@@ -36,6 +38,10 @@ func sourcePrefixes(c *Config) (v4, v6 []netip.Prefix) {
 	if plan.Guest6.IsValid() && !plan.Net6.Contains(plan.Guest6) {
 		v6 = append(v6, netip.PrefixFrom(plan.Guest6, 128))
 	}
+	// Every network of the guest's addresses (pasta's --config-net copies
+	// all of the template's).
+	v4 = append(v4, maskedAll(plan.GuestAddrs(false))...)
+	v6 = append(v6, maskedAll(plan.GuestAddrs(true))...)
 	for _, p := range c.Limits.AllowSources {
 		p = p.Masked()
 		if p.Addr().Is4() {
@@ -45,6 +51,14 @@ func sourcePrefixes(c *Config) (v4, v6 []netip.Prefix) {
 		}
 	}
 	return v4, v6
+}
+
+func maskedAll(ps []netip.Prefix) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, p.Masked())
+	}
+	return out
 }
 
 // sourceAllowed reports whether the guest may send from a.
@@ -66,7 +80,7 @@ func (s *Stack) sourceAllowed(a netip.Addr) bool {
 
 // spoofed counts and reports a frame from a source the guest may not use.
 func (s *Stack) spoofed(a netip.Addr) bool {
-	if s.sourceAllowed(a) {
+	if s.cfg.Limits.AnySource || s.sourceAllowed(a) {
 		return false
 	}
 	s.refuse(SpoofedSource, 1)

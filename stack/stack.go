@@ -265,6 +265,15 @@ type Stack struct {
 	// (source.go).
 	sources4, sources6 []netip.Prefix
 
+	// senders are the foreign senders learnSender made neighbours of.
+	senders  sync.Map // netip.Addr → tcpip.LinkAddress
+	sendersN atomic.Int64
+
+	// solicited are the solicited-node groups joined for a mirrored
+	// network's neighbours (joinSolicited).
+	solicitedMu sync.Mutex
+	solicited   map[netip.Addr]struct{} // guarded by solicitedMu
+
 	started  atomic.Bool
 	teardown sync.Once
 	done     chan struct{} // closed when teardown has finished

@@ -68,6 +68,12 @@ type options struct {
 	// publishErr says which option publish[i] came from when it cannot
 	// be bound; nil: slirp4netns's --publish.
 	publishErr func(i int, err error) error
+	// runAs is who the process becomes once the network is ready and
+	// every host port bound (pasta's --runas), when it does that itself:
+	// the sandbox's re-executed image has switched before Go started.
+	runAs *runAs
+	// publishMany are forwards of every port but some (pasta's "-t ~25").
+	publishMany []manyForward
 
 	help, version bool
 

@@ -45,6 +45,30 @@ func TestLimitFlagsBothCommandLines(t *testing.T) {
 	}
 }
 
+// TestPastaSourceCheck: pasta's front end serves any source unless
+// --allow-source is given.
+func TestPastaSourceCheck(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		any  bool
+	}{
+		{nil, true},
+		{[]string{"--allow-source", "10.89.0.0/16"}, false},
+	} {
+		po, err := pasta.Parse("pasta", append(tc.args, "--config-net", "--", "true"), pasta.WithExtra(pastaExtra...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		o, _, err := pastaOptions(po, hostTemplate)
+		if err != nil {
+			t.Fatalf("%q: %v", tc.args, err)
+		}
+		if o.limits.AnySource != tc.any {
+			t.Errorf("%q: AnySource = %v, want %v", tc.args, o.limits.AnySource, tc.any)
+		}
+	}
+}
+
 func TestLimitFlagsErrors(t *testing.T) {
 	for _, args := range [][]string{
 		{"--udp-flows", "0"}, {"--udp-sockets", "x"}, {"--udp-buffers", "-1"},

@@ -137,19 +137,21 @@ func prepare(ctx context.Context, o *options, t nsjoin.Target, out output) (_ *p
 		LoopbackUp: o.loopbackUp,
 	}
 	if o.configure {
-		req.Config = tap.Config{
-			MTU:     o.mtu,
-			MAC:     o.mac,
-			Addr:    netip.PrefixFrom(o.plan.Guest4, o.plan.Net4.Bits()),
-			Gateway: o.plan.Gateway4,
+		req.Config = tap.Config{MTU: o.mtu, MAC: o.mac, Gateway: o.plan.Gateway4, NoBroadcast: o.plan.NoBroadcast4}
+		v4, v6 := !o.ipv6Only, o.plan.Guest6.IsValid() // pasta's guest does not make its own IPv6 address
+		if v4 {
+			req.Config.Addrs = o.plan.GuestAddrs(false)
+		} else {
+			req.Config.Gateway = netip.Addr{}
 		}
-		if o.ipv6Only {
-			req.Config.Addr, req.Config.Gateway = netip.Prefix{}, netip.Addr{}
-		}
-		if o.plan.Guest6.IsValid() {
-			// A guest that does not make its own address (pasta's).
-			req.Config.Addr6 = netip.PrefixFrom(o.plan.Guest6, o.plan.Net6.Bits())
+		if v6 {
+			req.Config.Addrs = append(req.Config.Addrs, o.plan.GuestAddrs(true)...)
 			req.Config.Gateway6 = o.plan.Gateway6
+		}
+		for _, r := range o.plan.Routes {
+			if r.Dst.Addr().Is4() && v4 || r.Dst.Addr().Is6() && v6 {
+				req.Config.Routes = append(req.Config.Routes, r)
+			}
 		}
 	}
 	opened, err := nsjoin.OpenTap(ctx, t, req)
@@ -303,6 +305,14 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 			return fmt.Errorf("--publish: %w", err)
 		}
 	}
+	// After the others: a port they bound is one these skip.
+	for _, m := range o.publishMany {
+		if _, err := reg.AddMany(ctx, m.many); err != nil {
+			st.Close()
+			closeRegistry(reg)
+			return m.err(err)
+		}
+	}
 	var api *apisock.Server
 	if p.api != nil {
 		acfg := apisock.Config{Path: o.apiSocket, Listener: p.api, Forwarder: reg, Logf: logf,
@@ -375,7 +385,7 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 				Hosts: []netip.Addr{netip.IPv4Unspecified()}, // one Add per port; nsLoopAuto listens on both loopbacks
 				// Not the ports forwarded the other way: they are
 				// our own listeners, and would loop.
-				Skip:      func(proto string, port uint16) bool { return forwardsHostPort(reg, proto, port) },
+				Skip:      reg.Forwards,
 				Forwarder: loops,
 				Logf:      logf,
 			})
@@ -420,6 +430,11 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		}
 		p.ready.Close()
 		p.ready = nil
+	}
+	if o.runAs != nil {
+		if err := o.runAs.drop(); err != nil {
+			cancel(err)
+		}
 	}
 	if onReady != nil {
 		if err := onReady(); err != nil {
@@ -611,7 +626,7 @@ func autoConfig(o *options, files []*os.File, reg *portfwd.Registry, logf func(s
 // the namespace: a forward given, auto, or added through the API (the
 // local path), or one from the namespace's loopback (-T, -U).
 func (o *options) needsBroker() bool {
-	local := o.splice && (len(o.publish) > 0 || o.autoTCP || o.autoUDP || o.apiSocket != "")
+	local := o.splice && (len(o.publish) > 0 || len(o.publishMany) > 0 || o.autoTCP || o.autoUDP || o.apiSocket != "")
 	return local || len(o.nsToHost) > 0 || len(o.nsToHostUDP) > 0 || o.nsAutoTCP || o.nsAutoUDP
 }
 
@@ -672,17 +687,6 @@ func (a *nsLoopAuto) Remove(id int) error {
 		s.Close()
 	}
 	return nil
-}
-
-// forwardsHostPort reports whether a forward of proto into the namespace
-// listens on port of the host.
-func forwardsHostPort(reg *portfwd.Registry, proto string, port uint16) bool {
-	for _, e := range reg.List() {
-		if e.Proto == proto && e.HostPort == port {
-			return true
-		}
-	}
-	return false
 }
 
 // loopbackOf is the loopback address of a's family.
