@@ -11,7 +11,8 @@
 //
 //	namespace ─tap fd─► link.Tap ─► ethernet ─► filter.go ─► gVisor NIC (promiscuous, spoofing)
 //
-// filter.go sees every frame from the guest first. It answers or drops what
+// filter.go sees every frame from the guest first. It drops frames from
+// sources outside the virtual network (source.go), answers or drops what
 // gVisor would get wrong as a transparent proxy (ARP and neighbor
 // solicitations for foreign addresses, echo to any address), sends ICMP
 // echo to ping.go, UDP of known flows to udpfast.go, DHCPv6 to dhcp6.go,
@@ -23,8 +24,9 @@
 //	             tcplimit.go bounds the attempts and connections
 //	udp.go       guest UDP: one host socket per guest port, one gVisor
 //	             endpoint per remote; udpfast.go writes known flows' datagrams
-//	             from the filter; udperr.go turns host ICMP errors into ICMP
-//	ping.go      ICMP echo → an unprivileged host ping socket
+//	             from the filter; udperr.go turns host ICMP errors into ICMP;
+//	             udplimits.go bounds the flows, ports and buffers
+//	ping.go      ICMP echo → an unprivileged host ping socket, bounded
 //	route.go     where a flow may go: the single place that keeps traffic for
 //	             the virtual network off the host's network
 //	hostsock.go  every host socket of a flow is opened here
