@@ -43,7 +43,7 @@ func TestObserve(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the held connection never arrived")
 	}
-	checkPing(t, tg, "10.0.2.2")
+	checkPing(t, tg, suite.inet4) // a ping flow (the gateway's echo is answered by usernet itself)
 
 	reply, err := apiUserExchange(t, sock, `{"execute":"get_stats"}`)
 	var stats struct {
@@ -84,12 +84,12 @@ func TestObserve(t *testing.T) {
 	echo := 0
 	for _, r := range recs {
 		f := r.Data
-		// Ethernet, IPv4, ICMP echo request to 10.0.2.2.
-		if len(f) > 34 && f[12] == 0x08 && f[13] == 0 && f[23] == 1 && bytes.Equal(f[30:34], []byte{10, 0, 2, 2}) && f[34] == 8 {
+		// Ethernet, IPv4, ICMP echo request to the fake internet.
+		if len(f) > 34 && f[12] == 0x08 && f[13] == 0 && f[23] == 1 && bytes.Equal(f[30:34], net.ParseIP(suite.inet4).To4()) && f[34] == 8 {
 			echo++
 		}
 	}
 	if echo == 0 {
-		t.Errorf("the live capture has %d frames, none the echo request to 10.0.2.2", len(recs))
+		t.Errorf("the live capture has %d frames, none the echo request to %s", len(recs), suite.inet4)
 	}
 }

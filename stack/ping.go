@@ -32,6 +32,7 @@ type pingFlow struct {
 	ctx    context.Context
 	cancel context.CancelFunc // ends the flow (idle, evicted, shutdown)
 	last   atomic.Int64       // traffic last seen, pingTable.now
+	rec    *flowRec           // the flow in the live registry (flows.go)
 
 	mu    sync.Mutex
 	mac   tcpip.LinkAddress // guarded by mu; the guest's, for replies
@@ -84,7 +85,8 @@ func (s *Stack) forwardPing(src, dst netip.Addr, mac tcpip.LinkAddress, icmp []b
 	if v != forward {
 		return // the virtual network, multicast, broadcast...: silence
 	}
-	if denied, _ := s.egressDenied(policy.ICMP, hostDst); denied {
+	denied, rule := s.egressDenied(policy.ICMP, hostDst)
+	if denied {
 		s.prohibitPing(src, dst, mac, icmp)
 		return
 	}
@@ -111,6 +113,7 @@ func (s *Stack) forwardPing(src, dst netip.Addr, mac tcpip.LinkAddress, icmp []b
 		f = &pingFlow{reqs: make(chan []byte, 16)}
 		f.ctx, f.cancel = context.WithCancel(s.ctx)
 		f.last.Store(s.ping.now())
+		f.rec = s.trackFlow(policy.ICMP, netip.AddrPortFrom(src, key.id), netip.AddrPortFrom(dst, 0), hostDst, rule, f.cancel)
 		s.ping.flows[key] = f
 		go func() {
 			defer s.flows.leave()
@@ -134,6 +137,7 @@ func (s *Stack) forwardPing(src, dst netip.Addr, mac tcpip.LinkAddress, icmp []b
 func (s *Stack) servePing(key pingKey, f *pingFlow) {
 	defer func() {
 		f.cancel()
+		s.untrackFlow(f.rec)
 		s.ping.mu.Lock()
 		if s.ping.flows[key] == f {
 			delete(s.ping.flows, key)
@@ -175,6 +179,7 @@ func (s *Stack) servePing(key pingKey, f *pingFlow) {
 		for {
 			err := recvPooled(rc, func(b []byte, _ unix.Sockaddr) {
 				f.last.Store(s.ping.now())
+				f.rec.in.Add(uint64(len(b)))
 				f.mu.Lock()
 				mac := f.mac
 				f.mu.Unlock()
@@ -198,6 +203,7 @@ func (s *Stack) servePing(key pingKey, f *pingFlow) {
 			return
 		case m := <-f.reqs:
 			conn.Write(m)
+			f.rec.out.Add(uint64(len(m)))
 		}
 	}
 }

@@ -44,7 +44,8 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 	if v != forward {
 		return true // drop: reject, silent, and unreachable (already sent by the link filter)
 	}
-	if denied, _ := s.egressDenied(policy.UDP, hostDst); denied {
+	denied, rule := s.egressDenied(policy.UDP, hostDst)
+	if denied {
 		s.prohibitUDP(src, dst)
 		return true
 	}
@@ -102,7 +103,7 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 			s.flows.leave()
 			return
 		}
-		s.startUDPFlow(port, ep, &wq, dst, to, idle, false, rcv)
+		s.startUDPFlow(port, ep, &wq, dst, to, idle, false, rcv, rule)
 	}()
 	return true
 }
@@ -174,6 +175,8 @@ type udpFlow struct {
 	ended   bool        // guarded by mu
 	// hostFirst: made by the port's reader, counted in udpPort.hostFirst.
 	hostFirst bool
+	// rec is the flow in the live registry (flows.go), with its bytes.
+	rec *flowRec
 }
 
 // touch notes traffic: the idle timer reads it when it fires.
@@ -248,6 +251,7 @@ func (s *Stack) readUDPPort(p *udpPort) {
 			}
 			if f != nil {
 				f.touch(&s.udp)
+				f.rec.in.Add(uint64(len(b)))
 				var r bytes.Reader
 				r.Reset(b)
 				f.ep.Write(&r, tcpip.WriteOptions{})
@@ -324,7 +328,7 @@ func (s *Stack) hostFirstFlow(p *udpPort, from netip.AddrPort) *udpFlow {
 		undo()
 		return nil
 	}
-	return s.startUDPFlow(p, ep, wq, visible, from, s.cfg.udpIdle, true, 0)
+	return s.startUDPFlow(p, ep, wq, visible, from, s.cfg.udpIdle, true, 0, 0)
 }
 
 // startUDPFlow registers a flow with its port (and the fast path), arms
@@ -335,8 +339,9 @@ func (s *Stack) hostFirstFlow(p *udpPort, from netip.AddrPort) *udpFlow {
 // No goroutine waits for the guest's datagrams: the endpoint's readable
 // event starts one (drainUDPFlow) that lives while datagrams are queued,
 // which after the first one is rare (the fast path takes them).
-func (s *Stack) startUDPFlow(p *udpPort, ep tcpip.Endpoint, wq *waiter.Queue, visible, hostDst netip.AddrPort, idle time.Duration, hostFirst bool, rcvBuf int) *udpFlow {
+func (s *Stack) startUDPFlow(p *udpPort, ep tcpip.Endpoint, wq *waiter.Queue, visible, hostDst netip.AddrPort, idle time.Duration, hostFirst bool, rcvBuf, rule int) *udpFlow {
 	f := &udpFlow{port: p, ep: ep, wq: wq, visible: visible, hostDst: hostDst, idle: idle, rcvBuf: rcvBuf, hostFirst: hostFirst}
+	f.rec = s.trackFlow(policy.UDP, p.key.src, visible, hostDst, rule, func() { s.closeUDPFlow(f) })
 	f.slot.Store(true)
 	f.touch(&s.udp)
 	f.timer = time.AfterFunc(idle, func() { s.checkIdle(f) })
@@ -354,7 +359,7 @@ func (s *Stack) startUDPFlow(p *udpPort, ep tcpip.Endpoint, wq *waiter.Queue, vi
 	// by drainUDPFlow.
 	// The key is what the link filter sees on the wire: the guest port
 	// and the remote as the guest addresses it (both plain, unmapped).
-	f.fast, f.fastF = udpFastKey{src: p.key.src, dst: visible}, udpFastFlowOf(p.host, hostDst, func() { f.touch(&s.udp) })
+	f.fast, f.fastF = udpFastKey{src: p.key.src, dst: visible}, udpFastFlowOf(p.host, hostDst, func() { f.touch(&s.udp) }, &f.rec.out)
 	s.udpFast.add(f.fast, f.fastF)
 	stop := context.AfterFunc(s.ctx, func() { s.closeUDPFlow(f) })
 	f.mu.Lock()
@@ -386,6 +391,7 @@ func (s *Stack) drainUDPFlow(f *udpFlow) {
 	for {
 		open := relayQueued(f.ep, func(b []byte) {
 			f.touch(&s.udp)
+			f.rec.out.Add(uint64(len(b)))
 			f.port.host.write(b, f.hostDst)
 		})
 		f.draining.Store(false)
@@ -433,6 +439,7 @@ func (s *Stack) endUDPFlow(f *udpFlow) {
 	s.udp.mu.Lock()
 	delete(s.udp.flows, f)
 	s.udp.mu.Unlock()
+	s.untrackFlow(f.rec)
 	if f.slot.Swap(false) {
 		s.udp.releaseSlot()
 	}
