@@ -64,7 +64,8 @@ func (r *Registry) forwardTCP(f *forward, client net.Conn) {
 		relay.Abort(client) // the client sees a reset, not an empty reply
 		return
 	}
-	relay.Run(ctx, client, guest)
+	f.flows.Add(1)
+	relay.RunCounted(ctx, client, guest, &f.toGuest, &f.fromGuest)
 }
 
 // splice connects to dst from inside the namespace (Config.Splice) within

@@ -85,6 +85,7 @@ func (r *Registry) serveUDP(f *forward) {
 				r.logfUnlessDone(f.ctx, "portfwd: %v: client %v: %v", f.Rule, client, err)
 				continue
 			}
+			f.flows.Add(1)
 			fl = &udpFlow{client: client, conn: conn}
 			fl.touch()
 			flows.mu.Lock()
@@ -92,6 +93,7 @@ func (r *Registry) serveUDP(f *forward) {
 			flows.mu.Unlock()
 			r.wg.Go(func() { r.udpReplies(f, flows, fl) })
 		}
+		f.toGuest.Add(uint64(n))
 		if _, err := fl.conn.Write(buf[:n]); err != nil {
 			r.logfUnlessDone(f.ctx, "portfwd: %v: client %v: send to guest: %v", f.Rule, client, err)
 		}
@@ -149,6 +151,7 @@ func (r *Registry) udpReplies(f *forward, flows *udpFlows, fl *udpFlow) {
 			return
 		}
 		fl.touch()
+		f.fromGuest.Add(uint64(n))
 		if _, err := f.pc.WriteToUDPAddrPort(buf[:n], fl.client); err != nil {
 			r.logfUnlessDone(f.ctx, "portfwd: %v: client %v: send to client: %v", f.Rule, fl.client, err)
 		}

@@ -223,8 +223,10 @@ type Stack struct {
 	refused    refusals
 	refusalLog refusalLogs
 
-	// live are the flows alive now (flows.go).
-	live flowSet
+	// live are the flows alive now (flows.go); hostErrors counts the new
+	// flows whose host socket failed.
+	live       flowSet
+	hostErrors atomic.Uint64
 	// counters reads the tap's frame counts, setCapture replaces its
 	// capture; nil with a test link.
 	counters   func() link.Counters

@@ -90,6 +90,7 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 			port, err = s.acquireUDPPort(src, to)
 		}
 		if err != nil {
+			s.hostErrors.Add(1)
 			ep.Close()
 			s.udp.releaseSlot()
 			s.udp.returnRcvBuf(rcv)
