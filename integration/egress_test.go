@@ -124,3 +124,49 @@ func TestEgressDomains(t *testing.T) {
 		t.Errorf("DNS to the allowed address directly: %q, want EHOSTUNREACH", udp.Err)
 	}
 }
+
+// TestEgressRuleStorm: thousands of rules, and thousands of rule changes
+// over the API while a transfer runs: every call is answered, the
+// transfer arrives whole, and new connections still go through.
+func TestEgressRuleStorm(t *testing.T) {
+	setup(t)
+	usernetOnly(t, "egress policy")
+	t.Parallel()
+	sock := filepath.Join(shortUserDir(t, "st"), "api.sock")
+	tg := newTarget(t)
+	startUsernet(t, tg, usernetOpts{flags: []string{"-c", "--api-socket", sock, "--deny", "192.0.2.1"}})
+	const rules = 3000
+	p, got := hostHashServer(t)
+	done := make(chan struct{})
+	var calls, slowest atomic.Int64
+	go func() {
+		defer close(done)
+		for i := range rules {
+			start := time.Now()
+			req := fmt.Sprintf(`{"execute":"add_rule","arguments":{"rule":{"action":"deny","proto":"tcp","dst":"203.0.%d.%d","ports":"%d"}}}`, i/256, i%256, 1+i%65535)
+			reply, err := apiExchange(sock, req, 10*time.Second)
+			if err != nil || !strings.HasPrefix(reply, `{"return":{"id":`) {
+				t.Errorf("add_rule %d: %q, %v", i, reply, err)
+				return
+			}
+			calls.Add(1)
+			if d := time.Since(start); int64(d) > slowest.Load() {
+				slowest.Store(int64(d))
+			}
+		}
+	}()
+	start := time.Now()
+	checkTCPUp(t, testContext(t, 2*time.Minute), tg, "10.0.2.2:"+p, 256<<20, got)
+	transfer := time.Since(start)
+	<-done
+	t.Logf("%d add_rule calls during a 256 MiB upload (%v); slowest call %v", calls.Load(), transfer.Round(time.Millisecond), time.Duration(slowest.Load()).Round(time.Microsecond))
+	list, err := apiExchange(sock, `{"execute":"list_rules"}`, 10*time.Second)
+	if err != nil || strings.Count(list, `"id":`) != rules+1 {
+		t.Errorf("list_rules after the storm: %d rules, %v", strings.Count(list, `"id":`), err)
+	}
+	// With 3001 rules, a connection is still decided at once.
+	start = time.Now()
+	checkDial(t, tg, "10.0.2.2:"+p, "")
+	checkDial(t, tg, "192.0.2.1:80", "EHOSTUNREACH")
+	t.Logf("two connects with %d rules: %v", rules+1, time.Since(start).Round(time.Millisecond))
+}
