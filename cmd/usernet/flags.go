@@ -120,7 +120,6 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	fs.StringVar(&o.resolvConf, "resolv-conf", "/etc/resolv.conf", "resolv.conf to take the DNS upstream from")
 	fs.StringVar(&o.pcap, "pcap", "", "capture every frame of the tap to a pcap file")
 	addEgressFlags(fs, &o.egress)
-	addTCPLimitFlags(fs, &o.limits)
 	addLimitFlags(fs)
 	fs.String("target-type", "netns", "specify the target type ([netns], default=netns)")
 	fs.BoolVarP(&o.help, "help", "h", false, "show this help and exit")

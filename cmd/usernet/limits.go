@@ -12,9 +12,9 @@ import (
 	"github.com/usernet/usernet/stack"
 )
 
-// The UDP, ping and source limits of what a guest can make usernet hold
-// (stack.Limits), as usernet's own options on both command lines
-// (docs/limits.md); the TCP ones are in limitflags_tcp.go.
+// The limits of what a guest can make usernet hold (stack.Limits), as
+// usernet's own options on both command lines (docs/limits.md):
+// --NAME=VALUE on slirp4netns's, --NAME VALUE among pasta's extras.
 
 // limitFlag is one option that sets a field of stack.Limits.
 type limitFlag struct {
@@ -36,7 +36,32 @@ var limitFlags = func() []limitFlag {
 			return nil
 		}
 	}
+	duration := func(field func(*stack.Limits) *time.Duration) func(*stack.Limits, string) error {
+		return func(l *stack.Limits, arg string) error {
+			d, err := time.ParseDuration(arg)
+			if err != nil || d <= 0 {
+				return fmt.Errorf("want a positive duration such as 10s or 500ms, not %q", arg)
+			}
+			*field(l) = d
+			return nil
+		}
+	}
 	return []limitFlag{
+		{name: "tcp-max-conns", metavar: "N", def: strconv.Itoa(stack.DefaultTCPMaxConns),
+			usage: "TCP connections of the namespace, established and half-open; more are reset",
+			set:   count(func(l *stack.Limits) *int { return &l.TCPMaxConns })},
+		{name: "tcp-max-half-open", metavar: "N", def: strconv.Itoa(stack.DefaultTCPMaxHalfOpen),
+			usage: "TCP connections not yet established; a new one resets the oldest",
+			set:   count(func(l *stack.Limits) *int { return &l.TCPMaxHalfOpen })},
+		{name: "tcp-max-half-open-per-source", metavar: "N", def: strconv.Itoa(stack.DefaultTCPMaxHalfOpenPerSource),
+			usage: "the same, per namespace address",
+			set:   count(func(l *stack.Limits) *int { return &l.TCPMaxHalfOpenPerSource })},
+		{name: "tcp-max-dials-per-dest", metavar: "N", def: strconv.Itoa(stack.DefaultTCPMaxDialsPerDest),
+			usage: "TCP connects in progress to one destination address and port; more are reset",
+			set:   count(func(l *stack.Limits) *int { return &l.TCPMaxDialsPerDest })},
+		{name: "tcp-handshake-timeout", metavar: "DURATION", def: stack.DefaultTCPHandshakeTimeout.String(),
+			usage: "time the namespace has to complete a TCP handshake once the host connected",
+			set:   duration(func(l *stack.Limits) *time.Duration { return &l.TCPHandshakeTimeout })},
 		{name: "udp-flows", metavar: "N", usage: "most UDP flows (guest port, remote) at once", def: strconv.Itoa(def.UDPFlows),
 			set: count(func(l *stack.Limits) *int { return &l.UDPFlows })},
 		{name: "udp-sockets", metavar: "N", usage: "most host UDP sockets, one per guest UDP port", def: strconv.Itoa(def.UDPPorts),
@@ -139,7 +164,6 @@ func pastaLimitOptions() []pasta.ExtraOption {
 	var out []pasta.ExtraOption
 	for _, f := range limitFlags {
 		var scratch stack.Limits
-		// As the TCP limits' (limitflags_tcp.go).
 		usage := fmt.Sprintf("  --%s %s\n\t\t\t%s (usernet", f.name, f.metavar, f.usage)
 		if f.def != "" {
 			usage += "; default " + f.def

@@ -40,7 +40,7 @@ var (
 var pastaExtra = append([]pasta.ExtraOption{
 	{Name: "api-socket", HasArg: true, Usage: "  --api-socket PATH\tserve slirp4netns's port forwarding API on a unix socket (usernet)\n"},
 	{Name: "no-sandbox", Usage: "  --no-sandbox\t\tdo not confine the process (usernet; by default it is, as pasta confines itself)\n"},
-}, append(append(pastaEgressExtra(), tcpLimitExtras()...), pastaLimitOptions()...)...)
+}, append(pastaEgressExtra(), pastaLimitOptions()...)...)
 
 // pastaEgressExtra are the egress policy's flags on pasta's command line.
 func pastaEgressExtra() []pasta.ExtraOption {
@@ -226,9 +226,6 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 		}
 	}
 	o.pcap = po.Pcap
-	if err := pastaTCPLimits(po, &o.limits); err != nil {
-		return nil, t, err
-	}
 	if po.NsMACGiven {
 		o.mac = po.NsMAC[:]
 	}

@@ -47,11 +47,8 @@ func TestPastaTCPLimitFlags(t *testing.T) {
 	if !reflect.DeepEqual(o.limits, want) {
 		t.Errorf("limits %+v, want %+v", o.limits, want)
 	}
-	po, err := pasta.Parse("pasta", []string{"--tcp-max-conns", "0", "1"}, pasta.WithExtra(pastaExtra...))
-	if err != nil {
-		t.Fatalf("pasta.Parse: %v", err)
-	}
-	if _, _, err := pastaOptions(po, hostTemplate); err == nil || !strings.Contains(err.Error(), "--tcp-max-conns 0") {
+	// Checked while parsing, in pasta's order of errors.
+	if _, err := pasta.Parse("pasta", []string{"--tcp-max-conns", "0", "1"}, pasta.WithExtra(pastaExtra...)); err == nil || !strings.Contains(err.Error(), "--tcp-max-conns") {
 		t.Errorf("--tcp-max-conns 0: %v, want an error naming it", err)
 	}
 }
