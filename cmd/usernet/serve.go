@@ -272,7 +272,8 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 	}
 	p.tap = nil // the stack owns it now
 	// --pcap and the API's live captures; installed before Run reads a frame.
-	captures := &captureHub{set: st.SetCapture}
+	captures := &captureHub{set: st.SetCapture, logf: logf, sandboxed: sandboxConfig(o).Enabled()}
+	defer captures.stopAll()
 	if capture != nil {
 		captures.add(capture)
 	}
