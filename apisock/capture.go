@@ -15,9 +15,13 @@ import (
 // is written to a file by usernet, so a capture works in the sandbox.
 
 // Capturer streams the tap's frames in pcap format to w until ctx ends or
-// a write fails. It must never stall the data path for a slow w.
+// a write fails; it must never stall the data path for a slow w. Start
+// and Stop run a capture into a file that usernet itself creates
+// (start_capture, stop_capture), where its sandbox allows that.
 type Capturer interface {
 	Stream(ctx context.Context, w io.Writer) error
+	Start(path string) (id int, err error)
+	Stop(id int) error
 }
 
 const maxCaptures = 4

@@ -31,6 +31,31 @@ type Stats interface {
 // extra answers execute if it is one of usernet's commands; ok is false for
 // a command it does not know (or whose part the server lacks).
 func (s *Server) extra(execute string, args map[string]json.RawMessage) (reply []byte, ok bool) {
+	if c := s.cfg.Capture; c != nil {
+		switch execute {
+		case "start_capture":
+			path, ok := stringArg(args["path"])
+			if !ok || path == "" {
+				return descReply("start_capture: bad path"), true
+			}
+			id, err := c.Start(path)
+			if err != nil {
+				return descReply("start_capture: " + err.Error()), true
+			}
+			return returnReply(struct {
+				ID int `json:"id"`
+			}{id}), true
+		case "stop_capture":
+			id, ok := intArg(args["id"], 1, math.MaxInt32)
+			if !ok {
+				return descReply("stop_capture: bad id"), true
+			}
+			if err := c.Stop(int(id)); err != nil {
+				return descReply("stop_capture: " + err.Error()), true
+			}
+			return []byte(replyEmpty), true
+		}
+	}
 	if st := s.cfg.Stats; st != nil {
 		switch execute {
 		case "get_stats":

@@ -21,6 +21,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/usernet/usernet/internal/ratelog"
 )
 
 const (
@@ -101,8 +103,8 @@ type Forwarder struct {
 	udpDropped  atomic.Uint64 // UDP queries dropped because udpSem was full
 	tcpRejected atomic.Uint64 // TCP connections closed because tcpSem was full
 
-	dropLog     logLimiter // for udpDropped/tcpRejected
-	upstreamLog logLimiter // for upstream failures
+	dropLog     ratelog.Every // for udpDropped/tcpRejected
+	upstreamLog ratelog.Every // for upstream failures
 }
 
 // New validates cfg and returns a Forwarder. It opens no socket and starts
@@ -297,17 +299,6 @@ func (i *interruptible) release() {
 	if !i.stop() {
 		<-i.done
 	}
-}
-
-// logLimiter lets one log line through per logEvery.
-type logLimiter struct {
-	next atomic.Int64 // unix nanoseconds before which lines are dropped
-}
-
-func (l *logLimiter) allow() bool {
-	now := time.Now().UnixNano()
-	n := l.next.Load()
-	return now >= n && l.next.CompareAndSwap(n, now+int64(logEvery))
 }
 
 // pause waits before retrying a failed read or accept: 5 ms, doubling up

@@ -48,7 +48,7 @@ func (f *Forwarder) serveTCP(ctx context.Context, wg *sync.WaitGroup, ln net.Lis
 			// client, a test) must find it counted.
 			f.tcpRejected.Add(1)
 			c.Close()
-			if f.dropLog.allow() {
+			if f.dropLog.Allow(logEvery) {
 				f.logf("dns: closing new TCP connections: %d open (%d closed so far)", cap(f.tcpSem), f.tcpRejected.Load())
 			}
 			continue
@@ -87,7 +87,7 @@ func (f *Forwarder) serveTCPConn(ctx context.Context, c net.Conn) {
 			to := f.upstreamForQuery()
 			reply, err = f.exchangeTCP(ctx, &up, to, q, deadline)
 			if err != nil {
-				if ctx.Err() == nil && f.upstreamLog.allow() {
+				if ctx.Err() == nil && f.upstreamLog.Allow(logEvery) {
 					f.logf("dns: tcp query to %v: %v", to, err)
 				}
 				return

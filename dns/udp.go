@@ -63,7 +63,7 @@ func (f *Forwarder) startUDPQuery(ctx context.Context, wg *sync.WaitGroup, pc ne
 	case f.udpSem <- struct{}{}:
 	default:
 		f.udpDropped.Add(1)
-		if f.dropLog.allow() {
+		if f.dropLog.Allow(logEvery) {
 			f.logf("dns: dropping UDP queries: %d in flight (%d dropped so far)", cap(f.udpSem), f.udpDropped.Load())
 		}
 		return
@@ -89,7 +89,7 @@ func (f *Forwarder) relayUDP(ctx context.Context, pc net.PacketConn, q []byte, c
 		var err error
 		reply, err = f.exchangeUDP(qctx, up, q, *bufp)
 		if err != nil {
-			if ctx.Err() == nil && f.upstreamLog.allow() {
+			if ctx.Err() == nil && f.upstreamLog.Allow(logEvery) {
 				f.logf("dns: udp query to %v: %v", up, err)
 			}
 			return

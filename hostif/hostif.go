@@ -5,14 +5,18 @@
 // copies them into the namespace so that it sees the host's own
 // addresses.
 //
+// It also lists what pasta's --config-net copies: every address of the
+// template interface and every main-table route through it.
+//
 // It reads netlink only and owns nothing. It must not import gVisor or
-// any other usernet package.
+// any usernet package but netplan, whose Route it fills.
 package hostif
 
 import (
 	"fmt"
 	"net/netip"
 
+	"github.com/usernet/usernet/netplan"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -31,6 +35,17 @@ type Family struct {
 	Gateway netip.Addr
 	// LinkLocal is the interface's IPv6 link-local address.
 	LinkLocal netip.Addr
+	// Addrs are the interface's addresses of this family that are not
+	// link-local nor deprecated, with their prefixes, in the kernel's
+	// order (Addr among them).
+	Addrs []netip.Prefix
+	// NoBroadcast says Addr has no broadcast address (IPv4).
+	NoBroadcast bool
+	// Routes are the main table's routes of this family out of the
+	// interface, in the kernel's order, without their preferred source
+	// (the namespace's addresses may differ). Multipath routes are left
+	// out, as pasta leaves out routes with a nexthop elsewhere.
+	Routes []netplan.Route
 }
 
 // Template is the host's template for both families.
@@ -94,11 +109,38 @@ func find(family int, ifname string) (Family, error) {
 		case a.Flags&unix.IFA_F_DEPRECATED != 0, ip.Is6() && a.Scope != unix.RT_SCOPE_UNIVERSE:
 			continue
 		}
+		p := netip.PrefixFrom(ip, bits)
+		f.Addrs = append(f.Addrs, p)
 		if !f.Addr.IsValid() || bits > f.Addr.Bits() {
-			f.Addr = netip.PrefixFrom(ip, bits)
+			f.Addr, f.NoBroadcast = p, ip.Is4() && a.Broadcast == nil
 		}
 	}
+	for _, r := range routes {
+		if r.LinkIndex != idx || len(r.MultiPath) > 0 {
+			continue
+		}
+		f.Routes = append(f.Routes, copyRoute(r, family))
+	}
 	return f, nil
+}
+
+// copyRoute turns one of the host's routes into the plan's terms.
+func copyRoute(r netlink.Route, family int) netplan.Route {
+	dst := netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+	if family == netlink.FAMILY_V6 {
+		dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+	}
+	if r.Dst != nil {
+		if a, ok := netip.AddrFromSlice(r.Dst.IP); ok {
+			bits, _ := r.Dst.Mask.Size()
+			dst = netip.PrefixFrom(a.Unmap(), bits)
+		}
+	}
+	gw, _ := netip.AddrFromSlice(r.Gw)
+	return netplan.Route{
+		Dst: dst, Gateway: gw.Unmap(), Metric: r.Priority,
+		Protocol: int(r.Protocol), Scope: int(r.Scope), Type: r.Type, Flags: r.Flags,
+	}
 }
 
 // pick returns the interface index and gateway of the first default route

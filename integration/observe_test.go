@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -43,7 +44,7 @@ func TestObserve(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the held connection never arrived")
 	}
-	checkPing(t, tg, "10.0.2.2")
+	checkPing(t, tg, suite.inet4) // a ping flow (the gateway's echo is answered by usernet itself)
 
 	reply, err := apiUserExchange(t, sock, `{"execute":"get_stats"}`)
 	var stats struct {
@@ -84,12 +85,52 @@ func TestObserve(t *testing.T) {
 	echo := 0
 	for _, r := range recs {
 		f := r.Data
-		// Ethernet, IPv4, ICMP echo request to 10.0.2.2.
-		if len(f) > 34 && f[12] == 0x08 && f[13] == 0 && f[23] == 1 && bytes.Equal(f[30:34], []byte{10, 0, 2, 2}) && f[34] == 8 {
+		// Ethernet, IPv4, ICMP echo request to the fake internet.
+		if len(f) > 34 && f[12] == 0x08 && f[13] == 0 && f[23] == 1 && bytes.Equal(f[30:34], net.ParseIP(suite.inet4).To4()) && f[34] == 8 {
 			echo++
 		}
 	}
 	if echo == 0 {
-		t.Errorf("the live capture has %d frames, none the echo request to 10.0.2.2", len(recs))
+		t.Errorf("the live capture has %d frames, none the echo request to %s", len(recs), suite.inet4)
+	}
+}
+
+// TestCaptureFile: start_capture writes a pcap file of the tap until
+// stop_capture; a sandboxed usernet refuses it (it may create no file)
+// and points to the stream.
+func TestCaptureFile(t *testing.T) {
+	setup(t)
+	usernetOnly(t, "live capture")
+	t.Parallel()
+	dir := shortUserDir(t, "cf")
+	sock := filepath.Join(dir, "api.sock")
+	tg := newTarget(t)
+	startUsernet(t, tg, usernetOpts{flags: []string{"-c", "--api-socket", sock}})
+	capFile := filepath.Join(dir, "file.pcap")
+	reply, err := apiExchange(sock, `{"execute":"start_capture","arguments":{"path":"`+capFile+`"}}`, 10*time.Second)
+	if err != nil || reply != `{"return":{"id":1}}` {
+		t.Fatalf("start_capture: %q, %v", reply, err)
+	}
+	if reply, _ := apiExchange(sock, `{"execute":"start_capture","arguments":{"path":"`+capFile+`"}}`, 10*time.Second); !strings.Contains(reply, "file exists") {
+		t.Errorf("start_capture on an existing file: %q", reply)
+	}
+	checkPing(t, tg, suite.inet4)
+	if reply, err := apiExchange(sock, `{"execute":"stop_capture","arguments":{"id":1}}`, 10*time.Second); err != nil || reply != `{"return":{}}` {
+		t.Fatalf("stop_capture: %q, %v", reply, err)
+	}
+	b, err := os.ReadFile(capFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := pcap.ReadAll(bytes.NewReader(b))
+	if err != nil || len(recs) == 0 {
+		t.Errorf("the capture file: %d frames, %v", len(recs), err)
+	}
+
+	sandboxed := filepath.Join(dir, "sb.sock")
+	tg2 := newTarget(t)
+	startUsernet(t, tg2, usernetOpts{flags: []string{"-c", "--enable-sandbox", "--api-socket", sandboxed}})
+	if reply, err := apiUserExchange(t, sandboxed, `{"execute":"start_capture","arguments":{"path":"`+filepath.Join(dir, "x.pcap")+`"}}`); err != nil || !strings.Contains(reply, "usernet capture") {
+		t.Errorf("start_capture in the sandbox: %q, %v; want the error that points to the stream", reply, err)
 	}
 }

@@ -189,6 +189,9 @@ helper_binaries_dir = [%q, "/usr/libexec/podman", "/usr/lib/podman"]
 
 [network]
 default_rootless_network_cmd = "pasta"
+# Bridge networks (podman network create): the root has no nft nor iptables for netavark's
+# rules, and needs none (rootlessport publishes ports, pasta proxies every flow).
+firewall_driver = "none"
 `, peer.dir)
 	e := &pastaPodman{root: root, peer: peer, podmanEnv: *podmanConfig(t, conf, rootPath, "PODMAN_IGNORE_CGROUPSV1_WARNING=1")}
 	dir := e.dir
@@ -569,6 +572,72 @@ func TestPastaPodman(t *testing.T) {
 					t.Errorf("a request from the host's 127.0.0.1 came from %s inside; want %s (the container's own address)", got, want)
 				}
 			})
+
+			// A network of its own (podman network create): rootless Podman runs the
+			// container in a bridge inside its rootless-netns, which pasta serves, started
+			// with --pid FILE (Podman reads the daemon's PID there); published ports go
+			// through rootlessport, not pasta.
+			t.Run("bridge-network", func(t *testing.T) {
+				const network = "un-bridge"
+				// No aardvark-dns in the root: no DNS on the network.
+				if out, err := e.podman(ctx, "network", "create", "--disable-dns", network); err != nil {
+					t.Fatalf("%v\n%s", err, out)
+				}
+				t.Cleanup(func() {
+					cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+					defer cancel()
+					e.podman(cctx, "rm", "--force", "--time", "0", "bridged")
+					if out, err := e.podman(cctx, "network", "rm", "--force", network); err != nil {
+						t.Logf("%v\n%s", err, out)
+					}
+				})
+				p := freePort(t, "tcp")
+				out, err := e.podman(ctx, "run", "-d", "--name", "bridged", "--pull=never", "--network", network,
+					"-p", fmt.Sprintf("127.0.0.1:%d:80", p), "-v", e.www+":/www:ro", podmanImage, "/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www")
+				if err != nil {
+					t.Fatalf("%v\n%s", err, out)
+				}
+				netns := findProcs(func(argv []string, _ int) bool {
+					return isPasta(argv) && slices.ContainsFunc(argv, func(a string) bool { return strings.HasSuffix(a, "/rootless-netns") })
+				})
+				if len(netns) == 0 {
+					t.Fatal("a container on a bridge network runs, but no pasta serves the rootless-netns")
+				}
+				helper := withDescendants(netns)
+				if len(helper) > 1 {
+					t.Logf("rootless-netns: %d pasta processes", len(helper))
+				}
+				// Published: rootlessport into the bridge.
+				base := fmt.Sprintf("http://127.0.0.1:%d", p)
+				waitHTTP(t, ctx, base+"/ok")
+				e.fetchBlob(t, ctx, base)
+				// Out: a server on the host's own address through host.containers.internal
+				// (pasta's --map-guest-addr, reached through the bridge and the
+				// rootless-netns), and one in the fake internet.
+				ln := listenTCP(t, net.JoinHostPort(host4.String(), "0"))
+				srv := &http.Server{Handler: http.FileServer(http.Dir(e.www))}
+				go srv.Serve(ln)
+				t.Cleanup(func() { srv.Close() })
+				far := inetListenTCP(t, net.JoinHostPort(os.Getenv("USERNET_INET4"), "0"))
+				fsrv := &http.Server{Handler: http.FileServer(http.Dir(e.www))}
+				go fsrv.Serve(far)
+				t.Cleanup(func() { fsrv.Close() })
+				for _, url := range []string{
+					fmt.Sprintf("http://host.containers.internal:%s/blob", port(ln.Addr())),
+					fmt.Sprintf("http://%s/blob", far.Addr()),
+				} {
+					out := e.exec(t, ctx, "bridged", "sh", "-c", "wget -q -T 20 -O - "+url+" | sha256sum")
+					if f := strings.Fields(out); len(f) == 0 || f[0] != e.sha {
+						t.Errorf("in the bridged container, sha256 of %s = %q; want %s", url, out, e.sha)
+					}
+				}
+				// Teardown: with its last container gone, Podman ends the rootless-netns
+				// (SIGTERM to the PID file's process) and its pasta goes.
+				if out, err := e.podman(ctx, "rm", "--force", "--time", "0", "bridged"); err != nil {
+					t.Fatalf("%v\n%s", err, out)
+				}
+				waitGone(t, helper, 10*time.Second, "after the last container of the bridge network was removed")
+			})
 		})
 	}
 }
@@ -698,13 +767,18 @@ func TestPastaRootlesskit(t *testing.T) {
 			for _, v := range []struct {
 				name, driver string
 				noLoopback   bool // --disable-host-loopback: pasta gets --no-map-gw
-			}{{"implicit", "implicit", false}, {"none", "none", false}, {"disable-host-loopback", "implicit", true}} {
+				ipv6         bool // --ipv6: pasta does not get --ipv4-only
+			}{{"implicit", "implicit", false, false}, {"none", "none", false, false},
+				{"disable-host-loopback", "implicit", true, false}, {"ipv6", "implicit", false, true}} {
 				driver := v.driver
 				t.Run(v.name, func(t *testing.T) {
 					t.Parallel()
 					ctx := testContext(t, 2*time.Minute)
-					rk := startPastaRootlesskit(t, ctx, root, peer, driver, v.noLoopback)
+					rk := startPastaRootlesskit(t, ctx, root, peer, driver, v.noLoopback, v.ipv6)
 					checkPastaRootlesskit(t, ctx, rk, driver, peer, v.noLoopback)
+					if v.ipv6 {
+						checkPastaRootlesskit6(t, ctx, rk, peer)
+					}
 
 					// rootlesskit exits when its command does, and ends pasta.
 					rk.stdin.Close()
@@ -728,7 +802,7 @@ type pastaRootlesskit struct {
 	port  int
 }
 
-func startPastaRootlesskit(t *testing.T, ctx context.Context, root *trixieRoot, peer *pastaPeer, driver string, noLoopback bool) *pastaRootlesskit {
+func startPastaRootlesskit(t *testing.T, ctx context.Context, root *trixieRoot, peer *pastaPeer, driver string, noLoopback, ipv6 bool) *pastaRootlesskit {
 	t.Helper()
 	dir := shortUserDir(t, "rk-")
 	state := filepath.Join(dir, "state")
@@ -742,6 +816,9 @@ func startPastaRootlesskit(t *testing.T, ctx context.Context, root *trixieRoot, 
 	}
 	if noLoopback {
 		args = append(args, "--disable-host-loopback")
+	}
+	if ipv6 {
+		args = append(args, "--ipv6")
 	}
 	args = append(args, suite.helper, "serve", strconv.Itoa(rk.port))
 	// Not ctx: the cleanup ends rootlesskit, its command's stdin first.
@@ -762,6 +839,72 @@ func startPastaRootlesskit(t *testing.T, ctx context.Context, root *trixieRoot, 
 		time.Sleep(50 * time.Millisecond)
 	}
 	return rk
+}
+
+// checkPastaRootlesskit6 is what --ipv6 adds. rootlesskit 2.0 then only leaves out
+// --ipv4-only: its child configures no IPv6 address, and pasta gets --no-ra (and the
+// namespace has no DHCPv6 client), so the namespace has a link-local address only. Given
+// the host's address and a default route through its gateway, as pasta expects, IPv6 goes
+// out; a server inside on IPv6 is forwarded from the host's ::1 and from the fake
+// internet to the host's address.
+func checkPastaRootlesskit6(t *testing.T, ctx context.Context, rk *pastaRootlesskit, peer *pastaPeer) {
+	t.Helper()
+	host6, gw6 := os.Getenv("USERNET_HOST6"), os.Getenv("USERNET_INET6")
+	rk.child.nsenter(t, ctx, "ip", "-6", "addr", "add", host6+"/64", "dev", "tap0", "nodad")
+	rk.child.nsenter(t, ctx, "ip", "-6", "route", "add", "default", "via", gw6, "dev", "tap0")
+
+	// Out: a server of the fake internet, on an address of its own (the gateway's reaches
+	// the host's loopback), one per peer: the peers run in parallel.
+	far := "2001:db8::77"
+	if !peer.isUsernet {
+		far = "2001:db8::78"
+	}
+	ipRun(t, "-n", filepath.Base(suite.inetNetns), "addr", "add", far+"/128", "dev", "ui0", "nodad")
+	t.Cleanup(func() {
+		exec.Command("ip", "-n", filepath.Base(suite.inetNetns), "addr", "del", far+"/128", "dev", "ui0").Run()
+	})
+	ln := inetListenTCP(t, "["+far+"]:0")
+	checkTCPUp(t, ctx, rk.child, net.JoinHostPort(far, port(ln.Addr())), 1<<20, hashServer(t, ln))
+
+	// In: an IPv6 server inside (made from here, root: sockets stay in the namespace they
+	// are made in), which -t auto publishes.
+	var in net.Listener
+	if err := inNetns(fmt.Sprintf("/proc/%d/ns/net", rk.child.pid), func() (err error) {
+		in, err = net.Listen("tcp6", "[::]:0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { in.Close() })
+	echoServer(t, in)
+	p := port(in.Addr())
+	for _, addr := range []string{"[::1]:" + p, "[" + host6 + "]:" + p} {
+		var err error
+		for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			if err = hostTCPEcho(ctx, addr, 64<<10); err == nil {
+				break
+			}
+		}
+		if err != nil {
+			t.Errorf("TCP %s to the server inside: %v", addr, err)
+		}
+	}
+	// From elsewhere: the fake internet, to the host's address.
+	var c net.Conn
+	if err := inNetns(suite.inetNetns, func() (err error) {
+		c, err = net.DialTimeout("tcp", "["+host6+"]:"+p, 5*time.Second)
+		return err
+	}); err != nil {
+		t.Errorf("from the fake internet to [%s]:%s: %v", host6, p, err)
+		return
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "from afar")
+	c.(*net.TCPConn).CloseWrite()
+	if b, err := io.ReadAll(c); err != nil || string(b) != "from afar" {
+		t.Errorf("from the fake internet to [%s]:%s: echo %q, %v", host6, p, b, err)
+	}
 }
 
 func checkPastaRootlesskit(t *testing.T, ctx context.Context, rk *pastaRootlesskit, driver string, peer *pastaPeer, noLoopback bool) {

@@ -4,8 +4,13 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -82,4 +87,102 @@ func asExitError(err error, ee **exec.ExitError) bool {
 		*ee = e
 	}
 	return ok
+}
+
+// TestPastaRunAs: started as root, pasta becomes the --runas user once its ports are bound
+// (a privileged port among them), or nobody without --runas, as the real pasta does; a
+// --runas that names no one is pasta's error. The peers run as root (the suite's user),
+// the target is the test user's, as a rootless container's would be.
+func TestPastaRunAs(t *testing.T) {
+	root := needTrixie(t)
+	u, err := user.Lookup(testUser)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range pastaPeers {
+		t.Run(name, func(t *testing.T) {
+			peer := newPastaPeer(t, root, name)
+			for _, c := range []struct {
+				name     string
+				args     []string
+				uid, gid string
+				warn     string
+			}{
+				{"login", []string{"--runas", testUser}, u.Uid, u.Gid, ""},
+				{"uid:gid", []string{"--runas", u.Uid + ":" + u.Gid}, u.Uid, u.Gid, ""},
+				{"nobody", nil, "65534", "65534", "Started as root, will change to nobody."},
+			} {
+				t.Run(c.name, func(t *testing.T) {
+					ctx := testContext(t, 30*time.Second)
+					tg := newTarget(t)
+					dir := t.TempDir() // root's: pasta opens it without CAP_DAC_OVERRIDE
+					pidFile := filepath.Join(dir, "pasta.pid")
+					port := 80 // privileged: bound before the switch
+					if l, err := net.Listen("tcp", ":80"); err != nil {
+						port = freePort(t, "tcp")
+					} else {
+						l.Close()
+					}
+					args := append([]string{root.dir, "--", peer.bin}, c.args...)
+					args = append(args, "-t", fmt.Sprint(port), "-u", "none", "-T", "none", "-U", "none", "-P", pidFile, fmt.Sprint(tg.pid))
+					cmd := exec.CommandContext(ctx, trixieExec, args...)
+					cmd.Env = []string{rootPath}
+					var stderr bytes.Buffer
+					cmd.Stderr = &stderr
+					err := cmd.Run()
+					if c.args == nil && !peer.isUsernet {
+						// pasta becomes nobody before it joins the target's
+						// namespaces, which nobody may not: it fails after the
+						// warning. usernet joins first (docs/pasta.md).
+						if err == nil || !strings.Contains(stderr.String(), c.warn) {
+							t.Errorf("pasta as root without --runas: %v; stderr:\n%s\nwant a failure after %q", err, stderr.String(), c.warn)
+						}
+						return
+					}
+					if err != nil {
+						t.Fatalf("pasta %s: %v; stderr:\n%s", strings.Join(c.args, " "), err, stderr.String())
+					}
+					b, err := os.ReadFile(pidFile)
+					if err != nil {
+						t.Fatal(err)
+					}
+					pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+					if pid <= 0 {
+						t.Fatalf("PID file %q", b)
+					}
+					t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+					status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+					if err != nil {
+						t.Fatal(err)
+					}
+					for _, w := range []string{
+						fmt.Sprintf("Uid:\t%s\t%[1]s\t%[1]s\t%[1]s\n", c.uid),
+						fmt.Sprintf("Gid:\t%s\t%[1]s\t%[1]s\t%[1]s\n", c.gid),
+						"Groups:\t \n",
+					} {
+						if !strings.Contains(string(status), w) && !(strings.HasPrefix(w, "Groups") && strings.Contains(string(status), "Groups:\t\n")) {
+							t.Errorf("/proc/%d/status lacks %q:\n%s", pid, w, status)
+						}
+					}
+					if !strings.Contains(stderr.String(), c.warn) {
+						t.Errorf("stderr %q, want %q", stderr.String(), c.warn)
+					}
+					if l, err := net.Listen("tcp", fmt.Sprintf(":%d", port)); err == nil {
+						l.Close()
+						t.Errorf("port %d is not bound", port)
+					}
+				})
+			}
+			t.Run("invalid", func(t *testing.T) {
+				ctx := testContext(t, 30*time.Second)
+				cmd := exec.CommandContext(ctx, trixieExec, root.dir, "--", peer.bin, "--runas", "no-such-user-here", "-t", "none", "1")
+				cmd.Env = []string{rootPath}
+				out, err := cmd.CombinedOutput()
+				var ee *exec.ExitError
+				if !asExitError(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "Invalid --runas option: no-such-user-here") {
+					t.Errorf("--runas no-such-user-here: %v; output %q; want exit 1 and pasta's message", err, out)
+				}
+			})
+		})
+	}
 }

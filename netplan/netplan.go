@@ -63,12 +63,40 @@ type Plan struct {
 	GuestAlias4, GuestAlias6 netip.Addr
 	HostAddr4, HostAddr6     netip.Addr
 
+	// Addrs4 and Addrs6 are every address of the guest's interface, in
+	// the order it gets them, when it has more than Guest4 and Guest6
+	// (pasta's --config-net copies every address of the host's template
+	// interface); Guest4 and Guest6 are among them. Empty: just Guest4
+	// (Guest6) with Net4's (Net6's) prefix; GuestAddrs says which.
+	Addrs4, Addrs6 []netip.Prefix
+	// NoBroadcast4 gives the guest's IPv4 addresses no broadcast
+	// address, as pasta's copies of a host's addresses that have none.
+	NoBroadcast4 bool
+	// Routes are the guest's routes when a front end copies them (pasta's
+	// --config-net); empty: a default route through each gateway.
+	Routes []Route
+
 	// Mirror says the networks are the host's own, copied (pasta): their
 	// other addresses are real hosts, reached through the host's sockets,
 	// and the stack answers the guest's neighbour queries for all of them.
 	// Without it (slirp4netns) the networks are virtual: none of their
-	// addresses is ever dialed on the host.
-	Mirror bool
+	// addresses is ever dialed on the host. Mirror is IPv4's; Mirror6
+	// IPv6's (pasta copies the host's IPv6 network also when -a gives an
+	// IPv4 address of another network, as rootlesskit's).
+	Mirror, Mirror6 bool
+}
+
+// Route is one route of the guest's routing table.
+type Route struct {
+	// Dst is the destination, 0.0.0.0/0 or ::/0 for a default route.
+	Dst netip.Prefix
+	// Gateway is the next hop; invalid: the destination is on the link.
+	Gateway netip.Addr
+	// Metric, Protocol, Scope, Type and Flags are rtnetlink's values,
+	// as the host's table has them: a copied route shows in the
+	// namespace as it does on the host (0: the kernel's default).
+	Metric                       int
+	Protocol, Scope, Type, Flags int
 }
 
 // slirp4netns's offsets in the --cidr network (libslirp's vhost, vnameserver,
@@ -149,15 +177,52 @@ func (p Plan) Contains(a netip.Addr) bool {
 // addresses are never the host network's: inside the plan's networks
 // without Mirror; with Mirror, only the guest's own.
 func (p Plan) Virtual(a netip.Addr) bool {
-	if p.Mirror {
-		return a.IsValid() && (a == p.Guest4 || a == p.Guest6)
+	if p.Mirrored(a) {
+		return p.IsGuest(a)
 	}
 	return p.Contains(a)
 }
 
+// Mirrored reports whether a's family's network is the host's, copied
+// (Mirror, Mirror6).
+func (p Plan) Mirrored(a netip.Addr) bool {
+	if a.Is4() || a.Is4In6() {
+		return p.Mirror
+	}
+	return p.Mirror6
+}
+
 // IsGuest reports whether a is one of the guest's own addresses.
 func (p Plan) IsGuest(a netip.Addr) bool {
-	return a.IsValid() && (a == p.Guest4 || a == p.Guest6)
+	if !a.IsValid() {
+		return false
+	}
+	if a == p.Guest4 || a == p.Guest6 {
+		return true
+	}
+	for _, q := range append(p.Addrs4[:len(p.Addrs4):len(p.Addrs4)], p.Addrs6...) {
+		if q.Addr() == a {
+			return true
+		}
+	}
+	return false
+}
+
+// GuestAddrs returns every address of the guest's interface for one
+// family (IPv6 when v6), with prefixes, in order: Addrs4 (Addrs6), else
+// Guest4 (Guest6) in its network, else none.
+func (p Plan) GuestAddrs(v6 bool) []netip.Prefix {
+	addrs, guest, net := p.Addrs4, p.Guest4, p.Net4
+	if v6 {
+		addrs, guest, net = p.Addrs6, p.Guest6, p.Net6
+	}
+	if len(addrs) > 0 {
+		return addrs
+	}
+	if !guest.IsValid() || !net.IsValid() {
+		return nil
+	}
+	return []netip.Prefix{netip.PrefixFrom(guest, net.Bits())}
 }
 
 // Netmask4 is Net4's mask as an address (255.255.255.0 for a /24), or
@@ -196,6 +261,42 @@ func (p Plan) Validate() error {
 	if err := p.validate6(); err != nil {
 		return fmt.Errorf("netplan: %w", err)
 	}
+	if err := p.validateMore(); err != nil {
+		return fmt.Errorf("netplan: %w", err)
+	}
+	return nil
+}
+
+// validateMore checks Addrs4, Addrs6 and Routes: the guest's own
+// addresses among them, none of them the stack's, each of its family.
+func (p Plan) validateMore() error {
+	for _, f := range []struct {
+		addrs []netip.Prefix
+		guest netip.Addr
+		is4   bool
+	}{{p.Addrs4, p.Guest4, true}, {p.Addrs6, p.Guest6, false}} {
+		if len(f.addrs) == 0 {
+			continue
+		}
+		found := false
+		for _, q := range f.addrs {
+			if !q.IsValid() || q.Addr().Is4() != f.is4 || q.Addr().Zone() != "" || p.IsOwn(q.Addr()) {
+				return fmt.Errorf("guest address %v is not a host address of its family other than the stack's", q)
+			}
+			found = found || q.Addr() == f.guest
+		}
+		if !found {
+			return fmt.Errorf("guest address %v is not among the guest's addresses %v", f.guest, f.addrs)
+		}
+	}
+	for _, r := range p.Routes {
+		if !r.Dst.IsValid() || r.Dst.Masked() != r.Dst || (r.Gateway.IsValid() && r.Gateway.Is4() != r.Dst.Addr().Is4()) {
+			return fmt.Errorf("route to %v via %v is not a route", r.Dst, r.Gateway)
+		}
+		if r.Dst.Addr().Is6() && !p.IPv6() {
+			return fmt.Errorf("IPv6 route to %v without an IPv6 network", r.Dst)
+		}
+	}
 	return nil
 }
 
@@ -209,7 +310,7 @@ func (p Plan) validate4() error {
 	if n.Masked() != n {
 		return fmt.Errorf("IPv4 network %v is not a network address (%v)", n, n.Masked())
 	}
-	if err := p.inNet4("gateway", p.Gateway4); err != nil {
+	if err := p.inNet4("gateway", p.Gateway4); err != nil && !p.onLink(p.Gateway4) {
 		return err
 	}
 	if err := p.inNet4("guest", p.Guest4); err != nil {
@@ -263,7 +364,7 @@ func (p Plan) validate6() error {
 	// A router's link-local address is the usual IPv6 gateway of a host,
 	// which pasta's plans copy.
 	linkLocalGW := p.Gateway6.IsLinkLocalUnicast()
-	if !unicast6(p.Gateway6) || (!linkLocalGW && (!n.Contains(p.Gateway6) || p.Gateway6 == n.Addr())) {
+	if !unicast6(p.Gateway6) || (!linkLocalGW && (!n.Contains(p.Gateway6) || p.Gateway6 == n.Addr()) && !p.onLink(p.Gateway6)) {
 		return fmt.Errorf("IPv6 gateway %v is not a host address in %v", p.Gateway6, n)
 	}
 	if !unicast6(p.Router6) || !p.Router6.IsLinkLocalUnicast() {
@@ -278,6 +379,24 @@ func (p Plan) validate6() error {
 		}
 	}
 	return nil
+}
+
+// onLink reports whether the guest finds a on its link other than in
+// Net4 or Net6: in the network of one of its other addresses, or through
+// a route without a gateway (pasta copies the host's gateway and routes
+// with -a: the gateway need not be in the guest's network).
+func (p Plan) onLink(a netip.Addr) bool {
+	for _, q := range append(p.Addrs4[:len(p.Addrs4):len(p.Addrs4)], p.Addrs6...) {
+		if q.Masked().Contains(a) && a != q.Masked().Addr() && a != q.Addr() {
+			return true
+		}
+	}
+	for _, r := range p.Routes {
+		if !r.Gateway.IsValid() && r.Dst.Bits() > 0 && r.Dst.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // unicast4 does not refuse loopback or multicast ranges: slirp4netns

@@ -232,11 +232,21 @@ func TestVirtual(t *testing.T) {
 	if err := mirror.Validate(); err != nil {
 		t.Fatalf("mirror plan: %v", err)
 	}
+	// rootlesskit's -a on a virtual IPv4 network, the host's IPv6 one copied.
+	mixed := slirp
+	mixed.Net6, mixed.Guest6, mixed.Gateway6 = netip.MustParsePrefix("2001:db8::/64"), netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("2001:db8::254")
+	mixed.DNS6, mixed.HostLoopback6, mixed.Mirror6 = netip.Addr{}, netip.Addr{}, true
+	if err := mixed.Validate(); err != nil {
+		t.Fatalf("mixed plan: %v", err)
+	}
 	for _, tc := range []struct {
 		p    Plan
 		a    string
 		want bool
 	}{
+		{mixed, "10.0.2.50", true},
+		{mixed, "2001:db8::77", false},
+		{mixed, "2001:db8::1", true},
 		{slirp, "10.0.2.50", true},
 		{slirp, "10.0.2.100", true},
 		{slirp, "fd00::50", true},

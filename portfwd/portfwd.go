@@ -22,6 +22,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -196,6 +197,7 @@ type Registry struct {
 		state int // stateNew → stateRunning → stateClosed
 		next  int // the next ID; IDs are never reused
 		fwds  map[int]*forward
+		many  []*many // AddMany's
 	}
 }
 
@@ -212,6 +214,33 @@ type forward struct {
 	pc     *net.UDPConn       // udp
 	ctx    context.Context    // ends on Remove or shutdown; every flow's ctx
 	cancel context.CancelFunc // called by Remove and Run, which also close ln/pc
+	// dual4, when valid, says the host socket is dual-stack (AddMany's):
+	// IPv4 clients go to dual4, not to GuestAddr.
+	dual4 netip.Addr
+	// flows counts the TCP connections or UDP flows made; toGuest and
+	// fromGuest the payload bytes each way (Stats).
+	flows, toGuest, fromGuest atomic.Uint64
+}
+
+// Stats is one forward's traffic since it was added.
+type Stats struct {
+	ID        int    `json:"id"`
+	Rule      string `json:"rule"`
+	Flows     uint64 `json:"flows"` // TCP connections or UDP flows
+	ToGuest   uint64 `json:"bytes_to_guest"`
+	FromGuest uint64 `json:"bytes_from_guest"`
+}
+
+// Stats returns every forward's counters, ordered by ID.
+func (r *Registry) Stats() []Stats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]Stats, 0, len(r.mu.fwds))
+	for _, id := range slices.Sorted(maps.Keys(r.mu.fwds)) {
+		f := r.mu.fwds[id]
+		out = append(out, Stats{ID: id, Rule: f.Rule.String(), Flows: f.flows.Load(), ToGuest: f.toGuest.Load(), FromGuest: f.fromGuest.Load()})
+	}
+	return out
 }
 
 // New returns an empty Registry. It starts nothing; see Run.
@@ -309,6 +338,9 @@ func (r *Registry) Run(ctx context.Context) error {
 	r.mu.state = stateRunning
 	for _, f := range r.mu.fwds {
 		r.startLocked(f)
+	}
+	for _, mm := range r.mu.many {
+		r.wg.Go(func() { r.serveMany(mm) })
 	}
 	r.mu.Unlock()
 

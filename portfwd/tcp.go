@@ -50,20 +50,22 @@ func backoff(ctx context.Context, delay *time.Duration) bool {
 func (r *Registry) forwardTCP(f *forward, client net.Conn) {
 	ctx := f.ctx
 	caddr := addrPortOf(client.RemoteAddr())
-	dst := netip.AddrPortFrom(f.GuestAddr, f.GuestPort)
+	ga := f.guestFor(caddr)
+	dst := netip.AddrPortFrom(ga, f.GuestPort)
 	var guest net.Conn
 	var err error
 	if r.cfg.Splice != nil && caddr.Addr().Unmap().IsLoopback() {
 		guest, err = r.splice(ctx, dst)
 	} else {
-		guest, err = r.dialTCP(ctx, r.srcFor(caddr, f.GuestAddr), dst)
+		guest, err = r.dialTCP(ctx, r.srcFor(caddr, ga), dst)
 	}
 	if err != nil {
 		r.logfUnlessDone(ctx, "portfwd: %v: client %v: %v", f.Rule, caddr, err)
 		relay.Abort(client) // the client sees a reset, not an empty reply
 		return
 	}
-	relay.Run(ctx, client, guest)
+	f.flows.Add(1)
+	relay.RunCounted(ctx, client, guest, &f.toGuest, &f.fromGuest)
 }
 
 // splice connects to dst from inside the namespace (Config.Splice) within

@@ -40,7 +40,6 @@ type udpFlows struct {
 // through the host socket and ends the flow when it has been idle.
 func (r *Registry) serveUDP(f *forward) {
 	flows := &udpFlows{m: make(map[netip.AddrPort]*udpFlow)}
-	dst := netip.AddrPortFrom(f.GuestAddr, f.GuestPort)
 	buf := make([]byte, maxDatagram)
 	var delay time.Duration
 	for {
@@ -73,17 +72,20 @@ func (r *Registry) serveUDP(f *forward) {
 				continue
 			}
 			// Dial outside the lock; only this goroutine adds flows.
+			ga := f.guestFor(client)
+			dst := netip.AddrPortFrom(ga, f.GuestPort)
 			var conn net.Conn
 			var err error
 			if r.cfg.SpliceUDP != nil && client.Addr().Unmap().IsLoopback() {
 				conn, err = r.cfg.SpliceUDP(dst)
 			} else {
-				conn, err = r.dialUDP(r.srcFor(client, f.GuestAddr), dst)
+				conn, err = r.dialUDP(r.srcFor(client, ga), dst)
 			}
 			if err != nil {
 				r.logfUnlessDone(f.ctx, "portfwd: %v: client %v: %v", f.Rule, client, err)
 				continue
 			}
+			f.flows.Add(1)
 			fl = &udpFlow{client: client, conn: conn}
 			fl.touch()
 			flows.mu.Lock()
@@ -91,6 +93,7 @@ func (r *Registry) serveUDP(f *forward) {
 			flows.mu.Unlock()
 			r.wg.Go(func() { r.udpReplies(f, flows, fl) })
 		}
+		f.toGuest.Add(uint64(n))
 		if _, err := fl.conn.Write(buf[:n]); err != nil {
 			r.logfUnlessDone(f.ctx, "portfwd: %v: client %v: send to guest: %v", f.Rule, client, err)
 		}
@@ -148,6 +151,7 @@ func (r *Registry) udpReplies(f *forward, flows *udpFlows, fl *udpFlow) {
 			return
 		}
 		fl.touch()
+		f.fromGuest.Add(uint64(n))
 		if _, err := f.pc.WriteToUDPAddrPort(buf[:n], fl.client); err != nil {
 			r.logfUnlessDone(f.ctx, "portfwd: %v: client %v: send to client: %v", f.Rule, fl.client, err)
 		}

@@ -15,11 +15,13 @@
 //	                            removed, and files may be read only from these
 //	                            directories (and below), one a line, enforced with
 //	                            Landlock (Config.ConfineFS)
+//	_USERNET_SANDBOX_RUNAS=U:G  become user U, group G, no supplementary groups (Config.RunAs)
 //
 // Errors are recorded, not printed: the Go side reports them (Resume) and
 // exits before it serves anything. docs/sandbox.md explains the design.
 #define _GNU_SOURCE
 #include <errno.h>
+#include <grp.h>
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
@@ -275,8 +277,37 @@ static int make_root(void) {
 	return 0;
 }
 
+// switch_user becomes the user and group of _USERNET_SANDBOX_RUNAS, if
+// set, without supplementary groups (pasta's --runas). With keep, the
+// permitted capabilities survive for drop_caps, which keeps
+// CAP_NET_BIND_SERVICE of them: the host ports are bound afterwards.
+static int switch_user(int keep) {
+	const char *v = getenv("_USERNET_SANDBOX_RUNAS");
+	if (v == NULL || *v == '\0')
+		return 0;
+	unsigned int uid, gid;
+	char end;
+	if (sscanf(v, "%u:%u%c", &uid, &gid, &end) != 2) {
+		errno = EINVAL;
+		return fail("parse _USERNET_SANDBOX_RUNAS");
+	}
+	if (keep && prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0)
+		return fail("keep capabilities across setuid");
+	// Without CAP_SETGID there is nothing to drop, and it fails.
+	if (setgroups(0, NULL) < 0 && errno != EPERM)
+		return fail("drop supplementary groups");
+	if (setgid(gid) < 0)
+		return fail("setgid (--runas)");
+	if (setuid(uid) < 0)
+		return fail("setuid (--runas)");
+	if (keep && prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) < 0)
+		return fail("reset keep-capabilities");
+	return 0;
+}
+
 // drop_caps keeps CAP_NET_BIND_SERVICE (if we have it) and nothing else, in
-// every set including the bounding set, as slirp4netns does.
+// every set including the bounding set, as slirp4netns does; in between it
+// switches user (switch_user).
 static int drop_caps(void) {
 	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
 		return fail("clear ambient capabilities");
@@ -292,6 +323,10 @@ static int drop_caps(void) {
 		if (r == 1 && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0)
 			return fail("drop from the capability bounding set");
 	}
+	// Now that CAP_SETPCAP has done its work, and before the sets lose
+	// CAP_SETUID and CAP_SETGID.
+	if (switch_user(1) < 0)
+		return -1;
 	struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
 	struct __user_cap_data_struct data[2];
 	if (get_caps(data) < 0)
@@ -439,6 +474,8 @@ __attribute__((constructor)) static void usernet_sandbox(void) {
 	if (env_is("_USERNET_SANDBOX_FS", "1")) {
 		if (enter_namespaces() < 0 || make_root() < 0 || drop_caps() < 0)
 			return;
+	} else if (switch_user(0) < 0) {
+		return;
 	}
 	// Set for --enable-sandbox, and needed by seccomp without
 	// CAP_SYS_ADMIN (slirp4netns sets it in both cases too).

@@ -43,6 +43,7 @@ const (
 	envComm  = "_USERNET_SANDBOX_COMM"
 	envState = "_USERNET_SANDBOX_STATE"
 	envRead  = "_USERNET_SANDBOX_READ"
+	envRunAs = "_USERNET_SANDBOX_RUNAS"
 )
 
 // Config says what the re-executed process enters.
@@ -69,7 +70,14 @@ type Config struct {
 	// and ConfineFS, a non-empty Read makes the filter allow openat
 	// for reading (refused otherwise).
 	Read []string
+	// RunAs, when set, is who the process becomes before its runtime
+	// starts, without supplementary groups (pasta's --runas), keeping
+	// CAP_NET_BIND_SERVICE with Mounts.
+	RunAs *IDs
 }
+
+// IDs are a user and a group.
+type IDs struct{ UID, GID int }
 
 // Bind is a host directory shown in the sandbox. Path must be absolute.
 type Bind struct {
@@ -98,6 +106,12 @@ func Env(c Config, pid int, state []byte) ([]string, error) {
 		if len(lines) > 0 {
 			env = append(env, envBinds+"="+strings.Join(lines, "\n"))
 		}
+	}
+	if c.RunAs != nil {
+		if c.RunAs.UID < 0 || c.RunAs.GID < 0 {
+			return nil, fmt.Errorf("sandbox: cannot run as %d:%d", c.RunAs.UID, c.RunAs.GID)
+		}
+		env = append(env, fmt.Sprintf("%s=%d:%d", envRunAs, c.RunAs.UID, c.RunAs.GID))
 	}
 	if comm, err := os.ReadFile("/proc/self/comm"); err == nil {
 		// Else the kernel names the new image after /proc/self/exe: "exe".
@@ -165,7 +179,7 @@ func Resumed() bool { return os.Getenv(envOn) == "1" }
 // sandbox's entries from the environment.
 func Resume() ([]byte, error) {
 	state := os.Getenv(envState)
-	for _, k := range []string{envOn, envFS, envBPF, envBinds, envComm, envState, envRead} {
+	for _, k := range []string{envOn, envFS, envBPF, envBinds, envComm, envState, envRead, envRunAs} {
 		os.Unsetenv(k)
 	}
 	if C.usernet_sandbox_failed != nil {

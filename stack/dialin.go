@@ -138,20 +138,42 @@ func (s *Stack) DialUDP(src, dst netip.AddrPort) (net.Conn, error) {
 // dialUDP is DialUDP; with exactSrc a source port that is taken is an
 // error instead of a reason to pick another one.
 func (s *Stack) dialUDP(src, dst netip.AddrPort, exactSrc bool) (net.Conn, error) {
-	src, err := s.checkDial("udp", src, dst)
-	if err != nil {
-		return nil, err
-	}
 	if !s.flows.enter() {
 		return nil, dialError("udp", src, dst, errShutDown)
 	}
+	ep, wq, err := s.bindUDP(src, dst, exactSrc)
+	if err != nil {
+		s.flows.leave()
+		return nil, err
+	}
+	rep := &refusalEndpoint{Endpoint: ep}
+	c := &dialedUDP{UDPConn: gonet.NewUDPConn(wq, rep), ep: rep, leave: s.flows.leave}
+	// gVisor signals an ICMP error with EventErr, which a Read
+	// blocked in gonet (waiting for ReadableEvents only) does not
+	// see until the next datagram. Turn it into a readable event;
+	// the Read then finds the error. Not from inside the callback:
+	// Notify holds the queue's lock.
+	c.errEntry = waiter.NewFunctionEntry(waiter.EventErr, func(waiter.EventMask) {
+		s.flows.goFunc(func() { wq.Notify(waiter.ReadableEvents) })
+	})
+	wq.EventRegister(&c.errEntry)
+	c.stop = context.AfterFunc(s.ctx, func() { c.close(false) })
+	return c, nil
+}
+
+// bindUDP makes a gVisor UDP endpoint bound to src (see dialUDP for
+// exactSrc) and connected to dst.
+func (s *Stack) bindUDP(src, dst netip.AddrPort, exactSrc bool) (tcpip.Endpoint, *waiter.Queue, error) {
+	src, err := s.checkDial("udp", src, dst)
+	if err != nil {
+		return nil, nil, err
+	}
 	s.resolveFromOwn(dst.Addr())
 	for {
-		var wq waiter.Queue
-		ep, err := s.newEndpoint(udp.ProtocolNumber, src.Addr(), &wq)
+		wq := new(waiter.Queue)
+		ep, err := s.newEndpoint(udp.ProtocolNumber, src.Addr(), wq)
 		if err != nil {
-			s.flows.leave()
-			return nil, dialError("udp", src, dst, err)
+			return nil, nil, dialError("udp", src, dst, err)
 		}
 		terr := ep.Bind(tcpip.FullAddress{NIC: nicID, Addr: tcpipAddr(src.Addr()), Port: src.Port()})
 		if terr == nil {
@@ -163,22 +185,9 @@ func (s *Stack) dialUDP(src, dst netip.AddrPort, exactSrc bool) (net.Conn, error
 				src = netip.AddrPortFrom(src.Addr(), 0)
 				continue
 			}
-			s.flows.leave()
-			return nil, dialError("udp", src, dst, tcpipError(terr))
+			return nil, nil, dialError("udp", src, dst, tcpipError(terr))
 		}
-		rep := &refusalEndpoint{Endpoint: ep}
-		c := &dialedUDP{UDPConn: gonet.NewUDPConn(&wq, rep), ep: rep, leave: s.flows.leave}
-		// gVisor signals an ICMP error with EventErr, which a Read
-		// blocked in gonet (waiting for ReadableEvents only) does not
-		// see until the next datagram. Turn it into a readable event;
-		// the Read then finds the error. Not from inside the callback:
-		// Notify holds the queue's lock.
-		c.errEntry = waiter.NewFunctionEntry(waiter.EventErr, func(waiter.EventMask) {
-			s.flows.goFunc(func() { wq.Notify(waiter.ReadableEvents) })
-		})
-		wq.EventRegister(&c.errEntry)
-		c.stop = context.AfterFunc(s.ctx, func() { c.close(false) })
-		return c, nil
+		return ep, wq, nil
 	}
 }
 
@@ -204,9 +213,11 @@ func (s *Stack) checkDial(network string, src, dst netip.AddrPort) (netip.AddrPo
 	case a.Is4() != d.Is4():
 		return src, dialError(network, src, dst, errors.New("stack: source and destination are of different families"))
 	case s.isOwn(a):
-	case plan.Contains(a):
+	case plan.Virtual(a):
 		// The guest would look for it on the link, where the link
-		// filter keeps it from finding anyone.
+		// filter keeps it from finding anyone (on a mirrored network,
+		// only the guest's own addresses: the stack answers for the
+		// other hosts).
 		return src, dialError(network, src, dst, errors.New("stack: source is a guest address of the virtual network"))
 	case a.IsLoopback(), a.IsMulticast(), a.IsLinkLocalUnicast(), a.IsLinkLocalMulticast(),
 		a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):

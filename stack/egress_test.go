@@ -2,6 +2,7 @@ package stack
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/netip"
 	"slices"
@@ -106,5 +107,53 @@ func TestEgressDeniedUDPAndPing(t *testing.T) {
 	buf := make([]byte, 16)
 	if n, _, err := c.ReadFrom(buf); err != nil || string(buf[:n]) != "ping" {
 		t.Errorf("allowed UDP echo: %q, %v", buf[:n], err)
+	}
+}
+
+// TestLiveFlowsAndKillDenied: a live TCP connection is listed with its
+// bytes each way; once a rule denies it, KillDenied resets it.
+func TestLiveFlowsAndKillDenied(t *testing.T) {
+	e, _, _ := egressEnv(t, false)
+	c, err := guestDial(t, e.guest, netip.MustParseAddrPort("198.51.100.9:80"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatal(err)
+	}
+	var got []FlowInfo
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if got = e.s.Connections(); len(got) == 1 && got[0].BytesIn == 5 {
+			break
+		}
+	}
+	if len(got) != 1 || got[0].Proto != "tcp" || got[0].Remote != "198.51.100.9:80" || got[0].BytesOut != 5 || got[0].BytesIn != 5 {
+		t.Fatalf("Connections = %+v; want the one TCP connection with 5 bytes each way", got)
+	}
+	if st := e.s.Stats(); st.Flows["tcp"] != 1 || st.FlowsTotal["tcp"] != 1 {
+		t.Errorf("Stats = %+v", st)
+	}
+	if _, err := e.s.cfg.Egress.Add(policy.Rule{Action: policy.Deny, Proto: policy.TCP, Dst: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}}, 0); err != nil {
+		t.Fatal(err)
+	}
+	// The rule names the host address the flow reaches: the test seam's loopback echo server.
+	if n := e.s.KillDenied(); n != 1 {
+		t.Fatalf("KillDenied = %d, want 1", n)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(buf); err == nil || !strings.Contains(err.Error(), "reset") {
+		t.Errorf("read after the kill: %v, want a reset", err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); len(e.s.Connections()) != 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := e.s.Connections(); len(got) != 0 {
+		t.Errorf("after the kill: %+v", got)
 	}
 }

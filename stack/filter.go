@@ -139,7 +139,13 @@ func (s *Stack) filterARP(pkt *gvstack.PacketBuffer) bool {
 		return false
 	}
 	h := header.ARP(b)
-	if !h.IsValid() || h.Op() != header.ARPRequest {
+	if !h.IsValid() {
+		return false
+	}
+	if s.spoofed(netip.AddrFrom4([4]byte(h.ProtocolAddressSender()))) {
+		return true
+	}
+	if h.Op() != header.ARPRequest {
 		return false
 	}
 	target := netip.AddrFrom4([4]byte(h.ProtocolAddressTarget()))
@@ -152,10 +158,67 @@ func (s *Stack) filterARP(pkt *gvstack.PacketBuffer) bool {
 // guest's own.
 func (s *Stack) answersNeighbor(a netip.Addr) bool {
 	plan := &s.cfg.Plan
-	if plan.Mirror {
+	if plan.Mirrored(a) {
 		return a.IsValid() && !a.IsUnspecified() && !plan.IsGuest(a)
 	}
 	return plan.IsOwn(a)
+}
+
+// maxSenders bounds the addresses learnSender remembers.
+const maxSenders = 4096
+
+// learnSender remembers the sender's MAC of a packet from an address
+// outside the link's networks: a host behind the namespace, which routes its
+// traffic to us without NAT (containers on a Podman bridge network without
+// firewall rules). No one in the namespace answers ARP or neighbour
+// solicitations for it, so the stack would never reach it; pasta answers
+// every frame to the MAC it came from, and so does the stack now for such
+// senders.
+func (s *Stack) learnSender(src netip.Addr, proto tcpip.NetworkProtocolNumber, pkt *gvstack.PacketBuffer) {
+	plan := &s.cfg.Plan
+	// Addresses of the link's networks are resolved as usual (the
+	// guest answers for its own, SLAAC ones too).
+	if plan.IsGuest(src) || plan.Contains(src) || src.IsUnspecified() || src.IsLinkLocalUnicast() || src.IsMulticast() || s.isOwn(src) {
+		return
+	}
+	if _, ok := s.senders.Load(src); ok {
+		return
+	}
+	mac := srcMAC(pkt)
+	if mac == "" || s.sendersN.Load() >= maxSenders {
+		return
+	}
+	if _, loaded := s.senders.LoadOrStore(src, mac); loaded {
+		return
+	}
+	s.sendersN.Add(1)
+	if err := s.gv.AddStaticNeighbor(nicID, proto, tcpipAddr(src), mac); err != nil {
+		s.logf("stack: neighbour %v at %v: %v", src, mac, err)
+	}
+}
+
+// maxSolicitedGroups bounds the solicited-node groups joinSolicited joins:
+// one per neighbour the guest looks for, on a mirrored network any host.
+const maxSolicitedGroups = 4096
+
+// joinSolicited joins the solicited-node multicast group grp, so that the
+// stack hears (and, spoofing, answers) a multicast neighbour solicitation
+// for an address of a mirrored network that is not its own: a host
+// behind the guest's routes or on its other networks.
+func (s *Stack) joinSolicited(grp netip.Addr) {
+	s.solicitedMu.Lock()
+	defer s.solicitedMu.Unlock()
+	if _, ok := s.solicited[grp]; ok || len(s.solicited) >= maxSolicitedGroups {
+		return
+	}
+	if s.solicited == nil {
+		s.solicited = map[netip.Addr]struct{}{}
+	}
+	if err := s.gv.JoinGroup(header.IPv6ProtocolNumber, nicID, tcpipAddr(grp)); err != nil {
+		s.logf("stack: join %v: %v", grp, err)
+		return
+	}
+	s.solicited[grp] = struct{}{}
 }
 
 // deadGateway reports whether dst is the gateway of a virtual network
@@ -163,7 +226,7 @@ func (s *Stack) answersNeighbor(a netip.Addr) bool {
 // and UDP to it get ICMP net unreachable.
 func (s *Stack) deadGateway(dst netip.Addr) bool {
 	plan := &s.cfg.Plan
-	return !plan.Mirror && (dst == plan.Gateway4 && !plan.HostLoopback4.IsValid() ||
+	return !plan.Mirrored(dst) && (dst == plan.Gateway4 && !plan.HostLoopback4.IsValid() ||
 		dst == plan.Gateway6 && plan.Gateway6.IsValid() && !plan.HostLoopback6.IsValid())
 }
 
@@ -185,6 +248,10 @@ func (s *Stack) filterIPv4(pkt *gvstack.PacketBuffer) bool {
 	total := int(ip.TotalLength())
 	dst := netip.AddrFrom4(ip.DestinationAddress().As4())
 	src := netip.AddrFrom4(ip.SourceAddress().As4())
+	if s.spoofed(src) {
+		return true
+	}
+	s.learnSender(src, header.IPv4ProtocolNumber, pkt)
 	firstFragment := ip.FragmentOffset() == 0
 	fragmented := ip.More() || !firstFragment
 
@@ -229,7 +296,8 @@ func (s *Stack) filterIPv4(pkt *gvstack.PacketBuffer) bool {
 // wrong answer for the guest's own address fails its duplicate address
 // detection) and answers router solicitations with a router
 // advertisement, and takes DHCPv6 to ff02::1:2 (dhcp6.go). Packets with
-// extension headers go to the stack unchanged.
+// extension headers go to the stack unchanged if they carry TCP or UDP,
+// or are for our own addresses; the rest is dropped.
 func (s *Stack) filterIPv6(pkt *gvstack.PacketBuffer) bool {
 	size := pkt.Data().Size()
 	b := peek(pkt, header.IPv6MinimumSize)
@@ -244,8 +312,24 @@ func (s *Stack) filterIPv6(pkt *gvstack.PacketBuffer) bool {
 	total := hl + int(ip.PayloadLength())
 	dst := netip.AddrFrom16(ip.DestinationAddress().As16())
 	src := netip.AddrFrom16(ip.SourceAddress().As16())
+	if s.spoofed(src) {
+		return true
+	}
+	s.learnSender(src, header.IPv6ProtocolNumber, pkt)
 
 	switch tcpip.TransportProtocolNumber(ip.NextHeader()) {
+	case ipv6HopByHop, ipv6Routing, ipv6Fragment, ipv6DestOpts:
+		// The stack would answer an echo request behind extension
+		// headers for any address (it is promiscuous). Only TCP and UDP
+		// go on to the forwarders; the rest is for our own addresses.
+		if s.isOwn(dst) {
+			return false
+		}
+		proto, _, ok := ipv6Upper(peek(pkt, min(total, maxIPv6Headers)))
+		if ok && (proto == uint8(header.TCPProtocolNumber) || proto == uint8(header.UDPProtocolNumber)) {
+			return false
+		}
+		return true
 	case header.ICMPv6ProtocolNumber:
 		b = peek(pkt, min(total, hl+header.ICMPv6NeighborSolicitMinimumSize))
 		if len(b) < hl+header.ICMPv6MinimumSize {
@@ -262,7 +346,19 @@ func (s *Stack) filterIPv6(pkt *gvstack.PacketBuffer) bool {
 				return false
 			}
 			target := netip.AddrFrom16([16]byte(b[hl+8 : hl+24]))
-			return !s.answersNeighbor(target)
+			if !s.answersNeighbor(target) {
+				return true
+			}
+			if src.IsUnspecified() && !s.isOwn(target) {
+				// Duplicate address detection of an address of the
+				// guest's (its link-local one, say): no one else has it.
+				// pasta answers no solicitation from ::.
+				return true
+			}
+			if dst.IsMulticast() {
+				s.joinSolicited(dst)
+			}
+			return false
 		case header.ICMPv6EchoRequest:
 			if s.isOwn(dst) {
 				return false
@@ -297,6 +393,10 @@ func (s *Stack) filterIPv6(pkt *gvstack.PacketBuffer) bool {
 	}
 	return false
 }
+
+// maxIPv6Headers bounds how far the link filter looks for the upper layer
+// of an IPv6 packet with extension headers.
+const maxIPv6Headers = 512
 
 // gatewayUnreachable answers a TCP SYN or a UDP datagram to a dead gateway
 // (deadGateway) with ICMP destination unreachable, code "net

@@ -130,6 +130,11 @@ type Stats struct {
 	FlowsTotal map[string]uint64 `json:"flows_total"`
 	// Refused counts what the stack refused or dropped, by reason.
 	Refused map[string]uint64 `json:"refused"`
+	// BadFrames are frames from the namespace gVisor found malformed;
+	// HostErrors the host sockets of new flows that failed (a refused or
+	// unreachable connect, no socket).
+	BadFrames  uint64 `json:"bad_frames"`
+	HostErrors uint64 `json:"host_errors"`
 }
 
 // Stats returns the counters now.
@@ -138,6 +143,9 @@ func (s *Stack) Stats() Stats {
 	if s.counters != nil {
 		st.Tap = s.counters()
 	}
+	gs := s.gv.Stats()
+	st.BadFrames = gs.IP.MalformedPacketsReceived.Value() + gs.ARP.MalformedPacketsReceived.Value() + gs.UDP.MalformedPacketsReceived.Value() + gs.TCP.InvalidSegmentsReceived.Value()
+	st.HostErrors = s.hostErrors.Load()
 	for _, p := range []policy.Proto{policy.TCP, policy.UDP, policy.ICMP} {
 		st.Flows[p.String()] = 0
 		st.FlowsTotal[p.String()] = s.live.total[p].Load()

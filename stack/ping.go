@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/usernet/usernet/policy"
@@ -27,16 +28,51 @@ type pingKey struct {
 }
 
 type pingFlow struct {
-	reqs chan []byte // echo requests (ICMP messages) to send
+	reqs   chan []byte // echo requests (ICMP messages) to send
+	ctx    context.Context
+	cancel context.CancelFunc // ends the flow (idle, evicted, shutdown)
+	last   atomic.Int64       // traffic last seen, pingTable.now
+	rec    *flowRec           // the flow in the live registry (flows.go)
 
-	mu  sync.Mutex
-	mac tcpip.LinkAddress // guarded by mu; the guest's, for replies
+	mu    sync.Mutex
+	mac   tcpip.LinkAddress // guarded by mu; the guest's, for replies
+	timer *time.Timer       // guarded by mu; set once by servePing
 }
 
 type pingTable struct {
-	mu     sync.Mutex
-	flows  map[pingKey]*pingFlow // guarded by mu
-	denied atomic.Bool           // logged that ping sockets are refused
+	mu        sync.Mutex
+	flows     map[pingKey]*pingFlow // guarded by mu
+	fullUntil int64                 // no eviction search before; guarded by mu
+	epoch     time.Time
+	denied    atomic.Bool // logged that ping sockets are refused
+}
+
+func (t *pingTable) now() int64 { return int64(time.Since(t.epoch)) }
+
+// admitLocked makes room for a new flow at Limits.PingFlows: it evicts the
+// flow idle longest if that one has been idle for Config.evictIdle; false
+// means the new flow is refused.
+func (t *pingTable) admitLocked(limit int, evictIdle time.Duration) (ok bool, evicted *pingFlow) {
+	if len(t.flows) < limit {
+		return true, nil
+	}
+	now := t.now()
+	if now < t.fullUntil {
+		return false, nil
+	}
+	var oldK pingKey
+	var old *pingFlow
+	for k, f := range t.flows {
+		if old == nil || f.last.Load() < old.last.Load() {
+			oldK, old = k, f
+		}
+	}
+	if old == nil || now-old.last.Load() < int64(evictIdle) {
+		t.fullUntil = now + int64(evictBackoff)
+		return false, nil
+	}
+	delete(t.flows, oldK)
+	return true, old
 }
 
 // forwardPing is called on the inbound path with an ICMP(v6) echo request
@@ -49,21 +85,35 @@ func (s *Stack) forwardPing(src, dst netip.Addr, mac tcpip.LinkAddress, icmp []b
 	if v != forward {
 		return // the virtual network, multicast, broadcast...: silence
 	}
-	if denied, _ := s.egressDenied(policy.ICMP, hostDst); denied {
+	denied, rule := s.egressDenied(policy.ICMP, hostDst)
+	if denied {
 		s.prohibitPing(src, dst, mac, icmp)
 		return
 	}
 	key := pingKey{src: src, dst: dst, id: binary.BigEndian.Uint16(icmp[4:])}
-	msg := append([]byte(nil), icmp...)
 
 	s.ping.mu.Lock()
 	f := s.ping.flows[key]
 	if f == nil {
+		ok, evicted := s.ping.admitLocked(s.cfg.Limits.PingFlows, s.cfg.evictIdle)
+		if evicted != nil {
+			evicted.cancel()
+			s.refuse(EvictedPingFlows, 1)
+		}
+		if !ok {
+			s.ping.mu.Unlock()
+			s.refuse(RefusedPingFlows, 1)
+			s.prohibitPing(src, dst, mac, icmp)
+			return
+		}
 		if !s.flows.enter() {
 			s.ping.mu.Unlock()
 			return
 		}
 		f = &pingFlow{reqs: make(chan []byte, 16)}
+		f.ctx, f.cancel = context.WithCancel(s.ctx)
+		f.last.Store(s.ping.now())
+		f.rec = s.trackFlow(policy.ICMP, netip.AddrPortFrom(src, key.id), netip.AddrPortFrom(dst, 0), hostDst, rule, f.cancel)
 		s.ping.flows[key] = f
 		go func() {
 			defer s.flows.leave()
@@ -72,19 +122,22 @@ func (s *Stack) forwardPing(src, dst netip.Addr, mac tcpip.LinkAddress, icmp []b
 	}
 	s.ping.mu.Unlock()
 
+	f.last.Store(s.ping.now())
 	f.mu.Lock()
 	f.mac = mac
 	f.mu.Unlock()
 	select {
-	case f.reqs <- msg:
+	case f.reqs <- append([]byte(nil), icmp...):
 	default: // the host socket is backed up; ping tolerates loss
 	}
 }
 
-// servePing owns one ping flow until it has been idle for pingIdle or the
-// stack shuts down.
+// servePing owns one ping flow until it has been idle for pingIdle, is
+// evicted, or the stack shuts down.
 func (s *Stack) servePing(key pingKey, f *pingFlow) {
 	defer func() {
+		f.cancel()
+		s.untrackFlow(f.rec)
 		s.ping.mu.Lock()
 		if s.ping.flows[key] == f {
 			delete(s.ping.flows, key)
@@ -96,62 +149,77 @@ func (s *Stack) servePing(key pingKey, f *pingFlow) {
 	if key.dst.Is6() {
 		network = "ping6"
 	}
-	conn, err := s.dialHost(s.ctx, network, netip.AddrPortFrom(key.dst, 0))
+	conn, err := s.dialHost(f.ctx, network, netip.AddrPortFrom(key.dst, 0))
 	if err != nil {
 		if errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
 			if !s.ping.denied.Swap(true) {
 				s.logf("stack: ICMP echo to the outside is dropped: host ping sockets are not permitted (net.ipv4.ping_group_range): %v", err)
 			}
-		} else if s.ctx.Err() == nil {
+		} else if f.ctx.Err() == nil {
 			s.logf("stack: ping %v: %v", key.dst, err)
 		}
 		return
 	}
-
-	done := make(chan struct{})
-	var once sync.Once
-	closeConn := func() {
-		once.Do(func() {
-			close(done)
-			conn.Close()
-		})
+	rc, err := conn.(syscall.Conn).SyscallConn()
+	if err != nil {
+		conn.Close()
+		return
 	}
-	stop := context.AfterFunc(s.ctx, closeConn)
+
+	stop := context.AfterFunc(f.ctx, func() { conn.Close() })
 	defer stop()
-	timer := time.AfterFunc(s.cfg.pingIdle, closeConn)
-	defer timer.Stop()
+	f.mu.Lock()
+	f.timer = time.AfterFunc(s.cfg.pingIdle, func() { s.checkPingIdle(f) })
+	f.mu.Unlock()
+	defer f.timer.Stop()
 
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		defer closeConn()
-		buf := make([]byte, maxDatagram)
+		defer f.cancel()
 		for {
-			n, err := conn.Read(buf)
+			err := recvPooled(rc, func(b []byte, _ unix.Sockaddr) {
+				f.last.Store(s.ping.now())
+				f.rec.in.Add(uint64(len(b)))
+				f.mu.Lock()
+				mac := f.mac
+				f.mu.Unlock()
+				if pkt := s.echoReply(key, b); pkt != nil {
+					s.write(outPacket{mac: mac, proto: protoOf(key.src), data: pkt})
+				}
+			})
 			if err != nil {
 				if errors.Is(err, unix.ECONNREFUSED) || errors.Is(err, unix.EHOSTUNREACH) || errors.Is(err, unix.ENETUNREACH) {
 					continue // an ICMP error for an earlier request
 				}
 				return
 			}
-			timer.Reset(s.cfg.pingIdle)
-			f.mu.Lock()
-			mac := f.mac
-			f.mu.Unlock()
-			if pkt := s.echoReply(key, buf[:n]); pkt != nil {
-				s.write(outPacket{mac: mac, proto: protoOf(key.src), data: pkt})
-			}
 		}
 	})
 	for {
 		select {
-		case <-done:
+		case <-f.ctx.Done():
+			conn.Close()
 			wg.Wait()
 			return
 		case m := <-f.reqs:
-			timer.Reset(s.cfg.pingIdle)
 			conn.Write(m)
+			f.rec.out.Add(uint64(len(m)))
 		}
 	}
+}
+
+// checkPingIdle runs when a flow's timer fires: the flow ends if it has
+// been quiet for pingIdle, else the timer waits for the rest (traffic
+// costs an atomic store, not a timer reset).
+func (s *Stack) checkPingIdle(f *pingFlow) {
+	quiet := time.Duration(s.ping.now() - f.last.Load())
+	if quiet >= s.cfg.pingIdle {
+		f.cancel()
+		return
+	}
+	f.mu.Lock()
+	f.timer.Reset(s.cfg.pingIdle - quiet)
+	f.mu.Unlock()
 }
 
 // echoReply turns a reply read from a host ping socket (an ICMP message,

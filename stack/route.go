@@ -69,7 +69,7 @@ func (s *Stack) route(dst netip.AddrPort) (netip.AddrPort, verdict) {
 		return netip.AddrPortFrom(plan.HostAddr4, dst.Port()), forward
 	case a == plan.GuestAlias6 && plan.HostAddr6.IsValid():
 		return netip.AddrPortFrom(plan.HostAddr6, dst.Port()), forward
-	case (a == plan.Gateway4 || a == plan.Gateway6) && !plan.Mirror:
+	case (a == plan.Gateway4 || a == plan.Gateway6) && !plan.Mirrored(a):
 		// slirp4netns --disable-host-loopback: the gateway is ours and
 		// leads nowhere.
 		return netip.AddrPort{}, unreachable

@@ -11,7 +11,8 @@
 //
 //	namespace ─tap fd─► link.Tap ─► ethernet ─► filter.go ─► gVisor NIC (promiscuous, spoofing)
 //
-// filter.go sees every frame from the guest first. It answers or drops what
+// filter.go sees every frame from the guest first. It drops frames from
+// sources outside the virtual network (source.go), answers or drops what
 // gVisor would get wrong as a transparent proxy (ARP and neighbor
 // solicitations for foreign addresses, echo to any address), sends ICMP
 // echo to ping.go, UDP of known flows to udpfast.go, DHCPv6 to dhcp6.go,
@@ -23,8 +24,9 @@
 //	             tcplimit.go bounds the attempts and connections
 //	udp.go       guest UDP: one host socket per guest port, one gVisor
 //	             endpoint per remote; udpfast.go writes known flows' datagrams
-//	             from the filter; udperr.go turns host ICMP errors into ICMP
-//	ping.go      ICMP echo → an unprivileged host ping socket
+//	             from the filter; udperr.go turns host ICMP errors into ICMP;
+//	             udplimits.go bounds the flows, ports and buffers
+//	ping.go      ICMP echo → an unprivileged host ping socket, bounded
 //	route.go     where a flow may go: the single place that keeps traffic for
 //	             the virtual network off the host's network
 //	hostsock.go  every host socket of a flow is opened here
@@ -165,17 +167,19 @@ type Config struct {
 	host hostSeam
 	// udpIdle, dnsIdle, pingIdle override the flow idle timeouts.
 	udpIdle, dnsIdle, pingIdle time.Duration
+	// evictIdle overrides how long a UDP or ping flow must have been
+	// quiet before a new flow at the limit may evict it.
+	evictIdle time.Duration
 	// raInterval overrides the period of unsolicited router advertisements.
 	raInterval time.Duration
 }
 
-// Defaults. The UDP timeouts follow tailscale's forwarder (and are in the
-// range of conntrack's): long enough for request/response protocols, short
-// enough that a scan does not pin thousands of host sockets.
+// Defaults. The DNS and ping timeouts follow tailscale's forwarder (and are
+// in the range of conntrack's); other UDP flows live as long as libslirp's
+// (Limits.UDPIdle).
 const (
 	defaultMTU         = 1500
 	defaultDialTimeout = 30 * time.Second
-	defaultUDPIdle     = 60 * time.Second
 	defaultDNSIdle     = 15 * time.Second
 	defaultPingIdle    = 30 * time.Second
 	// defaultRAInterval is within RFC 4861's MaxRtrAdvInterval default
@@ -216,10 +220,13 @@ type Stack struct {
 	udpFast udpFastTable
 
 	// refused counts what the stack refused, by reason (limits.go).
-	refused refusals
+	refused    refusals
+	refusalLog refusalLogs
 
-	// live are the flows alive now (flows.go).
-	live flowSet
+	// live are the flows alive now (flows.go); hostErrors counts the new
+	// flows whose host socket failed.
+	live       flowSet
+	hostErrors atomic.Uint64
 	// counters reads the tap's frame counts, setCapture replaces its
 	// capture; nil with a test link.
 	counters   func() link.Counters
@@ -231,9 +238,8 @@ type Stack struct {
 	// syns notes the guests' SYNs for tcpunreach.go.
 	syns synTable
 
-	// udpPorts are the host sockets of the guest's UDP ports (udp.go).
-	udpPortsMu sync.Mutex
-	udpPorts   map[udpPortKey]*udpPort // guarded by udpPortsMu
+	// udp is the guest's UDP ports and flows (udp.go, udplimits.go).
+	udp udpTable
 
 	// flows tracks every goroutine the Stack starts or gVisor starts on
 	// its behalf; teardown refuses new ones and waits for the rest.
@@ -258,6 +264,19 @@ type Stack struct {
 	raKick chan struct{}
 
 	ping pingTable
+
+	// sources4 and sources6 are the prefixes the guest may send from
+	// (source.go).
+	sources4, sources6 []netip.Prefix
+
+	// senders are the foreign senders learnSender made neighbours of.
+	senders  sync.Map // netip.Addr → tcpip.LinkAddress
+	sendersN atomic.Int64
+
+	// solicited are the solicited-node groups joined for a mirrored
+	// network's neighbours (joinSolicited).
+	solicitedMu sync.Mutex
+	solicited   map[netip.Addr]struct{} // guarded by solicitedMu
 
 	started  atomic.Bool
 	teardown sync.Once
@@ -325,11 +344,15 @@ func newStack(cfg Config, link gvstack.LinkEndpoint) (*Stack, error) {
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = defaultDialTimeout
 	}
+	cfg.Limits = cfg.Limits.withUDPDefaults()
 	if cfg.udpIdle <= 0 {
-		cfg.udpIdle = defaultUDPIdle
+		cfg.udpIdle = cfg.Limits.UDPIdle
 	}
 	if cfg.dnsIdle <= 0 {
 		cfg.dnsIdle = defaultDNSIdle
+	}
+	if cfg.evictIdle <= 0 {
+		cfg.evictIdle = defaultEvictIdle
 	}
 	if cfg.pingIdle <= 0 {
 		cfg.pingIdle = defaultPingIdle
@@ -361,7 +384,9 @@ func newStack(cfg Config, link gvstack.LinkEndpoint) (*Stack, error) {
 	s.ctx, s.cancel = context.WithCancelCause(context.Background())
 	s.ping.flows = make(map[pingKey]*pingFlow)
 	s.tcp = newTCPTable(cfg.Limits, &s.refused)
-	s.udpPorts = make(map[udpPortKey]*udpPort)
+	s.ping.epoch = time.Now()
+	s.udp.init(cfg.Limits, cfg.evictIdle)
+	s.sources4, s.sources6 = sourcePrefixes(&s.cfg)
 
 	if err := s.build(link); err != nil {
 		s.cancel(err)

@@ -428,9 +428,9 @@ func TestUDPManyFlows(t *testing.T) {
 
 // udpHostSockets returns how many guest UDP ports have a host socket open.
 func (s *Stack) udpHostSockets() int {
-	s.udpPortsMu.Lock()
-	defer s.udpPortsMu.Unlock()
-	return len(s.udpPorts)
+	s.udp.mu.Lock()
+	defer s.udp.mu.Unlock()
+	return len(s.udp.ports)
 }
 
 func TestUDPIdleFlowExpires(t *testing.T) {

@@ -71,6 +71,7 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	cancel()
 	s.tcp.dialed(a)
 	if err != nil {
+		s.hostErrors.Add(1)
 		// Unreachable: the ICMP error a router would send
 		// (tcpunreach.go). Refused, timed out, evicted, shutting down, or
 		// no sequence number: RST.

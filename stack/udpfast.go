@@ -32,8 +32,9 @@ type udpFastKey struct {
 // udpFastFlow is a flow's host socket as the fast path writes to it.
 type udpFastFlow struct {
 	rc     syscall.RawConn
-	to     unix.Sockaddr // the flow's host destination
-	extend func()        // the flow's idle timer: traffic seen
+	to     unix.Sockaddr  // the flow's host destination
+	extend func()         // the flow's idle timer: traffic seen
+	out    *atomic.Uint64 // the flow's bytes to the host (flows.go)
 }
 
 // udpFastTable maps flows to their host sockets.
@@ -92,19 +93,20 @@ func (s *Stack) udpFastSend(pkt *gvstack.PacketBuffer, src, dst netip.Addr, ihl,
 	data.Release()
 	// Never wait: a full socket buffer drops the datagram, as the kernel
 	// would. Errors (ECONNREFUSED from an earlier ICMP error, a socket
-	// closed just now) cost this datagram only, as in relayDatagrams.
+	// closed just now) cost this datagram only, as in relayQueued.
 	f.rc.Write(func(fd uintptr) bool {
 		unix.Sendto(int(fd), (*bp)[:n], 0, f.to)
 		return true
 	})
 	f.extend()
+	f.out.Add(uint64(n))
 	return true
 }
 
 // udpFastFlowOf returns the fast-path entry of a flow to hostDst: its host
 // socket's raw conn and the sockaddr to send to.
-func udpFastFlowOf(host *udpHost, hostDst netip.AddrPort, extend func()) *udpFastFlow {
-	f := &udpFastFlow{rc: host.rc, extend: extend}
+func udpFastFlowOf(host *udpHost, hostDst netip.AddrPort, extend func(), out *atomic.Uint64) *udpFastFlow {
+	f := &udpFastFlow{rc: host.rc, extend: extend, out: out}
 	if a := hostDst.Addr(); a.Is4() {
 		f.to = &unix.SockaddrInet4{Port: int(hostDst.Port()), Addr: a.As4()}
 	} else {

@@ -17,6 +17,7 @@ import (
 	"os"
 	"unsafe"
 
+	"github.com/usernet/usernet/netplan"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -104,15 +105,21 @@ const Offloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6
 
 // Config is what `--configure` sets up on the tap.
 type Config struct {
-	MTU     int
-	MAC     net.HardwareAddr // nil: keep the kernel's random one
-	Addr    netip.Prefix     // e.g. 10.0.2.100/24
-	Gateway netip.Addr       // default route via this address
-	// Addr6 and Gateway6 do the same for IPv6 (pasta's --config-net),
-	// the address without duplicate address detection: it is the host's,
-	// and nobody else is on the link. Gateway6 may be link-local.
-	Addr6    netip.Prefix
-	Gateway6 netip.Addr
+	MTU int
+	MAC net.HardwareAddr // nil: keep the kernel's random one
+	// Addrs are the tap's addresses, in order (e.g. 10.0.2.100/24).
+	// IPv6 ones go without duplicate address detection (pasta's
+	// --config-net): they are the host's, and nobody else is on the link.
+	Addrs []netip.Prefix
+	// NoBroadcast gives the IPv4 addresses no broadcast address (else
+	// the last of their network).
+	NoBroadcast bool
+	// Gateway and Gateway6 give a default route each when Routes is
+	// empty. Gateway6 may be link-local.
+	Gateway, Gateway6 netip.Addr
+	// Routes, when not empty, are the routes instead (pasta's copies of
+	// the host's), added in order, IPv4 ones first.
+	Routes []netplan.Route
 }
 
 // LoopbackUp brings the namespace's lo up (pasta does, configured or not).
@@ -127,9 +134,9 @@ func LoopbackUp() error {
 	return nil
 }
 
-// Configure brings lo and the tap up, sets MTU, MAC and address, and adds the
-// default route, as slirp4netns --configure does. It must run inside the
-// namespace with CAP_NET_ADMIN there.
+// Configure brings lo and the tap up, sets MTU, MAC and addresses, and adds
+// the routes, as slirp4netns --configure and pasta --config-net do. It must
+// run inside the namespace with CAP_NET_ADMIN there.
 func Configure(name string, cfg Config) error {
 	if err := LoopbackUp(); err != nil {
 		return err
@@ -148,29 +155,72 @@ func Configure(name string, cfg Config) error {
 			return fmt.Errorf("set mac %s on %s: %w", cfg.MAC, name, err)
 		}
 	}
-	if cfg.Addr.IsValid() {
-		a := &netlink.Addr{IPNet: &net.IPNet{IP: cfg.Addr.Addr().AsSlice(), Mask: net.CIDRMask(cfg.Addr.Bits(), cfg.Addr.Addr().BitLen())}}
-		if err := netlink.AddrReplace(link, a); err != nil {
-			return fmt.Errorf("add address %s to %s: %w", cfg.Addr, name, err)
+	for _, p := range cfg.Addrs {
+		a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+		if p.Addr().Is6() {
+			a.Flags = unix.IFA_F_NODAD
+		} else if cfg.NoBroadcast {
+			a.Broadcast = net.IPv4zero
 		}
-	}
-	if cfg.Addr6.IsValid() {
-		a := &netlink.Addr{IPNet: &net.IPNet{IP: cfg.Addr6.Addr().AsSlice(), Mask: net.CIDRMask(cfg.Addr6.Bits(), 128)}, Flags: unix.IFA_F_NODAD}
 		if err := netlink.AddrReplace(link, a); err != nil {
-			return fmt.Errorf("add address %s to %s: %w", cfg.Addr6, name, err)
+			return fmt.Errorf("add address %s to %s: %w", p, name, err)
 		}
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("bring %s up: %w", name, err)
 	}
-	for _, gw := range []netip.Addr{cfg.Gateway, cfg.Gateway6} {
-		if !gw.IsValid() {
+	if len(cfg.Routes) == 0 {
+		for _, gw := range []netip.Addr{cfg.Gateway, cfg.Gateway6} {
+			if !gw.IsValid() {
+				continue
+			}
+			r := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw.AsSlice()}
+			if err := netlink.RouteReplace(r); err != nil {
+				return fmt.Errorf("add default route via %s on %s: %w", gw, name, err)
+			}
+		}
+	}
+	// Routes on the link first: the gateways of the others may be
+	// reachable only through them.
+	var later []netplan.Route
+	for _, r := range cfg.Routes {
+		if r.Gateway.IsValid() {
+			later = append(later, r)
 			continue
 		}
-		r := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw.AsSlice()}
-		if err := netlink.RouteReplace(r); err != nil {
-			return fmt.Errorf("add default route via %s on %s: %w", gw, name, err)
+		if err := addRoute(link.Attrs().Index, r); err != nil {
+			return fmt.Errorf("add route to %v on %s: %w", r.Dst, name, err)
+		}
+	}
+	for _, r := range later {
+		if err := addRoute(link.Attrs().Index, r); err != nil {
+			return fmt.Errorf("add route to %v via %v on %s: %w", r.Dst, r.Gateway, name, err)
 		}
 	}
 	return nil
+}
+
+// addRoute adds r out of the interface. A route the kernel already has
+// (the prefix route of an address, made when it was added) is not an
+// error. It is created without NLM_F_EXCL, as pasta does: an IPv4
+// copy of a prefix route then stands beside the kernel's own, which has
+// a preferred source.
+func addRoute(ifindex int, r netplan.Route) error {
+	nr := &netlink.Route{
+		LinkIndex: ifindex,
+		Dst:       &net.IPNet{IP: r.Dst.Addr().AsSlice(), Mask: net.CIDRMask(r.Dst.Bits(), r.Dst.Addr().BitLen())},
+		Priority:  r.Metric,
+		Protocol:  netlink.RouteProtocol(r.Protocol),
+		Scope:     netlink.Scope(r.Scope),
+		Type:      r.Type,
+		Flags:     r.Flags,
+	}
+	if r.Gateway.IsValid() {
+		nr.Gw = r.Gateway.AsSlice()
+	}
+	err := netlink.RouteAddEcmp(nr)
+	if errors.Is(err, unix.EEXIST) {
+		return nil
+	}
+	return err
 }

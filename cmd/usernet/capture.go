@@ -22,9 +22,90 @@ import (
 // it is not installed, and the data path pays nothing for it.
 type captureHub struct {
 	set  func(link.Capture) // the stack's SetCapture
-	mu   sync.Mutex
-	list []link.Capture                 // guarded by mu
-	cur  atomic.Pointer[[]link.Capture] // list, for WriteFrame
+	logf func(string, ...any)
+	// files are the captures start_capture made, by id; sandboxed: no file
+	// can be created, and Start says so.
+	sandboxed bool
+
+	mu     sync.Mutex
+	list   []link.Capture                 // guarded by mu
+	cur    atomic.Pointer[[]link.Capture] // list, for WriteFrame
+	files  map[int]*fileCapture           // guarded by mu
+	nextID int                            // guarded by mu
+}
+
+// fileCapture is one start_capture's file.
+type fileCapture struct {
+	f    *os.File
+	w    *pcap.Writer
+	stop func()
+}
+
+// maxFileCaptures bounds start_capture's files at once.
+const maxFileCaptures = 8
+
+// Start is apisock.Capturer's: a new file at path (which must not exist)
+// gets every frame until Stop.
+func (h *captureHub) Start(path string) (int, error) {
+	if h.sandboxed {
+		return 0, errors.New("the sandbox lets usernet create no file; stream the capture over the API socket instead (usernet capture)")
+	}
+	h.mu.Lock()
+	n := len(h.files)
+	h.mu.Unlock()
+	if n >= maxFileCaptures {
+		return 0, fmt.Errorf("%d captures are running already", n)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return 0, err
+	}
+	w, err := pcap.NewWriter(f, h.logf)
+	if err != nil {
+		f.Close()
+		os.Remove(path)
+		return 0, err
+	}
+	fc := &fileCapture{f: f, w: w}
+	fc.stop = h.add(w)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.files == nil {
+		h.files = map[int]*fileCapture{}
+	}
+	h.nextID++
+	h.files[h.nextID] = fc
+	return h.nextID, nil
+}
+
+// Stop ends start_capture id's capture and closes its file.
+func (h *captureHub) Stop(id int) error {
+	h.mu.Lock()
+	fc := h.files[id]
+	delete(h.files, id)
+	h.mu.Unlock()
+	if fc == nil {
+		return fmt.Errorf("no capture with id %d", id)
+	}
+	fc.stop()
+	werr := fc.w.Close()
+	if err := fc.f.Close(); werr == nil {
+		werr = err
+	}
+	return werr
+}
+
+// stopAll ends every start_capture capture (usernet is stopping).
+func (h *captureHub) stopAll() {
+	h.mu.Lock()
+	ids := make([]int, 0, len(h.files))
+	for id := range h.files {
+		ids = append(ids, id)
+	}
+	h.mu.Unlock()
+	for _, id := range ids {
+		h.Stop(id)
+	}
 }
 
 // WriteFrame is link.Capture.

@@ -68,6 +68,12 @@ type options struct {
 	// publishErr says which option publish[i] came from when it cannot
 	// be bound; nil: slirp4netns's --publish.
 	publishErr func(i int, err error) error
+	// runAs is who the process becomes once the network is ready and
+	// every host port bound (pasta's --runas), when it does that itself:
+	// the sandbox's re-executed image has switched before Go started.
+	runAs *runAs
+	// publishMany are forwards of every port but some (pasta's "-t ~25").
+	publishMany []manyForward
 
 	help, version bool
 
@@ -114,7 +120,7 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	fs.StringVar(&o.resolvConf, "resolv-conf", "/etc/resolv.conf", "resolv.conf to take the DNS upstream from")
 	fs.StringVar(&o.pcap, "pcap", "", "capture every frame of the tap to a pcap file")
 	addEgressFlags(fs, &o.egress)
-	addTCPLimitFlags(fs, &o.limits)
+	addLimitFlags(fs)
 	fs.String("target-type", "netns", "specify the target type ([netns], default=netns)")
 	fs.BoolVarP(&o.help, "help", "h", false, "show this help and exit")
 	fs.BoolVarP(&o.version, "version", "v", false, "show version and exit")
@@ -220,6 +226,9 @@ func parseFlagsMode(argv []string, out io.Writer, positional int, interspersed b
 			return nil, nil, fmt.Errorf("--publish %s: %w", spec, err)
 		}
 		o.publish = append(o.publish, r)
+	}
+	if err = limitsFromFlags(fs, &o.limits); err != nil {
+		return nil, nil, err
 	}
 	if o.dnsUpstream != "" && o.disableDNS {
 		return nil, nil, errors.New("--dns-upstream and --disable-dns cannot be used together")

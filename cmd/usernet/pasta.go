@@ -40,7 +40,7 @@ var (
 var pastaExtra = append([]pasta.ExtraOption{
 	{Name: "api-socket", HasArg: true, Usage: "  --api-socket PATH\tserve slirp4netns's port forwarding API on a unix socket (usernet)\n"},
 	{Name: "no-sandbox", Usage: "  --no-sandbox\t\tdo not confine the process (usernet; by default it is, as pasta confines itself)\n"},
-}, append(pastaEgressExtra(), tcpLimitExtras()...)...)
+}, append(pastaEgressExtra(), pastaLimitOptions()...)...)
 
 // pastaEgressExtra are the egress policy's flags on pasta's command line.
 func pastaEgressExtra() []pasta.ExtraOption {
@@ -60,8 +60,11 @@ func pastaEgressExtra() []pasta.ExtraOption {
 type pastaState struct {
 	Template hostif.Template // the host's, read before the sandbox hides netlink
 	Detached bool            // the background process of a detached invocation
-	LogFD    int             `json:",omitempty"` // where stdout and stderr go once ready (Detached)
-	log      *os.File
+	// Ephemeral is the host's ephemeral port range, which "-t ~25"
+	// leaves out, read before the sandbox hides /proc.
+	Ephemeral [2]uint16
+	LogFD     int `json:",omitempty"` // where stdout and stderr go once ready (Detached)
+	log       *os.File
 }
 
 // ready is what a pasta-style invocation does once the network is ready:
@@ -117,6 +120,14 @@ func pastaMain(argv0 string, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
+	warn := stderr
+	if detached {
+		warn = io.Discard // the foreground process warned
+	}
+	if o.runAs, err = pastaRunAs(po.RunAs, po.RunAs != "", warn); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
 	if po.NetNS == "" {
 		// No target: new namespaces running the command, or a shell.
 		cmd := po.Args
@@ -132,7 +143,7 @@ func pastaMain(argv0 string, args []string, stdout, stderr io.Writer) int {
 	if !po.Foreground && !detached {
 		return detach(po.PIDFile, stderr)
 	}
-	ps := &pastaState{Template: tmpl, Detached: detached}
+	ps := &pastaState{Template: tmpl, Detached: detached, Ephemeral: eph}
 	if detached {
 		if ps.log, err = openLogTarget(po.LogFile); err != nil {
 			fmt.Fprintln(stderr, err)
@@ -184,12 +195,24 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 	}
 	var t nsjoin.Target
 	switch {
+	case po.FDGiven:
+		// passt's: a connected socket to a VM's frames in place of the
+		// tap (qemu's -netdev stream). pasta accepts it but has no VM.
+		return nil, t, errors.New("-F/--fd is not supported by usernet's pasta command line: it hands passt a VM's socket in place of the tap, which pasta mode has no use for")
 	case unsupported(po) != "":
 		return nil, t, fmt.Errorf("%s is not supported by usernet's pasta command line yet", unsupported(po))
 	}
 	if v, ok := po.ExtraValue("api-socket"); ok {
 		o.apiSocket = v
 	}
+	var err error
+	if err = limitsFromPasta(po, &o.limits); err != nil {
+		return nil, t, err
+	}
+	// pasta serves frames from any source, hosts behind the namespace
+	// too (a Podman bridge network without NAT); the check is on only
+	// when --allow-source names what the namespace routes.
+	o.limits.AnySource = len(o.limits.AllowSources) == 0
 	// pasta always confines itself; so does usernet here, unless asked
 	// not to.
 	if _, off := po.ExtraValue("no-sandbox"); !off {
@@ -203,13 +226,9 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 		}
 	}
 	o.pcap = po.Pcap
-	if err := pastaTCPLimits(po, &o.limits); err != nil {
-		return nil, t, err
-	}
 	if po.NsMACGiven {
 		o.mac = po.NsMAC[:]
 	}
-	var err error
 	if o.plan, err = pastaPlan(po, tmpl); err != nil {
 		return nil, t, err
 	}
@@ -217,6 +236,12 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 	o.dhcpv6 = !po.NoDHCPv6 && o.plan.Guest6.IsValid()
 	o.advertise = pastaAdvertise(po, o.plan)
 	o.hostname, o.fqdn = po.Hostname, po.FQDN
+	if !o.plan.Net4.Contains(o.plan.Gateway4) {
+		// -a without -g: the host's gateway, outside the guest's
+		// network, reached through the routes copied (pasta's DHCP
+		// would send a classless route to it; usernet's serves none).
+		o.disableDHCP = true
+	}
 	o.tapName = po.NsIfname
 	if o.tapName == "" {
 		o.tapName = tmpl.V4.Ifname
@@ -260,6 +285,10 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 			continue
 		}
 		for _, r := range f.fwd.Ranges {
+			if r.Weak {
+				o.publishMany = addWeak(o.publishMany, f.proto, f.opt, r, f.fwd, o.plan, po)
+				continue
+			}
 			for port := int(r.First); port <= int(r.Last); port++ {
 				to, _ := f.fwd.Target(uint16(port))
 				m := pasta.Mapping{BindAddr: r.BindAddr, BindIfname: r.BindIfname, Port: uint16(port), To: to}
@@ -312,19 +341,8 @@ func pastaOptions(po *pasta.Options, tmpl hostif.Template) (*options, nsjoin.Tar
 // or "".
 func unsupported(po *pasta.Options) string {
 	switch {
-	case po.RunAs != "":
-		return "--runas"
-	case po.FDGiven:
-		return "-F/--fd"
 	case po.Interface != "" && (po.OutboundIf4 != "" || po.OutboundIf6 != ""):
 		return "-i with --outbound-if4/6"
-	}
-	for _, f := range []*pasta.Forward{&po.TCP, &po.UDP} {
-		for _, r := range f.Ranges {
-			if r.Weak {
-				return "a forward of every port but some (~PORTS alone)"
-			}
-		}
 	}
 	return ""
 }
@@ -345,9 +363,22 @@ func pastaPlan(po *pasta.Options, tmpl hostif.Template) (netplan.Plan, error) {
 	if po.Gateway4.IsValid() {
 		gw = po.Gateway4
 	}
-	if !guest.IsValid() || !gw.IsValid() {
+	local := !guest.IsValid() || !gw.IsValid()
+	if local {
 		// No usable IPv4 template: pasta's local mode.
 		guest, bits, gw = pastaLocal4.Addr(), pastaLocal4.Bits(), pastaLocalGW4
+	}
+	// --config-net copies every address of the template interface
+	// unless -a gives one, and every route through it unless -g gives
+	// the default one.
+	// pasta sets a broadcast address only in the copies that have one.
+	p.NoBroadcast4 = true
+	if !po.Address4.IsValid() && !local {
+		p.Addrs4, p.NoBroadcast4 = tmpl.V4.Addrs, tmpl.V4.NoBroadcast
+	}
+	routes4 := tmpl.V4.Routes
+	if po.Gateway4.IsValid() || local {
+		routes4 = []netplan.Route{{Dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0), Gateway: gw}}
 	}
 	p.Net4 = netip.PrefixFrom(guest, bits).Masked()
 	p.Guest4, p.Gateway4 = guest, gw
@@ -369,6 +400,7 @@ func pastaPlan(po *pasta.Options, tmpl hostif.Template) (netplan.Plan, error) {
 	}
 	if !po.IPv4Only && guest6.IsValid() && gw6.IsValid() {
 		p.Net6 = netip.PrefixFrom(guest6, bits6).Masked()
+		p.Mirror6 = tmpl.V6.Addr.IsValid() && p.Net6 == tmpl.V6.Addr.Masked()
 		p.Guest6, p.Gateway6 = guest6, gw6
 		// The stack's link-local address: the router's when it is
 		// link-local, else the host's own on that interface.
@@ -382,7 +414,19 @@ func pastaPlan(po *pasta.Options, tmpl hostif.Template) (netplan.Plan, error) {
 		p.DNS6 = po.DNSForward6
 		p.HostLoopback6 = po.HostLoopbackMap(true, gw6)
 		p.GuestAlias6 = po.MapGuestAddr6
+		if !po.Address6.IsValid() {
+			p.Addrs6 = tmpl.V6.Addrs
+		}
+		routes6 := tmpl.V6.Routes
+		if po.Gateway6.IsValid() || len(routes6) == 0 {
+			routes6 = []netplan.Route{{Dst: netip.PrefixFrom(netip.IPv6Unspecified(), 0), Gateway: gw6}}
+		}
+		p.Routes = append(p.Routes, routes6...)
 	}
+	if len(routes4) == 0 {
+		routes4 = []netplan.Route{{Dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0), Gateway: gw}}
+	}
+	p.Routes = append(routes4[:len(routes4):len(routes4)], p.Routes...)
 	if err := p.Validate(); err != nil {
 		return p, fmt.Errorf("addresses copied from the host: %w", err)
 	}
@@ -415,6 +459,49 @@ func pastaAdvertise(po *pasta.Options, plan netplan.Plan) *stack.Advertise {
 	return a
 }
 
+// manyForward is one exclusions-only spec of -t or -u ("~25"): its ports,
+// bound together, and pasta's messages for it.
+type manyForward struct {
+	many portfwd.Many
+	opt  string // "-t ~25"
+}
+
+// err is pasta's message for a failure to bind the spec's ports.
+func (m manyForward) err(err error) error {
+	if errors.Is(err, portfwd.ErrNoFiles) {
+		return fmt.Errorf("Can't open enough sockets for port specifier: %s", m.opt[3:])
+	}
+	return fmt.Errorf("Failed to bind any port for '%s': %w", m.opt, err)
+}
+
+// addWeak adds the ports of r, a range of an exclusions-only spec, to the
+// forward of its spec in ms (a new one for its first range). Without a
+// bind address pasta listens on dual-stack sockets.
+func addWeak(ms []manyForward, proto, opt string, r pasta.PortRange, fwd *pasta.Forward, plan netplan.Plan, po *pasta.Options) []manyForward {
+	host := r.BindAddr
+	if !host.IsValid() || host.IsUnspecified() {
+		switch {
+		case po.IPv6Only:
+			host = netip.IPv6Unspecified()
+		case !plan.IPv6():
+			host = netip.IPv4Unspecified()
+		default:
+			host = netip.Addr{} // both
+		}
+	}
+	opt += " " + r.Spec
+	if n := len(ms); n == 0 || ms[n-1].opt != opt || ms[n-1].many.Proto != proto ||
+		ms[n-1].many.HostAddr != host || ms[n-1].many.HostIfname != r.BindIfname {
+		ms = append(ms, manyForward{many: portfwd.Many{Proto: proto, HostAddr: host, HostIfname: r.BindIfname}, opt: opt})
+	}
+	m := &ms[len(ms)-1].many
+	for p := int(r.First); p <= int(r.Last); p++ {
+		to, _ := fwd.Target(uint16(p))
+		m.Ports = append(m.Ports, portfwd.PortPair{Host: uint16(p), Guest: to})
+	}
+	return ms
+}
+
 // pastaRules turns one listening port of -t/-u into forwards: to the
 // guest's address of the family the listener is of. Without a bind
 // address pasta listens on both families.
@@ -442,7 +529,7 @@ func resumePasta(ps *pastaState) (*options, error) {
 	if !isPastaName(os.Args[0]) {
 		args = args[1:] // usernet pasta ...
 	}
-	po, err := pasta.Parse(os.Args[0], args, pasta.WithExtra(pastaExtra...))
+	po, err := pasta.Parse(os.Args[0], args, pasta.WithEphemeral(ps.Ephemeral), pasta.WithExtra(pastaExtra...))
 	if err != nil {
 		return nil, err
 	}

@@ -117,7 +117,7 @@ func TestPastaPcap(t *testing.T) {
 }
 
 func TestPastaUnsupportedOptions(t *testing.T) {
-	for _, args := range []string{"--runas 1000 1", "-t ~25 1"} {
+	for _, args := range []string{"-F 3 1"} {
 		po, err := pasta.Parse("pasta", strings.Fields(args))
 		if err != nil {
 			t.Fatalf("pasta.Parse(%q): %v", args, err)
@@ -169,6 +169,72 @@ func TestPastaDHCPv6AndAdvertise(t *testing.T) {
 		}
 		if got := str(a.Search, c.sl == ""); got != c.sl {
 			t.Errorf("%s: advertised search %s, want %s", c.args, got, c.sl)
+		}
+	}
+}
+
+// An exclusions-only spec: every port but those and the ephemeral ones,
+// one dual-stack forward of them all per spec.
+func TestPastaExclusionsOnly(t *testing.T) {
+	for _, c := range []struct {
+		args     string
+		proto    string
+		host     string
+		excluded []uint16
+	}{
+		{"-t ~25 1", "tcp", "invalid IP", []uint16{25}},
+		{"-u ~53,~5353 1", "udp", "invalid IP", []uint16{53, 5353}},
+		{"-4 -t ~25 1", "tcp", "0.0.0.0", []uint16{25}},
+		{"-t 127.0.0.1/~25 1", "tcp", "127.0.0.1", []uint16{25}},
+	} {
+		o, _ := parsePasta(t, c.args)
+		if len(o.publishMany) != 1 || len(o.publish) != 0 {
+			t.Errorf("%s: %d forwards of many ports, %d others; want 1, 0", c.args, len(o.publishMany), len(o.publish))
+			continue
+		}
+		m := o.publishMany[0].many
+		ports := map[uint16]uint16{}
+		for _, p := range m.Ports {
+			ports[p.Host] = p.Guest
+		}
+		want := 65535 - (60999 - 32768 + 1) - len(c.excluded)
+		if m.Proto != c.proto || m.HostAddr.String() != c.host || len(m.Ports) != want || ports[80] != 80 || ports[65535] != 65535 {
+			t.Errorf("%s: %s on %v, %d ports (80 → %d); want %s on %s, %d ports, 80 → 80", c.args, m.Proto, m.HostAddr, len(m.Ports), ports[80], c.proto, c.host, want)
+		}
+		for _, x := range append(c.excluded, 32768, 60999) {
+			if _, ok := ports[x]; ok {
+				t.Errorf("%s: port %d forwarded", c.args, x)
+			}
+		}
+	}
+}
+
+func TestPastaRunAsParse(t *testing.T) {
+	for _, c := range []struct {
+		spec string
+		want string
+	}{
+		{"1000", "1000:1000"},
+		{"1000:100", "1000:100"},
+		{"0x10:0", "16:0"},
+		{"nobody", ""}, // looked up
+		{"root", "error"},
+		{"no-such-user-here", "error"},
+		{"1000:no-such-group-here", "error"},
+	} {
+		r, err := parseRunAs(c.spec)
+		got := "error"
+		if err == nil {
+			got = fmt.Sprintf("%d:%d", r.UID, r.GID)
+		}
+		if c.want == "" {
+			if err != nil {
+				t.Errorf("--runas %s: %v", c.spec, err)
+			}
+			continue
+		}
+		if got != c.want {
+			t.Errorf("--runas %s = %s, want %s", c.spec, got, c.want)
 		}
 	}
 }

@@ -105,7 +105,11 @@ func notifyContext(parent context.Context, sigs ...os.Signal) (context.Context, 
 }
 
 func sandboxConfig(o *options) sandbox.Config {
-	return sandbox.Config{Mounts: o.enableSandbox, Seccomp: o.enableSeccomp}
+	c := sandbox.Config{Mounts: o.enableSandbox, Seccomp: o.enableSeccomp}
+	if o.runAs != nil {
+		c.RunAs = &sandbox.IDs{UID: o.runAs.UID, GID: o.runAs.GID}
+	}
+	return c
 }
 
 // sandboxBinds are the host directories the sandbox must show besides /etc

@@ -19,6 +19,7 @@ import (
 	"github.com/usernet/usernet/internal/memtrim"
 	"github.com/usernet/usernet/internal/pollfd"
 	"github.com/usernet/usernet/internal/procs"
+	"github.com/usernet/usernet/internal/ratelog"
 	"github.com/usernet/usernet/loopfwd"
 	"github.com/usernet/usernet/netplan"
 	"github.com/usernet/usernet/nsjoin"
@@ -138,19 +139,21 @@ func prepare(ctx context.Context, o *options, t nsjoin.Target, out output) (_ *p
 		LoopbackUp: o.loopbackUp,
 	}
 	if o.configure {
-		req.Config = tap.Config{
-			MTU:     o.mtu,
-			MAC:     o.mac,
-			Addr:    netip.PrefixFrom(o.plan.Guest4, o.plan.Net4.Bits()),
-			Gateway: o.plan.Gateway4,
+		req.Config = tap.Config{MTU: o.mtu, MAC: o.mac, Gateway: o.plan.Gateway4, NoBroadcast: o.plan.NoBroadcast4}
+		v4, v6 := !o.ipv6Only, o.plan.Guest6.IsValid() // pasta's guest does not make its own IPv6 address
+		if v4 {
+			req.Config.Addrs = o.plan.GuestAddrs(false)
+		} else {
+			req.Config.Gateway = netip.Addr{}
 		}
-		if o.ipv6Only {
-			req.Config.Addr, req.Config.Gateway = netip.Prefix{}, netip.Addr{}
-		}
-		if o.plan.Guest6.IsValid() {
-			// A guest that does not make its own address (pasta's).
-			req.Config.Addr6 = netip.PrefixFrom(o.plan.Guest6, o.plan.Net6.Bits())
+		if v6 {
+			req.Config.Addrs = append(req.Config.Addrs, o.plan.GuestAddrs(true)...)
 			req.Config.Gateway6 = o.plan.Gateway6
+		}
+		for _, r := range o.plan.Routes {
+			if r.Dst.Addr().Is4() && v4 || r.Dst.Addr().Is6() && v6 {
+				req.Config.Routes = append(req.Config.Routes, r)
+			}
 		}
 	}
 	opened, err := nsjoin.OpenTap(ctx, t, req)
@@ -207,6 +210,11 @@ func (p *prepared) close() {
 func (p *prepared) run(ctx context.Context, out output, onReady func() error) error {
 	o := p.o
 	logf := lineLogger(out.stderr) // one writer for every component's lines
+	// Lines that the guest or the network can trigger (a DHCP lease, a
+	// failed flow, a dropped datagram) go through one rate-limited
+	// logger whose goroutine writes them, never the data path.
+	netLog := ratelog.New(func(line string) { logf("%s", line) }, netLogRate, netLogBurst, netLogSummary)
+	defer netLog.Close() // last: after the stack and the forwards have stopped
 	var egress *policy.Policy
 	if p.egress != nil {
 		var err error
@@ -226,7 +234,7 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 			Upstream:   p.upstream,
 			ResolvConf: p.resolvConf,
 			Check:      upstreamOutside(o.plan),
-			Logf:       logf,
+			Logf:       netLog.Logf,
 		}
 		if egress != nil {
 			dcfg.Names = policyNames{egress}
@@ -258,28 +266,29 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		ServeDNS:      serveDNS,
 		DisableDHCP:   o.disableDHCP,
 		DisableRA:     o.disableRA,
+		Limits:        o.limits,
 		Egress:        egress,
 		EgressRST:     o.egress.rst,
 		DHCPv6:        o.dhcpv6,
 		Advertise:     o.advertise,
 		Hostname:      o.hostname,
 		FQDN:          o.fqdn,
-		Limits:        o.limits,
-		Logf:          logf,
+		Logf:          netLog.Logf,
 	})
 	if err != nil {
 		return fmt.Errorf("netstack: %w", err) // close closes the tap
 	}
 	p.tap = nil // the stack owns it now
 	// --pcap and the API's live captures; installed before Run reads a frame.
-	captures := &captureHub{set: st.SetCapture}
+	captures := &captureHub{set: st.SetCapture, logf: logf, sandboxed: sandboxConfig(o).Enabled()}
+	defer captures.stopAll()
 	if capture != nil {
 		captures.add(capture)
 	}
 
 	// Port forwarding: the registry dials into the namespace through the
 	// stack; static --publish forwards are bound now, API ones on request.
-	fwdCfg := portfwd.Config{Dialer: st, Plan: o.plan, Logf: logf}
+	fwdCfg := portfwd.Config{Dialer: st, Plan: o.plan, Logf: netLog.Logf}
 	if p.broker != nil && o.splice {
 		fwdCfg.Splice = func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
 			if o.spliceToLoopback {
@@ -303,6 +312,14 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 				return o.publishErr(i, err)
 			}
 			return fmt.Errorf("--publish: %w", err)
+		}
+	}
+	// After the others: a port they bound is one these skip.
+	for _, m := range o.publishMany {
+		if _, err := reg.AddMany(ctx, m.many); err != nil {
+			st.Close()
+			closeRegistry(reg)
+			return m.err(err)
 		}
 	}
 	var api *apisock.Server
@@ -382,7 +399,7 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 				Hosts: []netip.Addr{netip.IPv4Unspecified()}, // one Add per port; nsLoopAuto listens on both loopbacks
 				// Not the ports forwarded the other way: they are
 				// our own listeners, and would loop.
-				Skip:      func(proto string, port uint16) bool { return forwardsHostPort(reg, proto, port) },
+				Skip:      reg.Forwards,
 				Forwarder: loops,
 				Logf:      logf,
 			})
@@ -428,6 +445,11 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		p.ready.Close()
 		p.ready = nil
 	}
+	if o.runAs != nil {
+		if err := o.runAs.drop(); err != nil {
+			cancel(err)
+		}
+	}
 	if onReady != nil {
 		if err := onReady(); err != nil {
 			cancel(err)
@@ -452,6 +474,15 @@ func closeRegistry(r *portfwd.Registry) {
 	cancel()
 	r.Run(ctx)
 }
+
+// The rate of the lines the guest or the network triggers: a burst of
+// netLogBurst, netLogRate a second after it, and the count of the lines
+// beyond that at most every netLogSummary.
+const (
+	netLogRate    = 20
+	netLogBurst   = 100
+	netLogSummary = 10 * time.Second
+)
 
 // lineLogger returns a Logf that writes one line per call to w.
 func lineLogger(w io.Writer) func(string, ...any) {
@@ -609,7 +640,7 @@ func autoConfig(o *options, files []*os.File, reg *portfwd.Registry, logf func(s
 // the namespace: a forward given, auto, or added through the API (the
 // local path), or one from the namespace's loopback (-T, -U).
 func (o *options) needsBroker() bool {
-	local := o.splice && (len(o.publish) > 0 || o.autoTCP || o.autoUDP || o.apiSocket != "")
+	local := o.splice && (len(o.publish) > 0 || len(o.publishMany) > 0 || o.autoTCP || o.autoUDP || o.apiSocket != "")
 	return local || len(o.nsToHost) > 0 || len(o.nsToHostUDP) > 0 || o.nsAutoTCP || o.nsAutoUDP
 }
 
@@ -670,17 +701,6 @@ func (a *nsLoopAuto) Remove(id int) error {
 		s.Close()
 	}
 	return nil
-}
-
-// forwardsHostPort reports whether a forward of proto into the namespace
-// listens on port of the host.
-func forwardsHostPort(reg *portfwd.Registry, proto string, port uint16) bool {
-	for _, e := range reg.List() {
-		if e.Proto == proto && e.HostPort == port {
-			return true
-		}
-	}
-	return false
 }
 
 // loopbackOf is the loopback address of a's family.

@@ -28,11 +28,11 @@ type statsSource struct {
 type apiStats struct {
 	Uptime float64 `json:"uptime_s"`
 	stack.Stats
-	Forwards int `json:"forwards"`
+	Forwards []portfwd.Stats `json:"forwards"`
 }
 
 func (s statsSource) Stats() any {
-	return apiStats{Uptime: time.Since(s.start).Round(time.Millisecond).Seconds(), Stats: s.st.Stats(), Forwards: len(s.reg.List())}
+	return apiStats{Uptime: time.Since(s.start).Round(time.Millisecond).Seconds(), Stats: s.st.Stats(), Forwards: s.reg.Stats()}
 }
 
 func (s statsSource) Connections() any { return s.st.Connections() }
@@ -56,6 +56,7 @@ func statusMain(argv []string, top bool, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "usage: usernet %s --api-socket PATH\n", name)
 		return 2
 	}
+	var prev *apiStats
 	for {
 		stats, err := apiCall(*sock, `{"execute":"get_stats"}`)
 		var conns []byte
@@ -71,7 +72,7 @@ func statusMain(argv []string, top bool, stdout, stderr io.Writer) int {
 			return 0
 		}
 		var out strings.Builder
-		if err := renderStatus(&out, stats, conns); err != nil {
+		if err := renderStatus(&out, stats, conns, &prev); err != nil {
 			fmt.Fprintf(stderr, "usernet %s: %v\n", name, err)
 			return 1
 		}
@@ -119,18 +120,28 @@ func apiCall(path, req string) (json.RawMessage, error) {
 	return reply.Return, nil
 }
 
-func renderStatus(w io.Writer, statsJSON, connsJSON []byte) error {
+// renderStatus prints the figures; with the previous sample in *prev it
+// adds rates since then, and leaves this sample there.
+func renderStatus(w io.Writer, statsJSON, connsJSON []byte, prev **apiStats) error {
 	var st apiStats
 	if err := json.Unmarshal(statsJSON, &st); err != nil {
 		return fmt.Errorf("get_stats: %w", err)
 	}
+	defer func() { *prev = &st }()
 	var conns []stack.FlowInfo
 	if err := json.Unmarshal(connsJSON, &conns); err != nil {
 		return fmt.Errorf("list_connections: %w", err)
 	}
-	fmt.Fprintf(w, "up %s   tap: in %s (%d frames)  out %s (%d frames)   forwards %d\n",
+	fmt.Fprintf(w, "up %s   from the namespace %s (%d frames)   to it %s (%d frames)\n",
 		time.Duration(st.Uptime*float64(time.Second)).Round(time.Second),
-		human(st.Tap.RxBytes), st.Tap.RxFrames, human(st.Tap.TxBytes), st.Tap.TxFrames, st.Forwards)
+		human(st.Tap.RxBytes), st.Tap.RxFrames, human(st.Tap.TxBytes), st.Tap.TxFrames)
+	if p := *prev; p != nil && st.Uptime > p.Uptime {
+		dt := st.Uptime - p.Uptime
+		rate := func(a, b uint64) float64 { return float64(a-b) / dt }
+		fmt.Fprintf(w, "now: out %s/s  in %s/s   new flows/s: tcp %.0f  udp %.0f  icmp %.0f\n",
+			human(uint64(rate(st.Tap.RxBytes, p.Tap.RxBytes))), human(uint64(rate(st.Tap.TxBytes, p.Tap.TxBytes))),
+			rate(st.FlowsTotal["tcp"], p.FlowsTotal["tcp"]), rate(st.FlowsTotal["udp"], p.FlowsTotal["udp"]), rate(st.FlowsTotal["icmp"], p.FlowsTotal["icmp"]))
+	}
 	fmt.Fprintf(w, "flows now: tcp %d  udp %d  icmp %d   since start: tcp %d  udp %d  icmp %d\n",
 		st.Flows["tcp"], st.Flows["udp"], st.Flows["icmp"], st.FlowsTotal["tcp"], st.FlowsTotal["udp"], st.FlowsTotal["icmp"])
 	var refused []string
@@ -142,6 +153,12 @@ func renderStatus(w io.Writer, statsJSON, connsJSON []byte) error {
 	sort.Strings(refused)
 	if len(refused) > 0 {
 		fmt.Fprintf(w, "refused: %s\n", strings.Join(refused, "  "))
+	}
+	if st.BadFrames > 0 || st.HostErrors > 0 {
+		fmt.Fprintf(w, "bad frames %d   host errors %d\n", st.BadFrames, st.HostErrors)
+	}
+	for _, f := range st.Forwards {
+		fmt.Fprintf(w, "forward %d %s: %d flows, in %s, out %s\n", f.ID, f.Rule, f.Flows, human(f.ToGuest), human(f.FromGuest))
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)

@@ -24,7 +24,7 @@ type rule struct {
 	may    []string // module packages it may depend on, directly or indirectly
 }
 
-// The layers, bottom up: leaves (netplan, relay, dhcp, dhcp6, dns, tap, pollfd,
+// The layers, bottom up: leaves (netplan, relay, dhcp, dhcp6, dns, tap, pollfd, ratelog,
 // sandbox, nsrun, frontend/pasta, pcap), then link on tap, stack on link,
 // portfwd beside stack (it reaches the namespace through its Dialer
 // interface, which stack implements), apisock on portfwd, and cmd/usernet
@@ -34,11 +34,12 @@ var rules = map[string]rule{
 	"relay":             {why: "sees connections as net.Conn: stack and portfwd adapt theirs to it"},
 	"dhcp":              {why: "the protocol only: stack moves its packets"},
 	"dhcp6":             {why: "the protocol only: stack moves its packets"},
-	"dns":               {why: "serves whatever net.PacketConn/net.Listener it is handed"},
-	"tap":               {why: "runs in the nsjoin child and must stay small"},
+	"dns":               {why: "serves whatever net.PacketConn/net.Listener it is handed", may: []string{"internal/ratelog"}},
+	"internal/ratelog":  {why: "rate-limited log lines: a leaf"},
+	"tap":               {why: "runs in the nsjoin child and must stay small", may: []string{"netplan"}},
 	"sandbox":           {why: "runs first in every usernet process and must stay small"},
 	"nsrun":             {why: "only makes namespaces"},
-	"hostif":            {why: "reads the host's template interface with netlink, nothing else"},
+	"hostif":            {why: "reads the host's template interface with netlink, nothing else", may: []string{"netplan"}},
 	"pcap":              {why: "the capture file format only: link sees it as a link.Capture, cmd/usernet wires it"},
 	"policy":            {why: "decides flows by address, protocol, port and name; knows no packets or sockets"},
 	"internal/pollfd":   {why: "waits on fds"},
@@ -47,10 +48,10 @@ var rules = map[string]rule{
 	"frontend/pasta":    {why: "pasta's command line only: the command builds on it"},
 	"internal/testutil": {why: "helpers for tests; no production package may import it"},
 	"internal/deptest":  {why: "this test"},
-	"nsjoin":            {why: "only joins the namespaces and hands over the tap's fd", may: []string{"tap", "internal/pollfd"}},
-	"link":              {why: "moves frames for the stack, which sits on top of it", gvisor: true, may: []string{"tap"}},
+	"nsjoin":            {why: "only joins the namespaces and hands over the tap's fd", may: []string{"tap", "netplan", "internal/pollfd"}},
+	"link":              {why: "moves frames for the stack, which sits on top of it", gvisor: true, may: []string{"tap", "netplan"}},
 	"stack": {why: "terminates the namespace's flows; portfwd, dns and apisock sit on top of it",
-		gvisor: true, may: []string{"dhcp", "dhcp6", "link", "netplan", "policy", "relay", "tap"}},
+		gvisor: true, may: []string{"dhcp", "dhcp6", "internal/ratelog", "link", "netplan", "policy", "relay", "tap"}},
 	"portfwd":                 {why: "reaches the namespace through its Dialer interface, which stack implements", may: []string{"netplan", "relay"}},
 	"loopfwd":                 {why: "relays the namespace's loopback to the host's; listeners are handed in", may: []string{"relay"}},
 	"autofwd":                 {why: "adds and removes forwards; reads files it is handed", may: []string{"portfwd", "netplan", "relay"}},
