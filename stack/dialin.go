@@ -50,6 +50,7 @@ var errShutDown = errors.New("stack: shut down")
 // refused connection returns an error that matches syscall.ECONNREFUSED
 // under errors.Is.
 func (s *Stack) DialTCP(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error) {
+	growStack() // the caller's goroutine goes through gVisor's connect (tcp.go)
 	src, err := s.checkDial("tcp", src, dst)
 	if err != nil {
 		return nil, err
