@@ -39,6 +39,15 @@ type ReadableWaiter interface {
 	WaitReadable() error
 }
 
+// DeepWriter is a connection whose Write runs deep: a user-space TCP
+// stack, down to the device (the stack's gVisor-side conns). The relay
+// calls GrowStack first thing on the goroutine that writes to it, so that
+// the goroutine's stack can grow once, while it is shallow, instead of
+// doubling again and again deep inside the first Writes.
+type DeepWriter interface {
+	GrowStack()
+}
+
 // Abort closes c with a reset where c can send one: through its Abort
 // method, else SO_LINGER 0 (*net.TCPConn); other conns are just closed.
 func Abort(c net.Conn) {
@@ -91,6 +100,9 @@ func RunCounted(ctx context.Context, a, b net.Conn, aToB, bToA *atomic.Uint64) {
 // an error it aborts both conns (through end), which also makes the other
 // direction's blocked Read or Write return.
 func pipe(dst, src net.Conn, count *atomic.Uint64, end func(abort bool)) {
+	if d, ok := dst.(DeepWriter); ok {
+		d.GrowStack()
+	}
 	if err := copyHalf(dst, src, count); err != nil {
 		end(true)
 		return

@@ -7,7 +7,9 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -304,5 +306,54 @@ func TestIdleHoldsNoBuffer(t *testing.T) {
 			}
 			time.Sleep(time.Millisecond)
 		}
+	}
+}
+
+// deepConn is a TCP conn that says its writes run deep, and records the
+// goroutine that asked it to get ready (by its stack) and what it wrote
+// on it since.
+type deepConn struct {
+	*net.TCPConn
+	mu    sync.Mutex
+	grown []string
+}
+
+func (c *deepConn) GrowStack() {
+	buf := make([]byte, 4096)
+	c.mu.Lock()
+	c.grown = append(c.grown, string(buf[:runtime.Stack(buf, false)]))
+	c.mu.Unlock()
+}
+
+// TestRunGrowsDeepWritersStack: the goroutine that writes to a
+// DeepWriter calls its GrowStack once, before copying; a DeepWriter only
+// read from is not asked.
+func TestRunGrowsDeepWritersStack(t *testing.T) {
+	testutil.CheckNoLeaks(t)
+	left, a := tcpPair(t)
+	b, right := tcpPair(t)
+	deepA := &deepConn{TCPConn: a}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		Run(context.Background(), deepA, b)
+	}()
+	if _, err := right.Write([]byte("to a")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(left, got); err != nil {
+		t.Fatalf("read through the relay: %v", err)
+	}
+	left.Close()
+	right.Close()
+	<-done
+	deepA.mu.Lock()
+	defer deepA.mu.Unlock()
+	if len(deepA.grown) != 1 {
+		t.Fatalf("GrowStack called %d times on the conn written to, want 1", len(deepA.grown))
+	}
+	if !strings.Contains(deepA.grown[0], "relay.pipe(") {
+		t.Errorf("GrowStack not called from the copy's goroutine:\n%s", deepA.grown[0])
 	}
 }

@@ -320,7 +320,13 @@ func (c *dialedTCP) Close() error {
 	return nil
 }
 
-var _ relay.Aborter = (*dialedTCP)(nil)
+var (
+	_ relay.Aborter    = (*dialedTCP)(nil)
+	_ relay.DeepWriter = (*dialedTCP)(nil)
+)
+
+// GrowStack implements relay.DeepWriter (tcp.go).
+func (c *dialedTCP) GrowStack() { growStack() }
 
 // Abort implements relay.Aborter: RST to the guest, so that a port
 // forward's client that reset (or failed) does not look to the guest like

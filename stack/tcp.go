@@ -107,9 +107,6 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	// keep it for as long as it lasts.
 	relaying = true
 	go func() {
-		// This goroutine copies host to guest (RunCounted's own
-		// direction), through gVisor's send path.
-		growStack()
 		defer s.flows.leave()
 		defer s.tcp.done(a)
 		defer s.untrackFlow(f)
@@ -118,7 +115,8 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 }
 
 // growStack grows a new goroutine's stack in one step to what a write
-// into gVisor's TCP (down to the tap) or a host dial needs. A goroutine
+// into gVisor's TCP (down to the tap) or a host dial needs: the handler
+// calls it, and relay through relay.DeepWriter. A goroutine
 // starts with a small stack that doubles when a call needs more, each time
 // copying the stack and adjusting every frame on it; doubling three times
 // deep in gVisor's send path cost a seventh of the CPU of a
@@ -192,7 +190,12 @@ type guestConn struct {
 var (
 	_ relay.Aborter        = guestConn{}
 	_ relay.ReadableWaiter = guestConn{}
+	_ relay.DeepWriter     = guestConn{}
 )
+
+// GrowStack implements relay.DeepWriter: a write goes through gVisor's
+// send path down to the tap.
+func (guestConn) GrowStack() { growStack() }
 
 // WaitReadable implements relay.ReadableWaiter: an idle connection waits
 // here without holding a copy buffer.
