@@ -202,17 +202,7 @@ func startFwdServer(t *testing.T, tg *target) {
 		"--target", strconv.Itoa(tg.pid), "--", suite.helper, "fwd-server", fwdGuestPort))
 	cmd.Env = append(os.Environ(), envHelper+"=1")
 	cmd.Dir = suite.dir
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout = w
-	p := startProc(t, cmd)
-	w.Close()
+	p, stdin, out := startPiped(t, cmd)
 	t.Cleanup(func() {
 		stdin.Close()
 		p.stop()

@@ -703,17 +703,7 @@ func TestPodman(t *testing.T) {
 // Cleanup closes that stdin, gives rootlesskit 10 s to exit, then stops it.
 func runRootlesskit(t *testing.T, cmd *exec.Cmd, state string) (*proc, io.Closer, *target) {
 	t.Helper()
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout = w
-	p := startProc(t, cmd)
-	w.Close()
+	p, stdin, out := startPiped(t, cmd)
 	ready := lineWaiter(out, "ready")
 	t.Cleanup(func() {
 		stdin.Close()

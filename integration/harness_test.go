@@ -655,3 +655,22 @@ func checkTCPUp(t *testing.T, ctx context.Context, tg *target, addr string, n in
 		t.Fatalf("tcp-up %s: server saw no connection", addr)
 	}
 }
+
+// startPiped starts cmd with a pipe to its stdin (closing it ends a
+// helper that serves until then) and one from its stdout (to wait for its
+// "ready" line).
+func startPiped(t *testing.T, cmd *exec.Cmd) (*proc, io.WriteCloser, *os.File) {
+	t.Helper()
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout = w
+	p := startProc(t, cmd)
+	w.Close()
+	return p, stdin, out
+}
