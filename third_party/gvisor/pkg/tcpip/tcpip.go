@@ -1319,6 +1319,16 @@ func (*CongestionControlOption) isGettableTransportProtocolOption() {}
 
 func (*CongestionControlOption) isSettableTransportProtocolOption() {}
 
+// TCPDelayedAckOption is the transport protocol option for how long a new
+// TCP endpoint may hold the ACK for less than a segment of data, for data
+// of its own to carry it (0, the default: no delayed ACKs). (usernet
+// patch.)
+type TCPDelayedAckOption time.Duration
+
+func (*TCPDelayedAckOption) isGettableTransportProtocolOption() {}
+
+func (*TCPDelayedAckOption) isSettableTransportProtocolOption() {}
+
 // TCPLingerTimeoutOption is used by SetSockOpt/GetSockOpt to set/get the
 // maximum duration for which a socket lingers in the TCP_FIN_WAIT_2 state
 // before being marked closed.

@@ -599,6 +599,14 @@ type Endpoint struct {
 	// for tcp.DefaultTCPTimeWaitTimeout seconds.
 	timeWaitTimer tcpip.Timer `state:"nosave"`
 
+	// ackDelay, when above zero, is how long an ACK for a little data may
+	// wait for a segment of ours to carry it (usernet patch: delayed ACK;
+	// tcpip.TCPDelayedAckOption, off by default). ackTimer sends it when nothing
+	// did; ackArmed says one is pending.
+	ackDelay time.Duration
+	ackTimer tcpip.Timer `state:"nosave"`
+	ackArmed bool
+
 	// listenCtx is used by listening endpoints to store state used while listening for
 	// connections. Nil otherwise.
 	// The context remains fixed while child handshakes run. Restore reinstalls
@@ -923,6 +931,11 @@ func newEndpoint(s *stack.Stack, protocol *protocol, netProto tcpip.NetworkProto
 		e.ops.SetDelayOption(true)
 	}
 
+	var ackDelay tcpip.TCPDelayedAckOption
+	if err := s.TransportProtocolOption(ProtocolNumber, &ackDelay); err == nil {
+		e.ackDelay = time.Duration(ackDelay)
+	}
+
 	var tcpLT tcpip.TCPLingerTimeoutOption
 	if err := s.TransportProtocolOption(ProtocolNumber, &tcpLT); err == nil {
 		e.tcpLingerTimeout = time.Duration(tcpLT)
@@ -1221,6 +1234,11 @@ func (e *Endpoint) cleanupLocked() {
 	if e.timeWaitTimer != nil {
 		e.timeWaitTimer.Stop()
 	}
+
+	if e.ackTimer != nil {
+		e.ackTimer.Stop()
+	}
+	e.ackArmed = false
 
 	// Remove current EP from its lEP acceptQueue.pendingEndpoint if exists.
 	if e.h != nil && e.h.listenEP != nil {

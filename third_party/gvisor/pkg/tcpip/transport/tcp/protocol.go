@@ -111,6 +111,7 @@ type protocol struct {
 	moderateReceiveBuffer bool
 	// +checklocks:mu
 	lingerTimeout time.Duration
+	ackDelay      time.Duration
 	// +checklocks:mu
 	timeWaitTimeout time.Duration
 	// +checklocks:mu
@@ -336,6 +337,12 @@ func (p *protocol) SetOption(option tcpip.SettableTransportProtocolOption) tcpip
 		p.mu.Unlock()
 		return nil
 
+	case *tcpip.TCPDelayedAckOption:
+		p.mu.Lock()
+		p.ackDelay = max(time.Duration(*v), 0)
+		p.mu.Unlock()
+		return nil
+
 	case *tcpip.TCPLingerTimeoutOption:
 		p.mu.Lock()
 		if *v < 0 {
@@ -465,6 +472,12 @@ func (p *protocol) Option(option tcpip.GettableTransportProtocolOption) tcpip.Er
 	case *tcpip.TCPModerateReceiveBufferOption:
 		p.mu.RLock()
 		*v = tcpip.TCPModerateReceiveBufferOption(p.moderateReceiveBuffer)
+		p.mu.RUnlock()
+		return nil
+
+	case *tcpip.TCPDelayedAckOption:
+		p.mu.RLock()
+		*v = tcpip.TCPDelayedAckOption(p.ackDelay)
 		p.mu.RUnlock()
 		return nil
 

@@ -249,8 +249,8 @@ func (r *receiver) consumeSegment(s *segment, segSeq seqnum.Value, segLen seqnum
 	if s.flags.Contains(header.TCPFlagFin) {
 		r.RcvNxt++
 
-		// Send ACK immediately.
-		r.ep.snd.sendAck()
+		// Send ACK immediately, or with the answer (delayed ACK).
+		r.ep.ackLocked()
 
 		// Tell any readers that no more data will come.
 		r.closed = true
