@@ -24,11 +24,21 @@ import (
 // dies. pasta's command line uses it for pasta's local path: a connection
 // from the host's loopback to a forwarded port is made again from inside
 // the namespace, where it comes from the namespace's own address.
+//
+// TCP connections are made from sockets the broker made ahead of time,
+// freshBatch at a time, and that this process connects itself (a socket
+// stays in the namespace it was made in): a new connection costs no round
+// trip to the broker, and connections do not queue behind each other's.
 type Broker struct {
-	cmd  *exec.Cmd
-	mu   sync.Mutex // one request at a time
-	sock *os.File
+	cmd   *exec.Cmd
+	mu    sync.Mutex // one request at a time; guards sock and fresh
+	sock  *os.File
+	fresh [2][]int // unconnected TCP sockets made inside: IPv4, IPv6
 }
+
+// freshBatch is how many TCP sockets one request to the broker makes
+// (nsenter.c's BROKER_MAX_FDS at most).
+const freshBatch = 16
 
 // brokerRequest is nsenter.c's struct broker_req.
 type brokerRequest struct {
@@ -44,6 +54,7 @@ type brokerRequest struct {
 const (
 	brokerConnect = 1
 	brokerListen  = 2
+	brokerFresh   = 3
 )
 
 // StartBroker starts the broker for t.
@@ -85,6 +96,12 @@ func (b *Broker) Close() error {
 	}
 	b.sock.Close()
 	b.sock = nil
+	for i, fds := range b.fresh {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		b.fresh[i] = nil
+	}
 	if b.cmd == nil {
 		return nil
 	}
@@ -104,11 +121,25 @@ func BrokerFromFD(fd int) *Broker {
 
 // request sends one request and returns the socket that comes back.
 func (b *Broker) request(op uint8, network string, addr netip.AddrPort) (*os.File, error) {
-	r := brokerRequest{Op: op, Type: unix.SOCK_STREAM, Port: addr.Port()}
+	r := newBrokerRequest(op, network, addr.Addr())
+	r.Port = addr.Port()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	fds, err := b.roundTrip(r, 1)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fds[0]), "broker "+network+" "+addr.String()), nil
+}
+
+// newBrokerRequest starts a request for a socket of network's type in
+// a's family.
+func newBrokerRequest(op uint8, network string, a netip.Addr) brokerRequest {
+	r := brokerRequest{Op: op, Type: unix.SOCK_STREAM}
 	if network == "udp" {
 		r.Type = unix.SOCK_DGRAM
 	}
-	a := addr.Addr().Unmap()
+	a = a.Unmap()
 	if a.Is4() {
 		r.Family = unix.AF_INET
 		a4 := a.As4()
@@ -117,12 +148,16 @@ func (b *Broker) request(op uint8, network string, addr netip.AddrPort) (*os.Fil
 		r.Family = unix.AF_INET6
 		r.Addr = a.As16()
 	}
+	return r
+}
+
+// roundTrip sends r and returns the sockets that come back, at least one
+// and at most `most`. The caller holds b.mu.
+func (b *Broker) roundTrip(r brokerRequest, most int) ([]int, error) {
 	msg, err := binary.Append(nil, binary.NativeEndian, r)
 	if err != nil {
 		return nil, err
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	if b.sock == nil {
 		return nil, net.ErrClosed
 	}
@@ -131,31 +166,77 @@ func (b *Broker) request(op uint8, network string, addr netip.AddrPort) (*os.Fil
 		return nil, fmt.Errorf("socket broker: %w", err)
 	}
 	var reply [4]byte
-	oob := make([]byte, unix.CmsgSpace(4))
+	oob := make([]byte, unix.CmsgSpace(4*most))
 	n, oobn, _, _, err := unix.Recvmsg(fd, reply[:], oob, unix.MSG_CMSG_CLOEXEC)
 	if err != nil || n != len(reply) {
 		return nil, fmt.Errorf("socket broker: reply: %v (%d bytes)", err, n)
 	}
+	var fds []int
+	if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+		for i := range msgs {
+			got, err := unix.ParseUnixRights(&msgs[i])
+			if err == nil {
+				fds = append(fds, got...)
+			}
+		}
+	}
 	if errno := binary.NativeEndian.Uint32(reply[:]); errno != 0 {
+		closeAll(fds)
 		return nil, os.NewSyscallError("socket broker", unix.Errno(errno))
 	}
-	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
-	if err != nil || len(msgs) != 1 {
+	if len(fds) == 0 || len(fds) > most {
+		closeAll(fds)
 		return nil, errors.New("socket broker: no socket in the reply")
 	}
-	fds, err := unix.ParseUnixRights(&msgs[0])
-	if err != nil || len(fds) != 1 {
-		return nil, errors.New("socket broker: no socket in the reply")
+	return fds, nil
+}
+
+func closeAll(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
 	}
-	return os.NewFile(uintptr(fds[0]), "broker "+network+" "+addr.String()), nil
+}
+
+// freshTCP takes an unconnected TCP socket made inside the namespace,
+// asking the broker for a new batch when none is left.
+func (b *Broker) freshTCP(a netip.Addr) (int, error) {
+	a = a.Unmap()
+	i := 0
+	if a.Is6() {
+		i = 1
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.fresh[i]) == 0 {
+		r := newBrokerRequest(brokerFresh, "tcp", a)
+		r.Port = freshBatch
+		fds, err := b.roundTrip(r, freshBatch)
+		if err != nil {
+			return -1, err
+		}
+		b.fresh[i] = fds
+	}
+	last := len(b.fresh[i]) - 1
+	fd := b.fresh[i][last]
+	b.fresh[i] = b.fresh[i][:last]
+	return fd, nil
 }
 
 // DialTCP connects to dst from inside the namespace, within ctx.
 func (b *Broker) DialTCP(ctx context.Context, dst netip.AddrPort) (*net.TCPConn, error) {
-	f, err := b.request(brokerConnect, "tcp", dst)
+	fd, err := b.freshTCP(dst.Addr())
 	if err != nil {
 		return nil, err
 	}
+	opErr := func(err error) error {
+		return &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(dst), Err: err}
+	}
+	// Non-blocking: the handshake is waited for below, through the poller.
+	if err := unix.Connect(fd, sockaddrOf(dst)); err != nil && err != unix.EINPROGRESS {
+		unix.Close(fd)
+		return nil, opErr(os.NewSyscallError("connect", err))
+	}
+	f := os.NewFile(uintptr(fd), "broker tcp "+dst.String())
 	defer f.Close()
 	c, err := net.FileConn(f)
 	if err != nil {
@@ -164,12 +245,21 @@ func (b *Broker) DialTCP(ctx context.Context, dst netip.AddrPort) (*net.TCPConn,
 	tc := c.(*net.TCPConn)
 	if err := waitConnected(ctx, tc); err != nil {
 		tc.Close()
-		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(dst), Err: err}
+		return nil, opErr(err)
 	}
 	return tc, nil
 }
 
-// waitConnected waits for the non-blocking connect the broker started.
+// sockaddrOf is a's socket address, in the family of the sockets
+// freshTCP hands out for it.
+func sockaddrOf(a netip.AddrPort) unix.Sockaddr {
+	if ip := a.Addr().Unmap(); ip.Is4() {
+		return &unix.SockaddrInet4{Port: int(a.Port()), Addr: ip.As4()}
+	}
+	return &unix.SockaddrInet6{Port: int(a.Port()), Addr: a.Addr().As16()}
+}
+
+// waitConnected waits for a non-blocking connect to complete.
 func waitConnected(ctx context.Context, c *net.TCPConn) error {
 	rc, err := c.SyscallConn()
 	if err != nil {

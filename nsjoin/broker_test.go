@@ -133,3 +133,69 @@ func TestBrokerUDP(t *testing.T) {
 		t.Fatalf("read %q from %v, %v; want ping from the namespace's loopback", buf[:n], from, err)
 	}
 }
+
+// Many connections at once, IPv4 and IPv6, more than one batch of fresh
+// sockets each: every one reaches the listener inside the namespace, and
+// Close leaves no socket of the pool open.
+func TestBrokerDialsManyAtOnce(t *testing.T) {
+	tg := netnsTarget(t)
+	fdsBefore := openFDs(t)
+	b, err := StartBroker(tg)
+	if err != nil {
+		t.Fatalf("StartBroker: %v", err)
+	}
+	const n = 3*freshBatch + 1
+	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
+		ln, err := b.ListenTCP(netip.MustParseAddrPort(addr))
+		if err != nil {
+			t.Fatalf("ListenTCP %s: %v", addr, err)
+		}
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				c.Write([]byte{1})
+				c.Close()
+			}
+		}()
+		dst := ln.Addr().(*net.TCPAddr).AddrPort()
+		errs := make(chan error, n)
+		for range n {
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				c, err := b.DialTCP(ctx, dst)
+				if err != nil {
+					errs <- err
+					return
+				}
+				defer c.Close()
+				var one [1]byte
+				_, err = io.ReadFull(c, one[:])
+				errs <- err
+			}()
+		}
+		for range n {
+			if err := <-errs; err != nil {
+				t.Errorf("dial %v: %v", dst, err)
+			}
+		}
+		ln.Close()
+	}
+	b.Close()
+	time.Sleep(100 * time.Millisecond) // the accept loops see their listeners closed
+	if after := openFDs(t); after > fdsBefore {
+		t.Errorf("%d fds open after Close, %d before StartBroker", after, fdsBefore)
+	}
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}

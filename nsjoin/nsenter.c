@@ -28,14 +28,16 @@ static int fd_from_env(const char *name) {
 	return (int)fd;
 }
 
-// A broker request (nsjoin.go, brokerRequest): make a socket in this
-// network namespace and send it back.
+// A broker request (broker.go, brokerRequest): make a socket in this
+// network namespace, or several (op 3), and send them back.
+#define BROKER_MAX_FDS 32
+
 struct broker_req {
-	uint8_t op;     // 1: connect, 2: bind and listen (TCP) or bind (UDP)
+	uint8_t op;     // 1: connect, 2: bind and listen (TCP) or bind (UDP), 3: fresh sockets
 	uint8_t family; // AF_INET or AF_INET6
 	uint8_t type;   // SOCK_STREAM or SOCK_DGRAM
 	uint8_t pad;
-	uint16_t port;  // host byte order
+	uint16_t port;  // host byte order; op 3: how many sockets
 	uint16_t pad2;
 	uint8_t addr[16];
 };
@@ -85,6 +87,27 @@ static int broker_socket(const struct broker_req *r) {
 	return fd;
 }
 
+// broker_fresh makes up to r->port unconnected sockets of r's family and
+// type in fds (op 3: the pool behind Broker.DialTCP, which connects them
+// itself: a socket stays in the namespace it was made in). It returns how
+// many, or -errno when not even one could be made.
+static int broker_fresh(const struct broker_req *r, int *fds) {
+	int n = r->port;
+	if (n < 1 || n > BROKER_MAX_FDS)
+		return -EINVAL;
+	for (int i = 0; i < n; i++) {
+		int fd = socket(r->family, r->type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+		if (fd < 0)
+			return i > 0 ? i : -errno;
+		if (r->family == AF_INET6) {
+			int one = 1;
+			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+		}
+		fds[i] = fd;
+	}
+	return n;
+}
+
 // broker serves requests on fd until its peer closes it; it never returns
 // to Go. It makes sockets inside the namespace for the process outside
 // (pasta's local path: a connection from the host's loopback is made
@@ -104,30 +127,42 @@ static void broker(int fd) {
 			_exit(1);
 		}
 		int32_t reply = 0;
-		int sfd = -1;
+		int fds[BROKER_MAX_FDS];
+		int nfds = 0;
 		if (n != sizeof r)
 			reply = EINVAL;
-		else if ((sfd = broker_socket(&r)) < 0)
-			reply = -sfd;
+		else if (r.op == 3) {
+			int got = broker_fresh(&r, fds);
+			if (got < 0)
+				reply = -got;
+			else
+				nfds = got;
+		} else {
+			int sfd = broker_socket(&r);
+			if (sfd < 0)
+				reply = -sfd;
+			else
+				fds[nfds++] = sfd;
+		}
 		struct iovec iov = {.iov_base = &reply, .iov_len = sizeof reply};
 		union {
-			char buf[CMSG_SPACE(sizeof(int))];
+			char buf[CMSG_SPACE(sizeof(int) * BROKER_MAX_FDS)];
 			struct cmsghdr align;
 		} u;
 		struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
-		if (sfd >= 0) {
+		if (nfds > 0) {
 			m.msg_control = u.buf;
-			m.msg_controllen = sizeof u.buf;
+			m.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
 			struct cmsghdr *c = CMSG_FIRSTHDR(&m);
 			c->cmsg_level = SOL_SOCKET;
 			c->cmsg_type = SCM_RIGHTS;
-			c->cmsg_len = CMSG_LEN(sizeof(int));
-			memcpy(CMSG_DATA(c), &sfd, sizeof(int));
+			c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+			memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
 		}
 		if (sendmsg(fd, &m, MSG_NOSIGNAL) < 0)
 			_exit(1);
-		if (sfd >= 0)
-			close(sfd);
+		for (int i = 0; i < nfds; i++)
+			close(fds[i]);
 	}
 }
 
