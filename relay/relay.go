@@ -61,6 +61,28 @@ func Abort(c net.Conn) {
 	c.Close()
 }
 
+// ReadNotifier is a connection that can call back when it has something
+// to read (data, its end, an error) instead of blocking a goroutine until
+// then, so that an idle connection has no goroutine at all: the relay
+// starts one when the callback comes, copies until the source would block,
+// and arms the callback again. The stack's gVisor-side conns implement it
+// with their endpoint's waiter queue, PolledConn with a Poller's epoll.
+//
+// A relay reads each conn from one goroutine at a time only, so at most
+// one callback is armed per conn.
+type ReadNotifier interface {
+	// NotifyReadable calls f once, when the conn has something to read
+	// or is closed (by anyone: the relay's own end must wake it), possibly
+	// at once, on the calling goroutine or another. f must not block.
+	NotifyReadable(f func())
+	// ReadNow reads what the conn has without waiting: ErrWouldBlock when
+	// it has nothing, io.EOF at its end.
+	ReadNow(p []byte) (int, error)
+}
+
+// ErrWouldBlock is ReadNow's error when there is nothing to read.
+var ErrWouldBlock = errors.New("relay: nothing to read")
+
 // Run copies a to b and b to a until both directions are done, then
 // closes both. EOF on one side becomes a half-close (CloseWrite, where the
 // other side has it) of the other; an error on either side (a read or
@@ -72,44 +94,126 @@ func Run(ctx context.Context, a, b net.Conn) { RunCounted(ctx, a, b, nil, nil) }
 // RunCounted is Run that adds the bytes it copies from a to b to aToB, and
 // from b to a to bToA, as they are written (nil: not counted).
 func RunCounted(ctx context.Context, a, b net.Conn, aToB, bToA *atomic.Uint64) {
-	var once sync.Once
-	// end closes both conns once: gracefully after a clean exchange (both
-	// FINs have been passed on), with resets otherwise.
-	end := func(abort bool) {
-		once.Do(func() {
-			if abort {
-				Abort(a)
-				Abort(b)
-			} else {
-				a.Close()
-				b.Close()
-			}
-		})
-	}
-	stop := context.AfterFunc(ctx, func() { end(true) })
-	defer stop()
-
-	var wg sync.WaitGroup
-	wg.Go(func() { pipe(b, a, aToB, end) })
-	pipe(a, b, bToA, end)
-	wg.Wait()
-	end(false)
+	done := make(chan struct{})
+	Go(ctx, a, b, aToB, bToA, func() { close(done) })
+	<-done
 }
 
-// pipe copies src to dst and passes src's EOF on as dst's half-close. On
-// an error it aborts both conns (through end), which also makes the other
-// direction's blocked Read or Write return.
-func pipe(dst, src net.Conn, count *atomic.Uint64, end func(abort bool)) {
-	if d, ok := dst.(DeepWriter); ok {
-		d.GrowStack()
-	}
-	if err := copyHalf(dst, src, count); err != nil {
-		end(true)
+// Go is RunCounted without waiting: it returns at once, and calls done
+// once the relay has ended and closed both conns, on the relay's last
+// goroutine. A direction whose source is a ReadNotifier has a goroutine
+// only while there is something to copy: a relay of two idle
+// ReadNotifiers has none.
+func Go(ctx context.Context, a, b net.Conn, aToB, bToA *atomic.Uint64, done func()) {
+	r := &relayRun{ctx: ctx, a: a, b: b, done: done}
+	r.left.Store(2)
+	r.stop = context.AfterFunc(ctx, func() { r.end(true) })
+	ab := newHalf(r, b, a, aToB)
+	ba := newHalf(r, a, b, bToA)
+	ab.start()
+	ba.start()
+}
+
+// relayRun is one relay's state, shared by its two directions.
+type relayRun struct {
+	ctx  context.Context
+	a, b net.Conn
+	once sync.Once
+	left atomic.Int32 // directions not yet done
+	stop func() bool  // stops the ctx hook
+	done func()
+}
+
+// end closes both conns once: gracefully after a clean exchange (both
+// FINs have been passed on), with resets otherwise.
+func (r *relayRun) end(abort bool) {
+	r.once.Do(func() {
+		if abort {
+			Abort(r.a)
+			Abort(r.b)
+		} else {
+			r.a.Close()
+			r.b.Close()
+		}
+	})
+}
+
+// half is one direction of a relay: src to dst.
+type half struct {
+	r        *relayRun
+	dst, src net.Conn
+	s        source
+	count    *atomic.Uint64
+	large    bool   // a read filled the small buffer: use large ones
+	wake     func() // NotifyReadable's callback: copy on a new goroutine
+}
+
+func newHalf(r *relayRun, dst, src net.Conn, count *atomic.Uint64) *half {
+	h := &half{r: r, dst: dst, src: src, s: sourceOf(src), count: count}
+	h.wake = func() { go h.run() }
+	return h
+}
+
+// start starts the direction: a notifier source waits for its first byte
+// without a goroutine, other sources get one.
+func (h *half) start() {
+	if h.s.notify != nil {
+		h.s.notify(h.wake)
 		return
 	}
-	if cw, ok := dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() != nil {
-		end(true)
+	go h.run()
+}
+
+// run copies until src is drained (a notifier source: then it arms the
+// callback and returns), src's end (passed on as dst's half-close) or an
+// error (aborts both conns, which also makes the other direction's blocked
+// Read or Write return, or its callback come).
+func (h *half) run() {
+	if d, ok := h.dst.(DeepWriter); ok {
+		d.GrowStack()
 	}
+	for {
+		err := copyAvailable(h.dst, h.s, h.count, &h.large)
+		switch {
+		case err == io.EOF:
+			if cw, ok := h.dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() != nil {
+				h.r.end(true)
+			}
+			h.finish()
+			return
+		case err != nil:
+			h.r.end(true)
+			h.finish()
+			return
+		}
+		switch {
+		case h.s.notify != nil:
+			if h.r.ctx.Err() != nil {
+				h.r.end(true)
+				h.finish()
+				return
+			}
+			h.s.notify(h.wake)
+			return
+		case h.s.wait != nil && !h.s.waitFirst:
+			if err := h.s.wait(); err != nil {
+				h.r.end(true)
+				h.finish()
+				return
+			}
+		}
+	}
+}
+
+// finish marks the direction done; the last one closes both conns and
+// tells the relay's owner.
+func (h *half) finish() {
+	if h.r.left.Add(-1) != 0 {
+		return
+	}
+	h.r.end(false)
+	h.r.stop()
+	h.r.done()
 }
 
 // Copy buffers. A direction takes a buffer only when its source has
@@ -132,66 +236,84 @@ var (
 	buffersHeld atomic.Int64
 )
 
-// copyHalf copies src to dst until src's EOF (nil) or an error. It does
-// not use io.Copy: *net.TCPConn's ReadFrom and WriteTo would take over
-// with buffers of their own, bypassing the ones above.
+// copyHalf copies src to dst until src's EOF (nil) or an error, waiting
+// on the goroutine it runs on. It does not use io.Copy: *net.TCPConn's
+// ReadFrom and WriteTo would take over with buffers of their own,
+// bypassing the ones above.
 func copyHalf(dst io.Writer, src io.Reader, count *atomic.Uint64) error {
 	s := sourceOf(src)
-	pool := &smallBufs
-	wait := s.waitFirst
+	if s.notify != nil {
+		// Waiting is the relay's job; here, a read that finds nothing
+		// simply reads again, as a blocking Read would.
+		s = source{read: src.Read}
+	}
+	large := false
 	for {
-		if wait {
-			if err := s.wait(); err != nil {
-				return err
-			}
-		}
-		b := pool.Get().(*[]byte)
-		buffersHeld.Add(1)
-		err := func() error {
-			defer func() { pool.Put(b); buffersHeld.Add(-1) }()
-			for {
-				n, rerr := s.read(*b)
-				if rerr == errWouldBlock {
-					return nil // drained: wait without the buffer
-				}
-				if n > 0 {
-					if _, werr := dst.Write((*b)[:n]); werr != nil {
-						return werr
-					}
-					if count != nil {
-						count.Add(uint64(n))
-					}
-				}
-				if rerr != nil {
-					return rerr
-				}
-				if n < len(*b) && s.waitFirst {
-					return nil // probably drained: wait without the buffer
-				}
-				if n == len(*b) && pool == &smallBufs {
-					pool.Put(b)
-					pool = &largeBufs
-					b = pool.Get().(*[]byte)
-				}
-			}
-		}()
+		err := copyAvailable(dst, s, count, &large)
 		switch {
 		case err == io.EOF:
 			return nil
 		case err != nil:
 			return err
 		}
-		wait = s.wait != nil
+		if s.wait != nil && !s.waitFirst {
+			if err := s.wait(); err != nil {
+				return err
+			}
+		}
 	}
 }
 
-// errWouldBlock is a source's read that found nothing to read.
-var errWouldBlock = errors.New("relay: nothing to read")
+// copyAvailable copies what src has: it returns nil once src is drained
+// (or probably drained: a short read of a waitFirst source), io.EOF at
+// src's end, or an error. A waitFirst source is waited for first.
+// *large says whether to read into large buffers; a read that fills a
+// small one sets it.
+func copyAvailable(dst io.Writer, s source, count *atomic.Uint64, large *bool) error {
+	if s.waitFirst {
+		if err := s.wait(); err != nil {
+			return err
+		}
+	}
+	pool := &smallBufs
+	if *large {
+		pool = &largeBufs
+	}
+	b := pool.Get().(*[]byte)
+	buffersHeld.Add(1)
+	defer func() { pool.Put(b); buffersHeld.Add(-1) }()
+	for {
+		n, rerr := s.read(*b)
+		if rerr == ErrWouldBlock {
+			return nil // drained: wait without the buffer
+		}
+		if n > 0 {
+			if _, werr := dst.Write((*b)[:n]); werr != nil {
+				return werr
+			}
+			if count != nil {
+				count.Add(uint64(n))
+			}
+		}
+		if rerr != nil {
+			return rerr
+		}
+		if n < len(*b) && s.waitFirst {
+			return nil // probably drained: wait without the buffer
+		}
+		if n == len(*b) && pool == &smallBufs {
+			pool.Put(b)
+			pool = &largeBufs
+			*large = true
+			b = pool.Get().(*[]byte)
+		}
+	}
+}
 
 // source is how copyHalf reads a connection.
 type source struct {
 	// read reads what is there; it blocks, or, for a source with wait,
-	// may return errWouldBlock.
+	// may return ErrWouldBlock.
 	read func(p []byte) (int, error)
 	// wait, when not nil, waits without a buffer until there is
 	// something to read.
@@ -199,10 +321,15 @@ type source struct {
 	// waitFirst: read blocks, so wait before each read that may find
 	// nothing.
 	waitFirst bool
+	// notify, when not nil, arms a callback for when there is something
+	// to read (ReadNotifier); read then never blocks.
+	notify func(f func())
 }
 
 func sourceOf(src io.Reader) source {
 	switch c := src.(type) {
+	case ReadNotifier:
+		return source{read: c.ReadNow, notify: c.NotifyReadable}
 	case ReadableWaiter:
 		return source{read: src.Read, wait: c.WaitReadable, waitFirst: true}
 	case *net.TCPConn: // a stream socket: MSG_PEEK and read(2) apply
@@ -218,7 +345,7 @@ func sourceOf(src io.Reader) source {
 	return source{read: src.Read}
 }
 
-// readNow reads what a stream socket has, without waiting: errWouldBlock
+// readNow reads what a stream socket has, without waiting: ErrWouldBlock
 // when it has nothing, io.EOF at its end.
 func readNow(rc syscall.RawConn, p []byte) (int, error) {
 	var n int
@@ -235,7 +362,7 @@ func readNow(rc syscall.RawConn, p []byte) (int, error) {
 	}
 	switch {
 	case err == syscall.EAGAIN:
-		return 0, errWouldBlock
+		return 0, ErrWouldBlock
 	case err != nil:
 		return 0, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", err)}
 	case n == 0 && len(p) > 0:

@@ -3,7 +3,10 @@ package stack
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/usernet/usernet/policy"
@@ -100,18 +103,33 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		return
 	}
 	s.tcp.established(a)
-	guest := guestConn{gonet.NewTCPConn(&wq, ep), ep, &wq}
+	guest := guestConn{gonet.NewTCPConn(&wq, ep), ep, &wq, newReadNotify(ep, &wq)}
+	host = s.polled(host)
 	f := s.trackFlow(policy.TCP, src, dst, hostDst, rule, func() { relay.Abort(host) })
-	// The relay runs on fresh goroutines, and this one ends: its stack
-	// grew in the dial and the handshake, and an idle connection would
-	// keep it for as long as it lasts.
+	// The relay runs on goroutines of its own, only while bytes flow, and
+	// this one ends: its stack grew in the dial and the handshake, and an
+	// idle connection would keep it for as long as it lasts.
 	relaying = true
-	go func() {
-		defer s.flows.leave()
-		defer s.tcp.done(a)
-		defer s.untrackFlow(f)
-		relay.RunCounted(s.ctx, guest, host, &f.out, &f.in)
-	}()
+	relay.Go(s.ctx, guest, host, &f.out, &f.in, func() {
+		s.untrackFlow(f)
+		s.tcp.done(a)
+		s.flows.leave()
+	})
+}
+
+// polled makes a host TCP conn wait through the Stack's Poller when idle
+// (relay.PolledConn); from then on it must be closed through what polled
+// returns.
+func (s *Stack) polled(c net.Conn) net.Conn {
+	tc, ok := c.(*net.TCPConn)
+	if !ok || s.poller == nil {
+		return c
+	}
+	pc, err := s.poller.Conn(tc)
+	if err != nil {
+		return c
+	}
+	return pc
 }
 
 // growStack grows a new goroutine's stack in one step to what a write
@@ -185,11 +203,13 @@ type guestConn struct {
 	*gonet.TCPConn
 	ep tcpip.Endpoint
 	wq *waiter.Queue
+	*readNotify
 }
 
 var (
 	_ relay.Aborter        = guestConn{}
 	_ relay.ReadableWaiter = guestConn{}
+	_ relay.ReadNotifier   = guestConn{}
 	_ relay.DeepWriter     = guestConn{}
 )
 
@@ -214,4 +234,64 @@ func (c guestConn) WaitReadable() error {
 func (c guestConn) Abort() {
 	c.ep.Abort()
 	c.TCPConn.Close()
+}
+
+// readNotify is relay.ReadNotifier for a gVisor TCP endpoint: a waiter
+// entry that stays registered on the endpoint's queue and calls the armed
+// callback. Closing or aborting the endpoint notifies the queue.
+type readNotify struct {
+	ep         tcpip.Endpoint
+	wq         *waiter.Queue
+	entry      waiter.Entry
+	registered bool // entry is on wq; only the relay's reader touches it
+	armed      atomic.Bool
+	f          func() // the armed callback: written before armed is set
+}
+
+const readNotifyEvents = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
+
+func newReadNotify(ep tcpip.Endpoint, wq *waiter.Queue) *readNotify {
+	n := &readNotify{ep: ep, wq: wq}
+	// gVisor calls it under the endpoint's lock: it only starts the
+	// relay's goroutine.
+	n.entry = waiter.NewFunctionEntry(readNotifyEvents, func(waiter.EventMask) { n.fire() })
+	return n
+}
+
+// NotifyReadable implements relay.ReadNotifier.
+func (n *readNotify) NotifyReadable(f func()) {
+	n.f = f
+	n.armed.Store(true)
+	if !n.registered {
+		n.wq.EventRegister(&n.entry)
+		n.registered = true
+	}
+	if n.ep.Readiness(readNotifyEvents) != 0 {
+		n.fire()
+	}
+}
+
+func (n *readNotify) fire() {
+	if n.armed.CompareAndSwap(true, false) {
+		n.f()
+	}
+}
+
+// ReadNow implements relay.ReadNotifier: gonet's Read without its wait.
+func (n *readNotify) ReadNow(p []byte) (int, error) {
+	w := tcpip.SliceWriter(p)
+	res, err := n.ep.Read(&w, tcpip.ReadOptions{})
+	switch err.(type) {
+	case nil:
+	case *tcpip.ErrWouldBlock:
+		return 0, relay.ErrWouldBlock
+	case *tcpip.ErrClosedForReceive:
+		return 0, io.EOF
+	default:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Err: errors.New(err.String())}
+	}
+	if res.Count != 0 {
+		n.ep.ModerateRecvBuf(res.Count)
+	}
+	return res.Count, nil
 }
