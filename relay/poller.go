@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -173,6 +174,18 @@ func (c *PolledConn) NotifyReadable(f func()) {
 		// Closed, or the Poller is gone: the relay reads and sees.
 		c.fire()
 	}
+}
+
+// WaitReadable implements ReadNotifier: Go's poller, with a read
+// deadline.
+func (c *PolledConn) WaitReadable(d time.Duration) (bool, error) {
+	c.TCPConn.SetReadDeadline(time.Now().Add(d))
+	err := waitSocket(c.rc)
+	c.TCPConn.SetReadDeadline(time.Time{})
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // ReadNow implements ReadNotifier.

@@ -19,6 +19,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // Aborter is a connection that can be closed with a reset (RST) instead of
@@ -27,16 +28,6 @@ import (
 // (the stack's gVisor-side conns) implement it.
 type Aborter interface {
 	Abort()
-}
-
-// ReadableWaiter is a connection that can wait for something to read
-// (data, its end, or an error) without a buffer, so that an idle
-// connection holds no copy buffer. *net.TCPConn does it through its raw
-// socket; the stack's gVisor-side conns implement it. WaitReadable must
-// return when the connection is closed; an error is the connection's, as
-// Read would have returned it (a socket reports a reset only once).
-type ReadableWaiter interface {
-	WaitReadable() error
 }
 
 // DeepWriter is a connection whose Write runs deep: a user-space TCP
@@ -63,22 +54,34 @@ func Abort(c net.Conn) {
 
 // ReadNotifier is a connection that can call back when it has something
 // to read (data, its end, an error) instead of blocking a goroutine until
-// then, so that an idle connection has no goroutine at all: the relay
-// starts one when the callback comes, copies until the source would block,
-// and arms the callback again. The stack's gVisor-side conns implement it
-// with their endpoint's waiter queue, PolledConn with a Poller's epoll.
+// then, so that an idle connection has no goroutine at all. A direction
+// that has just copied keeps its goroutine a little while (WaitReadable),
+// as the next bytes of a busy connection usually follow soon; then it
+// arms the callback and its goroutine ends, and the callback starts a new
+// one. The stack's gVisor-side conns implement it with their endpoint's
+// waiter queue, PolledConn with a Poller's epoll.
 //
 // A relay reads each conn from one goroutine at a time only, so at most
-// one callback is armed per conn.
+// one callback is armed, or one wait under way, per conn.
 type ReadNotifier interface {
 	// NotifyReadable calls f once, when the conn has something to read
 	// or is closed (by anyone: the relay's own end must wake it), possibly
 	// at once, on the calling goroutine or another. f must not block.
 	NotifyReadable(f func())
+	// WaitReadable waits up to d for something to read (or the conn's
+	// close): false if d passed first. It must return when the conn is
+	// closed; an error is the conn's, as a read would have returned it.
+	WaitReadable(d time.Duration) (bool, error)
 	// ReadNow reads what the conn has without waiting: ErrWouldBlock when
 	// it has nothing, io.EOF at its end.
 	ReadNow(p []byte) (int, error)
 }
+
+// parkFor is how long a direction that has copied keeps its goroutine
+// waiting for more before it waits without one: longer than a request's
+// answer takes, shorter than the pause of a connection kept open between
+// requests.
+const parkFor = 100 * time.Millisecond
 
 // ErrWouldBlock is ReadNow's error when there is nothing to read.
 var ErrWouldBlock = errors.New("relay: nothing to read")
@@ -154,15 +157,9 @@ func newHalf(r *relayRun, dst, src net.Conn, count *atomic.Uint64) *half {
 	return h
 }
 
-// start starts the direction: a notifier source waits for its first byte
-// without a goroutine, other sources get one.
-func (h *half) start() {
-	if h.s.notify != nil {
-		h.s.notify(h.wake)
-		return
-	}
-	go h.run()
-}
+// start starts the direction on a goroutine: a short connection's first
+// bytes come soon.
+func (h *half) start() { go h.run() }
 
 // run copies until src is drained (a notifier source: then it arms the
 // callback and returns), src's end (passed on as dst's half-close) or an
@@ -186,16 +183,21 @@ func (h *half) run() {
 			h.finish()
 			return
 		}
-		switch {
-		case h.s.notify != nil:
-			if h.r.ctx.Err() != nil {
+		if h.s.notifier != nil {
+			readable, err := h.s.notifier.WaitReadable(parkFor)
+			switch {
+			case err != nil || h.r.ctx.Err() != nil:
 				h.r.end(true)
 				h.finish()
 				return
+			case !readable:
+				// Idle: wait without a goroutine.
+				h.s.notifier.NotifyReadable(h.wake)
+				return
 			}
-			h.s.notify(h.wake)
-			return
-		case h.s.wait != nil && !h.s.waitFirst:
+			continue
+		}
+		if h.s.wait != nil {
 			if err := h.s.wait(); err != nil {
 				h.r.end(true)
 				h.finish()
@@ -242,9 +244,7 @@ var (
 // bypassing the ones above.
 func copyHalf(dst io.Writer, src io.Reader, count *atomic.Uint64) error {
 	s := sourceOf(src)
-	if s.notify != nil {
-		// Waiting is the relay's job; here, a read that finds nothing
-		// simply reads again, as a blocking Read would.
+	if s.notifier != nil {
 		s = source{read: src.Read}
 	}
 	large := false
@@ -256,7 +256,7 @@ func copyHalf(dst io.Writer, src io.Reader, count *atomic.Uint64) error {
 		case err != nil:
 			return err
 		}
-		if s.wait != nil && !s.waitFirst {
+		if s.wait != nil {
 			if err := s.wait(); err != nil {
 				return err
 			}
@@ -264,17 +264,10 @@ func copyHalf(dst io.Writer, src io.Reader, count *atomic.Uint64) error {
 	}
 }
 
-// copyAvailable copies what src has: it returns nil once src is drained
-// (or probably drained: a short read of a waitFirst source), io.EOF at
-// src's end, or an error. A waitFirst source is waited for first.
-// *large says whether to read into large buffers; a read that fills a
-// small one sets it.
+// copyAvailable copies what src has: it returns nil once src is drained,
+// io.EOF at src's end, or an error. *large says whether to read into
+// large buffers; a read that fills a small one sets it.
 func copyAvailable(dst io.Writer, s source, count *atomic.Uint64, large *bool) error {
-	if s.waitFirst {
-		if err := s.wait(); err != nil {
-			return err
-		}
-	}
 	pool := &smallBufs
 	if *large {
 		pool = &largeBufs
@@ -298,9 +291,6 @@ func copyAvailable(dst io.Writer, s source, count *atomic.Uint64, large *bool) e
 		if rerr != nil {
 			return rerr
 		}
-		if n < len(*b) && s.waitFirst {
-			return nil // probably drained: wait without the buffer
-		}
 		if n == len(*b) && pool == &smallBufs {
 			pool.Put(b)
 			pool = &largeBufs
@@ -318,20 +308,15 @@ type source struct {
 	// wait, when not nil, waits without a buffer until there is
 	// something to read.
 	wait func() error
-	// waitFirst: read blocks, so wait before each read that may find
-	// nothing.
-	waitFirst bool
-	// notify, when not nil, arms a callback for when there is something
-	// to read (ReadNotifier); read then never blocks.
-	notify func(f func())
+	// notifier, when not nil, is the source as a ReadNotifier: the
+	// direction waits through it (half.run), read never blocks.
+	notifier ReadNotifier
 }
 
 func sourceOf(src io.Reader) source {
 	switch c := src.(type) {
 	case ReadNotifier:
-		return source{read: c.ReadNow, notify: c.NotifyReadable}
-	case ReadableWaiter:
-		return source{read: src.Read, wait: c.WaitReadable, waitFirst: true}
+		return source{read: c.ReadNow, notifier: c}
 	case *net.TCPConn: // a stream socket: MSG_PEEK and read(2) apply
 		rc, err := c.SyscallConn()
 		if err != nil {

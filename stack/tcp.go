@@ -207,28 +207,14 @@ type guestConn struct {
 }
 
 var (
-	_ relay.Aborter        = guestConn{}
-	_ relay.ReadableWaiter = guestConn{}
-	_ relay.ReadNotifier   = guestConn{}
-	_ relay.DeepWriter     = guestConn{}
+	_ relay.Aborter      = guestConn{}
+	_ relay.ReadNotifier = guestConn{}
+	_ relay.DeepWriter   = guestConn{}
 )
 
 // GrowStack implements relay.DeepWriter: a write goes through gVisor's
 // send path down to the tap.
 func (guestConn) GrowStack() { growStack() }
-
-// WaitReadable implements relay.ReadableWaiter: an idle connection waits
-// here without holding a copy buffer.
-func (c guestConn) WaitReadable() error {
-	const events = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
-	e, ch := waiter.NewChannelEntry(events)
-	c.wq.EventRegister(&e)
-	defer c.wq.EventUnregister(&e)
-	if c.ep.Readiness(events) == 0 {
-		<-ch
-	}
-	return nil
-}
 
 // Abort implements relay.Aborter: RST to the guest.
 func (c guestConn) Abort() {
@@ -246,6 +232,11 @@ type readNotify struct {
 	registered bool // entry is on wq; only the relay's reader touches it
 	armed      atomic.Bool
 	f          func() // the armed callback: written before armed is set
+
+	// WaitReadable's, while the relay's goroutine waits on it.
+	waitEntry waiter.Entry
+	waitCh    chan struct{}
+	timer     *time.Timer
 }
 
 const readNotifyEvents = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
@@ -258,8 +249,36 @@ func newReadNotify(ep tcpip.Endpoint, wq *waiter.Queue) *readNotify {
 	return n
 }
 
+// WaitReadable implements relay.ReadNotifier.
+func (n *readNotify) WaitReadable(d time.Duration) (bool, error) {
+	if n.ep.Readiness(readNotifyEvents) != 0 {
+		return true, nil
+	}
+	if n.waitCh == nil {
+		n.waitEntry, n.waitCh = waiter.NewChannelEntry(readNotifyEvents)
+		n.timer = time.NewTimer(d)
+	} else {
+		n.timer.Reset(d)
+	}
+	n.wq.EventRegister(&n.waitEntry)
+	defer n.wq.EventUnregister(&n.waitEntry)
+	if n.ep.Readiness(readNotifyEvents) != 0 {
+		n.timer.Stop()
+		return true, nil
+	}
+	select {
+	case <-n.waitCh:
+		n.timer.Stop()
+		return true, nil
+	case <-n.timer.C:
+		return false, nil
+	}
+}
+
 // NotifyReadable implements relay.ReadNotifier.
 func (n *readNotify) NotifyReadable(f func()) {
+	// Idle: what WaitReadable needs goes until the next wait.
+	n.waitCh, n.timer = nil, nil
 	n.f = f
 	n.armed.Store(true)
 	if !n.registered {
