@@ -78,10 +78,15 @@ type ReadNotifier interface {
 }
 
 // parkFor is how long a direction that has copied keeps its goroutine
-// waiting for more before it waits without one: longer than a request's
-// answer takes, shorter than the pause of a connection kept open between
-// requests.
-const parkFor = 100 * time.Millisecond
+// waiting for more before it waits without one. Longer than the gap
+// between a request/response connection's packets, so that a busy
+// connection does not start a goroutine for each; short, because the
+// goroutines parked at a time, with their stacks, are those of the
+// connections active in the last parkFor: a burst of new connections
+// that then stay idle must not leave a stack each behind in the process's
+// memory. Starting a goroutine for events further apart than this costs
+// next to nothing beside them.
+const parkFor = 10 * time.Millisecond
 
 // ErrWouldBlock is ReadNow's error when there is nothing to read.
 var ErrWouldBlock = errors.New("relay: nothing to read")
@@ -157,9 +162,15 @@ func newHalf(r *relayRun, dst, src net.Conn, count *atomic.Uint64) *half {
 	return h
 }
 
-// start starts the direction on a goroutine: a short connection's first
-// bytes come soon.
-func (h *half) start() { go h.run() }
+// start starts the direction: a notifier source waits for its first
+// bytes without a goroutine, other sources get one.
+func (h *half) start() {
+	if h.s.notifier != nil {
+		h.s.notifier.NotifyReadable(h.wake)
+		return
+	}
+	go h.run()
+}
 
 // run copies until src is drained (a notifier source: then it arms the
 // callback and returns), src's end (passed on as dst's half-close) or an
