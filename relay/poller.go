@@ -176,17 +176,19 @@ func (c *PolledConn) NotifyReadable(f func()) {
 	}
 }
 
-// WaitReadable implements ReadNotifier: Go's poller, with a read
-// deadline.
-func (c *PolledConn) WaitReadable(d time.Duration) (bool, error) {
-	c.TCPConn.SetReadDeadline(time.Now().Add(d))
+// WaitReadable implements ReadNotifier: Go's poller; InterruptWait sets
+// a read deadline in the past.
+func (c *PolledConn) WaitReadable() (bool, error) {
 	err := waitSocket(c.rc)
-	c.TCPConn.SetReadDeadline(time.Time{})
 	if errors.Is(err, os.ErrDeadlineExceeded) {
+		c.TCPConn.SetReadDeadline(time.Time{})
 		return false, nil
 	}
 	return err == nil, err
 }
+
+// InterruptWait implements ReadNotifier.
+func (c *PolledConn) InterruptWait() { c.TCPConn.SetReadDeadline(time.Unix(1, 0)) }
 
 // ReadNow implements ReadNotifier.
 func (c *PolledConn) ReadNow(p []byte) (int, error) { return readNow(c.rc, p) }

@@ -55,11 +55,11 @@ func Abort(c net.Conn) {
 // ReadNotifier is a connection that can call back when it has something
 // to read (data, its end, an error) instead of blocking a goroutine until
 // then, so that an idle connection has no goroutine at all. A direction
-// that has just copied keeps its goroutine a little while (WaitReadable),
-// as the next bytes of a busy connection usually follow soon; then it
-// arms the callback and its goroutine ends, and the callback starts a new
-// one. The stack's gVisor-side conns implement it with their endpoint's
-// waiter queue, PolledConn with a Poller's epoll.
+// that has just copied keeps its goroutine a little while (parkFor), as
+// the next bytes of a busy connection usually follow soon; then it arms
+// the callback and its goroutine ends, and the callback starts a new one.
+// The stack's gVisor-side conns implement it with their endpoint's waiter
+// queue, PolledConn with a Poller's epoll.
 //
 // A relay reads each conn from one goroutine at a time only, so at most
 // one callback is armed, or one wait under way, per conn.
@@ -68,14 +68,22 @@ type ReadNotifier interface {
 	// or is closed (by anyone: the relay's own end must wake it), possibly
 	// at once, on the calling goroutine or another. f must not block.
 	NotifyReadable(f func())
-	// WaitReadable waits up to d for something to read (or the conn's
-	// close): false if d passed first. It must return when the conn is
-	// closed; an error is the conn's, as a read would have returned it.
-	WaitReadable(d time.Duration) (bool, error)
+	// WaitReadable waits until the conn has something to read or is
+	// closed (true), or InterruptWait is called (false; an interruption
+	// that came before the wait may end it too, and false may come
+	// spuriously). An error is the conn's, as a read would have returned
+	// it.
+	WaitReadable() (bool, error)
+	// InterruptWait ends a WaitReadable under way, or the next one. It
+	// may be called from any goroutine, at any time.
+	InterruptWait()
 	// ReadNow reads what the conn has without waiting: ErrWouldBlock when
 	// it has nothing, io.EOF at its end.
 	ReadNow(p []byte) (int, error)
 }
+
+// ErrWouldBlock is ReadNow's error when there is nothing to read.
+var ErrWouldBlock = errors.New("relay: nothing to read")
 
 // parkFor is how long a direction that has copied keeps its goroutine
 // waiting for more before it waits without one. Longer than the gap
@@ -87,9 +95,6 @@ type ReadNotifier interface {
 // memory. Starting a goroutine for events further apart than this costs
 // next to nothing beside them.
 const parkFor = 10 * time.Millisecond
-
-// ErrWouldBlock is ReadNow's error when there is nothing to read.
-var ErrWouldBlock = errors.New("relay: nothing to read")
 
 // Run copies a to b and b to a until both directions are done, then
 // closes both. EOF on one side becomes a half-close (CloseWrite, where the
@@ -154,6 +159,9 @@ type half struct {
 	count    *atomic.Uint64
 	large    bool   // a read filled the small buffer: use large ones
 	wake     func() // NotifyReadable's callback: copy on a new goroutine
+	// parkTimer interrupts the wait of a parked goroutine (park); set
+	// while the direction has a goroutine that has parked.
+	parkTimer *time.Timer
 }
 
 func newHalf(r *relayRun, dst, src net.Conn, count *atomic.Uint64) *half {
@@ -195,15 +203,7 @@ func (h *half) run() {
 			return
 		}
 		if h.s.notifier != nil {
-			readable, err := h.s.notifier.WaitReadable(parkFor)
-			switch {
-			case err != nil || h.r.ctx.Err() != nil:
-				h.r.end(true)
-				h.finish()
-				return
-			case !readable:
-				// Idle: wait without a goroutine.
-				h.s.notifier.NotifyReadable(h.wake)
+			if !h.park() {
 				return
 			}
 			continue
@@ -218,9 +218,50 @@ func (h *half) run() {
 	}
 }
 
+// park waits, on the direction's goroutine, for the source's next bytes:
+// true when there is something to read. Once the source has been quiet
+// for parkFor, the direction goes on waiting without a goroutine (the
+// source's callback), or it ends on an error or the end of ctx: false,
+// and the goroutine must return.
+//
+// One timer per busy spell, not one per wait: setting a timer can wake
+// the runtime's poller thread, and a request/response connection waits
+// once per message.
+func (h *half) park() bool {
+	n := h.s.notifier
+	last := time.Now() // bytes were just copied
+	if h.parkTimer == nil {
+		h.parkTimer = time.AfterFunc(parkFor, n.InterruptWait)
+	}
+	for {
+		readable, err := n.WaitReadable()
+		if err != nil || h.r.ctx.Err() != nil {
+			h.r.end(true)
+			h.finish()
+			return false
+		}
+		if readable {
+			return true
+		}
+		quiet := time.Since(last)
+		if quiet < parkFor {
+			h.parkTimer.Reset(parkFor - quiet) // an interruption for an earlier spell
+			continue
+		}
+		// Idle: the timer has fired; wait without a goroutine.
+		h.parkTimer = nil
+		n.NotifyReadable(h.wake)
+		return false
+	}
+}
+
 // finish marks the direction done; the last one closes both conns and
 // tells the relay's owner.
 func (h *half) finish() {
+	if h.parkTimer != nil {
+		h.parkTimer.Stop()
+		h.parkTimer = nil
+	}
 	if h.r.left.Add(-1) != 0 {
 		return
 	}
@@ -302,6 +343,11 @@ func copyAvailable(dst io.Writer, s source, count *atomic.Uint64, large *bool) e
 		if rerr != nil {
 			return rerr
 		}
+		if n < len(*b) && s.notifier != nil {
+			// Probably drained: the wait finds out, without a read
+			// that finds nothing.
+			return nil
+		}
 		if n == len(*b) && pool == &smallBufs {
 			pool.Put(b)
 			pool = &largeBufs
@@ -346,11 +392,13 @@ func sourceOf(src io.Reader) source {
 func readNow(rc syscall.RawConn, p []byte) (int, error) {
 	var n int
 	var err error
-	if rerr := rc.Read(func(fd uintptr) bool {
+	// Control, not Read: a read deadline is PolledConn's way to
+	// interrupt a wait, and must not fail a read.
+	if rerr := rc.Control(func(fd uintptr) {
 		for {
 			n, err = syscall.Read(int(fd), p)
 			if err != syscall.EINTR {
-				return true
+				return
 			}
 		}
 	}); rerr != nil {

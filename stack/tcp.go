@@ -233,16 +233,17 @@ type readNotify struct {
 	armed      atomic.Bool
 	f          func() // the armed callback: written before armed is set
 
-	// WaitReadable's, while the relay's goroutine waits on it.
+	// WaitReadable's entry, registered while the relay's goroutine
+	// waits on it, and its channel, which InterruptWait also signals.
 	waitEntry waiter.Entry
 	waitCh    chan struct{}
-	timer     *time.Timer
 }
 
 const readNotifyEvents = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
 
 func newReadNotify(ep tcpip.Endpoint, wq *waiter.Queue) *readNotify {
 	n := &readNotify{ep: ep, wq: wq}
+	n.waitEntry, n.waitCh = waiter.NewChannelEntry(readNotifyEvents)
 	// gVisor calls it under the endpoint's lock: it only starts the
 	// relay's goroutine.
 	n.entry = waiter.NewFunctionEntry(readNotifyEvents, func(waiter.EventMask) { n.fire() })
@@ -250,35 +251,27 @@ func newReadNotify(ep tcpip.Endpoint, wq *waiter.Queue) *readNotify {
 }
 
 // WaitReadable implements relay.ReadNotifier.
-func (n *readNotify) WaitReadable(d time.Duration) (bool, error) {
-	if n.ep.Readiness(readNotifyEvents) != 0 {
-		return true, nil
-	}
-	if n.waitCh == nil {
-		n.waitEntry, n.waitCh = waiter.NewChannelEntry(readNotifyEvents)
-		n.timer = time.NewTimer(d)
-	} else {
-		n.timer.Reset(d)
-	}
+func (n *readNotify) WaitReadable() (bool, error) {
 	n.wq.EventRegister(&n.waitEntry)
 	defer n.wq.EventUnregister(&n.waitEntry)
 	if n.ep.Readiness(readNotifyEvents) != 0 {
-		n.timer.Stop()
 		return true, nil
 	}
+	<-n.waitCh
+	return n.ep.Readiness(readNotifyEvents) != 0, nil
+}
+
+// InterruptWait implements relay.ReadNotifier: the wait's channel, as an
+// event would.
+func (n *readNotify) InterruptWait() {
 	select {
-	case <-n.waitCh:
-		n.timer.Stop()
-		return true, nil
-	case <-n.timer.C:
-		return false, nil
+	case n.waitCh <- struct{}{}:
+	default:
 	}
 }
 
 // NotifyReadable implements relay.ReadNotifier.
 func (n *readNotify) NotifyReadable(f func()) {
-	// Idle: what WaitReadable needs goes until the next wait.
-	n.waitCh, n.timer = nil, nil
 	n.f = f
 	n.armed.Store(true)
 	if !n.registered {
