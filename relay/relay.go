@@ -5,9 +5,14 @@
 // (guest ↔ host socket) and portfwd for the port forwards (host client ↔
 // guest); it owns the copy buffers of both.
 //
+// An idle direction holds neither a copy buffer nor a goroutine when its
+// source is a ReadNotifier (the stack's gVisor-side conns, and host
+// sockets wrapped as PolledConn by a Poller that the relays' owner runs).
+//
 // relay must not import gVisor or any usernet package: it sits below stack
 // and portfwd, and sees their connections only as net.Conn, plus the
-// optional CloseWrite, Aborter and SetLinger methods.
+// optional CloseWrite, Aborter, SetLinger, DeepWriter and ReadNotifier
+// methods.
 package relay
 
 import (
