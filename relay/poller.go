@@ -26,6 +26,9 @@ type Poller struct {
 	mu    sync.Mutex
 	conns map[uint64]*PolledConn // armed at least once, not closed
 	next  uint64
+	// dead: Run failed; callbacks are called at once (the relays then
+	// wait on their goroutines, in turns).
+	dead atomic.Bool
 }
 
 // NewPoller makes a Poller.
@@ -49,8 +52,26 @@ func NewPoller() (*Poller, error) {
 }
 
 // Run calls back the conns that turn readable until ctx ends. The conns
-// still work after: closing one calls its callback.
+// still work after: closing one calls its callback. If it fails, it calls
+// every armed callback, and later ones are called at once.
 func (p *Poller) Run(ctx context.Context) error {
+	err := p.run(ctx)
+	if err != nil {
+		p.dead.Store(true)
+		p.mu.Lock()
+		armed := make([]*PolledConn, 0, len(p.conns))
+		for _, c := range p.conns {
+			armed = append(armed, c)
+		}
+		p.mu.Unlock()
+		for _, c := range armed {
+			c.fire()
+		}
+	}
+	return err
+}
+
+func (p *Poller) run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { p.f.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
 	var evs [64]unix.EpollEvent
@@ -150,7 +171,9 @@ func (c *PolledConn) NotifyReadable(f func()) {
 	c.armed.Store(true)
 	c.mu.Lock()
 	err := net.ErrClosed
-	if !c.closed {
+	if p := c.p; p.dead.Load() {
+		err = errors.New("relay: poller failed")
+	} else if !c.closed {
 		op := unix.EPOLL_CTL_MOD
 		if !c.added {
 			op = unix.EPOLL_CTL_ADD

@@ -480,3 +480,42 @@ func exchange(t *testing.T, i int, from, to *net.TCPConn) {
 		t.Fatalf("relay %d: read %q, %v; want ping", i, b, err)
 	}
 }
+
+// TestRelayOutlivesFailedPoller: if the Poller's Run fails, its conns'
+// relays go on (waiting on their goroutines).
+func TestRelayOutlivesFailedPoller(t *testing.T) {
+	testutil.CheckNoLeaks(t)
+	p, err := NewPoller()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- p.Run(ctx) }()
+	left, a := tcpPair(t)
+	b, right := tcpPair(t)
+	done := make(chan struct{})
+	Go(context.Background(), polledConn(t, p, a), polledConn(t, p, b), nil, nil, func() { close(done) })
+	exchange(t, 0, left, right)
+	time.Sleep(3 * parkFor) // idle: armed in the epoll instance
+	cancel()
+	if err := <-ran; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	p.Close()
+	if err := p.Run(context.Background()); err == nil {
+		t.Fatal("Run on a closed Poller: nil error")
+	}
+	for i := range 3 {
+		exchange(t, i, right, left)
+		exchange(t, i, left, right)
+		time.Sleep(3 * parkFor)
+	}
+	left.CloseWrite()
+	right.CloseWrite()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("relay did not end")
+	}
+}
