@@ -234,9 +234,10 @@ type readNotify struct {
 	f          func() // the armed callback: written before armed is set
 
 	// WaitReadable's entry, registered while the relay's goroutine
-	// waits on it, and its channel, which InterruptWait also signals.
+	// waits on it, and its channel; kick is InterruptWait's.
 	waitEntry waiter.Entry
 	waitCh    chan struct{}
+	kick      chan struct{}
 }
 
 const readNotifyEvents = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
@@ -244,6 +245,7 @@ const readNotifyEvents = waiter.ReadableEvents | waiter.EventHUp | waiter.EventE
 func newReadNotify(ep tcpip.Endpoint, wq *waiter.Queue) *readNotify {
 	n := &readNotify{ep: ep, wq: wq}
 	n.waitEntry, n.waitCh = waiter.NewChannelEntry(readNotifyEvents)
+	n.kick = make(chan struct{}, 1)
 	// gVisor calls it under the endpoint's lock: it only starts the
 	// relay's goroutine.
 	n.entry = waiter.NewFunctionEntry(readNotifyEvents, func(waiter.EventMask) { n.fire() })
@@ -252,20 +254,29 @@ func newReadNotify(ep tcpip.Endpoint, wq *waiter.Queue) *readNotify {
 
 // WaitReadable implements relay.ReadNotifier.
 func (n *readNotify) WaitReadable() (bool, error) {
+	// A signal left from an earlier wait (one that found the endpoint
+	// readable at once) would end this one for nothing.
+	select {
+	case <-n.waitCh:
+	default:
+	}
 	n.wq.EventRegister(&n.waitEntry)
 	defer n.wq.EventUnregister(&n.waitEntry)
 	if n.ep.Readiness(readNotifyEvents) != 0 {
 		return true, nil
 	}
-	<-n.waitCh
-	return n.ep.Readiness(readNotifyEvents) != 0, nil
+	select {
+	case <-n.waitCh:
+		return true, nil
+	case <-n.kick:
+		return false, nil
+	}
 }
 
-// InterruptWait implements relay.ReadNotifier: the wait's channel, as an
-// event would.
+// InterruptWait implements relay.ReadNotifier.
 func (n *readNotify) InterruptWait() {
 	select {
-	case n.waitCh <- struct{}{}:
+	case n.kick <- struct{}{}:
 	default:
 	}
 }
