@@ -185,10 +185,10 @@ func (h *half) start() {
 	go h.run()
 }
 
-// run copies until src is drained (a notifier source: then it arms the
-// callback and returns), src's end (passed on as dst's half-close) or an
-// error (aborts both conns, which also makes the other direction's blocked
-// Read or Write return, or its callback come).
+// run copies until src's end (passed on as dst's half-close), an error
+// (aborts both conns, which also makes the other direction's blocked Read
+// or Write return, or its callback come), or, for a notifier source, until
+// src has been quiet for parkFor (park arms the callback).
 func (h *half) run() {
 	if d, ok := h.dst.(DeepWriter); ok {
 		d.GrowStack()
@@ -296,7 +296,8 @@ var (
 )
 
 // copyHalf copies src to dst until src's EOF (nil) or an error, waiting
-// on the goroutine it runs on. It does not use io.Copy: *net.TCPConn's
+// on the goroutine it runs on (the tests' view of one direction). Neither
+// it nor half.run uses io.Copy: *net.TCPConn's
 // ReadFrom and WriteTo would take over with buffers of their own,
 // bypassing the ones above.
 func copyHalf(dst io.Writer, src io.Reader, count *atomic.Uint64) error {
