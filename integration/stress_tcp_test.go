@@ -324,8 +324,10 @@ func TestStressTCPIdleMemory(t *testing.T) {
 	}
 	per := float64(held.rssKiB-before.rssKiB) / n
 	t.Logf("idle connections: before %v; %d idle %v (%.1f KiB each); closed %v", before, n, held, per, after)
-	if per > 32 {
-		t.Errorf("an idle connection costs %.1f KiB of usernet's RSS; want at most 32", per)
+	// An idle relay holds no goroutine (relay.ReadNotifier): about 11 KiB,
+	// against 19 with a goroutine per direction.
+	if per > 16 {
+		t.Errorf("an idle connection costs %.1f KiB of usernet's RSS; want at most 16", per)
 	}
 	if after.rssKiB > before.rssKiB+16<<10 {
 		t.Errorf("after closing: %v, before %v; want the memory back (within 16 MiB)", after, before)

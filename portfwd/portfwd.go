@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/usernet/usernet/netplan"
+	"github.com/usernet/usernet/relay"
 	"golang.org/x/sys/unix"
 )
 
@@ -191,6 +192,9 @@ type Registry struct {
 	ctx    context.Context    // alive until Run shuts down; parent of every forward's ctx
 	cancel context.CancelFunc // called by Run on shutdown
 	wg     sync.WaitGroup     // every goroutine started for a forward; Run waits for it
+	// poller waits for the host sockets of idle TCP flows (relay.Poller):
+	// made and run by Run (nil if it could not be made), closed after wg.
+	poller *relay.Poller
 
 	mu struct {
 		sync.Mutex
@@ -336,6 +340,17 @@ func (r *Registry) Run(ctx context.Context) error {
 		return errors.New("portfwd: Run called twice")
 	}
 	r.mu.state = stateRunning
+	if p, err := relay.NewPoller(); err != nil {
+		// Idle flows then keep a goroutine each.
+		r.logf("portfwd: %v", err)
+	} else {
+		r.poller = p
+		r.wg.Go(func() {
+			if err := p.Run(r.ctx); err != nil {
+				r.logf("portfwd: %v", err)
+			}
+		})
+	}
 	for _, f := range r.mu.fwds {
 		r.startLocked(f)
 	}
@@ -356,6 +371,9 @@ func (r *Registry) Run(ctx context.Context) error {
 		f.closeSocket()
 	}
 	r.wg.Wait()
+	if r.poller != nil {
+		r.poller.Close()
+	}
 	return nil
 }
 

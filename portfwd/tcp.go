@@ -45,8 +45,8 @@ func backoff(ctx context.Context, delay *time.Duration) bool {
 	}
 }
 
-// forwardTCP dials the guest for client and proxies between them until both
-// directions are done or f ends.
+// forwardTCP dials the guest for client and starts the relay between them,
+// which lasts until both directions are done or f ends (a member of r.wg).
 func (r *Registry) forwardTCP(f *forward, client net.Conn) {
 	ctx := f.ctx
 	caddr := addrPortOf(client.RemoteAddr())
@@ -65,7 +65,23 @@ func (r *Registry) forwardTCP(f *forward, client net.Conn) {
 		return
 	}
 	f.flows.Add(1)
-	relay.RunCounted(ctx, client, guest, &f.toGuest, &f.fromGuest)
+	r.wg.Add(1)
+	relay.Go(ctx, r.polled(client), r.polled(guest), &f.toGuest, &f.fromGuest, r.wg.Done)
+}
+
+// polled makes a host TCP conn wait through the Registry's Poller when idle
+// (relay.PolledConn); from then on it must be closed through what polled
+// returns.
+func (r *Registry) polled(c net.Conn) net.Conn {
+	tc, ok := c.(*net.TCPConn)
+	if !ok || r.poller == nil {
+		return c
+	}
+	pc, err := r.poller.Conn(tc)
+	if err != nil {
+		return c
+	}
+	return pc
 }
 
 // splice connects to dst from inside the namespace (Config.Splice) within

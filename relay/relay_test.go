@@ -52,8 +52,9 @@ type relayed struct {
 }
 
 // startRun starts Run(ctx, a, b) where left is a's peer and right b's;
-// cleanup cancels it and waits for it.
-func startRun(t *testing.T) *relayed {
+// cleanup cancels it and waits for it. polled: a and b are relayed as
+// PolledConns of a Poller (no goroutine while idle).
+func startRun(t *testing.T, polled bool) *relayed {
 	t.Helper()
 	testutil.CheckNoLeaks(t)
 	r := &relayed{done: make(chan struct{})}
@@ -61,15 +62,55 @@ func startRun(t *testing.T) *relayed {
 	r.b, r.right = tcpPair(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
+	var a, b net.Conn = r.a, r.b
+	if polled {
+		p := startPoller(t)
+		a, b = polledConn(t, p, r.a), polledConn(t, p, r.b)
+	}
 	go func() {
 		defer close(r.done)
-		Run(ctx, r.a, r.b)
+		Run(ctx, a, b)
 	}()
 	t.Cleanup(func() {
 		cancel()
 		r.wait(t)
 	})
 	return r
+}
+
+// startPoller starts a Poller; cleanup stops and closes it.
+func startPoller(t *testing.T) *Poller {
+	t.Helper()
+	p, err := NewPoller()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Poller.Run: %v", err)
+		}
+		p.Close()
+	})
+	return p
+}
+
+func polledConn(t *testing.T, p *Poller, c *net.TCPConn) *PolledConn {
+	t.Helper()
+	pc, err := p.Conn(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pc
+}
+
+// bothModes runs f with plain conns and with PolledConns.
+func bothModes(t *testing.T, f func(t *testing.T, polled bool)) {
+	t.Run("plain", func(t *testing.T) { f(t, false) })
+	t.Run("polled", func(t *testing.T) { f(t, true) })
 }
 
 // wait waits for Run to return.
@@ -102,102 +143,108 @@ func readReset(t *testing.T, name string, c net.Conn) {
 }
 
 func TestRunCopiesBothWaysWithHalfClose(t *testing.T) {
-	// Either side may finish first; the other direction must go on.
-	for _, leftFirst := range []bool{true, false} {
-		name := "right half-closes first"
-		if leftFirst {
-			name = "left half-closes first"
-		}
-		t.Run(name, func(t *testing.T) {
-			r := startRun(t)
-			first, second := r.right, r.left
+	bothModes(t, func(t *testing.T, polled bool) {
+		// Either side may finish first; the other direction must go on.
+		for _, leftFirst := range []bool{true, false} {
+			name := "right half-closes first"
 			if leftFirst {
-				first, second = r.left, r.right
+				name = "left half-closes first"
 			}
-			// More than the small buffer each way.
-			ask, answer := make([]byte, 1<<20), make([]byte, 1<<20+1)
-			rand.Read(ask)
-			rand.Read(answer)
+			t.Run(name, func(t *testing.T) {
+				r := startRun(t, polled)
+				first, second := r.right, r.left
+				if leftFirst {
+					first, second = r.left, r.right
+				}
+				// More than the small buffer each way.
+				ask, answer := make([]byte, 1<<20), make([]byte, 1<<20+1)
+				rand.Read(ask)
+				rand.Read(answer)
 
-			var wg sync.WaitGroup
-			var gotAsk []byte
-			var askErr error
-			wg.Go(func() {
-				first.Write(ask)
-				first.CloseWrite()
+				var wg sync.WaitGroup
+				var gotAsk []byte
+				var askErr error
+				wg.Go(func() {
+					first.Write(ask)
+					first.CloseWrite()
+				})
+				wg.Go(func() {
+					// second sees first's half-close as EOF, and
+					// answers after it.
+					gotAsk, askErr = io.ReadAll(second)
+					second.Write(answer)
+					second.CloseWrite()
+				})
+				gotAnswer, answerErr := io.ReadAll(first)
+				wg.Wait()
+				if askErr != nil || !bytes.Equal(gotAsk, ask) {
+					t.Errorf("first → second: %d bytes, %v; want the %d bytes sent, then EOF", len(gotAsk), askErr, len(ask))
+				}
+				if answerErr != nil || !bytes.Equal(gotAnswer, answer) {
+					t.Errorf("second → first: %d bytes, %v; want the %d bytes sent, then EOF", len(gotAnswer), answerErr, len(answer))
+				}
+				r.wait(t) // both directions done: Run returns by itself
+				r.checkClosed(t)
 			})
-			wg.Go(func() {
-				// second sees first's half-close as EOF, and
-				// answers after it.
-				gotAsk, askErr = io.ReadAll(second)
-				second.Write(answer)
-				second.CloseWrite()
-			})
-			gotAnswer, answerErr := io.ReadAll(first)
-			wg.Wait()
-			if askErr != nil || !bytes.Equal(gotAsk, ask) {
-				t.Errorf("first → second: %d bytes, %v; want the %d bytes sent, then EOF", len(gotAsk), askErr, len(ask))
-			}
-			if answerErr != nil || !bytes.Equal(gotAnswer, answer) {
-				t.Errorf("second → first: %d bytes, %v; want the %d bytes sent, then EOF", len(gotAnswer), answerErr, len(answer))
-			}
-			r.wait(t) // both directions done: Run returns by itself
-			r.checkClosed(t)
-		})
-	}
+		}
+	})
 }
 
 func TestRunPassesResetOn(t *testing.T) {
-	for _, resetLeft := range []bool{true, false} {
-		name := "right resets"
-		if resetLeft {
-			name = "left resets"
-		}
-		t.Run(name, func(t *testing.T) {
-			r := startRun(t)
-			resetter, other := r.right, r.left
+	bothModes(t, func(t *testing.T, polled bool) {
+		for _, resetLeft := range []bool{true, false} {
+			name := "right resets"
 			if resetLeft {
-				resetter, other = r.left, r.right
+				name = "left resets"
 			}
-			// Data in flight first: the other side must get it and
-			// then the reset, not a clean end of a short stream.
-			if _, err := resetter.Write([]byte("partial")); err != nil {
-				t.Fatalf("write: %v", err)
-			}
-			buf := make([]byte, len("partial"))
-			if _, err := io.ReadFull(other, buf); err != nil {
-				t.Fatalf("read the data before the reset: %v", err)
-			}
-			resetter.SetLinger(0)
-			resetter.Close()
-			readReset(t, "the other peer", other)
-			r.wait(t)
-			r.checkClosed(t)
-		})
-	}
+			t.Run(name, func(t *testing.T) {
+				r := startRun(t, polled)
+				resetter, other := r.right, r.left
+				if resetLeft {
+					resetter, other = r.left, r.right
+				}
+				// Data in flight first: the other side must get it and
+				// then the reset, not a clean end of a short stream.
+				if _, err := resetter.Write([]byte("partial")); err != nil {
+					t.Fatalf("write: %v", err)
+				}
+				buf := make([]byte, len("partial"))
+				if _, err := io.ReadFull(other, buf); err != nil {
+					t.Fatalf("read the data before the reset: %v", err)
+				}
+				resetter.SetLinger(0)
+				resetter.Close()
+				readReset(t, "the other peer", other)
+				r.wait(t)
+				r.checkClosed(t)
+			})
+		}
+	})
 }
 
 func TestRunAbortsBothWhenContextEnds(t *testing.T) {
-	t.Run("both open", func(t *testing.T) {
-		r := startRun(t)
-		r.cancel()
-		readReset(t, "left", r.left)
-		readReset(t, "right", r.right)
-		r.wait(t)
-		r.checkClosed(t)
-	})
-	t.Run("one way half-closed", func(t *testing.T) {
-		r := startRun(t)
-		r.left.CloseWrite()
-		if n, err := r.right.Read(make([]byte, 1)); n != 0 || err != io.EOF {
-			t.Fatalf("right after left's half-close: %d, %v; want EOF", n, err)
-		}
-		r.cancel()
-		// right has read its end already; left, still reading, must
-		// see the reset.
-		readReset(t, "left", r.left)
-		r.wait(t)
-		r.checkClosed(t)
+	bothModes(t, func(t *testing.T, polled bool) {
+		t.Run("both open", func(t *testing.T) {
+			r := startRun(t, polled)
+			r.cancel()
+			readReset(t, "left", r.left)
+			readReset(t, "right", r.right)
+			r.wait(t)
+			r.checkClosed(t)
+		})
+		t.Run("one way half-closed", func(t *testing.T) {
+			r := startRun(t, polled)
+			r.left.CloseWrite()
+			if n, err := r.right.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+				t.Fatalf("right after left's half-close: %d, %v; want EOF", n, err)
+			}
+			r.cancel()
+			// right has read its end already; left, still reading, must
+			// see the reset.
+			readReset(t, "left", r.left)
+			r.wait(t)
+			r.checkClosed(t)
+		})
 	})
 }
 
@@ -290,23 +337,25 @@ func TestCopyTakesLargeBufferOnlyAfterAFullRead(t *testing.T) {
 // TestIdleHoldsNoBuffer: once a connection has gone quiet, neither
 // direction holds a copy buffer, and the connection still works after.
 func TestIdleHoldsNoBuffer(t *testing.T) {
-	r := startRun(t)
-	for i := range 2 {
-		if _, err := r.left.Write([]byte("ping")); err != nil {
-			t.Fatal(err)
-		}
-		b := make([]byte, 4)
-		if _, err := io.ReadFull(r.right, b); err != nil || string(b) != "ping" {
-			t.Fatalf("exchange %d: %q, %v", i, b, err)
-		}
-		deadline := time.Now().Add(2 * time.Second)
-		for buffersHeld.Load() != 0 {
-			if time.Now().After(deadline) {
-				t.Fatalf("exchange %d: %d copy buffers held by an idle connection, want 0", i, buffersHeld.Load())
+	bothModes(t, func(t *testing.T, polled bool) {
+		r := startRun(t, polled)
+		for i := range 2 {
+			if _, err := r.left.Write([]byte("ping")); err != nil {
+				t.Fatal(err)
 			}
-			time.Sleep(time.Millisecond)
+			b := make([]byte, 4)
+			if _, err := io.ReadFull(r.right, b); err != nil || string(b) != "ping" {
+				t.Fatalf("exchange %d: %q, %v", i, b, err)
+			}
+			deadline := time.Now().Add(2 * time.Second)
+			for buffersHeld.Load() != 0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("exchange %d: %d copy buffers held by an idle connection, want 0", i, buffersHeld.Load())
+				}
+				time.Sleep(time.Millisecond)
+			}
 		}
-	}
+	})
 }
 
 // deepConn is a TCP conn that says its writes run deep, and records the
@@ -353,7 +402,120 @@ func TestRunGrowsDeepWritersStack(t *testing.T) {
 	if len(deepA.grown) != 1 {
 		t.Fatalf("GrowStack called %d times on the conn written to, want 1", len(deepA.grown))
 	}
-	if !strings.Contains(deepA.grown[0], "relay.pipe(") {
+	if !strings.Contains(deepA.grown[0], "relay.(*half).run(") {
 		t.Errorf("GrowStack not called from the copy's goroutine:\n%s", deepA.grown[0])
+	}
+}
+
+// TestIdlePolledRelaysHaveNoGoroutines: relays of PolledConns hold no
+// goroutine while idle (the Poller's one serves all), and still pass on
+// data, a half-close and a reset that come after a while idle.
+func TestIdlePolledRelaysHaveNoGoroutines(t *testing.T) {
+	testutil.CheckNoLeaks(t)
+	const n = 100
+	p := startPoller(t)
+	type pair struct{ left, right *net.TCPConn }
+	pairs := make([]pair, n)
+	var wg sync.WaitGroup
+	before := runtime.NumGoroutine()
+	for i := range pairs {
+		left, a := tcpPair(t)
+		b, right := tcpPair(t)
+		pairs[i] = pair{left, right}
+		wg.Add(1)
+		Go(context.Background(), polledConn(t, p, a), polledConn(t, p, b), nil, nil, wg.Done)
+	}
+	// A first exchange each way, then idle.
+	for i, c := range pairs {
+		exchange(t, i, c.left, c.right)
+		exchange(t, i, c.right, c.left)
+	}
+	var grown int
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		grown = runtime.NumGoroutine() - before
+		if grown < n/10 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if grown >= n/10 {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("%d idle relays: %d more goroutines, want almost none:\n%s", n, grown, buf[:runtime.Stack(buf, true)])
+	}
+	time.Sleep(100 * time.Millisecond)
+	for i, c := range pairs {
+		exchange(t, i, c.right, c.left)
+		exchange(t, i, c.left, c.right)
+		switch i % 3 {
+		case 0: // half-closes both ways
+			c.left.CloseWrite()
+			if n, err := c.right.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+				t.Fatalf("relay %d: right after left's half-close: %d, %v; want EOF", i, n, err)
+			}
+			c.right.CloseWrite()
+			if n, err := c.left.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+				t.Fatalf("relay %d: left after right's half-close: %d, %v; want EOF", i, n, err)
+			}
+		case 1:
+			c.left.SetLinger(0)
+			c.left.Close()
+			readReset(t, "right", c.right)
+		case 2:
+			c.right.SetLinger(0)
+			c.right.Close()
+			readReset(t, "left", c.left)
+		}
+	}
+	wg.Wait()
+}
+
+// exchange writes a few bytes to from and reads them at to.
+func exchange(t *testing.T, i int, from, to *net.TCPConn) {
+	t.Helper()
+	if _, err := from.Write([]byte("ping")); err != nil {
+		t.Fatalf("relay %d: write: %v", i, err)
+	}
+	b := make([]byte, 4)
+	if _, err := io.ReadFull(to, b); err != nil || string(b) != "ping" {
+		t.Fatalf("relay %d: read %q, %v; want ping", i, b, err)
+	}
+}
+
+// TestRelayOutlivesFailedPoller: if the Poller's Run fails, its conns'
+// relays go on (waiting on their goroutines).
+func TestRelayOutlivesFailedPoller(t *testing.T) {
+	testutil.CheckNoLeaks(t)
+	p, err := NewPoller()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- p.Run(ctx) }()
+	left, a := tcpPair(t)
+	b, right := tcpPair(t)
+	done := make(chan struct{})
+	Go(context.Background(), polledConn(t, p, a), polledConn(t, p, b), nil, nil, func() { close(done) })
+	exchange(t, 0, left, right)
+	time.Sleep(3 * parkFor) // idle: armed in the epoll instance
+	cancel()
+	if err := <-ran; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	p.Close()
+	if err := p.Run(context.Background()); err == nil {
+		t.Fatal("Run on a closed Poller: nil error")
+	}
+	for i := range 3 {
+		exchange(t, i, right, left)
+		exchange(t, i, left, right)
+		time.Sleep(3 * parkFor)
+	}
+	left.CloseWrite()
+	right.CloseWrite()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("relay did not end")
 	}
 }

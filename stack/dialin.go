@@ -79,7 +79,7 @@ func (s *Stack) DialTCP(ctx context.Context, src, dst netip.AddrPort) (net.Conn,
 		}
 		return nil, dialError("tcp", src, dst, err)
 	}
-	c := &dialedTCP{TCPConn: gonet.NewTCPConn(wq, ep), ep: ep, leave: s.flows.leave}
+	c := &dialedTCP{TCPConn: gonet.NewTCPConn(wq, ep), ep: ep, readNotify: newReadNotify(ep, wq), leave: s.flows.leave}
 	c.stop = context.AfterFunc(s.ctx, func() { c.close(true) })
 	return c, nil
 }
@@ -307,7 +307,8 @@ func dialError(network string, src, dst netip.AddrPort, err error) error {
 // closed, by the caller or by the Stack's shutdown.
 type dialedTCP struct {
 	*gonet.TCPConn
-	ep    tcpip.Endpoint
+	ep tcpip.Endpoint
+	*readNotify
 	stop  func() bool // stops the shutdown hook
 	leave func()
 	once  sync.Once
@@ -321,8 +322,9 @@ func (c *dialedTCP) Close() error {
 }
 
 var (
-	_ relay.Aborter    = (*dialedTCP)(nil)
-	_ relay.DeepWriter = (*dialedTCP)(nil)
+	_ relay.Aborter      = (*dialedTCP)(nil)
+	_ relay.DeepWriter   = (*dialedTCP)(nil)
+	_ relay.ReadNotifier = (*dialedTCP)(nil)
 )
 
 // GrowStack implements relay.DeepWriter (tcp.go).

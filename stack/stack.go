@@ -68,6 +68,7 @@ import (
 	"github.com/usernet/usernet/link"
 	"github.com/usernet/usernet/netplan"
 	"github.com/usernet/usernet/policy"
+	"github.com/usernet/usernet/relay"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -251,6 +252,10 @@ type Stack struct {
 	// its behalf; teardown refuses new ones and waits for the rest.
 	flows tracker
 
+	// poller waits for the host sockets of idle TCP flows (relay.Poller):
+	// Run runs it as a member of flows; shutdown closes it after them.
+	poller *relay.Poller
+
 	// dnsConns are bound in New and handed to ServeDNS by Run.
 	dnsConns []dnsConn
 
@@ -403,6 +408,12 @@ func newStack(cfg Config, link gvstack.LinkEndpoint) (*Stack, error) {
 			s.gv.Destroy()
 		}
 		return nil, err
+	}
+	var err error
+	if s.poller, err = relay.NewPoller(); err != nil {
+		// Idle flows then keep a goroutine each, as before.
+		logf("stack: %v", err)
+		s.poller = nil
 	}
 	return s, nil
 }
@@ -563,6 +574,13 @@ func (s *Stack) Run(ctx context.Context) error {
 
 	s.link.start()
 	s.flows.goFunc(s.controlLoop)
+	if s.poller != nil {
+		s.flows.goFunc(func() {
+			if err := s.poller.Run(s.ctx); err != nil {
+				s.logf("stack: %v", err)
+			}
+		})
+	}
 	for _, d := range s.dnsConns {
 		s.flows.goFunc(func() {
 			// Closing the conns is what unblocks a ServeDNS that is
@@ -611,6 +629,9 @@ func (s *Stack) shutdown() {
 		//    keeps running meanwhile, so aborting flows can still send
 		//    their RSTs and handshakes in progress can finish.
 		s.flows.closeAndWait()
+		if s.poller != nil {
+			s.poller.Close()
+		}
 		// 2. Stop reading the tap, without holding any stack lock: the
 		//    dispatch goroutine may be inside the stack (gvisor#11456).
 		s.link.stop()

@@ -3,7 +3,10 @@ package stack
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/usernet/usernet/policy"
@@ -100,18 +103,33 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		return
 	}
 	s.tcp.established(a)
-	guest := guestConn{gonet.NewTCPConn(&wq, ep), ep, &wq}
+	guest := guestConn{gonet.NewTCPConn(&wq, ep), ep, &wq, newReadNotify(ep, &wq)}
+	host = s.polled(host)
 	f := s.trackFlow(policy.TCP, src, dst, hostDst, rule, func() { relay.Abort(host) })
-	// The relay runs on fresh goroutines, and this one ends: its stack
-	// grew in the dial and the handshake, and an idle connection would
-	// keep it for as long as it lasts.
+	// The relay runs on goroutines of its own, only while bytes flow, and
+	// this one ends: its stack grew in the dial and the handshake, and an
+	// idle connection would keep it for as long as it lasts.
 	relaying = true
-	go func() {
-		defer s.flows.leave()
-		defer s.tcp.done(a)
-		defer s.untrackFlow(f)
-		relay.RunCounted(s.ctx, guest, host, &f.out, &f.in)
-	}()
+	relay.Go(s.ctx, guest, host, &f.out, &f.in, func() {
+		s.untrackFlow(f)
+		s.tcp.done(a)
+		s.flows.leave()
+	})
+}
+
+// polled makes a host TCP conn wait through the Stack's Poller when idle
+// (relay.PolledConn); from then on it must be closed through what polled
+// returns.
+func (s *Stack) polled(c net.Conn) net.Conn {
+	tc, ok := c.(*net.TCPConn)
+	if !ok || s.poller == nil {
+		return c
+	}
+	pc, err := s.poller.Conn(tc)
+	if err != nil {
+		return c
+	}
+	return pc
 }
 
 // growStack grows a new goroutine's stack in one step to what a write
@@ -185,33 +203,118 @@ type guestConn struct {
 	*gonet.TCPConn
 	ep tcpip.Endpoint
 	wq *waiter.Queue
+	*readNotify
 }
 
 var (
-	_ relay.Aborter        = guestConn{}
-	_ relay.ReadableWaiter = guestConn{}
-	_ relay.DeepWriter     = guestConn{}
+	_ relay.Aborter      = guestConn{}
+	_ relay.ReadNotifier = guestConn{}
+	_ relay.DeepWriter   = guestConn{}
 )
 
 // GrowStack implements relay.DeepWriter: a write goes through gVisor's
 // send path down to the tap.
 func (guestConn) GrowStack() { growStack() }
 
-// WaitReadable implements relay.ReadableWaiter: an idle connection waits
-// here without holding a copy buffer.
-func (c guestConn) WaitReadable() error {
-	const events = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
-	e, ch := waiter.NewChannelEntry(events)
-	c.wq.EventRegister(&e)
-	defer c.wq.EventUnregister(&e)
-	if c.ep.Readiness(events) == 0 {
-		<-ch
-	}
-	return nil
-}
-
 // Abort implements relay.Aborter: RST to the guest.
 func (c guestConn) Abort() {
 	c.ep.Abort()
 	c.TCPConn.Close()
+}
+
+// readNotify is relay.ReadNotifier for a gVisor TCP endpoint: a waiter
+// entry that stays registered on the endpoint's queue and calls the armed
+// callback. Closing or aborting the endpoint notifies the queue.
+type readNotify struct {
+	ep         tcpip.Endpoint
+	wq         *waiter.Queue
+	entry      waiter.Entry
+	registered bool // entry is on wq; only the relay's reader touches it
+	armed      atomic.Bool
+	f          func() // the armed callback: written before armed is set
+
+	// WaitReadable's entry, registered while the relay's goroutine
+	// waits on it, and its channel; kick is InterruptWait's.
+	waitEntry waiter.Entry
+	waitCh    chan struct{}
+	kick      chan struct{}
+}
+
+const readNotifyEvents = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
+
+func newReadNotify(ep tcpip.Endpoint, wq *waiter.Queue) *readNotify {
+	n := &readNotify{ep: ep, wq: wq}
+	n.waitEntry, n.waitCh = waiter.NewChannelEntry(readNotifyEvents)
+	n.kick = make(chan struct{}, 1)
+	// gVisor calls it under the endpoint's lock: it only starts the
+	// relay's goroutine.
+	n.entry = waiter.NewFunctionEntry(readNotifyEvents, func(waiter.EventMask) { n.fire() })
+	return n
+}
+
+// WaitReadable implements relay.ReadNotifier.
+func (n *readNotify) WaitReadable() (bool, error) {
+	// A signal left from an earlier wait (one that found the endpoint
+	// readable at once) would end this one for nothing.
+	select {
+	case <-n.waitCh:
+	default:
+	}
+	n.wq.EventRegister(&n.waitEntry)
+	defer n.wq.EventUnregister(&n.waitEntry)
+	if n.ep.Readiness(readNotifyEvents) != 0 {
+		return true, nil
+	}
+	select {
+	case <-n.waitCh:
+		return true, nil
+	case <-n.kick:
+		return false, nil
+	}
+}
+
+// InterruptWait implements relay.ReadNotifier.
+func (n *readNotify) InterruptWait() {
+	select {
+	case n.kick <- struct{}{}:
+	default:
+	}
+}
+
+// NotifyReadable implements relay.ReadNotifier.
+func (n *readNotify) NotifyReadable(f func()) {
+	n.f = f
+	n.armed.Store(true)
+	if !n.registered {
+		n.wq.EventRegister(&n.entry)
+		n.registered = true
+	}
+	if n.ep.Readiness(readNotifyEvents) != 0 {
+		n.fire()
+	}
+}
+
+func (n *readNotify) fire() {
+	if n.armed.CompareAndSwap(true, false) {
+		n.f()
+	}
+}
+
+// ReadNow implements relay.ReadNotifier: gonet's Read without its wait.
+func (n *readNotify) ReadNow(p []byte) (int, error) {
+	w := tcpip.SliceWriter(p)
+	res, err := n.ep.Read(&w, tcpip.ReadOptions{})
+	switch err.(type) {
+	case nil:
+	case *tcpip.ErrWouldBlock:
+		return 0, relay.ErrWouldBlock
+	case *tcpip.ErrClosedForReceive:
+		return 0, io.EOF
+	default:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Err: errors.New(err.String())}
+	}
+	if res.Count != 0 {
+		n.ep.ModerateRecvBuf(res.Count)
+	}
+	return res.Count, nil
 }
