@@ -41,8 +41,6 @@ func main() {
 	oneProc()
 	// Re-executed helpers first: they must not parse flags or start anything.
 	switch {
-	case nsjoin.IsChild():
-		os.Exit(nsjoin.ChildMain())
 	case nsrun.IsInit():
 		os.Exit(nsrun.InitMain())
 	case sandbox.Resumed():
