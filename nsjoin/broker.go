@@ -59,7 +59,7 @@ const (
 
 // StartBroker starts the broker for t.
 func StartBroker(t Target) (*Broker, error) {
-	cmd, sock, err := spawn(t, "broker")
+	cmd, sock, err := spawn(t)
 	if err != nil {
 		return nil, err
 	}

@@ -15,14 +15,6 @@ import (
 	"time"
 )
 
-// TestMain lets the test binary be the nsjoin child too, as usernet is.
-func TestMain(m *testing.M) {
-	if IsChild() {
-		os.Exit(ChildMain())
-	}
-	os.Exit(m.Run())
-}
-
 // A network namespace of our own (root only), held by a sleeping child.
 func netnsTarget(t *testing.T) Target {
 	t.Helper()

@@ -1,9 +1,9 @@
 // The namespace join must happen before the Go runtime starts its threads:
 // setns(CLONE_NEWUSER) is refused to a multithreaded process. This
 // constructor runs in every usernet process before main, and does nothing
-// unless the process is an nsjoin child (see nsjoin.go), in which case it
-// joins the user and network namespaces whose fds it was handed. Errors are
-// recorded, not printed, so that the Go side reports them to the parent.
+// unless the process is the socket broker (broker.go), in which case it
+// joins the user and network namespaces whose fds it was handed, says how
+// that went on its socket, and serves there without ever returning to Go.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <netinet/in.h>
@@ -14,8 +14,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-int usernet_nsjoin_step;  // 0: ok or not a child; 1: userns failed; 2: netns failed
-int usernet_nsjoin_errno;
+static int usernet_nsjoin_step; // 0: ok; 1: userns failed; 2: netns failed
+static int usernet_nsjoin_errno;
 
 static int fd_from_env(const char *name) {
 	const char *v = getenv(name);
@@ -168,7 +168,7 @@ static void broker(int fd) {
 
 __attribute__((constructor)) static void usernet_nsjoin(void) {
 	const char *v = getenv("_USERNET_NSJOIN");
-	if (v == NULL || ((v[0] != '1' || v[1] != '\0') && strcmp(v, "broker") != 0))
+	if (v == NULL || strcmp(v, "broker") != 0)
 		return;
 	int userfd = fd_from_env("_USERNET_NSJOIN_USERFD");
 	int netfd = fd_from_env("_USERNET_NSJOIN_NETFD");
@@ -186,12 +186,10 @@ __attribute__((constructor)) static void usernet_nsjoin(void) {
 		} else
 			close(netfd);
 	}
-	if (strcmp(v, "broker") == 0) {
-		// The broker never runs Go: it says how the join went (step,
-		// errno), then serves or exits.
-		int32_t hello[2] = {usernet_nsjoin_step, usernet_nsjoin_errno};
-		if (send(3, hello, sizeof hello, MSG_NOSIGNAL) < 0 || usernet_nsjoin_step != 0)
-			_exit(1);
-		broker(3);
-	}
+	// The broker never runs Go: it says how the join went (step, errno),
+	// then serves or exits.
+	int32_t hello[2] = {usernet_nsjoin_step, usernet_nsjoin_errno};
+	if (send(3, hello, sizeof hello, MSG_NOSIGNAL) < 0 || usernet_nsjoin_step != 0)
+		_exit(1);
+	broker(3);
 }

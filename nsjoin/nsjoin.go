@@ -2,35 +2,36 @@
 // network namespaces.
 //
 // Go cannot setns(CLONE_NEWUSER) from a running program (the runtime is
-// multithreaded before main), so OpenTap re-executes /proc/self/exe as a
-// short-lived child. A cgo constructor (nsenter.c) joins the namespaces in
-// that child before the Go runtime starts; the child then creates or attaches
-// to the tap, optionally configures it, sends the fd back over a
-// SOCK_SEQPACKET socketpair with SCM_RIGHTS, and exits. The parent never
-// leaves its own namespaces. docs/design.md explains the choice.
+// multithreaded before main). OpenTap clones the calling thread into a
+// short-lived child in C (tapchild.c) that shares our memory and fd table,
+// joins the namespaces, creates or attaches to the tap, optionally
+// configures it with netlink, and exits: the fds it opened are ours. The
+// socket broker, which lives on, is a re-execution of /proc/self/exe whose
+// cgo constructor (nsenter.c) joins before the Go runtime starts. This
+// process never leaves its own namespaces. docs/design.md explains the
+// choices.
 //
-// It owns the child and the socketpair; the fd it returns is the caller's.
-// It may import tap (which runs in the child) and pollfd, nothing else of
-// usernet, and never gVisor: the child must stay small.
+// It owns its children; the fds it returns are the caller's. It may import
+// tap (the messages that configure it) and pollfd, nothing else of usernet,
+// and never gVisor.
 package nsjoin
 
 /*
-extern int usernet_nsjoin_step;
-extern int usernet_nsjoin_errno;
+#include <stdlib.h>
+#include "tapchild.h"
 */
 import "C"
 
 import (
 	"context"
-	"encoding/json"
+	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
-	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -41,8 +42,6 @@ const (
 	envChild  = "_USERNET_NSJOIN"
 	envUserFD = "_USERNET_NSJOIN_USERFD"
 	envNetFD  = "_USERNET_NSJOIN_NETFD"
-	envReq    = "_USERNET_NSJOIN_REQ"
-	childSock = 3 // the child's end of the socketpair, first of ExtraFiles
 )
 
 // Target names the namespaces to join.
@@ -68,14 +67,14 @@ func (t Target) String() string {
 type Request struct {
 	Tap       tap.Options
 	Configure bool
-	Config    tap.Config `json:",omitempty"`
+	Config    tap.Config
 	// Announce prints slirp4netns's `sent tapfd=N for TAP` on stderr.
 	Announce bool
 	// ProcNet also brings back the namespace's /proc/net/tcp, tcp6, udp
 	// and udp6, opened inside it (Opened.ProcNet).
-	ProcNet bool `json:",omitempty"`
+	ProcNet bool
 	// LoopbackUp brings lo up without Configure (pasta always does).
-	LoopbackUp bool `json:",omitempty"`
+	LoopbackUp bool
 }
 
 // ProcNetFiles are the files Request.ProcNet opens, in Opened.ProcNet's
@@ -103,177 +102,128 @@ func (o *Opened) Close() {
 	}
 }
 
-type reply struct {
-	Error string `json:",omitempty"`
-}
-
-// IsChild reports whether this process was started by OpenTap.
-func IsChild() bool { return os.Getenv(envChild) == "1" }
-
-// ChildMain does the child's work and returns its exit code. main calls it
-// first thing when IsChild.
-func ChildMain() int {
-	sock := os.NewFile(childSock, "nsjoin")
-	f, announce, procNet, err := childOpen()
-	var r reply
-	var rights []byte
-	if err != nil {
-		r.Error = err.Error()
-	} else {
-		fds := []int{int(f.Fd())}
-		for _, p := range procNet {
-			fds = append(fds, int(p.Fd()))
-		}
-		rights = unix.UnixRights(fds...)
-		if announce {
-			fmt.Fprintf(os.Stderr, "sent tapfd=%d for %s\n", f.Fd(), f.Name()[len("tap:"):])
-		}
-	}
-	msg, _ := json.Marshal(r)
-	if err := unix.Sendmsg(int(sock.Fd()), msg, rights, nil, 0); err != nil {
-		fmt.Fprintf(os.Stderr, "usernet: nsjoin child: send reply: %v\n", err)
-		return 1
-	}
-	return 0
-}
-
-func childOpen() (*os.File, bool, []*os.File, error) {
-	switch C.usernet_nsjoin_step {
-	case 1:
-		return nil, false, nil, fmt.Errorf("join user namespace: %w", unix.Errno(C.usernet_nsjoin_errno))
-	case 2:
-		return nil, false, nil, fmt.Errorf("join network namespace: %w", unix.Errno(C.usernet_nsjoin_errno))
-	}
-	var req Request
-	if err := json.Unmarshal([]byte(os.Getenv(envReq)), &req); err != nil {
-		return nil, false, nil, fmt.Errorf("decode request: %w", err)
-	}
-	var procNet []*os.File
-	if req.ProcNet {
-		// /proc/self/net is this thread's network namespace: the
-		// target's, joined before Go started.
-		for _, name := range ProcNetFiles {
-			p, err := os.Open("/proc/self/net/" + name)
-			if err != nil {
-				return nil, false, nil, fmt.Errorf("open the namespace's /proc/net/%s: %w", name, err)
-			}
-			procNet = append(procNet, p)
-		}
-	}
-	f, err := tap.Open(req.Tap)
-	if err != nil {
-		return nil, false, nil, err
-	}
-	if req.Configure {
-		if err := tap.Configure(req.Tap.Name, req.Config); err != nil {
-			f.Close()
-			return nil, false, nil, err
-		}
-	} else if req.LoopbackUp {
-		if err := tap.LoopbackUp(); err != nil {
-			f.Close()
-			return nil, false, nil, err
-		}
-	}
-	return f, req.Announce, procNet, nil
-}
-
-// OpenTap joins t's namespaces in a child process, opens the tap there as
-// req says, and returns its fd (non-blocking) and the other files req
-// asked for, all owned by the caller.
+// OpenTap joins t's namespaces in a child, opens the tap there as req
+// says, and returns its fd (non-blocking) and the other files req asked
+// for, all owned by the caller. The child makes only system calls that the
+// kernel answers at once, so there is nothing for ctx to interrupt.
 func OpenTap(ctx context.Context, t Target, req Request) (*Opened, error) {
 	if err := tap.ValidateName(req.Tap.Name); err != nil {
 		return nil, err
 	}
-	reqJSON, err := json.Marshal(req)
-	if err != nil {
-		return nil, fmt.Errorf("encode request: %w", err)
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
-	cmd, parentEnd, err := spawn(t, "1", envReq+"="+string(reqJSON))
+	var msgs []tap.Message
+	if req.Configure {
+		msgs = tap.ConfigMessages(req.Tap.Name, req.Config)
+	} else if req.LoopbackUp {
+		msgs = tap.LoopbackMessages()
+	}
+	netns, userns, err := openNamespaces(t)
 	if err != nil {
 		return nil, err
 	}
-	defer parentEnd.Close()
+	defer netns.Close()
+	if userns != nil {
+		defer userns.Close()
+	}
 
-	want := 1
+	// C memory: the child reads and writes it while we sleep.
+	r := (*C.struct_usernet_tap_req)(C.calloc(1, C.size_t(unsafe.Sizeof(C.struct_usernet_tap_req{}))))
+	defer C.free(unsafe.Pointer(r))
+	r.userfd, r.netfd = -1, C.int(netns.Fd())
+	if userns != nil {
+		r.userfd = C.int(userns.Fd())
+	}
 	if req.ProcNet {
-		want += len(ProcNetFiles)
+		r.procnet = 1
 	}
-	o, rerr := receive(ctx, parentEnd, want)
-	if rerr != nil {
-		cmd.Process.Kill()
+	for i := 0; i < len(req.Tap.Name); i++ {
+		r.name[i] = C.char(req.Tap.Name[i])
 	}
-	werr := cmd.Wait()
-	if rerr != nil {
-		return nil, fmt.Errorf("%s: %w", t, rerr)
+	r.tunflags = C.int(tap.Flags(req.Tap))
+	r.offloads = -1
+	if req.Tap.VnetHdr {
+		r.offloads = tap.Offloads
 	}
-	if werr != nil {
-		o.Close()
-		return nil, fmt.Errorf("nsjoin child: %w", werr)
+	if len(msgs) > 0 {
+		b := encodeMessages(msgs)
+		r.msgs = (*C.uchar)(C.CBytes(b))
+		defer C.free(unsafe.Pointer(r.msgs))
+		r.msgslen = C.int(len(b))
+	}
+	if C.usernet_open_tap(r) != 0 {
+		return nil, fmt.Errorf("%s: %w", t, childError(req, msgs, int(r.step), int(r.index), int(r.err)))
+	}
+	o := &Opened{Tap: os.NewFile(uintptr(r.tapfd), "tap")}
+	if req.ProcNet {
+		for i, name := range ProcNetFiles {
+			o.ProcNet = append(o.ProcNet, os.NewFile(uintptr(r.procfds[i]), "netns /proc/net/"+name))
+		}
+	}
+	if req.Announce {
+		fmt.Fprintf(os.Stderr, "sent tapfd=%d for %s\n", r.tapfd, req.Tap.Name)
 	}
 	return o, nil
 }
 
-// receive reads the child's one reply and the want fds that come with it:
-// the tap's first.
-func receive(ctx context.Context, sock *os.File, want int) (*Opened, error) {
-	c, err := net.FileConn(sock)
-	if err != nil {
-		return nil, fmt.Errorf("wrap socket: %w", err)
-	}
-	defer c.Close()
-	uc := c.(*net.UnixConn)
-	stop := context.AfterFunc(ctx, func() { uc.SetReadDeadline(time.Unix(1, 0)) })
-	defer stop()
-	buf := make([]byte, 4096)
-	oob := make([]byte, unix.CmsgSpace(4*want))
-	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
+// encodeMessages lays msgs out for tapchild.c: a struct usernet_tap_msg
+// before each, each padded to 4 bytes.
+func encodeMessages(msgs []tap.Message) []byte {
+	var b []byte
+	for _, m := range msgs {
+		b = binary.NativeEndian.AppendUint32(b, uint32(len(m.Bytes)))
+		b = binary.NativeEndian.AppendUint32(b, uint32(m.IndexAt))
+		existOK := uint32(0)
+		if m.ExistOK {
+			existOK = 1
 		}
-		return nil, fmt.Errorf("read reply of nsjoin child: %w", err)
-	}
-	if n == 0 {
-		return nil, errors.New("nsjoin child exited without a reply")
-	}
-	var fds []int
-	if oobn > 0 {
-		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
-		if err == nil && len(msgs) == 1 {
-			fds, _ = unix.ParseUnixRights(&msgs[0])
+		b = binary.NativeEndian.AppendUint32(b, existOK)
+		b = append(b, m.Bytes...)
+		for len(b)%4 != 0 {
+			b = append(b, 0)
 		}
 	}
-	closeAll := func() {
-		for _, fd := range fds {
-			unix.Close(fd)
+	return b
+}
+
+// childError says what the child could not do, as the Go code that did it
+// before said it.
+func childError(req Request, msgs []tap.Message, step, index, errno int) error {
+	err := unix.Errno(errno)
+	name := req.Tap.Name
+	switch step {
+	case C.USERNET_TAP_USERNS:
+		return fmt.Errorf("join user namespace: %w", err)
+	case C.USERNET_TAP_NETNS:
+		return fmt.Errorf("join network namespace: %w", err)
+	case C.USERNET_TAP_PROCNET_OPEN:
+		f := ProcNetFiles[index]
+		return fmt.Errorf("open the namespace's /proc/net/%s: %w", f, &os.PathError{Op: "open", Path: "/proc/self/net/" + f, Err: err})
+	case C.USERNET_TAP_OPEN:
+		return fmt.Errorf("open /dev/net/tun: %w", err)
+	case C.USERNET_TAP_TUNSETIFF:
+		if err == unix.EINVAL {
+			return fmt.Errorf("create tap %s: %w (does a non-tap device of that name exist?)", name, err)
 		}
+		return fmt.Errorf("create tap %s: %w", name, err)
+	case C.USERNET_TAP_OFFLOAD:
+		return fmt.Errorf("enable offloads on tap %s: %w", name, err)
+	case C.USERNET_TAP_NETLINK:
+		return fmt.Errorf("netlink socket: %w", err)
+	case C.USERNET_TAP_IFINDEX:
+		return fmt.Errorf("find %s: %w", name, err)
+	case C.USERNET_TAP_MESSAGE:
+		if index >= 0 && index < len(msgs) {
+			return fmt.Errorf("%s: %w", msgs[index].What, err)
+		}
+		return fmt.Errorf("netlink message %d: %w", index, err)
+	case C.USERNET_TAP_CLONE:
+		return fmt.Errorf("start nsjoin child: %w", err)
+	case C.USERNET_TAP_DIED:
+		return fmt.Errorf("nsjoin child died (status %d)", errno)
 	}
-	var r reply
-	if err := json.Unmarshal(buf[:n], &r); err != nil {
-		closeAll()
-		return nil, fmt.Errorf("decode reply of nsjoin child: %w", err)
-	}
-	if r.Error != "" {
-		closeAll()
-		return nil, errors.New(r.Error)
-	}
-	if len(fds) != want {
-		closeAll()
-		return nil, fmt.Errorf("nsjoin child sent %d fds, want %d", len(fds), want)
-	}
-	for _, fd := range fds {
-		unix.CloseOnExec(fd)
-	}
-	if err := unix.SetNonblock(fds[0], true); err != nil {
-		closeAll()
-		return nil, fmt.Errorf("set tap fd non-blocking: %w", err)
-	}
-	o := &Opened{Tap: os.NewFile(uintptr(fds[0]), "tap")}
-	for i, fd := range fds[1:] {
-		o.ProcNet = append(o.ProcNet, os.NewFile(uintptr(fd), "netns /proc/net/"+ProcNetFiles[i]))
-	}
-	return o, nil
+	return fmt.Errorf("nsjoin child: step %d: %w", step, err)
 }
 
 // openNamespaces opens the network namespace to join and, when it is not
@@ -377,11 +327,10 @@ func cleanEnv(env []string) []string {
 	return out
 }
 
-// spawn starts this program again as a child that joins t's namespaces
-// before Go starts (nsenter.c), in the given mode ("1": the tap child,
-// "broker": the socket broker), with a SOCK_SEQPACKET socketpair as its
-// fd 3; it returns the child and the parent's end.
-func spawn(t Target, mode string, env ...string) (*exec.Cmd, *os.File, error) {
+// spawn starts this program again as the socket broker, which joins t's
+// namespaces before Go starts (nsenter.c), with a SOCK_SEQPACKET
+// socketpair as its fd 3; it returns the child and the parent's end.
+func spawn(t Target) (*exec.Cmd, *os.File, error) {
 	netns, userns, err := openNamespaces(t)
 	if err != nil {
 		return nil, nil, err
@@ -403,15 +352,12 @@ func spawn(t Target, mode string, env ...string) (*exec.Cmd, *os.File, error) {
 		return nil, nil, fmt.Errorf("find own executable: %w", err)
 	}
 	cmd := exec.Command("/proc/self/exe")
-	cmd.Args = []string{exe, "nsjoin-child"}
-	if mode != "broker" {
-		// The broker lives as long as we do and prints nothing: it must
-		// not hold our stderr, a pipe the caller may wait on (pasta's
-		// command line, which detaches).
-		cmd.Stderr = os.Stderr
-	}
+	cmd.Args = []string{exe, "nsjoin-broker"}
+	// The broker lives as long as we do and prints nothing: it must not
+	// hold our stderr, a pipe the caller may wait on (pasta's command
+	// line, which detaches).
 	cmd.ExtraFiles = []*os.File{childEnd, netns}
-	env = append(env, envChild+"="+mode, envNetFD+"=4")
+	env := []string{envChild + "=broker", envNetFD + "=4"}
 	if userns != nil {
 		cmd.ExtraFiles = append(cmd.ExtraFiles, userns)
 		env = append(env, envUserFD+"=5")

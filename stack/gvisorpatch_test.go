@@ -1,9 +1,15 @@
 package stack
 
 import (
+	"runtime"
 	"testing"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
+	"gvisor.dev/gvisor/pkg/tcpip/link/pipe"
+	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
 	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 )
@@ -39,5 +45,27 @@ func TestGVisorZeroWindowPatch(t *testing.T) {
 			t.Errorf("%s: header.Acceptable(seq %d, len %d, rcvNxt %d, rcvAcc %d) = %v, want %v",
 				tc.name, tc.seq, tc.len, nxt, tc.rcvAcc, got, tc.want)
 		}
+	}
+}
+
+// TestGVisorNeighborCachePatch fails without third_party/gvisor-patches/0004-*: a NIC that
+// resolves link addresses (ARP for IPv4, NDP for IPv6, as usernet's tap) made its neighbor
+// caches' maps with room for 512 entries each, about 20 KiB apiece, at once.
+func TestGVisorNeighborCachePatch(t *testing.T) {
+	s := gvstack.New(gvstack.Options{NetworkProtocols: []gvstack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol, arp.NewProtocol}})
+	defer s.Destroy()
+	a, b := pipe.New("\x02\x00\x00\x00\x00\x01", "\x02\x00\x00\x00\x00\x02", 1500)
+	defer b.Close()
+	ep := ethernet.New(a)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if err := s.CreateNIC(1, ep); err != nil {
+		t.Fatalf("CreateNIC: %v", err)
+	}
+	runtime.ReadMemStats(&after)
+	if got := after.TotalAlloc - before.TotalAlloc; got > 24<<10 {
+		t.Errorf("CreateNIC allocated %d bytes; want the neighbor caches to start small (patch 0004)", got)
+	} else {
+		t.Logf("CreateNIC allocated %d bytes", got)
 	}
 }

@@ -1,12 +1,11 @@
-// Package tap opens and configures a Linux tap device. It runs inside the
-// target network namespace (in the nsjoin child) and starts no goroutines.
+// Package tap says how a Linux tap device is opened and configured: the
+// TUNSETIFF flags and offloads, and the rtnetlink messages of
+// `--configure`. nsjoin's child, inside the target's namespaces, makes the
+// system calls (it runs no Go); this package does no I/O.
 //
 // songgao/water is not used: it hides the fd behind an io.ReadWriteCloser,
-// cannot attach with IFF_VNET_HDR, and we need the raw fd to pass it over
-// SCM_RIGHTS and to hand it to our own link endpoint (package link; docs/design.md).
-//
-// It owns the fd until it hands it over. It must not import gVisor or any
-// other usernet package: it runs in the nsjoin child.
+// cannot attach with IFF_VNET_HDR, and we need the raw fd to hand it to our
+// own link endpoint (package link; docs/design.md).
 package tap
 
 import (
@@ -14,11 +13,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"unsafe"
 
 	"github.com/usernet/usernet/netplan"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -55,42 +51,13 @@ type Options struct {
 	VnetHdr bool
 }
 
-type ifreq struct {
-	name  [unix.IFNAMSIZ]byte
-	flags uint16
-	_     [40 - unix.IFNAMSIZ - 2]byte
-}
-
-// Open opens /dev/net/tun and creates or attaches to the tap named in opts.
-// The returned file is in non-blocking mode and owned by the caller.
-func Open(opts Options) (*os.File, error) {
-	if err := ValidateName(opts.Name); err != nil {
-		return nil, err
-	}
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open /dev/net/tun: %w", err)
-	}
-	var req ifreq
-	copy(req.name[:], opts.Name)
-	req.flags = unix.IFF_TAP | unix.IFF_NO_PI
+// Flags are the TUNSETIFF flags that open the tap as opts say.
+func Flags(opts Options) uint16 {
+	f := uint16(unix.IFF_TAP | unix.IFF_NO_PI)
 	if opts.VnetHdr {
-		req.flags |= unix.IFF_VNET_HDR
+		f |= unix.IFF_VNET_HDR
 	}
-	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETIFF, uintptr(unsafe.Pointer(&req))); errno != 0 {
-		unix.Close(fd)
-		if errno == unix.EINVAL {
-			return nil, fmt.Errorf("create tap %s: %w (does a non-tap device of that name exist?)", opts.Name, errno)
-		}
-		return nil, fmt.Errorf("create tap %s: %w", opts.Name, errno)
-	}
-	if opts.VnetHdr {
-		if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, Offloads); err != nil {
-			unix.Close(fd)
-			return nil, fmt.Errorf("enable offloads on tap %s: %w", opts.Name, err)
-		}
-	}
-	return os.NewFile(uintptr(fd), "tap:"+opts.Name), nil
+	return f
 }
 
 // VnetHdrLen is the size of the virtio_net_hdr the kernel puts before every
@@ -120,107 +87,4 @@ type Config struct {
 	// Routes, when not empty, are the routes instead (pasta's copies of
 	// the host's), added in order, IPv4 ones first.
 	Routes []netplan.Route
-}
-
-// LoopbackUp brings the namespace's lo up (pasta does, configured or not).
-func LoopbackUp() error {
-	lo, err := netlink.LinkByName("lo")
-	if err != nil {
-		return fmt.Errorf("find lo: %w", err)
-	}
-	if err := netlink.LinkSetUp(lo); err != nil {
-		return fmt.Errorf("bring lo up: %w", err)
-	}
-	return nil
-}
-
-// Configure brings lo and the tap up, sets MTU, MAC and addresses, and adds
-// the routes, as slirp4netns --configure and pasta --config-net do. It must
-// run inside the namespace with CAP_NET_ADMIN there.
-func Configure(name string, cfg Config) error {
-	if err := LoopbackUp(); err != nil {
-		return err
-	}
-	link, err := netlink.LinkByName(name)
-	if err != nil {
-		return fmt.Errorf("find %s: %w", name, err)
-	}
-	if cfg.MTU > 0 {
-		if err := netlink.LinkSetMTU(link, cfg.MTU); err != nil {
-			return fmt.Errorf("set mtu %d on %s: %w", cfg.MTU, name, err)
-		}
-	}
-	if len(cfg.MAC) > 0 {
-		if err := netlink.LinkSetHardwareAddr(link, cfg.MAC); err != nil {
-			return fmt.Errorf("set mac %s on %s: %w", cfg.MAC, name, err)
-		}
-	}
-	for _, p := range cfg.Addrs {
-		a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
-		if p.Addr().Is6() {
-			a.Flags = unix.IFA_F_NODAD
-		} else if cfg.NoBroadcast {
-			a.Broadcast = net.IPv4zero
-		}
-		if err := netlink.AddrReplace(link, a); err != nil {
-			return fmt.Errorf("add address %s to %s: %w", p, name, err)
-		}
-	}
-	if err := netlink.LinkSetUp(link); err != nil {
-		return fmt.Errorf("bring %s up: %w", name, err)
-	}
-	if len(cfg.Routes) == 0 {
-		for _, gw := range []netip.Addr{cfg.Gateway, cfg.Gateway6} {
-			if !gw.IsValid() {
-				continue
-			}
-			r := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw.AsSlice()}
-			if err := netlink.RouteReplace(r); err != nil {
-				return fmt.Errorf("add default route via %s on %s: %w", gw, name, err)
-			}
-		}
-	}
-	// Routes on the link first: the gateways of the others may be
-	// reachable only through them.
-	var later []netplan.Route
-	for _, r := range cfg.Routes {
-		if r.Gateway.IsValid() {
-			later = append(later, r)
-			continue
-		}
-		if err := addRoute(link.Attrs().Index, r); err != nil {
-			return fmt.Errorf("add route to %v on %s: %w", r.Dst, name, err)
-		}
-	}
-	for _, r := range later {
-		if err := addRoute(link.Attrs().Index, r); err != nil {
-			return fmt.Errorf("add route to %v via %v on %s: %w", r.Dst, r.Gateway, name, err)
-		}
-	}
-	return nil
-}
-
-// addRoute adds r out of the interface. A route the kernel already has
-// (the prefix route of an address, made when it was added) is not an
-// error. It is created without NLM_F_EXCL, as pasta does: an IPv4
-// copy of a prefix route then stands beside the kernel's own, which has
-// a preferred source.
-func addRoute(ifindex int, r netplan.Route) error {
-	nr := &netlink.Route{
-		LinkIndex: ifindex,
-		Dst:       &net.IPNet{IP: r.Dst.Addr().AsSlice(), Mask: net.CIDRMask(r.Dst.Bits(), r.Dst.Addr().BitLen())},
-		Priority:  r.Metric,
-		Protocol:  netlink.RouteProtocol(r.Protocol),
-		Scope:     netlink.Scope(r.Scope),
-		Type:      r.Type,
-		Flags:     r.Flags,
-	}
-	if r.Gateway.IsValid() {
-		nr.Gw = r.Gateway.AsSlice()
-	}
-	err := netlink.RouteAddEcmp(nr)
-	if errors.Is(err, unix.EEXIST) {
-		return nil
-	}
-	return err
 }

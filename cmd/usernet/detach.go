@@ -29,7 +29,7 @@ const detachEnv = "USERNET_DETACHED_FD"
 const detachedFD = 3
 
 // isDetached reports whether this process is the background one. The
-// pipe is not passed on to the processes it starts (the nsjoin child).
+// pipe is not passed on to the processes it starts (the socket broker).
 func isDetached() bool {
 	if os.Getenv(detachEnv) == "" {
 		return false

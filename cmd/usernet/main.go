@@ -41,8 +41,6 @@ func main() {
 	oneProc()
 	// Re-executed helpers first: they must not parse flags or start anything.
 	switch {
-	case nsjoin.IsChild():
-		os.Exit(nsjoin.ChildMain())
 	case nsrun.IsInit():
 		os.Exit(nsrun.InitMain())
 	case sandbox.Resumed():
@@ -63,8 +61,12 @@ func main() {
 // server — need CPUs too; with a second P every hand-off woke a spinning
 // thread that took a core from them. On a 2-core machine neither a second
 // P nor "auto" gained measurably with many connections at once, and both
-// cost memory; docs/design.md "One P" has the figures.
+// cost memory; docs/design.md "One P" has the figures. When GOMAXPROCS is
+// not set, the runtime has started on one P already (oneproc.c).
 func oneProc() {
+	if startedOnOneP {
+		return
+	}
 	switch os.Getenv("GOMAXPROCS") {
 	case "auto":
 		adaptProcs = true

@@ -33,7 +33,7 @@ import (
 // on stdout, `received tapfd=N` on stderr. `usernet run` discards both.
 type output struct {
 	stdout, stderr io.Writer
-	announce       bool // the nsjoin child prints `sent tapfd=N for TAP`
+	announce       bool // nsjoin.OpenTap prints `sent tapfd=N for TAP`
 	// noSettings leaves out slirp4netns's lines (`received tapfd=N`, the
 	// settings block): pasta's command line prints none of them.
 	noSettings bool

@@ -36,7 +36,7 @@ var rules = map[string]rule{
 	"dhcp6":             {why: "the protocol only: stack moves its packets"},
 	"dns":               {why: "serves whatever net.PacketConn/net.Listener it is handed", may: []string{"internal/ratelog"}},
 	"internal/ratelog":  {why: "rate-limited log lines: a leaf"},
-	"tap":               {why: "runs in the nsjoin child and must stay small", may: []string{"netplan"}},
+	"tap":               {why: "says how the tap is opened and configured; nsjoin's child makes the calls", may: []string{"netplan"}},
 	"sandbox":           {why: "runs first in every usernet process and must stay small"},
 	"nsrun":             {why: "only makes namespaces"},
 	"hostif":            {why: "reads the host's template interface with netlink, nothing else", may: []string{"netplan"}},

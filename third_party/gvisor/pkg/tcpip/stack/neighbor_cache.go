@@ -311,6 +311,8 @@ func (n *neighborCache) init(nic *nic, r LinkAddressResolver) {
 		linkRes: r,
 	}
 	n.mu.Lock()
-	n.mu.cache = make(map[tcpip.Address]*neighborEntry, NeighborCacheSize)
+	// Not sized for NeighborCacheSize: a map that size takes about 20 KiB
+	// at once for the few neighbors most interfaces have. (usernet patch)
+	n.mu.cache = make(map[tcpip.Address]*neighborEntry)
 	n.mu.Unlock()
 }
