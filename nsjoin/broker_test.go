@@ -182,12 +182,3 @@ func TestBrokerDialsManyAtOnce(t *testing.T) {
 		t.Errorf("%d fds open after Close, %d before StartBroker", after, fdsBefore)
 	}
 }
-
-func openFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
-}
