@@ -186,3 +186,53 @@ func TestPastaRunAs(t *testing.T) {
 		})
 	}
 }
+
+// TestPastaSpawnTerm: pasta running a command of its own ends at once on SIGTERM, exit
+// status 0 (passt.c's exit handler), and leaves the command running without a network; it
+// does not pass the signal on or wait for the command.
+func TestPastaSpawnTerm(t *testing.T) {
+	root := needTrixie(t)
+	for i, name := range pastaPeers {
+		t.Run(name, func(t *testing.T) {
+			peer := newPastaPeer(t, root, name)
+			ctx := testContext(t, 30*time.Second)
+			// pasta runs the command in a PID namespace of its own: found by its
+			// arguments, not its $$. Its output goes elsewhere, so that its pipes do
+			// not keep cmd.Wait waiting.
+			sleep := fmt.Sprintf("sleep 29.%d%d", os.Getpid()%1000, i)
+			cmd := root.command(ctx, []string{rootPath, "HOME=/tmp"}, peer.bin, "-f", "--config-net",
+				"-t", "none", "-u", "none", "-T", "none", "-U", "none", "--", "sh", "-c", "echo up; exec "+sleep+" >/dev/null 2>&1")
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { exec.Command("pkill", "-KILL", "-f", sleep).Run() })
+			var up string
+			if _, err := fmt.Fscan(out, &up); err != nil || up != "up" {
+				cmd.Process.Kill()
+				cmd.Wait()
+				t.Fatalf("the command did not start: %v; stderr:\n%s", err, stderr.String())
+			}
+			cmd.Process.Signal(syscall.SIGTERM)
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("pasta after SIGTERM: %v, want exit status 0; stderr:\n%s", err, stderr.String())
+				}
+			case <-time.After(10 * time.Second):
+				cmd.Process.Kill()
+				t.Fatalf("pasta still running 10 s after SIGTERM; stderr:\n%s", stderr.String())
+			}
+			if err := exec.Command("pgrep", "-f", sleep).Run(); err != nil {
+				t.Errorf("the command (%s) is gone after pasta's SIGTERM: %v", sleep, err)
+			}
+		})
+	}
+}

@@ -138,7 +138,9 @@ func pastaMain(argv0 string, args []string, stdout, stderr io.Writer) int {
 			}
 			cmd = []string{shell}
 		}
-		return runCommand(o, cmd, argv0, stderr)
+		// pasta's SIGTERM and SIGQUIT end pasta at once, exit status 0;
+		// the command goes on without a network.
+		return runCommand(o, cmd, argv0, []os.Signal{syscall.SIGTERM, syscall.SIGQUIT}, stderr)
 	}
 	if !po.Foreground && !detached {
 		return detach(po.PIDFile, stderr)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"syscall"
 
 	"github.com/usernet/usernet/nsjoin"
@@ -32,13 +33,16 @@ func runMain(argv []string, stdout, stderr io.Writer) int {
 	}
 	o.configure = true
 	o.tapName = "tap0"
-	return runCommand(o, args, "usernet run", stderr)
+	return runCommand(o, args, "usernet run", nil, stderr)
 }
 
 // runCommand runs args in new namespaces served with o (usernet run, and
 // pasta without a target), and returns its exit status; prefix starts
-// usernet's own error lines.
-func runCommand(o *options, args []string, prefix string, stderr io.Writer) int {
+// usernet's own error lines. The signals of forwardedSignals are passed on
+// to the command, except those in quitOn, on which runCommand returns 0 at
+// once and leaves the command running without a network (pasta's
+// SIGTERM and SIGQUIT).
+func runCommand(o *options, args []string, prefix string, quitOn []os.Signal, stderr io.Writer) int {
 	resolv := ""
 	if !o.disableDNS {
 		for _, a := range []netip.Addr{o.plan.DNS4, o.plan.DNS6} {
@@ -94,6 +98,13 @@ func runCommand(o *options, args []string, prefix string, stderr io.Writer) int 
 	for {
 		select {
 		case sig := <-sigc:
+			if slices.Contains(quitOn, sig) {
+				cancel()
+				if served != nil {
+					<-served
+				}
+				return 0
+			}
 			child.Signal(sig)
 		case err := <-served:
 			// The network died under the command: say so, let it finish.
