@@ -231,6 +231,9 @@ type Stack struct {
 	// capture; nil with a test link.
 	counters   func() link.Counters
 	setCapture func(link.Capture)
+	// tapLink is the tap's link endpoint, for frames made outside gVisor
+	// (the UDP reply fast path); nil with a test link that is not one.
+	tapLink *link.Tap
 
 	// tcp bounds the guest's TCP connections (tcplimit.go).
 	tcp *tcpTable
@@ -330,7 +333,7 @@ func New(cfg Config) (*Stack, error) {
 	}
 	cfg.Tap.Close() // tapFile is our own dup of it
 	s.tap = tapFile
-	s.counters, s.setCapture = raw.Counters, raw.SetCapture
+	s.counters, s.setCapture, s.tapLink = raw.Counters, raw.SetCapture, raw
 	return s, nil
 }
 

@@ -26,7 +26,9 @@ const maxDatagram = 65535
 // (gVisor's default is 32 KiB). Memory is only used while datagrams queue.
 const udpRcvBuf = 1 << 20
 
-var datagramPool = sync.Pool{New: func() any { b := make([]byte, maxDatagram); return &b }}
+// datagramPool's buffers have room for a datagram and, before it, the
+// headers of a reply frame (replyHeadroom, udpreply.go).
+var datagramPool = sync.Pool{New: func() any { b := make([]byte, replyHeadroom+maxDatagram); return &b }}
 
 // handleUDP is the udp.Forwarder handler. gVisor calls it synchronously on
 // the inbound path for a datagram that no endpoint claimed, that is, the
@@ -243,7 +245,8 @@ func (s *Stack) releaseUDPPort(p *udpPort) {
 // each datagram to the flow of its sender, making a flow for a new sender.
 func (s *Stack) readUDPPort(p *udpPort) {
 	for {
-		err := p.host.readPooled(func(b []byte, from netip.AddrPort) {
+		err := p.host.readPooled(func(buf []byte, from netip.AddrPort) {
+			b := buf[replyHeadroom:]
 			p.mu.Lock()
 			f := p.flows[from]
 			p.mu.Unlock()
@@ -253,6 +256,9 @@ func (s *Stack) readUDPPort(p *udpPort) {
 			if f != nil {
 				f.touch(&s.udp)
 				f.rec.in.Add(uint64(len(b)))
+				if s.replyFast(f.fastF, buf) {
+					return
+				}
 				var r bytes.Reader
 				r.Reset(b)
 				f.ep.Write(&r, tcpip.WriteOptions{})
@@ -360,7 +366,7 @@ func (s *Stack) startUDPFlow(p *udpPort, ep tcpip.Endpoint, wq *waiter.Queue, vi
 	// by drainUDPFlow.
 	// The key is what the link filter sees on the wire: the guest port
 	// and the remote as the guest addresses it (both plain, unmapped).
-	f.fast, f.fastF = udpFastKey{src: p.key.src, dst: visible}, udpFastFlowOf(p.host, hostDst, func() { f.touch(&s.udp) }, &f.rec.out)
+	f.fast, f.fastF = udpFastKey{src: p.key.src, dst: visible}, udpFastFlowOf(p.host, hostDst, p.key.src, visible, func() { f.touch(&s.udp) }, &f.rec.out)
 	s.udpFast.add(f.fast, f.fastF)
 	stop := context.AfterFunc(s.ctx, func() { s.closeUDPFlow(f) })
 	f.mu.Lock()
@@ -429,6 +435,7 @@ func (s *Stack) endUDPFlow(f *udpFlow) {
 	f.wq.EventUnregister(&f.entry)
 	f.timer.Stop()
 	s.udpFast.remove(f.fast, f.fastF)
+	f.fastF.close()
 	p.mu.Lock()
 	if p.flows[f.hostDst] == f {
 		delete(p.flows, f.hostDst)
@@ -513,15 +520,18 @@ func (h *udpHost) icmpErrors() []icmpError {
 }
 
 // readPooled waits for one datagram and hands it to fn, in a buffer of
-// datagramPool taken only once the datagram is there. The error is the
-// read's (a queued ICMP error: see isICMPError), or the socket's closing.
-func (h *udpHost) readPooled(fn func(b []byte, from netip.AddrPort)) error {
-	return recvPooled(h.rc, func(b []byte, from unix.Sockaddr) { fn(b, addrPortOf(from)) })
+// datagramPool taken only once the datagram is there: buf is the datagram
+// after replyHeadroom bytes of room for a reply frame's headers. The
+// error is the read's (a queued ICMP error: see isICMPError), or the
+// socket's closing.
+func (h *udpHost) readPooled(fn func(buf []byte, from netip.AddrPort)) error {
+	return recvPooled(h.rc, replyHeadroom, func(buf []byte, from unix.Sockaddr) { fn(buf, addrPortOf(from)) })
 }
 
 // recvPooled waits until the socket behind rc is readable, then receives
-// one datagram into a buffer of datagramPool and hands it to fn.
-func recvPooled(rc syscall.RawConn, fn func(b []byte, from unix.Sockaddr)) error {
+// one datagram into a buffer of datagramPool, headroom bytes in, and hands
+// the buffer up to the datagram's end to fn.
+func recvPooled(rc syscall.RawConn, headroom int, fn func(buf []byte, from unix.Sockaddr)) error {
 	var (
 		bp   *[]byte
 		n    int
@@ -530,7 +540,7 @@ func recvPooled(rc syscall.RawConn, fn func(b []byte, from unix.Sockaddr)) error
 	)
 	err := rc.Read(func(fd uintptr) bool {
 		bp = datagramPool.Get().(*[]byte)
-		n, from, rerr = unix.Recvfrom(int(fd), *bp, unix.MSG_DONTWAIT)
+		n, from, rerr = unix.Recvfrom(int(fd), (*bp)[headroom:headroom+maxDatagram], unix.MSG_DONTWAIT)
 		if rerr == unix.EAGAIN {
 			datagramPool.Put(bp)
 			return false // wait for the poller
@@ -547,7 +557,7 @@ func recvPooled(rc syscall.RawConn, fn func(b []byte, from unix.Sockaddr)) error
 	if rerr != nil {
 		return os.NewSyscallError("recvfrom", rerr)
 	}
-	fn((*bp)[:n], from)
+	fn((*bp)[:headroom+n], from)
 	return nil
 }
 
