@@ -24,7 +24,8 @@
 //	             tcplimit.go bounds the attempts and connections
 //	udp.go       guest UDP: one host socket per guest port, one gVisor
 //	             endpoint per remote; udpfast.go writes known flows' datagrams
-//	             from the filter; udperr.go turns host ICMP errors into ICMP;
+//	             from the filter, udpreply.go their replies to the tap
+//	             itself; udperr.go turns host ICMP errors into ICMP;
 //	             udplimits.go bounds the flows, ports and buffers
 //	ping.go      ICMP echo → an unprivileged host ping socket, bounded
 //	route.go     where a flow may go: the single place that keeps traffic for
