@@ -177,7 +177,7 @@ func (s *Stack) servePing(key pingKey, f *pingFlow) {
 	wg.Go(func() {
 		defer f.cancel()
 		for {
-			err := recvPooled(rc, 0, func(b []byte, _ unix.Sockaddr) {
+			err := recvPooled(rc, func(b []byte, _ unix.Sockaddr) {
 				f.last.Store(s.ping.now())
 				f.rec.in.Add(uint64(len(b)))
 				f.mu.Lock()

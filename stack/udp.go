@@ -244,8 +244,9 @@ func (s *Stack) releaseUDPPort(p *udpPort) {
 // readUDPPort reads the port's host socket until it is closed and hands
 // each datagram to the flow of its sender, making a flow for a new sender.
 func (s *Stack) readUDPPort(p *udpPort) {
+	r := new(udpRecv)
 	for {
-		err := p.host.readPooled(func(buf []byte, from netip.AddrPort) {
+		err := p.host.readBatch(r, func(buf []byte, from netip.AddrPort) {
 			b := buf[replyHeadroom:]
 			p.mu.Lock()
 			f := p.flows[from]
@@ -519,19 +520,9 @@ func (h *udpHost) icmpErrors() []icmpError {
 	return errs
 }
 
-// readPooled waits for one datagram and hands it to fn, in a buffer of
-// datagramPool taken only once the datagram is there: buf is the datagram
-// after replyHeadroom bytes of room for a reply frame's headers. The
-// error is the read's (a queued ICMP error: see isICMPError), or the
-// socket's closing.
-func (h *udpHost) readPooled(fn func(buf []byte, from netip.AddrPort)) error {
-	return recvPooled(h.rc, replyHeadroom, func(buf []byte, from unix.Sockaddr) { fn(buf, addrPortOf(from)) })
-}
-
 // recvPooled waits until the socket behind rc is readable, then receives
-// one datagram into a buffer of datagramPool, headroom bytes in, and hands
-// the buffer up to the datagram's end to fn.
-func recvPooled(rc syscall.RawConn, headroom int, fn func(buf []byte, from unix.Sockaddr)) error {
+// one datagram into a buffer of datagramPool and hands it to fn.
+func recvPooled(rc syscall.RawConn, fn func(b []byte, from unix.Sockaddr)) error {
 	var (
 		bp   *[]byte
 		n    int
@@ -540,7 +531,7 @@ func recvPooled(rc syscall.RawConn, headroom int, fn func(buf []byte, from unix.
 	)
 	err := rc.Read(func(fd uintptr) bool {
 		bp = datagramPool.Get().(*[]byte)
-		n, from, rerr = unix.Recvfrom(int(fd), (*bp)[headroom:headroom+maxDatagram], unix.MSG_DONTWAIT)
+		n, from, rerr = unix.Recvfrom(int(fd), *bp, unix.MSG_DONTWAIT)
 		if rerr == unix.EAGAIN {
 			datagramPool.Put(bp)
 			return false // wait for the poller
@@ -557,19 +548,8 @@ func recvPooled(rc syscall.RawConn, headroom int, fn func(buf []byte, from unix.
 	if rerr != nil {
 		return os.NewSyscallError("recvfrom", rerr)
 	}
-	fn((*bp)[:headroom+n], from)
+	fn((*bp)[:n], from)
 	return nil
-}
-
-// addrPortOf converts a received datagram's source.
-func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
-	case *unix.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port))
-	}
-	return netip.AddrPort{}
 }
 
 // write sends one datagram to to; errors cost this datagram only.
