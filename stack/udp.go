@@ -246,7 +246,7 @@ func (s *Stack) releaseUDPPort(p *udpPort) {
 func (s *Stack) readUDPPort(p *udpPort) {
 	r := new(udpRecv)
 	for {
-		err := p.host.readBatch(r, func(buf []byte, from netip.AddrPort) {
+		err := p.host.readLoop(r, func(buf []byte, from netip.AddrPort) {
 			b := buf[replyHeadroom:]
 			p.mu.Lock()
 			f := p.flows[from]

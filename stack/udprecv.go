@@ -15,7 +15,7 @@ import (
 // usernet's CPU in udp_flows once replies skipped gVisor. recvmmsg with
 // room for two datagrams, into addresses kept for the reader's life, does
 // both in one call: fewer than two back means the queue was empty, and
-// the poller's next wake-up is for a later datagram.
+// the reader may wait for the poller.
 
 // recvBatch is how many datagrams one recvmmsg takes at most.
 const recvBatch = 2
@@ -26,67 +26,72 @@ type udpRecv struct {
 	iovs  [recvBatch]unix.Iovec
 	names [recvBatch]unix.RawSockaddrInet6 // large enough for both families
 	bufs  [recvBatch]*[]byte               // from datagramPool during a call
-	// drained: the last call took fewer than recvBatch, so the queue
-	// was empty; the next waits for the poller before it calls.
-	drained bool
 }
 
-// readBatch waits until the socket has datagrams, receives up to
-// recvBatch of them, each into a buffer of datagramPool behind
-// replyHeadroom bytes of room, and hands each to fn with its source
-// (buf is the datagram after the room). The error is the read's (a queued ICMP error: see
-// isICMPError), or the socket's closing.
+// readLoop hands every datagram the socket receives to fn, in a buffer of
+// datagramPool behind replyHeadroom bytes of room (buf is the datagram
+// after the room), with its source, until a read fails: it returns that
+// error (a queued ICMP error: see isICMPError), or the socket's closing.
+//
+// The datagrams are handled inside one RawConn.Read: a call that took
+// fewer than recvBatch returns to the poller's wait directly, which
+// returns at once if a datagram came in meanwhile. A new Read would first
+// forget that wake-up (the poller's readiness is reset as it starts).
 //
 // A datagram and an ICMP error that arrive together: the kernel keeps the
-// error that stopped the batch for the socket's next read, which then
-// comes with its next wake-up rather than at once.
-func (h *udpHost) readBatch(r *udpRecv, fn func(buf []byte, from netip.AddrPort)) error {
-	var n int
+// error that ended the batch for the socket's next read, which then comes
+// with its next wake-up rather than at once.
+func (h *udpHost) readLoop(r *udpRecv, fn func(buf []byte, from netip.AddrPort)) error {
 	var rerr unix.Errno
 	err := h.rc.Read(func(fd uintptr) bool {
-		if r.drained {
-			r.drained = false
-			return false
-		}
-		for i := range r.bufs {
-			bp := datagramPool.Get().(*[]byte)
-			r.bufs[i] = bp
-			r.iovs[i].Base = &(*bp)[replyHeadroom]
-			r.iovs[i].SetLen(maxDatagram)
-			hdr := &r.hdrs[i].Hdr
-			hdr.Name = (*byte)(unsafe.Pointer(&r.names[i]))
-			hdr.Namelen = unix.SizeofSockaddrInet6
-			hdr.Iov = &r.iovs[i]
-			hdr.SetIovlen(1)
-			hdr.Control, hdr.Controllen, hdr.Flags = nil, 0, 0
-		}
-		got, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), recvBatch, unix.MSG_DONTWAIT, 0, 0)
-		if e == unix.EAGAIN {
+		for {
+			n, e := r.recv(fd)
+			switch e {
+			case 0:
+			case unix.EAGAIN:
+				return false // wait for the poller
+			case unix.EINTR:
+				continue
+			default:
+				rerr = e
+				return true
+			}
+			for i := range n {
+				fn((*r.bufs[i])[:replyHeadroom+int(r.hdrs[i].Len)], addrPortOfRaw(&r.names[i]))
+			}
 			r.release()
-			return false // wait for the poller
+			if n < recvBatch {
+				return false // the queue was empty: wait for the poller
+			}
 		}
-		n, rerr = int(got), e
-		if e != 0 {
-			n = 0
-		}
-		return true
 	})
 	if err != nil {
 		return err
 	}
-	defer r.release()
-	switch rerr {
-	case 0:
-	case unix.EINTR:
-		return nil
-	default:
-		return os.NewSyscallError("recvmmsg", rerr)
+	return os.NewSyscallError("recvmmsg", rerr)
+}
+
+// recv is one recvmmsg into buffers of datagramPool; on an error they are
+// given back already.
+func (r *udpRecv) recv(fd uintptr) (int, unix.Errno) {
+	for i := range r.bufs {
+		bp := datagramPool.Get().(*[]byte)
+		r.bufs[i] = bp
+		r.iovs[i].Base = &(*bp)[replyHeadroom]
+		r.iovs[i].SetLen(maxDatagram)
+		hdr := &r.hdrs[i].Hdr
+		hdr.Name = (*byte)(unsafe.Pointer(&r.names[i]))
+		hdr.Namelen = unix.SizeofSockaddrInet6
+		hdr.Iov = &r.iovs[i]
+		hdr.SetIovlen(1)
+		hdr.Control, hdr.Controllen, hdr.Flags = nil, 0, 0
 	}
-	r.drained = n < recvBatch
-	for i := range n {
-		fn((*r.bufs[i])[:replyHeadroom+int(r.hdrs[i].Len)], addrPortOfRaw(&r.names[i]))
+	got, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), recvBatch, unix.MSG_DONTWAIT, 0, 0)
+	if e != 0 {
+		r.release()
+		return 0, e
 	}
-	return nil
+	return int(got), 0
 }
 
 // release gives the call's buffers back.

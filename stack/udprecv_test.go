@@ -8,12 +8,12 @@ import (
 	"time"
 )
 
-// TestReadBatch: readBatch takes queued datagrams up to two at a time,
-// each behind the reply headroom and with its source, for both families;
-// after a call that found the queue empty it waits for the next datagram
-// instead of missing it; a queued ICMP error comes back as the read's
-// error.
-func TestReadBatch(t *testing.T) {
+// TestReadLoop: readLoop hands over every datagram, in order, behind the
+// reply headroom and with its source, for both families: those queued
+// before it starts, one that comes in while another is being handled
+// (the poller's wake-up for it must not be lost), one sent while it
+// waits; a queued ICMP error ends it with that error.
+func TestReadLoop(t *testing.T) {
 	for _, tc := range []struct{ network, addr string }{{"udp4", "127.0.0.1:0"}, {"udp6", "[::1]:0"}} {
 		t.Run(tc.network, func(t *testing.T) {
 			pc, err := net.ListenUDP(tc.network, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(tc.addr)))
@@ -42,44 +42,45 @@ func TestReadBatch(t *testing.T) {
 				from netip.AddrPort
 			}
 			var r udpRecv
-			read := func() ([]got, error) {
-				var out []got
-				err := h.readBatch(&r, func(buf []byte, src netip.AddrPort) {
-					out = append(out, got{string(buf[replyHeadroom:]), src})
-				})
-				return out, err
-			}
+			ch := make(chan got, 16)
+			first := true
+			done := make(chan error, 1)
 			for i := range 3 {
 				client.Write(fmt.Appendf(nil, "datagram %d", i))
 			}
 			time.Sleep(50 * time.Millisecond) // all three queued
-			var all []got
-			calls := 0
-			for len(all) < 3 {
-				g, err := read()
-				if err != nil {
-					t.Fatalf("readBatch: %v", err)
+			go func() {
+				done <- h.readLoop(&r, func(buf []byte, src netip.AddrPort) {
+					if first && string(buf[replyHeadroom:]) == "datagram 2" {
+						// The last of the queue (taken alone, after two
+						// at a time): one that comes in while it is being
+						// handled must not wait for a later one.
+						first = false
+						client.Write([]byte("meanwhile"))
+						time.Sleep(50 * time.Millisecond)
+					}
+					ch <- got{string(buf[replyHeadroom:]), src}
+				})
+			}()
+			want := []string{"datagram 0", "datagram 1", "datagram 2", "meanwhile", "later"}
+			for i, w := range want {
+				if w == "later" {
+					// Sent while the reader waits.
+					time.Sleep(50 * time.Millisecond)
+					client.Write([]byte(w))
 				}
-				calls++
-				all = append(all, g...)
-			}
-			if calls != 2 {
-				t.Errorf("%d calls for 3 queued datagrams, want 2 (two at a time)", calls)
-			}
-			for i, g := range all {
-				if want := fmt.Sprintf("datagram %d", i); g.data != want || g.from != from {
-					t.Errorf("datagram %d: %q from %v, want %q from %v", i, g.data, g.from, want, from)
+				select {
+				case g := <-ch:
+					if g.data != w || g.from != from {
+						t.Errorf("datagram %d: %q from %v, want %q from %v", i, g.data, g.from, w, from)
+					}
+				case err := <-done:
+					t.Fatalf("readLoop returned %v before %q", err, w)
+				case <-time.After(2 * time.Second):
+					t.Fatalf("no %q within 2s", w)
 				}
 			}
-			// The last call took one: the next waits for a datagram
-			// sent later.
-			time.AfterFunc(50*time.Millisecond, func() { client.Write([]byte("later")) })
-			g, err := read()
-			if err != nil || len(g) != 1 || g[0].data != "later" {
-				t.Fatalf("after the queue emptied: %v, %v; want the later datagram", g, err)
-			}
-			// A datagram to a closed port: its ICMP error is the next
-			// read's error.
+			// A datagram to a closed port: its ICMP error ends the loop.
 			closed, err := net.ListenUDP(tc.network, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(tc.addr)))
 			if err != nil {
 				t.Fatal(err)
@@ -87,15 +88,10 @@ func TestReadBatch(t *testing.T) {
 			to := closed.LocalAddr().(*net.UDPAddr).AddrPort()
 			closed.Close()
 			h.write([]byte("to nobody"), to)
-			done := make(chan error, 1)
-			go func() {
-				_, err := read()
-				done <- err
-			}()
 			select {
 			case err := <-done:
 				if !isICMPError(err) {
-					t.Errorf("read after a datagram to a closed port: %v, want an ICMP error", err)
+					t.Errorf("readLoop after a datagram to a closed port: %v, want an ICMP error", err)
 				}
 			case <-time.After(5 * time.Second):
 				t.Fatal("no ICMP error within 5s")
