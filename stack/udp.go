@@ -350,6 +350,11 @@ func (s *Stack) hostFirstFlow(p *udpPort, from netip.AddrPort) *udpFlow {
 func (s *Stack) startUDPFlow(p *udpPort, ep tcpip.Endpoint, wq *waiter.Queue, visible, hostDst netip.AddrPort, idle time.Duration, hostFirst bool, rcvBuf, rule int) *udpFlow {
 	f := &udpFlow{port: p, ep: ep, wq: wq, visible: visible, hostDst: hostDst, idle: idle, rcvBuf: rcvBuf, hostFirst: hostFirst}
 	f.rec = s.trackFlow(policy.UDP, p.key.src, visible, hostDst, rule, func() { s.closeUDPFlow(f) })
+	// The fast path's entry, set before the flow is published (the port's
+	// reader and eviction read it). The key is what the link filter sees
+	// on the wire: the guest port and the remote as the guest addresses
+	// it (both plain, unmapped).
+	f.fast, f.fastF = udpFastKey{src: p.key.src, dst: visible}, udpFastFlowOf(p.host, hostDst, p.key.src, visible, func() { f.touch(&s.udp) }, &f.rec.out)
 	f.slot.Store(true)
 	f.touch(&s.udp)
 	f.timer = time.AfterFunc(idle, func() { s.checkIdle(f) })
@@ -365,9 +370,6 @@ func (s *Stack) startUDPFlow(p *udpPort, ep tcpip.Endpoint, wq *waiter.Queue, vi
 	// host itself (udpfast.go); those that reach the gVisor endpoint
 	// anyway (queued before, or not taken by the fast path) are relayed
 	// by drainUDPFlow.
-	// The key is what the link filter sees on the wire: the guest port
-	// and the remote as the guest addresses it (both plain, unmapped).
-	f.fast, f.fastF = udpFastKey{src: p.key.src, dst: visible}, udpFastFlowOf(p.host, hostDst, p.key.src, visible, func() { f.touch(&s.udp) }, &f.rec.out)
 	s.udpFast.add(f.fast, f.fastF)
 	stop := context.AfterFunc(s.ctx, func() { s.closeUDPFlow(f) })
 	f.mu.Lock()

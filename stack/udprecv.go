@@ -3,6 +3,7 @@ package stack
 import (
 	"net/netip"
 	"os"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -45,7 +46,7 @@ func (h *udpHost) readLoop(r *udpRecv, fn func(buf []byte, from netip.AddrPort))
 	var rerr unix.Errno
 	err := h.rc.Read(func(fd uintptr) bool {
 		for {
-			n, e := r.recv(fd)
+			n, drained, e := r.recv(fd)
 			switch e {
 			case 0:
 			case unix.EAGAIN:
@@ -60,7 +61,7 @@ func (h *udpHost) readLoop(r *udpRecv, fn func(buf []byte, from netip.AddrPort))
 				fn((*r.bufs[i])[:replyHeadroom+int(r.hdrs[i].Len)], addrPortOfRaw(&r.names[i]))
 			}
 			r.release()
-			if n < recvBatch {
+			if drained {
 				return false // the queue was empty: wait for the poller
 			}
 		}
@@ -72,8 +73,13 @@ func (h *udpHost) readLoop(r *udpRecv, fn func(buf []byte, from netip.AddrPort))
 }
 
 // recv is one recvmmsg into buffers of datagramPool; on an error they are
-// given back already.
-func (r *udpRecv) recv(fd uintptr) (int, unix.Errno) {
+// given back already. drained: fewer than recvBatch came, so the queue
+// was empty.
+//
+// Where recvmmsg is refused (a seccomp filter of someone else's that
+// knows only recvfrom), recvfrom takes one datagram at a time, and only
+// EAGAIN says the queue is empty.
+func (r *udpRecv) recv(fd uintptr) (n int, drained bool, _ unix.Errno) {
 	for i := range r.bufs {
 		bp := datagramPool.Get().(*[]byte)
 		r.bufs[i] = bp
@@ -86,13 +92,30 @@ func (r *udpRecv) recv(fd uintptr) (int, unix.Errno) {
 		hdr.SetIovlen(1)
 		hdr.Control, hdr.Controllen, hdr.Flags = nil, 0, 0
 	}
-	got, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), recvBatch, unix.MSG_DONTWAIT, 0, 0)
+	if !noRecvmmsg.Load() {
+		got, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), recvBatch, unix.MSG_DONTWAIT, 0, 0)
+		if e != unix.ENOSYS && e != unix.EPERM {
+			if e != 0 {
+				r.release()
+				return 0, false, e
+			}
+			return int(got), int(got) < recvBatch, 0
+		}
+		noRecvmmsg.Store(true)
+	}
+	hdr := &r.hdrs[0]
+	got, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(r.iovs[0].Base)), uintptr(r.iovs[0].Len),
+		unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(hdr.Hdr.Name)), uintptr(unsafe.Pointer(&hdr.Hdr.Namelen)))
 	if e != 0 {
 		r.release()
-		return 0, e
+		return 0, false, e
 	}
-	return int(got), 0
+	hdr.Len = uint32(got)
+	return 1, false, 0
 }
+
+// noRecvmmsg: recvmmsg was refused once; every reader uses recvfrom.
+var noRecvmmsg atomic.Bool
 
 // release gives the call's buffers back.
 func (r *udpRecv) release() {
