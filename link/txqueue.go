@@ -115,3 +115,11 @@ func (q *txQueue) stop() {
 	q.mu.Unlock()
 	<-q.done
 }
+
+// busy reports whether frames are queued or being written: a frame written
+// inline now could overtake them.
+func (q *txQueue) busy() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return !q.stopped && (len(q.frames) > 0 || q.writing)
+}

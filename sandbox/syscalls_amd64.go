@@ -31,6 +31,7 @@ var rules = []rule{
 	{name: "sendto", nr: unix.SYS_SENDTO},
 	{name: "recvmsg", nr: unix.SYS_RECVMSG},
 	{name: "sendmsg", nr: unix.SYS_SENDMSG},
+	{name: "recvmmsg", nr: unix.SYS_RECVMMSG}, // a UDP port's replies (stack/udprecv.go)
 	{name: "nanosleep", nr: unix.SYS_NANOSLEEP},
 	{name: "sched_yield", nr: unix.SYS_SCHED_YIELD},
 	{name: "epoll_ctl", nr: unix.SYS_EPOLL_CTL},

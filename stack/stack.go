@@ -24,7 +24,8 @@
 //	             tcplimit.go bounds the attempts and connections
 //	udp.go       guest UDP: one host socket per guest port, one gVisor
 //	             endpoint per remote; udpfast.go writes known flows' datagrams
-//	             from the filter; udperr.go turns host ICMP errors into ICMP;
+//	             from the filter, udpreply.go their replies to the tap
+//	             itself; udperr.go turns host ICMP errors into ICMP;
 //	             udplimits.go bounds the flows, ports and buffers
 //	ping.go      ICMP echo → an unprivileged host ping socket, bounded
 //	route.go     where a flow may go: the single place that keeps traffic for
@@ -238,6 +239,9 @@ type Stack struct {
 	// capture; nil with a test link.
 	counters   func() link.Counters
 	setCapture func(link.Capture)
+	// tapLink is the tap's link endpoint, for frames made outside gVisor
+	// (the UDP reply fast path); nil with a test link that is not one.
+	tapLink *link.Tap
 
 	// tcp bounds the guest's TCP connections (tcplimit.go).
 	tcp *tcpTable
@@ -341,7 +345,7 @@ func New(cfg Config) (*Stack, error) {
 	}
 	cfg.Tap.Close() // tapFile is our own dup of it
 	s.tap = tapFile
-	s.counters, s.setCapture = raw.Counters, raw.SetCapture
+	s.counters, s.setCapture, s.tapLink = raw.Counters, raw.SetCapture, raw
 	return s, nil
 }
 

@@ -36,6 +36,14 @@ func startTapEnv(b *testing.B) *env { return startTapEnvWith(b, tapBenchMTU, fal
 // plays the namespace kernel with tap.Offloads on).
 func startTapEnvWith(b *testing.B, mtu uint32, vnet bool) *env {
 	b.Helper()
+	e, _ := startTapEnvOpts(b, mtu, vnet, false)
+	return e
+}
+
+// startTapEnvOpts is startTapEnvWith for tests and benchmarks, with IPv6
+// if v6; it also returns the guest's link.
+func startTapEnvOpts(b testing.TB, mtu uint32, vnet, v6 bool) (*env, *link.Tap) {
+	b.Helper()
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		b.Fatalf("socketpair: %v", err)
@@ -56,15 +64,18 @@ func startTapEnvWith(b *testing.B, mtu uint32, vnet bool) *env {
 	}
 	cfg := testConfig(b)
 	cfg.MTU = mtu
+	cfg.Plan = testPlan(b, v6)
 	s, err := newStack(cfg, ethernet.New(stackLink))
 	if err != nil {
 		b.Fatalf("newStack: %v", err)
 	}
+	s.tapLink = stackLink
+	s.counters, s.setCapture = stackLink.Counters, stackLink.SetCapture
 	e := &env{s: s, runErr: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	e.cancel = cancel
 	go func() { e.runErr <- s.Run(ctx) }()
-	e.guest, e.sniff, e.ndp = newGuest(b, ethernet.New(guestLink), false)
+	e.guest, e.sniff, e.ndp = newGuest(b, ethernet.New(guestLink), v6)
 	b.Cleanup(func() {
 		e.stop(b)
 		// Stop the guest's reader before Destroy: Destroy holds the
@@ -75,7 +86,7 @@ func startTapEnvWith(b *testing.B, mtu uint32, vnet bool) *env {
 		stackEnd.Close()
 		guestEnd.Close()
 	})
-	return e
+	return e, guestLink
 }
 
 // reportLatency reports the median and 99th percentile of lat.
@@ -209,6 +220,109 @@ func BenchmarkTapTCPHostToGuest(b *testing.B) {
 	for _, tc := range tapBulkCases {
 		b.Run(tc.name, func(b *testing.B) {
 			benchHostToGuest(b, func() *env { return startTapEnvWith(b, tc.mtu, tc.vnet) })
+		})
+	}
+}
+
+// cpuClock starts counting the process's CPU time (user and system); its
+// result reports it per op as "cpu-ns/op", less sensitive than ns/op to
+// the machine's other load.
+func cpuClock(b *testing.B) func() {
+	start := processCPU()
+	return func() {
+		b.ReportMetric(float64(processCPU()-start)/float64(b.N), "cpu-ns/op")
+	}
+}
+
+func processCPU() time.Duration {
+	var ru unix.Rusage
+	unix.Getrusage(unix.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// udpRRCases are the link set-ups the UDP request/response benchmarks run on.
+var udpRRCases = []struct {
+	name string
+	vnet bool
+}{{"mtu65520", false}, {"mtu65520-vnet", true}}
+
+// BenchmarkTapUDPRR is a 64-byte UDP ping-pong between one guest socket
+// and a host echo server: per op, a query through the guest→host fast
+// path and its reply back.
+func BenchmarkTapUDPRR(b *testing.B) {
+	for _, tc := range udpRRCases {
+		b.Run(tc.name, func(b *testing.B) {
+			pc := udpEchoServer(b, false)
+			e := startTapEnvWith(b, tapBenchMTU, tc.vnet)
+			g := guestUDP(b, e.guest, false)
+			dst := net.UDPAddrFromAddrPort(netip.AddrPortFrom(gw4, portOf(pc.LocalAddr())))
+			msg := make([]byte, 64)
+			buf := make([]byte, 2048)
+			b.ResetTimer()
+			defer cpuClock(b)()
+			for i := range b.N {
+				if _, err := g.WriteTo(msg, dst); err != nil {
+					b.Fatalf("guest write #%d: %v", i, err)
+				}
+				g.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, _, err := g.ReadFrom(buf); err != nil {
+					b.Fatalf("guest read #%d: %v", i, err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkTapUDPFlows is bench/run.sh's udp_flows in small: 64 guest
+// sockets, each with one 64-byte query to a host echo server in flight
+// (a lost one is sent again after 200 ms); an op is one answered query.
+func BenchmarkTapUDPFlows(b *testing.B) {
+	const flows = 64
+	for _, tc := range udpRRCases {
+		b.Run(tc.name, func(b *testing.B) {
+			pc := udpEchoServer(b, false)
+			e := startTapEnvWith(b, tapBenchMTU, tc.vnet)
+			dst := net.UDPAddrFromAddrPort(netip.AddrPortFrom(gw4, portOf(pc.LocalAddr())))
+			conns := make([]interface {
+				WriteTo([]byte, net.Addr) (int, error)
+				ReadFrom([]byte) (int, net.Addr, error)
+				SetReadDeadline(time.Time) error
+			}, flows)
+			for i := range conns {
+				conns[i] = guestUDP(b, e.guest, false)
+			}
+			answered := make(chan struct{}, flows)
+			stop := make(chan struct{})
+			msg := make([]byte, 64)
+			for _, c := range conns {
+				go func() {
+					buf := make([]byte, 2048)
+					for {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						c.WriteTo(msg, dst)
+						c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+						if _, _, err := c.ReadFrom(buf); err == nil {
+							select {
+							case answered <- struct{}{}:
+							case <-stop:
+								return
+							}
+						}
+					}
+				}()
+			}
+			b.ResetTimer()
+			report := cpuClock(b)
+			for range b.N {
+				<-answered
+			}
+			b.StopTimer()
+			report()
+			close(stop)
 		})
 	}
 }

@@ -26,7 +26,9 @@ const maxDatagram = 65535
 // (gVisor's default is 32 KiB). Memory is only used while datagrams queue.
 const udpRcvBuf = 1 << 20
 
-var datagramPool = sync.Pool{New: func() any { b := make([]byte, maxDatagram); return &b }}
+// datagramPool's buffers have room for a datagram and, before it, the
+// headers of a reply frame (replyHeadroom, udpreply.go).
+var datagramPool = sync.Pool{New: func() any { b := make([]byte, replyHeadroom+maxDatagram); return &b }}
 
 // handleUDP is the udp.Forwarder handler. gVisor calls it synchronously on
 // the inbound path for a datagram that no endpoint claimed, that is, the
@@ -242,8 +244,10 @@ func (s *Stack) releaseUDPPort(p *udpPort) {
 // readUDPPort reads the port's host socket until it is closed and hands
 // each datagram to the flow of its sender, making a flow for a new sender.
 func (s *Stack) readUDPPort(p *udpPort) {
+	r := new(udpRecv)
 	for {
-		err := p.host.readPooled(func(b []byte, from netip.AddrPort) {
+		err := p.host.readLoop(r, func(buf []byte, from netip.AddrPort) {
+			b := buf[replyHeadroom:]
 			p.mu.Lock()
 			f := p.flows[from]
 			p.mu.Unlock()
@@ -253,6 +257,9 @@ func (s *Stack) readUDPPort(p *udpPort) {
 			if f != nil {
 				f.touch(&s.udp)
 				f.rec.in.Add(uint64(len(b)))
+				if s.replyFast(f.fastF, buf) {
+					return
+				}
 				var r bytes.Reader
 				r.Reset(b)
 				f.ep.Write(&r, tcpip.WriteOptions{})
@@ -343,6 +350,11 @@ func (s *Stack) hostFirstFlow(p *udpPort, from netip.AddrPort) *udpFlow {
 func (s *Stack) startUDPFlow(p *udpPort, ep tcpip.Endpoint, wq *waiter.Queue, visible, hostDst netip.AddrPort, idle time.Duration, hostFirst bool, rcvBuf, rule int) *udpFlow {
 	f := &udpFlow{port: p, ep: ep, wq: wq, visible: visible, hostDst: hostDst, idle: idle, rcvBuf: rcvBuf, hostFirst: hostFirst}
 	f.rec = s.trackFlow(policy.UDP, p.key.src, visible, hostDst, rule, func() { s.closeUDPFlow(f) })
+	// The fast path's entry, set before the flow is published (the port's
+	// reader and eviction read it). The key is what the link filter sees
+	// on the wire: the guest port and the remote as the guest addresses
+	// it (both plain, unmapped).
+	f.fast, f.fastF = udpFastKey{src: p.key.src, dst: visible}, udpFastFlowOf(p.host, hostDst, p.key.src, visible, func() { f.touch(&s.udp) }, &f.rec.out)
 	f.slot.Store(true)
 	f.touch(&s.udp)
 	f.timer = time.AfterFunc(idle, func() { s.checkIdle(f) })
@@ -358,9 +370,6 @@ func (s *Stack) startUDPFlow(p *udpPort, ep tcpip.Endpoint, wq *waiter.Queue, vi
 	// host itself (udpfast.go); those that reach the gVisor endpoint
 	// anyway (queued before, or not taken by the fast path) are relayed
 	// by drainUDPFlow.
-	// The key is what the link filter sees on the wire: the guest port
-	// and the remote as the guest addresses it (both plain, unmapped).
-	f.fast, f.fastF = udpFastKey{src: p.key.src, dst: visible}, udpFastFlowOf(p.host, hostDst, func() { f.touch(&s.udp) }, &f.rec.out)
 	s.udpFast.add(f.fast, f.fastF)
 	stop := context.AfterFunc(s.ctx, func() { s.closeUDPFlow(f) })
 	f.mu.Lock()
@@ -429,6 +438,7 @@ func (s *Stack) endUDPFlow(f *udpFlow) {
 	f.wq.EventUnregister(&f.entry)
 	f.timer.Stop()
 	s.udpFast.remove(f.fast, f.fastF)
+	f.fastF.close()
 	p.mu.Lock()
 	if p.flows[f.hostDst] == f {
 		delete(p.flows, f.hostDst)
@@ -512,13 +522,6 @@ func (h *udpHost) icmpErrors() []icmpError {
 	return errs
 }
 
-// readPooled waits for one datagram and hands it to fn, in a buffer of
-// datagramPool taken only once the datagram is there. The error is the
-// read's (a queued ICMP error: see isICMPError), or the socket's closing.
-func (h *udpHost) readPooled(fn func(b []byte, from netip.AddrPort)) error {
-	return recvPooled(h.rc, func(b []byte, from unix.Sockaddr) { fn(b, addrPortOf(from)) })
-}
-
 // recvPooled waits until the socket behind rc is readable, then receives
 // one datagram into a buffer of datagramPool and hands it to fn.
 func recvPooled(rc syscall.RawConn, fn func(b []byte, from unix.Sockaddr)) error {
@@ -549,17 +552,6 @@ func recvPooled(rc syscall.RawConn, fn func(b []byte, from unix.Sockaddr)) error
 	}
 	fn((*bp)[:n], from)
 	return nil
-}
-
-// addrPortOf converts a received datagram's source.
-func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
-	case *unix.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port))
-	}
-	return netip.AddrPort{}
 }
 
 // write sends one datagram to to; errors cost this datagram only.

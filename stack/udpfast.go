@@ -21,20 +21,31 @@ import (
 // overflowed and most of them were dropped (bench udp_1g). Datagrams the
 // fast path does not take (fragments, IPv6 with extension headers, the
 // flow's first one, any that arrive before the host socket is ready) go
-// through gVisor as before. Replies (host → guest) always go through
-// gVisor.
+// through gVisor as before. Replies (host → guest) have a fast path of
+// their own (udpreply.go).
 
 // udpFastKey names a flow as the guest sees it.
 type udpFastKey struct {
 	src, dst netip.AddrPort // guest address, original destination
 }
 
-// udpFastFlow is a flow's host socket as the fast path writes to it.
+// udpFastFlow is a flow's host socket as the fast path writes to it, and
+// its reply headers (udpreply.go).
 type udpFastFlow struct {
 	rc     syscall.RawConn
 	to     unix.Sockaddr  // the flow's host destination
 	extend func()         // the flow's idle timer: traffic seen
 	out    *atomic.Uint64 // the flow's bytes to the host (flows.go)
+
+	guest, visible netip.AddrPort // the flow as the guest sees it
+	reply          atomic.Pointer[udpReply]
+	closed         atomic.Bool // the flow ended: no more reply headers
+}
+
+// close stops the flow's fast replies.
+func (f *udpFastFlow) close() {
+	f.closed.Store(true)
+	f.reply.Store(nil)
 }
 
 // udpFastTable maps flows to their host sockets.
@@ -100,13 +111,15 @@ func (s *Stack) udpFastSend(pkt *gvstack.PacketBuffer, src, dst netip.Addr, ihl,
 	})
 	f.extend()
 	f.out.Add(uint64(n))
+	s.noteGuestMAC(f, pkt.LinkHeader().Slice())
 	return true
 }
 
 // udpFastFlowOf returns the fast-path entry of a flow to hostDst: its host
-// socket's raw conn and the sockaddr to send to.
-func udpFastFlowOf(host *udpHost, hostDst netip.AddrPort, extend func(), out *atomic.Uint64) *udpFastFlow {
-	f := &udpFastFlow{rc: host.rc, extend: extend, out: out}
+// socket's raw conn and the sockaddr to send to; guest and visible are the
+// flow's ends as the guest sees them.
+func udpFastFlowOf(host *udpHost, hostDst, guest, visible netip.AddrPort, extend func(), out *atomic.Uint64) *udpFastFlow {
+	f := &udpFastFlow{rc: host.rc, extend: extend, out: out, guest: guest, visible: visible}
 	if a := hostDst.Addr(); a.Is4() {
 		f.to = &unix.SockaddrInet4{Port: int(hostDst.Port()), Addr: a.As4()}
 	} else {

@@ -1,0 +1,74 @@
+package link
+
+import (
+	"encoding/binary"
+
+	"github.com/usernet/usernet/tap"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// WritePartial writes one whole Ethernet frame built outside gVisor (the
+// stack's UDP reply fast path) whose transport checksum is partial, as
+// CHECKSUM_PARTIAL is in the kernel: the 16-bit field at
+// csumStart+csumOffset holds the pseudo-header sum, not complemented, and
+// the sum of everything from csumStart on is still to be added. With
+// virtio-net headers the kernel adds it (VIRTIO_NET_HDR_F_NEEDS_CSUM), or
+// nobody does if the frame is delivered locally; without them it is done
+// here, before the capture sees the frame.
+//
+// The frame is written inline, unless the writer goroutine has frames in
+// hand: then a copy is queued behind them, so that a flow's frames keep
+// their order. frame may be reused once WritePartial returns.
+func (l *Tap) WritePartial(frame []byte, csumStart, csumOffset int) tcpip.Error {
+	field := csumStart + csumOffset
+	if csumStart < 0 || csumOffset < 0 || field+2 > len(frame) {
+		return &tcpip.ErrInvalidOptionValue{}
+	}
+	l.mu.Lock()
+	tx := l.tx
+	l.mu.Unlock()
+	if tx != nil && tx.busy() {
+		completeChecksum(frame, csumStart, field)
+		pkt := gvstack.NewPacketBuffer(gvstack.PacketBufferOptions{Payload: buffer.MakeWithData(frame)})
+		defer pkt.DecRef()
+		if tx.offer(pkt, true) {
+			return nil
+		}
+		return l.writePacket(pkt)
+	}
+	if !l.vnetHdr {
+		completeChecksum(frame, csumStart, field)
+		if cb := l.capture.Load(); cb != nil {
+			cb.c.WriteFrame(frame)
+		}
+		var iov [1][]byte
+		iov[0] = frame
+		return l.writeFrame(iov[:])
+	}
+	if cb := l.capture.Load(); cb != nil {
+		cb.c.WriteFrame(frame)
+	}
+	var h [tap.VnetHdrLen]byte
+	h[0] = vnetFlagNeedsCsum
+	binary.LittleEndian.PutUint16(h[2:], uint16(field+2))    // hdr_len: what tun sets for a NEEDS_CSUM frame anyway
+	binary.LittleEndian.PutUint16(h[6:], uint16(csumStart))  // csum_start
+	binary.LittleEndian.PutUint16(h[8:], uint16(csumOffset)) // csum_offset
+	var iov [2][]byte
+	iov[0], iov[1] = h[:], frame
+	return l.writeFrame(iov[:])
+}
+
+// completeChecksum does what the kernel does for a CHECKSUM_PARTIAL
+// packet (skb_checksum_help): it sums frame from start on (the field
+// included, which holds the pseudo-header sum) and stores the complement
+// at field, 0xffff for 0 (0 means "no checksum" to UDP).
+func completeChecksum(frame []byte, start, field int) {
+	sum := ^checksum.Checksum(frame[start:], 0)
+	if sum == 0 {
+		sum = 0xffff
+	}
+	binary.BigEndian.PutUint16(frame[field:], sum)
+}
