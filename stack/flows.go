@@ -65,9 +65,15 @@ func (fs *flowSet) snapshot() []*flowRec {
 
 // trackFlow registers a new flow; the caller calls untrackFlow when it ends.
 func (s *Stack) trackFlow(proto policy.Proto, guest, remote, host netip.AddrPort, rule int, kill func()) *flowRec {
-	f := &flowRec{proto: proto, guest: guest, remote: remote, host: host, start: time.Now(), rule: rule, kill: kill}
+	f := newFlowRec(proto, guest, remote, host, rule, kill)
 	s.live.add(f)
 	return f
+}
+
+// newFlowRec is a flow's record not yet in the live set (s.live.add
+// publishes it), for a flow that must be whole before kill may run.
+func newFlowRec(proto policy.Proto, guest, remote, host netip.AddrPort, rule int, kill func()) *flowRec {
+	return &flowRec{proto: proto, guest: guest, remote: remote, host: host, start: time.Now(), rule: rule, kill: kill}
 }
 
 func (s *Stack) untrackFlow(f *flowRec) {

@@ -349,15 +349,16 @@ func (s *Stack) hostFirstFlow(p *udpPort, from netip.AddrPort) *udpFlow {
 // which after the first one is rare (the fast path takes them).
 func (s *Stack) startUDPFlow(p *udpPort, ep tcpip.Endpoint, wq *waiter.Queue, visible, hostDst netip.AddrPort, idle time.Duration, hostFirst bool, rcvBuf, rule int) *udpFlow {
 	f := &udpFlow{port: p, ep: ep, wq: wq, visible: visible, hostDst: hostDst, idle: idle, rcvBuf: rcvBuf, hostFirst: hostFirst}
-	f.rec = s.trackFlow(policy.UDP, p.key.src, visible, hostDst, rule, func() { s.closeUDPFlow(f) })
+	f.touch(&s.udp)
+	f.timer = time.AfterFunc(idle, func() { s.checkIdle(f) })
+	// In the live set (kill_existing) only once whole, below.
+	f.rec = newFlowRec(policy.UDP, p.key.src, visible, hostDst, rule, func() { s.closeUDPFlow(f) })
 	// The fast path's entry, set before the flow is published (the port's
 	// reader and eviction read it). The key is what the link filter sees
 	// on the wire: the guest port and the remote as the guest addresses
 	// it (both plain, unmapped).
 	f.fast, f.fastF = udpFastKey{src: p.key.src, dst: visible}, udpFastFlowOf(p.host, hostDst, p.key.src, visible, func() { f.touch(&s.udp) }, &f.rec.out)
 	f.slot.Store(true)
-	f.touch(&s.udp)
-	f.timer = time.AfterFunc(idle, func() { s.checkIdle(f) })
 	f.entry = waiter.NewFunctionEntry(waiter.ReadableEvents, func(waiter.EventMask) { s.kickUDPFlow(f) })
 	wq.EventRegister(&f.entry)
 	s.udp.mu.Lock()
@@ -378,6 +379,9 @@ func (s *Stack) startUDPFlow(p *udpPort, ep tcpip.Endpoint, wq *waiter.Queue, vi
 		stop()
 	} else {
 		f.stopCtx = stop
+		// endUDPFlow marks the flow ended, under f.mu, before it
+		// takes the record out: published now or never.
+		s.live.add(f.rec)
 		f.mu.Unlock()
 	}
 	// The first datagram was queued before the entry was registered.
