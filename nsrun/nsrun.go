@@ -33,8 +33,10 @@ type Child struct {
 }
 
 // Start creates the namespaces and the process that will run argv in them.
-// resolvConf, when not empty, becomes the command's /etc/resolv.conf.
-func Start(argv []string, resolvConf string) (*Child, error) {
+// resolvConf, when not empty, becomes the command's /etc/resolv.conf. The
+// command is killed when this process ends, unless outlive is set (pasta's
+// way: its command goes on without a network).
+func Start(argv []string, resolvConf string, outlive bool) (*Child, error) {
 	if len(argv) == 0 {
 		return nil, errors.New("no command to run")
 	}
@@ -78,6 +80,9 @@ func Start(argv []string, resolvConf string) (*Child, error) {
 		GidMappingsEnableSetgroups: false,
 		Pdeathsig:                  syscall.SIGKILL,
 	}
+	if outlive {
+		cmd.SysProcAttr.Pdeathsig = 0
+	}
 	if err := cmd.Start(); err != nil {
 		w.Close()
 		c.cleanup()
@@ -98,6 +103,12 @@ func (c *Child) Release() error {
 		return fmt.Errorf("release command: %w", err)
 	}
 	return nil
+}
+
+// Leave removes what Start made and leaves the command running.
+func (c *Child) Leave() {
+	c.release.Close()
+	c.cleanup()
 }
 
 // Signal forwards sig to the command.

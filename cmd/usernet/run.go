@@ -41,7 +41,8 @@ func runMain(argv []string, stdout, stderr io.Writer) int {
 // usernet's own error lines. The signals of forwardedSignals are passed on
 // to the command, except those in quitOn, on which runCommand returns 0 at
 // once and leaves the command running without a network (pasta's
-// SIGTERM and SIGQUIT).
+// SIGTERM and SIGQUIT); with quitOn, the command also outlives usernet
+// when it dies otherwise, as pasta's does.
 func runCommand(o *options, args []string, prefix string, quitOn []os.Signal, stderr io.Writer) int {
 	resolv := ""
 	if !o.disableDNS {
@@ -51,7 +52,7 @@ func runCommand(o *options, args []string, prefix string, quitOn []os.Signal, st
 			}
 		}
 	}
-	child, err := nsrun.Start(args, resolv)
+	child, err := nsrun.Start(args, resolv, len(quitOn) > 0)
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", prefix, err)
 		if errors.Is(err, exec.ErrNotFound) {
@@ -103,6 +104,7 @@ func runCommand(o *options, args []string, prefix string, quitOn []os.Signal, st
 				if served != nil {
 					<-served
 				}
+				child.Leave()
 				return 0
 			}
 			child.Signal(sig)
