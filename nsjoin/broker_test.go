@@ -17,11 +17,17 @@ import (
 
 // A network namespace of our own (root only), held by a sleeping child.
 func netnsTarget(t *testing.T) Target {
+	return holdNamespace(t, "unshare", "--net", "sh", "-c", "ip link set lo up && echo up && exec sleep 60")
+}
+
+// holdNamespace runs argv (unshare, a shell that says "up" and sleeps) and
+// returns it as the target once it is up; it is killed when t ends.
+func holdNamespace(t *testing.T, argv ...string) Target {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for a network namespace")
 	}
-	cmd := exec.Command("unshare", "--net", "sh", "-c", "ip link set lo up && echo up && exec sleep 60")
+	cmd := exec.Command(argv[0], argv[1:]...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -19,24 +19,7 @@ import (
 // A user and network namespace of their own (root only, as the broker's
 // tests), so that OpenTap joins both.
 func usernsTarget(t *testing.T) Target {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
-	}
-	cmd := exec.Command("unshare", "--user", "--map-root-user", "--net", "sh", "-c", "echo up && exec sleep 60")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Skipf("unshare: %v", err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	buf := make([]byte, 3)
-	if _, err := io.ReadFull(out, buf); err != nil || !strings.HasPrefix(string(buf), "up") {
-		t.Fatalf("namespace holder: %v %q", err, buf)
-	}
-	return Target{PID: cmd.Process.Pid}
+	return holdNamespace(t, "unshare", "--user", "--map-root-user", "--net", "sh", "-c", "echo up && exec sleep 60")
 }
 
 // inNS runs ip(8) in the target's namespaces.
