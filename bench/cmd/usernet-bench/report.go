@@ -143,6 +143,7 @@ func markdown(r *Results) string {
 		p("| Host loopback | TCP on 127.0.0.1 with no backend (iperf3, same run): %s Gbit/s |\n", cell(r.Loopback))
 	}
 	p("| Date | %s, run took %.0f s |\n\n", m.Date, m.ElapsedS)
+	targetsTable(p, r)
 
 	group := ""
 	for _, met := range r.Metrics {
