@@ -422,11 +422,19 @@ func readNow(rc syscall.RawConn, p []byte) (int, error) {
 }
 
 // waitSocket waits until a stream socket has data, its end or an error
-// to read: MSG_PEEK of one byte, the netpoller between tries.
+// to read: MSG_PEEK of one byte, then the netpoller.
 func waitSocket(rc syscall.RawConn) error {
 	var one [1]byte
 	var sockErr error
+	woken := false
 	err := rc.Read(func(fd uintptr) bool {
+		if woken {
+			// The poller saw the socket readable: the read that follows
+			// finds what there is (rarely nothing: it then waits again),
+			// without a peek first.
+			return true
+		}
+		woken = true
 		_, _, err := syscall.Recvfrom(int(fd), one[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR) {
 			return false
