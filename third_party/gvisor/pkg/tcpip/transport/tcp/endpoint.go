@@ -466,8 +466,10 @@ type Endpoint struct {
 	// tcpRecovery is the loss recovery algorithm used by TCP.
 	tcpRecovery tcpip.TCPRecovery
 
-	// sack holds TCP SACK related information for this endpoint.
-	sack SACKInfo
+	// sack holds TCP SACK related information for this endpoint. It is nil
+	// while no out-of-order data is held (usernet patch: an idle endpoint
+	// is smaller).
+	sack *SACKInfo
 
 	// delay enables Nagle's algorithm.
 	//
@@ -605,7 +607,6 @@ type Endpoint struct {
 	// did; ackArmed says one is pending.
 	ackDelay time.Duration
 	ackTimer tcpip.Timer `state:"nosave"`
-	ackArmed bool
 
 	// listenCtx is used by listening endpoints to store state used while listening for
 	// connections. Nil otherwise.
@@ -637,6 +638,11 @@ type Endpoint struct {
 	//
 	// +checklocks:mu
 	terminateAtRestore bool
+
+	// ackArmed says a delayed ACK is pending (ackDelay). Here rather than
+	// beside ackDelay: it fills the padding of the struct's end, which
+	// keeps an endpoint in the runtime's smaller size class. (usernet patch)
+	ackArmed bool
 }
 
 // calculateAdvertisedMSS calculates the MSS to advertise.
@@ -3335,8 +3341,12 @@ func (e *Endpoint) completeStateLocked(s *TCPEndpointState) {
 	e.rcvQueueMu.Unlock()
 
 	// Copy the endpoint TCP Option state.
-	s.SACK.Blocks = make([]header.SACKBlock, e.sack.NumBlocks)
-	copy(s.SACK.Blocks, e.sack.Blocks[:e.sack.NumBlocks])
+	var sack SACKInfo
+	if e.sack != nil {
+		sack = *e.sack
+	}
+	s.SACK.Blocks = make([]header.SACKBlock, sack.NumBlocks)
+	copy(s.SACK.Blocks, sack.Blocks[:sack.NumBlocks])
 	s.SACK.ReceivedBlocks, s.SACK.MaxSACKED = e.scoreboard.Copy()
 
 	e.snd.rtt.Lock()
