@@ -365,11 +365,6 @@ type Endpoint struct {
 	// pendingProcessingMu protects pendingProcessing.
 	pendingProcessingMu pendingProcessingMutex `state:"nosave"`
 
-	// pendingProcessing is true if this endpoint is queued for processing
-	// to a TCP processor.
-	// +checklocks:pendingProcessingMu
-	pendingProcessing bool `state:"nosave"`
-
 	// The following fields are initialized at creation time and do not
 	// change throughout the lifetime of the endpoint.
 	stack       *stack.Stack
@@ -639,10 +634,17 @@ type Endpoint struct {
 	// +checklocks:mu
 	terminateAtRestore bool
 
-	// ackArmed says a delayed ACK is pending (ackDelay). Here rather than
-	// beside ackDelay: it fills the padding of the struct's end, which
-	// keeps an endpoint in the runtime's smaller size class. (usernet patch)
+	// ackArmed says a delayed ACK is pending (ackDelay). It and
+	// pendingProcessing are here rather than beside ackDelay and
+	// pendingProcessingMu: in the padding of the struct's end, which keeps
+	// an endpoint (with the runtime's header) in the 1536-byte size class.
+	// (usernet patch)
 	ackArmed bool
+
+	// pendingProcessing is true if this endpoint is queued for processing
+	// to a TCP processor.
+	// +checklocks:pendingProcessingMu
+	pendingProcessing bool `state:"nosave"`
 }
 
 // calculateAdvertisedMSS calculates the MSS to advertise.
