@@ -75,10 +75,12 @@ type tcpTable struct {
 }
 
 // tcpAttempt is one half-open attempt's slot. Its context ends when it is
-// evicted.
+// evicted; established drops it, as nothing waits on it after the
+// handshake, and an idle flow would keep it (and the parent's record of
+// it) for as long as it lasts.
 type tcpAttempt struct {
-	ctx    context.Context
-	cancel context.CancelCauseFunc
+	ctx    context.Context         // nil once established
+	cancel context.CancelCauseFunc // guarded by tcpTable.mu once the attempt is in the table
 	src    netip.Addr
 	dst    netip.AddrPort
 
@@ -174,11 +176,20 @@ func (t *tcpTable) dialed(a *tcpAttempt) {
 	}
 }
 
-// established ends a's half-open phase (if an eviction has not already).
+// established ends a's half-open phase (if an eviction has not already)
+// and releases its context: a must not use it after.
 func (t *tcpTable) established(a *tcpAttempt) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.dropHalfOpenLocked(a)
+	a.releaseCtxLocked()
+}
+
+func (a *tcpAttempt) releaseCtxLocked() {
+	if a.cancel != nil {
+		a.cancel(nil)
+	}
+	a.ctx, a.cancel = nil, nil
 }
 
 // done gives back whatever a still holds: its half-open slot, and its
@@ -191,7 +202,7 @@ func (t *tcpTable) done(a *tcpAttempt) {
 		a.conn = false
 		t.conns--
 	}
-	a.cancel(nil)
+	a.releaseCtxLocked()
 }
 
 // counts returns the connections, the half-open attempts and the dials in

@@ -274,3 +274,34 @@ func isSYNACKFrom(p []byte, src netip.AddrPort) bool {
 	}
 	return tcp.SourcePort() == src.Port() && tcp.Flags().Contains(header.TCPFlagSyn|header.TCPFlagAck)
 }
+
+// TestTCPAttemptDropsContextOnceEstablished: an established connection's
+// attempt no longer holds its context (nor the stack's context a record
+// of it), which an idle flow would keep for as long as it lasts; its
+// connection is still counted until done.
+func TestTCPAttemptDropsContextOnceEstablished(t *testing.T) {
+	var refused refusals
+	tab := newTCPTable(Limits{}, &refused)
+	parent, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dst := netip.MustParseAddrPort("10.0.2.2:80")
+	a, ok := tab.admit(parent, netip.MustParseAddr("10.0.2.100"), dst)
+	if !ok {
+		t.Fatal("admit refused the first attempt")
+	}
+	dctx, dcancel := context.WithTimeout(a.ctx, time.Second)
+	dcancel()
+	<-dctx.Done()
+	tab.dialed(a)
+	tab.established(a)
+	if a.ctx != nil || a.cancel != nil {
+		t.Errorf("an established attempt still holds its context")
+	}
+	if conns, halfOpen, dials := tab.counts(); conns != 1 || halfOpen != 0 || dials != 0 {
+		t.Errorf("established: %d conns, %d half-open, %d dials; want 1, 0, 0", conns, halfOpen, dials)
+	}
+	tab.done(a)
+	if conns, _, _ := tab.counts(); conns != 0 {
+		t.Errorf("done: %d conns, want 0", conns)
+	}
+}

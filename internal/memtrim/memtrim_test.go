@@ -71,3 +71,41 @@ func TestRunCollectsWhenIdle(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// TestRunCollectsSoonAfterABurst: a burst that makes the runtime collect
+// and ends with garbage is given back within about half an interval of
+// its end, not at the second look after it (up to two intervals).
+func TestRunCollectsSoonAfterABurst(t *testing.T) {
+	runtime.GC()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	const interval = 2 * time.Second
+	go func() { Run(ctx, interval, 1<<40, 8<<20); close(done) }()
+	defer func() { cancel(); <-done }()
+	time.Sleep(100 * time.Millisecond) // Run has read the heap before the burst
+	before := read()
+	var window [][]byte
+	for range 256 {
+		window = append(window, make([]byte, 1<<20))
+		if len(window) > 24 {
+			window = window[1:]
+		}
+	}
+	window = nil
+	end := time.Now()
+	if h := read(); h.cycles == before.cycles {
+		t.Skip("the runtime did not collect during the burst")
+	}
+	for {
+		h := read()
+		if h.objects+h.free < 8<<20 {
+			t.Logf("given back %v after the burst", time.Since(end).Round(time.Millisecond))
+			return
+		}
+		if time.Since(end) > interval*3/4 {
+			t.Fatalf("heap %d bytes in objects and free pages %v after the burst; want it given back within about half an interval (%v)",
+				h.objects+h.free, time.Since(end).Round(time.Millisecond), interval/2)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

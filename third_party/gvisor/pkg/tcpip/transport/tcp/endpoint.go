@@ -365,11 +365,6 @@ type Endpoint struct {
 	// pendingProcessingMu protects pendingProcessing.
 	pendingProcessingMu pendingProcessingMutex `state:"nosave"`
 
-	// pendingProcessing is true if this endpoint is queued for processing
-	// to a TCP processor.
-	// +checklocks:pendingProcessingMu
-	pendingProcessing bool `state:"nosave"`
-
 	// The following fields are initialized at creation time and do not
 	// change throughout the lifetime of the endpoint.
 	stack       *stack.Stack
@@ -466,8 +461,10 @@ type Endpoint struct {
 	// tcpRecovery is the loss recovery algorithm used by TCP.
 	tcpRecovery tcpip.TCPRecovery
 
-	// sack holds TCP SACK related information for this endpoint.
-	sack SACKInfo
+	// sack holds TCP SACK related information for this endpoint. It is nil
+	// while no out-of-order data is held (usernet patch: an idle endpoint
+	// is smaller).
+	sack *SACKInfo
 
 	// delay enables Nagle's algorithm.
 	//
@@ -605,7 +602,6 @@ type Endpoint struct {
 	// did; ackArmed says one is pending.
 	ackDelay time.Duration
 	ackTimer tcpip.Timer `state:"nosave"`
-	ackArmed bool
 
 	// listenCtx is used by listening endpoints to store state used while listening for
 	// connections. Nil otherwise.
@@ -637,6 +633,18 @@ type Endpoint struct {
 	//
 	// +checklocks:mu
 	terminateAtRestore bool
+
+	// ackArmed says a delayed ACK is pending (ackDelay). It and
+	// pendingProcessing are here rather than beside ackDelay and
+	// pendingProcessingMu: in the padding of the struct's end, which keeps
+	// an endpoint (with the runtime's header) in the 1536-byte size class.
+	// (usernet patch)
+	ackArmed bool
+
+	// pendingProcessing is true if this endpoint is queued for processing
+	// to a TCP processor.
+	// +checklocks:pendingProcessingMu
+	pendingProcessing bool `state:"nosave"`
 }
 
 // calculateAdvertisedMSS calculates the MSS to advertise.
@@ -3335,8 +3343,12 @@ func (e *Endpoint) completeStateLocked(s *TCPEndpointState) {
 	e.rcvQueueMu.Unlock()
 
 	// Copy the endpoint TCP Option state.
-	s.SACK.Blocks = make([]header.SACKBlock, e.sack.NumBlocks)
-	copy(s.SACK.Blocks, e.sack.Blocks[:e.sack.NumBlocks])
+	var sack SACKInfo
+	if e.sack != nil {
+		sack = *e.sack
+	}
+	s.SACK.Blocks = make([]header.SACKBlock, sack.NumBlocks)
+	copy(s.SACK.Blocks, sack.Blocks[:sack.NumBlocks])
 	s.SACK.ReceivedBlocks, s.SACK.MaxSACKED = e.scoreboard.Copy()
 
 	e.snd.rtt.Lock()

@@ -243,7 +243,12 @@ func (r *receiver) consumeSegment(s *segment, segSeq seqnum.Value, segLen seqnum
 
 	// Trim SACK Blocks to remove any SACK information that covers
 	// sequence numbers that have been consumed.
-	TrimSACKBlockList(&r.ep.sack, r.RcvNxt)
+	if r.ep.sack != nil {
+		TrimSACKBlockList(r.ep.sack, r.RcvNxt)
+		if r.ep.sack.NumBlocks == 0 {
+			r.ep.sack = nil
+		}
+	}
 
 	// Handle FIN or FIN-ACK.
 	if s.flags.Contains(header.TCPFlagFin) {
@@ -507,7 +512,10 @@ func (r *receiver) handleRcvdSegment(s *segment) (drop bool, err tcpip.Error) {
 				r.ep.rcvQueueMu.Unlock()
 				s.IncRef()
 				heap.Push(&r.pendingRcvdSegments, s)
-				UpdateSACKBlocks(&r.ep.sack, segSeq, segSeq.Add(segLen), r.RcvNxt)
+				if r.ep.sack == nil {
+					r.ep.sack = new(SACKInfo)
+				}
+				UpdateSACKBlocks(r.ep.sack, segSeq, segSeq.Add(segLen), r.RcvNxt)
 			}
 
 			// Immediately send an ack so that the peer knows it may

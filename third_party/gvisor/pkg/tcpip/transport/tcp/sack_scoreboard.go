@@ -58,22 +58,28 @@ type SACKScoreboard struct {
 }
 
 // NewSACKScoreboard returns a new SACK Scoreboard.
+//
+// Its ranges stay nil while it is empty: Insert makes the tree, Reset and a
+// Delete that empties it drop it, so that a connection without losses holds
+// no tree (with its node free list). (usernet patch)
 func NewSACKScoreboard(smss uint16, iss seqnum.Value) *SACKScoreboard {
 	return &SACKScoreboard{
 		smss:      smss,
-		ranges:    btree.NewG[header.SACKBlock](defaultBtreeDegree, sackBlockLess),
 		maxSACKED: iss,
 	}
 }
 
 // Reset erases all known range information from the SACK scoreboard.
 func (s *SACKScoreboard) Reset() {
-	s.ranges = btree.NewG[header.SACKBlock](defaultBtreeDegree, sackBlockLess)
+	s.ranges = nil
 	s.sacked = 0
 }
 
 // Insert inserts/merges the provided SACKBlock into the scoreboard.
 func (s *SACKScoreboard) Insert(r header.SACKBlock) {
+	if s.ranges == nil {
+		s.ranges = btree.NewG[header.SACKBlock](defaultBtreeDegree, sackBlockLess)
+	}
 	if s.ranges.Len() >= maxSACKBlocks {
 		return
 	}
@@ -170,6 +176,10 @@ func (s *SACKScoreboard) IsSACKED(r header.SACKBlock) bool {
 func (s *SACKScoreboard) String() string {
 	var str strings.Builder
 	str.WriteString("SACKScoreboard: {")
+	if s.ranges == nil {
+		str.WriteString("}\n")
+		return str.String()
+	}
 	s.ranges.Ascend(func(sb header.SACKBlock) bool {
 		fmt.Fprintf(&str, "%v,", sb)
 		return true
@@ -206,10 +216,16 @@ func (s *SACKScoreboard) Delete(seq seqnum.Value) {
 	for _, sb := range toInsert {
 		s.ranges.ReplaceOrInsert(sb)
 	}
+	if s.ranges.Len() == 0 {
+		s.ranges = nil
+	}
 }
 
 // Copy provides a copy of the SACK scoreboard.
 func (s *SACKScoreboard) Copy() (sackBlocks []header.SACKBlock, maxSACKED seqnum.Value) {
+	if s.ranges == nil {
+		return nil, s.maxSACKED
+	}
 	s.ranges.Ascend(func(sb header.SACKBlock) bool {
 		sackBlocks = append(sackBlocks, sb)
 		return true
@@ -285,7 +301,7 @@ func (s *SACKScoreboard) IsLost(seq seqnum.Value) bool {
 
 // Empty returns true if the SACK scoreboard has no entries, false otherwise.
 func (s *SACKScoreboard) Empty() bool {
-	return s.ranges.Len() == 0
+	return s.ranges == nil || s.ranges.Len() == 0
 }
 
 // Sacked returns the current number of bytes held in the SACK scoreboard.
