@@ -2,8 +2,10 @@ package stack
 
 import (
 	"runtime"
+	"strconv"
 	"testing"
 
+	"gvisor.dev/gvisor/pkg/state"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
 	"gvisor.dev/gvisor/pkg/tcpip/link/pipe"
@@ -67,5 +69,36 @@ func TestGVisorNeighborCachePatch(t *testing.T) {
 		t.Errorf("CreateNIC allocated %d bytes; want the neighbor caches to start small (patch 0004)", got)
 	} else {
 		t.Logf("CreateNIC allocated %d bytes", got)
+	}
+}
+
+// stateName is a type gVisor's state package would record, under the name names[n].
+type stateName int
+
+var stateNames []string
+
+func (n *stateName) StateTypeName() string { return stateNames[*n] }
+func (*stateName) StateFields() []string   { return nil }
+
+// TestGVisorStateRegisterPatch fails without third_party/gvisor-patches/0005-*: every
+// registered type went into maps that only saving and restoring a stack read, private
+// memory of every process.
+func TestGVisorStateRegisterPatch(t *testing.T) {
+	const n = 1000
+	types := make([]stateName, n)
+	for i := range types {
+		types[i] = stateName(i)
+		stateNames = append(stateNames, "usernet.test/stateName"+strconv.Itoa(i))
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for i := range types {
+		state.Register(&types[i])
+	}
+	runtime.ReadMemStats(&after)
+	if got := after.TotalAlloc - before.TotalAlloc; got > 4<<10 {
+		t.Errorf("registering %d types allocated %d bytes; want none kept (patch 0005)", n, got)
+	} else {
+		t.Logf("registering %d types allocated %d bytes", n, got)
 	}
 }
