@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"strings"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"testing"
 	"time"
 )
