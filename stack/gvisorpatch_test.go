@@ -102,3 +102,19 @@ func TestGVisorStateRegisterPatch(t *testing.T) {
 		t.Logf("registering %d types allocated %d bytes", n, got)
 	}
 }
+
+// TestGVisorIPv4IDPatch fails without third_party/gvisor-patches/0006-*: the IPv4
+// protocol's identifier buckets (8 KiB) were filled through two temporary slices of their
+// size, garbage that an idle process keeps.
+func TestGVisorIPv4IDPatch(t *testing.T) {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	f := ipv4.NewProtocolWithOptions(ipv4.Options{})
+	runtime.ReadMemStats(&after)
+	runtime.KeepAlive(f)
+	if got := after.TotalAlloc - before.TotalAlloc; got > 12<<10 {
+		t.Errorf("ipv4.NewProtocolWithOptions allocated %d bytes; want the buckets only (patch 0006)", got)
+	} else {
+		t.Logf("ipv4.NewProtocolWithOptions allocated %d bytes", got)
+	}
+}
