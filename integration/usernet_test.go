@@ -696,24 +696,30 @@ func TestTargetExit(t *testing.T) {
 	}
 }
 
-// TestSIGTERM: SIGTERM makes the binary exit 0, remove its API socket, and leave no
-// process behind.
+// TestSIGTERM: SIGTERM, and SIGINT, make the binary exit 0, remove its API socket, and leave
+// no process behind (the slirp4netns command line catches them without os/signal:
+// cmd/usernet/stopsig.c).
 func TestSIGTERM(t *testing.T) {
 	setup(t)
 	usernetOnly(t, "slirp4netns 1.2 dies of SIGTERM (no handler) and leaves its API socket behind")
 	t.Parallel()
-	tg := newTarget(t)
-	flags, sock := apiSocketFlags(t)
-	mark := fmt.Sprintf("USERNET_TEST_MARK=%d-%d", os.Getpid(), time.Now().UnixNano())
-	u := startUsernet(t, tg, usernetOpts{flags: append([]string{"-c"}, flags...), env: []string{mark}})
-	checkAPISocket(t, sock, true)
-	u.cmd.Process.Signal(unix.SIGTERM)
-	if code := u.waitExit(t, 5*time.Second); code != 0 {
-		t.Errorf("%s: exit status %d after SIGTERM; want 0\nstderr:\n%s", u.name, code, u.stderr.String())
-	}
-	checkAPISocket(t, sock, false)
-	if left := processesWithEnv(mark); len(left) > 0 {
-		t.Errorf("processes left after %s exited: %v", u.name, left)
+	for _, sig := range []unix.Signal{unix.SIGTERM, unix.SIGINT} {
+		t.Run(unix.SignalName(sig), func(t *testing.T) {
+			t.Parallel()
+			tg := newTarget(t)
+			flags, sock := apiSocketFlags(t)
+			mark := fmt.Sprintf("USERNET_TEST_MARK=%d-%d", os.Getpid(), time.Now().UnixNano())
+			u := startUsernet(t, tg, usernetOpts{flags: append([]string{"-c"}, flags...), env: []string{mark}})
+			checkAPISocket(t, sock, true)
+			u.cmd.Process.Signal(sig)
+			if code := u.waitExit(t, 5*time.Second); code != 0 {
+				t.Errorf("%s: exit status %d after %v; want 0\nstderr:\n%s", u.name, code, sig, u.stderr.String())
+			}
+			checkAPISocket(t, sock, false)
+			if left := processesWithEnv(mark); len(left) > 0 {
+				t.Errorf("processes left after %s exited: %v", u.name, left)
+			}
+		})
 	}
 }
 

@@ -6,10 +6,12 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"strconv"
 	"sync"
 	"testing"
 	"unsafe"
 
+	"gvisor.dev/gvisor/pkg/state"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
@@ -187,5 +189,52 @@ func TestGVisorSACKAfterLoss(t *testing.T) {
 	t.Logf("%d segments lost; usernet's sender entered SACK recovery %d times", lost, recoveries)
 	if lost == 0 || recoveries == 0 {
 		t.Errorf("%d segments lost, %d SACK recoveries: want both above 0", lost, recoveries)
+	}
+}
+
+// stateName is a type gVisor's state package would record, under the name names[n].
+type stateName int
+
+var stateNames []string
+
+func (n *stateName) StateTypeName() string { return stateNames[*n] }
+func (*stateName) StateFields() []string   { return nil }
+
+// TestGVisorStateRegisterPatch fails without third_party/gvisor-patches/0006-*: every
+// registered type went into maps that only saving and restoring a stack read, private
+// memory of every process.
+func TestGVisorStateRegisterPatch(t *testing.T) {
+	const n = 1000
+	types := make([]stateName, n)
+	for i := range types {
+		types[i] = stateName(i)
+		stateNames = append(stateNames, "usernet.test/stateName"+strconv.Itoa(i))
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for i := range types {
+		state.Register(&types[i])
+	}
+	runtime.ReadMemStats(&after)
+	if got := after.TotalAlloc - before.TotalAlloc; got > 4<<10 {
+		t.Errorf("registering %d types allocated %d bytes; want none kept (patch 0006)", n, got)
+	} else {
+		t.Logf("registering %d types allocated %d bytes", n, got)
+	}
+}
+
+// TestGVisorIPv4IDPatch fails without third_party/gvisor-patches/0007-*: the IPv4
+// protocol's identifier buckets (8 KiB) were filled through two temporary slices of their
+// size, garbage that an idle process keeps.
+func TestGVisorIPv4IDPatch(t *testing.T) {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	f := ipv4.NewProtocolWithOptions(ipv4.Options{})
+	runtime.ReadMemStats(&after)
+	runtime.KeepAlive(f)
+	if got := after.TotalAlloc - before.TotalAlloc; got > 12<<10 {
+		t.Errorf("ipv4.NewProtocolWithOptions allocated %d bytes; want the buckets only (patch 0007)", got)
+	} else {
+		t.Logf("ipv4.NewProtocolWithOptions allocated %d bytes", got)
 	}
 }

@@ -115,7 +115,7 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	fs.StringVar(&o.outboundAddr6, "outbound-addr6", "", "sets outbound ipv6 address (or interface) to bind to")
 	fs.BoolVar(&o.disableDNS, "disable-dns", false, "disables the 10.0.2.3 (or configured internal ip) DNS forwarder")
 	fs.String("macaddress", "", "specify the MAC address of the TAP (only valid with -c)")
-	fs.StringArrayP("publish", "p", nil, "forward a host port to the namespace, [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp]; repeatable")
+	fs.VarP(new(stringList), "publish", "p", "forward a host port to the namespace, [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp]; repeatable")
 	fs.StringVar(&o.dnsUpstream, "dns-upstream", "", "DNS server the forwarder relays to, ADDR[:PORT] (default: first nameserver of --resolv-conf)")
 	fs.StringVar(&o.resolvConf, "resolv-conf", "/etc/resolv.conf", "resolv.conf to take the DNS upstream from")
 	fs.StringVar(&o.pcap, "pcap", "", "capture every frame of the tap to a pcap file")
@@ -127,6 +127,16 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	fs.MarkHidden("target-type")
 	return fs
 }
+
+// stringList is a repeatable flag's values, in order. pflag's StringArray
+// formats its default, and its value again when read, through
+// encoding/csv and a buffer each time: garbage that every start kept, as
+// no collection runs in an idle instance.
+type stringList []string
+
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Type() string       { return "stringArray" }
 
 // metavars name flag values in --help as slirp4netns's help does.
 var metavars = map[string]string{
@@ -219,8 +229,7 @@ func parseFlagsMode(argv []string, out io.Writer, positional int, interspersed b
 		}
 		o.mac = hw
 	}
-	specs, _ := fs.GetStringArray("publish")
-	for _, spec := range specs {
+	for _, spec := range *fs.Lookup("publish").Value.(*stringList) {
 		r, err := portfwd.ParsePublish(spec)
 		if err != nil {
 			return nil, nil, fmt.Errorf("--publish %s: %w", spec, err)

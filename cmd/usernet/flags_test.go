@@ -343,3 +343,17 @@ func TestSandboxBindsResolvConf(t *testing.T) {
 		}
 	}
 }
+
+// TestRepeatableFlagValues: a repeatable flag (stringList) keeps every value whole and in
+// order, commas included, as pflag's StringArray did.
+func TestRepeatableFlagValues(t *testing.T) {
+	fs := newFlagSet(&options{}, &bytes.Buffer{})
+	if err := fs.Parse([]string{"-p", "a,b", "--publish=c", "--allow-source", "x", "--allow-source=y,z"}); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string][]string{"publish": {"a,b", "c"}, "allow-source": {"x", "y,z"}} {
+		if got := []string(*fs.Lookup(name).Value.(*stringList)); !slices.Equal(got, want) {
+			t.Errorf("--%s: %q, want %q", name, got, want)
+		}
+	}
+}

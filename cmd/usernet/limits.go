@@ -127,7 +127,7 @@ func addLimitFlags(fs *pflag.FlagSet) {
 			usage += " (default " + f.def + ")"
 		}
 		if f.repeatable {
-			fs.StringArray(f.name, nil, usage)
+			fs.Var(new(stringList), f.name, usage)
 		} else {
 			fs.String(f.name, "", usage)
 		}
@@ -144,7 +144,7 @@ func limitsFromFlags(fs *pflag.FlagSet, l *stack.Limits) error {
 		}
 		var args []string
 		if f.repeatable {
-			args, _ = fs.GetStringArray(f.name)
+			args = *fs.Lookup(f.name).Value.(*stringList)
 		} else {
 			v, _ := fs.GetString(f.name)
 			args = []string{v}

@@ -48,7 +48,7 @@ func TestPastaTCPLimitFlags(t *testing.T) {
 		t.Errorf("limits %+v, want %+v", o.limits, want)
 	}
 	// Checked while parsing, in pasta's order of errors.
-	if _, err := pasta.Parse("pasta", []string{"--tcp-max-conns", "0", "1"}, pasta.WithExtra(pastaExtra...)); err == nil || !strings.Contains(err.Error(), "--tcp-max-conns") {
+	if _, err := pasta.Parse("pasta", []string{"--tcp-max-conns", "0", "1"}, pasta.WithExtra(pastaExtra()...)); err == nil || !strings.Contains(err.Error(), "--tcp-max-conns") {
 		t.Errorf("--tcp-max-conns 0: %v, want an error naming it", err)
 	}
 }

@@ -32,7 +32,7 @@ func TestLimitFlagsBothCommandLines(t *testing.T) {
 		t.Errorf("slirp4netns command line: limits %+v, want %+v", o.limits, want)
 	}
 
-	po, err := pasta.Parse("pasta", append(args, "--", "true"), pasta.WithExtra(pastaExtra...))
+	po, err := pasta.Parse("pasta", append(args, "--", "true"), pasta.WithExtra(pastaExtra()...))
 	if err != nil {
 		t.Fatalf("pasta command line: %v", err)
 	}
@@ -55,7 +55,7 @@ func TestPastaSourceCheck(t *testing.T) {
 		{nil, true},
 		{[]string{"--allow-source", "10.89.0.0/16"}, false},
 	} {
-		po, err := pasta.Parse("pasta", append(tc.args, "--config-net", "--", "true"), pasta.WithExtra(pastaExtra...))
+		po, err := pasta.Parse("pasta", append(tc.args, "--config-net", "--", "true"), pasta.WithExtra(pastaExtra()...))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -77,7 +77,7 @@ func TestLimitFlagsErrors(t *testing.T) {
 		if _, _, err := parseFlags(append(args, "1", "tap0"), &bytes.Buffer{}, 2); err == nil || !strings.Contains(err.Error(), args[0]) {
 			t.Errorf("slirp4netns %q: error %v, want one naming %s", args, err, args[0])
 		}
-		if _, err := pasta.Parse("pasta", append(args, "--", "true"), pasta.WithExtra(pastaExtra...)); err == nil || !strings.Contains(err.Error(), args[0]) {
+		if _, err := pasta.Parse("pasta", append(args, "--", "true"), pasta.WithExtra(pastaExtra()...)); err == nil || !strings.Contains(err.Error(), args[0]) {
 			t.Errorf("pasta %q: error %v, want one naming %s", args, err, args[0])
 		}
 	}

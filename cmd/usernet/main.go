@@ -13,14 +13,11 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"runtime"
-	"syscall"
 
 	"github.com/usernet/usernet/nsjoin"
 	"github.com/usernet/usernet/nsrun"
@@ -101,7 +98,7 @@ func realMain(argv []string, stdout, stderr io.Writer) int {
 	if sandboxConfig(o).Enabled() {
 		return serveSandboxed(o, t, out, nil) // sandbox.go
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := stopContext() // stopsig.go
 	defer stop()
 	if err := serve(ctx, o, t, out, nil); err != nil {
 		fmt.Fprintf(stderr, "usernet: %v\n", err)

@@ -36,11 +36,14 @@ var (
 	pastaLocalGW4 = netip.MustParseAddr("169.254.2.2")
 )
 
-// pastaExtra are usernet's own options on pasta's command line.
-var pastaExtra = append([]pasta.ExtraOption{
-	{Name: "api-socket", HasArg: true, Usage: "  --api-socket PATH\tserve slirp4netns's port forwarding API on a unix socket (usernet)\n"},
-	{Name: "no-sandbox", Usage: "  --no-sandbox\t\tdo not confine the process (usernet; by default it is, as pasta confines itself)\n"},
-}, append(pastaEgressExtra(), pastaLimitOptions()...)...)
+// pastaExtra are usernet's own options on pasta's command line; made when
+// asked for, not at init: a process that is not pasta keeps none of them.
+func pastaExtra() []pasta.ExtraOption {
+	return append([]pasta.ExtraOption{
+		{Name: "api-socket", HasArg: true, Usage: "  --api-socket PATH\tserve slirp4netns's port forwarding API on a unix socket (usernet)\n"},
+		{Name: "no-sandbox", Usage: "  --no-sandbox\t\tdo not confine the process (usernet; by default it is, as pasta confines itself)\n"},
+	}, append(pastaEgressExtra(), pastaLimitOptions()...)...)
+}
 
 // pastaEgressExtra are the egress policy's flags on pasta's command line.
 func pastaEgressExtra() []pasta.ExtraOption {
@@ -82,13 +85,13 @@ func pastaMain(argv0 string, args []string, stdout, stderr io.Writer) int {
 	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
 		eph, _ = pasta.ParseEphemeral(b)
 	}
-	po, err := pasta.Parse(argv0, args, pasta.WithEphemeral(eph), pasta.WithExtra(pastaExtra...))
+	po, err := pasta.Parse(argv0, args, pasta.WithEphemeral(eph), pasta.WithExtra(pastaExtra()...))
 	var ue *pasta.UsageError
 	var ce *pasta.ConfigError
 	switch {
 	case errors.As(err, &ue):
 		fmt.Fprintln(stderr, ue.Msg)
-		pasta.Usage(stderr, argv0, pastaExtra...)
+		pasta.Usage(stderr, argv0, pastaExtra()...)
 		return 1
 	case errors.As(err, &ce):
 		fmt.Fprintln(stderr, ce.Msg)
@@ -97,7 +100,7 @@ func pastaMain(argv0 string, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	case po.Help:
-		pasta.Usage(stdout, argv0, pastaExtra...)
+		pasta.Usage(stdout, argv0, pastaExtra()...)
 		return 0
 	case po.Version:
 		// Podman shows this line in `podman info`; rootlesskit only needs
@@ -531,7 +534,7 @@ func resumePasta(ps *pastaState) (*options, error) {
 	if !isPastaName(os.Args[0]) {
 		args = args[1:] // usernet pasta ...
 	}
-	po, err := pasta.Parse(os.Args[0], args, pasta.WithEphemeral(ps.Ephemeral), pasta.WithExtra(pastaExtra...))
+	po, err := pasta.Parse(os.Args[0], args, pasta.WithEphemeral(ps.Ephemeral), pasta.WithExtra(pastaExtra()...))
 	if err != nil {
 		return nil, err
 	}

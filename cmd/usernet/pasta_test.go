@@ -20,7 +20,7 @@ var hostTemplate = hostif.Template{
 
 func parsePasta(t *testing.T, args string) (*options, bool) {
 	t.Helper()
-	po, err := pasta.Parse("pasta", strings.Fields(args), pasta.WithExtra(pastaExtra...))
+	po, err := pasta.Parse("pasta", strings.Fields(args), pasta.WithExtra(pastaExtra()...))
 	if err != nil {
 		t.Fatalf("pasta.Parse(%q): %v", args, err)
 	}

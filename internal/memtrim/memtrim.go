@@ -7,6 +7,7 @@ package memtrim
 
 import (
 	"context"
+	"os"
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
@@ -35,7 +36,20 @@ import (
 // least guards busy times, when a collection competes with the work and
 // the pages it returns are soon faulted in again; idleLeast may be
 // smaller, as an idle collection costs nothing but its own CPU.
+//
+// Until the runtime has collected once, the heap has not grown past the
+// collector's first goal and holds nothing to give back, so Run only
+// waits for that (unless GOGC=off, when Run is the only collector): an
+// instance that stays small never reads runtime/metrics, whose first
+// read builds a table of every metric that stays in the heap.
 func Run(ctx context.Context, interval time.Duration, least, idleLeast uint64) {
+	if os.Getenv("GOGC") != "off" {
+		select {
+		case <-ctx.Done():
+			return
+		case <-collected:
+		}
+	}
 	soon := interval / 4
 	gc := make(chan struct{}, 1)
 	notifyGC(ctx, gc)
@@ -118,6 +132,16 @@ func cycles() uint64 {
 func Excess() (excess, live uint64) {
 	h := read()
 	return h.excess(), h.live
+}
+
+// collected is closed once the runtime has finished its first collection.
+var collected = make(chan struct{})
+
+func init() {
+	// Unreachable at once, so the first collection finds it. The pointer
+	// keeps it out of the tiny allocator, whose blocks outlive their
+	// objects.
+	runtime.AddCleanup(&struct{ _ *byte }{}, func(c chan struct{}) { close(c) }, collected)
 }
 
 type heap struct {

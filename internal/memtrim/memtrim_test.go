@@ -2,8 +2,12 @@ package memtrim
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"os/exec"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"testing"
 	"time"
 )
@@ -107,5 +111,49 @@ func TestRunCollectsSoonAfterABurst(t *testing.T) {
 				h.objects+h.free, time.Since(end).Round(time.Millisecond), interval/2)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestCollectedAfterFirstCollection: Run starts looking at the heap once the
+// runtime has collected, and not before.
+func TestCollectedAfterFirstCollection(t *testing.T) {
+	select {
+	case <-collected:
+		// A collection ran already (test setup, another test); Run does
+		// not wait.
+	default:
+		runtime.GC()
+	}
+	select {
+	case <-collected:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no sign of the first collection 10 s after runtime.GC")
+	}
+}
+
+// TestNotCollectedWithoutCollection: in a process where no collection runs
+// (GOGC=off, a child of this test), collected stays open.
+func TestNotCollectedWithoutCollection(t *testing.T) {
+	if os.Getenv("MEMTRIM_TEST_CHILD") != "" {
+		for range 64 {
+			sink = append(sink, make([]byte, 1<<20))
+		}
+		time.Sleep(50 * time.Millisecond)
+		select {
+		case <-collected:
+			fmt.Println("collected")
+		default:
+			fmt.Println("not collected")
+		}
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestNotCollectedWithoutCollection$")
+	cmd.Env = append(os.Environ(), "MEMTRIM_TEST_CHILD=1", "GOGC=off")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v: %s", err, out)
+	}
+	if !strings.Contains(string(out), "not collected") {
+		t.Fatalf("child without a collection saw collected closed: %s", out)
 	}
 }

@@ -318,6 +318,12 @@ var primitiveTypeDatabase = func() map[string]reflect.Type {
 	return r
 }()
 
+// recordTypes: usernet never saves or restores gVisor's state, and the
+// registrations (maps of some 370 types, filled by every package's
+// initializer) were private memory of every process that no collection
+// frees. Without them Load cannot decode. (usernet patch)
+const recordTypes = false
+
 // globalTypeDatabase is used for dispatching interfaces on decode.
 var globalTypeDatabase = map[string]reflect.Type{}
 
@@ -336,6 +342,9 @@ func Release() {
 //
 // This must be called on init and only done once.
 func Register(t Type) {
+	if !recordTypes {
+		return
+	}
 	name := t.StateTypeName()
 	typ := reflect.TypeOf(t)
 	if raceEnabled {

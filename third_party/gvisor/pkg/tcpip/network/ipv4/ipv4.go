@@ -16,6 +16,7 @@
 package ipv4
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
 	"reflect"
@@ -24,6 +25,7 @@ import (
 	"gvisor.dev/gvisor/pkg/atomicbitops"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/log"
+	"gvisor.dev/gvisor/pkg/rand"
 	"gvisor.dev/gvisor/pkg/sync"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
@@ -2062,12 +2064,19 @@ type Options struct {
 func NewProtocolWithOptions(opts Options) stack.NetworkProtocolFactory {
 	ids := make([]atomicbitops.Uint32, buckets)
 
-	// Randomly initialize hashIV and the ids.
-	r := hash.RandN32(1 + buckets)
-	for i := range ids {
-		ids[i] = atomicbitops.FromUint32(r[i])
+	// Randomly initialize hashIV and the ids, a block at a time: two
+	// slices the size of ids, made and dropped here, were heap that no
+	// collection may come to free. (usernet patch)
+	var b [1024]byte
+	for i := 0; i < len(ids); i += len(b) / 4 {
+		if _, err := rand.Read(b[:]); err != nil {
+			panic("unable to get random numbers: " + err.Error())
+		}
+		for j := 0; j < len(b)/4 && i+j < len(ids); j++ {
+			ids[i+j] = atomicbitops.FromUint32(binary.LittleEndian.Uint32(b[4*j:]))
+		}
 	}
-	hashIV := r[buckets]
+	hashIV := hash.RandN32(1)[0]
 
 	return func(s *stack.Stack) stack.NetworkProtocol {
 		p := &protocol{
