@@ -153,6 +153,17 @@ func startRegistry(t *testing.T, cfg Config) *Registry {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
+	// Running, with its poller's descriptor open, before the test looks
+	// (TestManyOutOfFiles counts descriptors).
+	for {
+		r.mu.Lock()
+		st := r.mu.state
+		r.mu.Unlock()
+		if st != stateNew {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
 	t.Cleanup(func() {
 		cancel()
 		select {
