@@ -118,12 +118,9 @@ func sockaddrOf(a netip.AddrPort) unix.Sockaddr {
 	return &unix.SockaddrInet6{Addr: a.Addr().As16(), Port: int(a.Port())}
 }
 
-// waitConnected waits for a connect(2) under way to end, or ctx.
+// waitConnected waits for a connect(2) under way to end, or ctx (its
+// deadline included: ctx's error, not a deadline's).
 func (c *hostTCP) waitConnected(ctx context.Context) error {
-	d, hasDeadline := ctx.Deadline()
-	if hasDeadline {
-		c.f.SetWriteDeadline(d)
-	}
 	stop := context.AfterFunc(ctx, func() { c.f.SetWriteDeadline(time.Unix(1, 0)) })
 	var serr error
 	err := c.rc.Write(func(fd uintptr) bool {
@@ -150,13 +147,8 @@ func (c *hostTCP) waitConnected(ctx context.Context) error {
 		return serr
 	case err != nil && ctx.Err() != nil:
 		return ctx.Err()
-	case err != nil:
-		return err
 	}
-	if hasDeadline {
-		c.f.SetWriteDeadline(time.Time{})
-	}
-	return nil
+	return err
 }
 
 // hostTCP is a connected host TCP socket: a net.Conn on an *os.File, so
