@@ -60,6 +60,11 @@ type Tap struct {
 	// the namespace (rx) and to it (tx). Always on: an uncontended atomic
 	// add per frame.
 	rxFrames, rxBytes, txFrames, txBytes atomic.Uint64
+
+	// writer is writeFrame's rawIO, taken while a write uses it: frames
+	// are written inline by any goroutine that sends, and by the writer
+	// goroutine.
+	writer atomic.Pointer[rawIO]
 }
 
 // Counters are a Tap's frame and byte counts.
@@ -399,12 +404,15 @@ func deferredTCP(pkt *gvstack.PacketBuffer) bool {
 }
 
 func (l *Tap) writeFrame(slices [][]byte) tcpip.Error {
-	w := frameWriters.Get().(*rawIO)
+	w := l.writer.Swap(nil)
+	if w == nil {
+		w = newRawIO(unix.Writev) // another write is under way
+	}
 	w.iov = slices
 	err := l.raw.Write(w.fn)
 	n, werr := w.n, w.err
 	w.iov, w.err = nil, nil
-	frameWriters.Put(w)
+	l.writer.CompareAndSwap(nil, w)
 	if err != nil {
 		return &tcpip.ErrClosedForSend{}
 	}
@@ -428,7 +436,8 @@ func (l *Tap) writeFrame(slices [][]byte) tcpip.Error {
 // rawIO is a vectored read or write through Go's poller (RawConn's Read
 // or Write) whose callback is made once: a closure made per call, with the
 // results it sets, costs three allocations per frame. Only one goroutine
-// uses one at a time: the reader its own, writers one from frameWriters.
+// uses one at a time: the reader its own, a writer the Tap's writer (or
+// a new one while another write holds it).
 type rawIO struct {
 	iov [][]byte
 	n   int
@@ -444,10 +453,6 @@ func newRawIO(op func(fd int, iov [][]byte) (int, error)) *rawIO {
 	}
 	return r
 }
-
-// frameWriters are writeFrame's: frames are written inline by any
-// goroutine that sends, and by the writer goroutine.
-var frameWriters = sync.Pool{New: func() any { return newRawIO(unix.Writev) }}
 
 // Pollable returns a dup of f's fd in non-blocking mode, wrapped so that
 // Go's poller serves it: os.File.Fd(), called by anyone before, puts a
