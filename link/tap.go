@@ -60,6 +60,11 @@ type Tap struct {
 	// the namespace (rx) and to it (tx). Always on: an uncontended atomic
 	// add per frame.
 	rxFrames, rxBytes, txFrames, txBytes atomic.Uint64
+
+	// writer is writeFrame's rawIO, taken while a write uses it: frames
+	// are written inline by any goroutine that sends, and by the writer
+	// goroutine.
+	writer atomic.Pointer[rawIO]
 }
 
 // Counters are a Tap's frame and byte counts.
@@ -212,8 +217,9 @@ func (l *Tap) readLoop(d gvstack.NetworkDispatcher) {
 	head := make([]byte, hdrLen+headSplit)
 	bodyCap := max(size-headSplit, 1)
 	var body *buffer.View
-	var iov [2][]byte   // readv's, kept off the heap per read
-	var parts [2][]byte // the frame for capture, likewise
+	var iov [2][]byte // readv's: allocated once, not per read
+	rd := newRawIO(unix.Readv)
+	var parts [2][]byte // the frame for capture, kept off the heap per read
 	defer func() {
 		if body != nil {
 			body.Release()
@@ -224,7 +230,7 @@ func (l *Tap) readLoop(d gvstack.NetworkDispatcher) {
 			body = buffer.NewView(bodyCap)
 			body.Grow(bodyCap)
 		}
-		n, err := l.readv(&iov, head, body.AsSlice())
+		n, err := l.readv(rd, &iov, head, body.AsSlice())
 		if err != nil {
 			l.mu.Lock()
 			stopping := l.stopping
@@ -277,14 +283,12 @@ func (l *Tap) readLoop(d gvstack.NetworkDispatcher) {
 // readv reads one frame into head and then body (iov is the caller's
 // scratch for the pair), through Go's poller (so
 // that Attach(nil)'s read deadline stops it).
-func (l *Tap) readv(iov *[2][]byte, head, body []byte) (int, error) {
+func (l *Tap) readv(rd *rawIO, iov *[2][]byte, head, body []byte) (int, error) {
 	iov[0], iov[1] = head, body
-	var n int
-	var rerr error
-	err := l.raw.Read(func(fd uintptr) bool {
-		n, rerr = unix.Readv(int(fd), iov[:])
-		return rerr != unix.EAGAIN
-	})
+	rd.iov = iov[:]
+	err := l.raw.Read(rd.fn)
+	n, rerr := rd.n, rd.err
+	rd.iov, rd.err = nil, nil
 	if err != nil {
 		return 0, err
 	}
@@ -400,12 +404,15 @@ func deferredTCP(pkt *gvstack.PacketBuffer) bool {
 }
 
 func (l *Tap) writeFrame(slices [][]byte) tcpip.Error {
-	var werr error
-	var n int
-	err := l.raw.Write(func(fd uintptr) bool {
-		n, werr = unix.Writev(int(fd), slices)
-		return werr != unix.EAGAIN
-	})
+	w := l.writer.Swap(nil)
+	if w == nil {
+		w = newRawIO(unix.Writev) // another write is under way
+	}
+	w.iov = slices
+	err := l.raw.Write(w.fn)
+	n, werr := w.n, w.err
+	w.iov, w.err = nil, nil
+	l.writer.CompareAndSwap(nil, w)
 	if err != nil {
 		return &tcpip.ErrClosedForSend{}
 	}
@@ -424,6 +431,27 @@ func (l *Tap) writeFrame(slices [][]byte) tcpip.Error {
 		// is lost as on a wire; TCP retransmits.
 		return &tcpip.ErrAborted{}
 	}
+}
+
+// rawIO is a vectored read or write through Go's poller (RawConn's Read
+// or Write) whose callback is made once: a closure made per call, with the
+// results it sets, costs three allocations per frame. Only one goroutine
+// uses one at a time: the reader its own, a writer the Tap's writer (or
+// a new one while another write holds it).
+type rawIO struct {
+	iov [][]byte
+	n   int
+	err error
+	fn  func(fd uintptr) bool
+}
+
+func newRawIO(op func(fd int, iov [][]byte) (int, error)) *rawIO {
+	r := &rawIO{}
+	r.fn = func(fd uintptr) bool {
+		r.n, r.err = op(int(fd), r.iov)
+		return r.err != unix.EAGAIN
+	}
+	return r
 }
 
 // Pollable returns a dup of f's fd in non-blocking mode, wrapped so that

@@ -114,10 +114,22 @@ func (p *Poller) run(ctx context.Context) error {
 // Close closes the epoll instance.
 func (p *Poller) Close() error { return p.f.Close() }
 
+// Socket is a connected stream socket registered with Go's poller (a
+// *net.TCPConn, or a socket the owner made itself): its SyscallConn's Read
+// waits through Go's poller, and a read deadline interrupts that wait.
+type Socket interface {
+	net.Conn
+	syscall.Conn
+	CloseWrite() error
+	SetLinger(sec int) error
+}
+
+var _ Socket = (*net.TCPConn)(nil)
+
 // Conn makes c a PolledConn of p. From then on c must be closed through
 // the PolledConn only (directly, or through Abort): closing the socket
 // underneath would leave an armed callback uncalled.
-func (p *Poller) Conn(c *net.TCPConn) (*PolledConn, error) {
+func (p *Poller) Conn(c Socket) (*PolledConn, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return nil, fmt.Errorf("relay: polled conn: %w", err)
@@ -126,7 +138,7 @@ func (p *Poller) Conn(c *net.TCPConn) (*PolledConn, error) {
 	p.next++
 	id := p.next
 	p.mu.Unlock()
-	return &PolledConn{TCPConn: c, p: p, rc: rc, id: id}, nil
+	return &PolledConn{Socket: c, p: p, rc: rc, id: id}, nil
 }
 
 // ctl runs epoll_ctl on p's instance for fd, the event's data being id.
@@ -147,9 +159,9 @@ func idOf(ev unix.EpollEvent) uint64 {
 }
 
 // PolledConn is a host TCP conn whose idle wait is its Poller's
-// (ReadNotifier). Its other methods are the *net.TCPConn's.
+// (ReadNotifier). Its other methods are the Socket's.
 type PolledConn struct {
-	*net.TCPConn
+	Socket
 	p  *Poller
 	rc syscall.RawConn
 	id uint64
@@ -204,14 +216,14 @@ func (c *PolledConn) NotifyReadable(f func()) {
 func (c *PolledConn) WaitReadable() (bool, error) {
 	err := waitSocket(c.rc)
 	if errors.Is(err, os.ErrDeadlineExceeded) {
-		c.TCPConn.SetReadDeadline(time.Time{})
+		c.Socket.SetReadDeadline(time.Time{})
 		return false, nil
 	}
 	return err == nil, err
 }
 
 // InterruptWait implements ReadNotifier.
-func (c *PolledConn) InterruptWait() { c.TCPConn.SetReadDeadline(time.Unix(1, 0)) }
+func (c *PolledConn) InterruptWait() { c.Socket.SetReadDeadline(time.Unix(1, 0)) }
 
 // ReadNow implements ReadNotifier.
 func (c *PolledConn) ReadNow(p []byte) (int, error) { return readNow(c.rc, p) }
@@ -228,7 +240,7 @@ func (c *PolledConn) Close() error {
 	c.p.mu.Lock()
 	delete(c.p.conns, c.id)
 	c.p.mu.Unlock()
-	err := c.TCPConn.Close()
+	err := c.Socket.Close()
 	c.fire()
 	return err
 }

@@ -380,7 +380,7 @@ func sourceOf(src io.Reader) source {
 	switch c := src.(type) {
 	case ReadNotifier:
 		return source{read: c.ReadNow, notifier: c}
-	case *net.TCPConn: // a stream socket: MSG_PEEK and read(2) apply
+	case Socket: // a stream socket: MSG_PEEK and read(2) apply
 		rc, err := c.SyscallConn()
 		if err != nil {
 			break

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -67,45 +66,14 @@ func (s *Stack) dialHost(ctx context.Context, network string, dst netip.AddrPort
 	case "ping4", "ping6":
 		return dialPing(dst.Addr(), local)
 	}
-	d := net.Dialer{Timeout: s.cfg.DialTimeout}
-	if !local.IsValid() {
-		// No local address: the kernel picks the port at connect(2), which
-		// lets connections to different destinations share a port. The
-		// typed DialTCP below cannot say "no local address" (a zero
-		// AddrPort still becomes a bind to 0.0.0.0:0, and every such bind
-		// takes a port of its own: 28k connections, TIME_WAIT included, and
-		// the host runs out; TestDialHostSharesEphemeralPorts).
-		return d.DialContext(ctx, network, dst.String())
+	if network != "tcp" {
+		return nil, fmt.Errorf("dial %s %v: unknown network", network, dst)
 	}
-	laddr := netip.AddrPortFrom(local, 0)
-	if network == "tcp" {
-		// Bound to an address, still leave the port to connect(2)
-		// (IP_BIND_ADDRESS_NO_PORT), for the same reason.
-		d.Control = func(_, _ string, c syscall.RawConn) error {
-			var serr error
-			if err := c.Control(func(fd uintptr) {
-				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
-			}); err != nil {
-				return err
-			}
-			if serr != nil {
-				return fmt.Errorf("setsockopt IP_BIND_ADDRESS_NO_PORT: %w", serr)
-			}
-			return nil
-		}
+	c, err := dialTCP(ctx, dst, local)
+	if err != nil {
+		return nil, err
 	}
-	// DialTCP takes the addresses as they are: no string to format and
-	// parse again, no resolver, no dialParallel. On error it returns a
-	// typed nil, which must not become a non-nil net.Conn.
-	switch network {
-	case "tcp":
-		c, err := d.DialTCP(ctx, network, laddr, dst)
-		if err != nil {
-			return nil, err
-		}
-		return c, nil
-	}
-	return nil, fmt.Errorf("dial %s %v: unknown network", network, dst)
+	return c, nil
 }
 
 // openHostUDP opens the host socket of a guest UDP port (udpPort): not

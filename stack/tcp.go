@@ -121,7 +121,7 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 // (relay.PolledConn); from then on it must be closed through what polled
 // returns.
 func (s *Stack) polled(c net.Conn) net.Conn {
-	tc, ok := c.(*net.TCPConn)
+	tc, ok := c.(relay.Socket)
 	if !ok || s.poller == nil {
 		return c
 	}
