@@ -637,23 +637,32 @@ func inetListenUDP(t *testing.T, addr string) net.PacketConn {
 // got exactly what the client sent, and the client got the server's answer.
 func checkTCPUp(t *testing.T, ctx context.Context, tg *target, addr string, n int64, got <-chan hashReply) {
 	t.Helper()
+	if err := tcpUp(t, ctx, tg, addr, n, got); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tcpUp is checkTCPUp's upload, its failure returned.
+func tcpUp(t *testing.T, ctx context.Context, tg *target, addr string, n int64, got <-chan hashReply) error {
+	t.Helper()
 	var res TCPResult
 	tg.helper(t, ctx, &res, "tcp-up", addr, strconv.FormatInt(n, 10))
 	if res.Err != "" {
-		t.Fatalf("tcp-up %s %d: error %s; want none (result %+v)", addr, n, res.Err, res)
+		return fmt.Errorf("tcp-up %s %d: error %s; want none (result %+v)", addr, n, res.Err, res)
 	}
 	want := fmt.Sprintf("%d %s\n", n, res.SentSHA)
 	if res.Sent != n || res.Reply != want {
-		t.Fatalf("tcp-up %s %d: sent %d, reply after half-close %q; want sent %d, reply %q", addr, n, res.Sent, res.Reply, n, want)
+		return fmt.Errorf("tcp-up %s %d: sent %d, reply after half-close %q; want sent %d, reply %q", addr, n, res.Sent, res.Reply, n, want)
 	}
 	select {
 	case r := <-got:
 		if r.n != n || r.sha != res.SentSHA {
-			t.Fatalf("tcp-up %s: server got %d bytes sha %s; want %d sha %s", addr, r.n, r.sha, n, res.SentSHA)
+			return fmt.Errorf("tcp-up %s: server got %d bytes sha %s; want %d sha %s", addr, r.n, r.sha, n, res.SentSHA)
 		}
 	case <-ctx.Done():
-		t.Fatalf("tcp-up %s: server saw no connection", addr)
+		return fmt.Errorf("tcp-up %s: server saw no connection", addr)
 	}
+	return nil
 }
 
 // startPiped starts cmd with a pipe to its stdin (closing it ends a
