@@ -7,10 +7,12 @@ import (
 	"net/netip"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"unsafe"
 
+	"gvisor.dev/gvisor/pkg/log"
 	"gvisor.dev/gvisor/pkg/state"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -236,5 +238,44 @@ func TestGVisorIPv4IDPatch(t *testing.T) {
 		t.Errorf("ipv4.NewProtocolWithOptions allocated %d bytes; want the buckets only (patch 0007)", got)
 	} else {
 		t.Logf("ipv4.NewProtocolWithOptions allocated %d bytes", got)
+	}
+}
+
+//go:noinline
+func localStackVia(k int) []byte { return log.LocalStack(k) }
+
+// TestGVisorLogLocalStack: patch 0011 replaced the regexp with which gVisor's
+// log.LocalStack drops its top frames (compiled by the package initializer in every
+// process) with a scan of the lines; it must drop the same frames. Patch 0011's other
+// half, regexp not linked into usernet, is internal/deptest's TestStartupDeps.
+func TestGVisorLogLocalStack(t *testing.T) {
+	// The frames of the trace, top first: log.Stacks, log.LocalStack, localStackVia,
+	// this test, testing.tRunner, runtime.goexit.
+	all := []string{"log.Stacks(", "log.LocalStack(", "stack.localStackVia(", "stack.TestGVisorLogLocalStack(", "testing.tRunner("}
+	for k := 0; k < 3; k++ {
+		trace := string(localStackVia(k))
+		lines := strings.Split(trace, "\n")
+		if !strings.HasPrefix(lines[0], "goroutine ") {
+			t.Fatalf("LocalStack(%d) starts with %q, want the goroutine's header", k, lines[0])
+		}
+		var funcs []string
+		for _, l := range lines[1:] {
+			if l != "" && !strings.HasPrefix(l, "\t") && !strings.HasPrefix(l, "created by ") {
+				funcs = append(funcs, l)
+			}
+		}
+		want := all[k+1:]
+		if len(funcs) < len(want) {
+			t.Fatalf("LocalStack(%d):\n%s\nwant the frames %q first", k, trace, want)
+		}
+		for i, w := range want {
+			if !strings.Contains(funcs[i], w) {
+				t.Fatalf("LocalStack(%d):\n%s\nframe %d is %q, want %s...", k, trace, i, funcs[i], w)
+			}
+		}
+		// Each kept frame keeps its file line.
+		if n := strings.Count(trace, "\n\t"); n < len(funcs) {
+			t.Errorf("LocalStack(%d): %d file lines for %d frames:\n%s", k, n, len(funcs), trace)
+		}
 	}
 }

@@ -107,3 +107,22 @@ func TestDependencyRules(t *testing.T) {
 		}
 	}
 }
+
+// notAtStart are packages that cmd/usernet must not link: their initializers run in every
+// usernet process, at every start, whatever it is asked to do.
+var notAtStart = map[string]string{
+	"regexp": "compiles nothing usernet needs at start (gVisor's log compiled one: patch 0011); " +
+		"its initializers and unicode's tables cost every start",
+}
+
+func TestStartupDeps(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", mod+"cmd/usernet").Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v", err)
+	}
+	for _, dep := range strings.Fields(string(out)) {
+		if why, ok := notAtStart[dep]; ok {
+			t.Errorf("cmd/usernet depends on %s: %s", dep, why)
+		}
+	}
+}

@@ -38,7 +38,6 @@ import (
 	"io"
 	stdlog "log"
 	"os"
-	"regexp"
 	"runtime"
 	"sync/atomic"
 	"time"
@@ -326,20 +325,76 @@ func Stacks(all bool) []byte {
 	return trace
 }
 
-// stackRegexp matches one level within a stack trace.
-var stackRegexp = regexp.MustCompile(`(?m)^\S+\(.*\)$\r?\n^\t\S+:\d+.*$\r?\n`)
-
 // LocalStack returns the local goroutine stack, excluding the top N entries.
 // LocalStack's own entry is excluded by default and does not need to be counted in excludeTopN.
 func LocalStack(excludeTopN int) []byte {
-	replaceNext := excludeTopN + 1
-	return stackRegexp.ReplaceAllFunc(Stacks(false), func(s []byte) []byte {
-		if replaceNext > 0 {
-			replaceNext--
-			return nil
+	return dropFrames(Stacks(false), excludeTopN+1)
+}
+
+// dropFrames removes the first n frames from a goroutine's trace. A frame is
+// a function line, "name(args)", followed by its file line, "\tfile:line ...";
+// other lines stay. (This was a regexp, compiled by the package initializer:
+// work that every process linking this package did at start.)
+func dropFrames(trace []byte, n int) []byte {
+	out := make([]byte, 0, len(trace))
+	for rest := trace; len(rest) > 0; {
+		if n == 0 {
+			return append(out, rest...)
 		}
-		return s
-	})
+		fn, next := cutLine(rest)
+		if file, after := cutLine(next); isFrame(fn, file) {
+			n--
+			rest = after
+			continue
+		}
+		out = append(out, fn...)
+		rest = next
+	}
+	return out
+}
+
+// cutLine returns b's first line with its "\n", and what follows.
+func cutLine(b []byte) (line, rest []byte) {
+	for i, c := range b {
+		if c == '\n' {
+			return b[:i+1], b[i+1:]
+		}
+	}
+	return b, b[len(b):]
+}
+
+func isFrame(fn, file []byte) bool {
+	return len(fn) > 0 && fn[len(fn)-1] == '\n' && isFuncLine(fn[:len(fn)-1]) &&
+		len(file) > 0 && file[len(file)-1] == '\n' && isFileLine(file[:len(file)-1])
+}
+
+// isSpace is the regexp class \s.
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\f' || c == '\r' }
+
+// isFuncLine: one or more non-spaces, "(", anything, ")" at the end.
+func isFuncLine(l []byte) bool {
+	if len(l) < 3 || l[len(l)-1] != ')' {
+		return false
+	}
+	for i := 1; i < len(l)-1 && !isSpace(l[i-1]); i++ {
+		if l[i] == '(' {
+			return true
+		}
+	}
+	return false
+}
+
+// isFileLine: a tab, one or more non-spaces, ":", a digit, anything.
+func isFileLine(l []byte) bool {
+	if len(l) < 4 || l[0] != '\t' {
+		return false
+	}
+	for i := 2; i < len(l)-1 && !isSpace(l[i-1]); i++ {
+		if l[i] == ':' && l[i+1] >= '0' && l[i+1] <= '9' {
+			return true
+		}
+	}
+	return false
 }
 
 // Traceback logs the given message and dumps a stacktrace of the current
