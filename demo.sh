@@ -10,14 +10,14 @@ need=()
 command -v curl >/dev/null || need+=(curl)
 command -v ip >/dev/null || need+=(iproute2)
 command -v python3 >/dev/null || need+=(python3)
-command -v gcc >/dev/null || need+=(gcc libc6-dev) # cgo: the namespace-join constructor
+command -v gcc >/dev/null || need+=(gcc) # cgo: the namespace-join constructor
+[ -e /usr/include/stdio.h ] || need+=(libc6-dev) # and libc.a: build.sh links statically
 if [ "${#need[@]}" -gt 0 ]; then
 	[ "$(id -u)" -eq 0 ] || { echo "demo.sh: please install: ${need[*]}" >&2; exit 1; }
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-mkdir -p bin
-go build -o bin/usernet ./cmd/usernet
+./build.sh bin
 chmod 0755 bin bin/usernet
 
 as_user=()

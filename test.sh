@@ -49,7 +49,7 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v unshare >/dev/null && command -v nsenter >/dev/null || need+=(util-linux)
 command -v useradd >/dev/null || need+=(passwd)
 command -v gcc >/dev/null || need+=(gcc) # cgo: nsjoin's constructor, and go test -race
-[ -e /usr/include/stdio.h ] || need+=(libc6-dev)
+[ -e /usr/include/stdio.h ] || need+=(libc6-dev) # and libc.a: build.sh links statically
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates) # go mod download
 command -v slirp4netns >/dev/null || need+=(slirp4netns) # the reference; also run by the client tests
 # The real clients (integration/clients_test.go): rootlesskit, and rootless podman with runc,
@@ -98,12 +98,11 @@ fi
 echo "== go vet"
 go vet ./...
 
-echo "== go build ./cmd/usernet (and the usernet_debug build)"
-mkdir -p bin
-go build -o bin/usernet ./cmd/usernet
-# The same with the debugging aids (cmd/usernet/debug.go), for the tests of the plain-frame path.
+echo "== build.sh (bin/usernet and the usernet_debug build)"
+# The debug build has the debugging aids (cmd/usernet/debug.go), for the tests of the
+# plain-frame path.
 go vet -tags usernet_debug ./cmd/usernet
-go build -tags usernet_debug -o bin/usernet-debug ./cmd/usernet
+./build.sh bin
 
 echo "== private network namespaces (integration/netns.sh)"
 if ! integration/netns.sh "$PWD/test.sh" --inside-netns; then

@@ -81,7 +81,7 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v unshare >/dev/null && command -v nsenter >/dev/null && command -v setpriv >/dev/null || need+=(util-linux)
 command -v useradd >/dev/null || need+=(passwd)
 command -v gcc >/dev/null || need+=(gcc) # cgo: usernet joins namespaces in a C constructor
-[ -e /usr/include/stdio.h ] || need+=(libc6-dev)
+[ -e /usr/include/stdio.h ] || need+=(libc6-dev) # and libc.a: build.sh links statically
 command -v git >/dev/null || need+=(git)
 if [ "${#need[@]}" -gt 0 ]; then
 	echo "installing: ${need[*]}"
@@ -144,13 +144,16 @@ if [ -n "$usernet_bin" ]; then
 elif [ -n "$rev" ]; then
 	mkdir "$work/src"
 	git -C "$repo" archive "$rev" | tar -x -C "$work/src"
-	(cd "$work/src" && timeout 1200 go build -o "$work/bin/usernet" ./cmd/usernet &&
-		timeout 1200 go build -tags usernet_debug -o "$work/bin/usernet-debug" ./cmd/usernet)
+	if [ -e "$work/src/build.sh" ]; then
+		timeout 1200 sh "$work/src/build.sh" "$work/bin"
+	else # a revision from before build.sh
+		(cd "$work/src" && timeout 1200 go build -o "$work/bin/usernet" ./cmd/usernet &&
+			timeout 1200 go build -tags usernet_debug -o "$work/bin/usernet-debug" ./cmd/usernet)
+	fi
 	usernet_version="git $(git -C "$repo" rev-parse --short "$rev")"
 	[ "$(git -C "$repo" rev-parse --short "$rev")" = "$rev" ] || usernet_version+=" ($rev)"
 else
-	timeout 1200 go build -o "$work/bin/usernet" ./cmd/usernet
-	timeout 1200 go build -tags usernet_debug -o "$work/bin/usernet-debug" ./cmd/usernet
+	timeout 1200 ./build.sh "$work/bin"
 	usernet_version="git $(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown), working tree"
 fi
 timeout 600 go build -o "$work/bin/usernet-bench" ./bench/cmd/usernet-bench
