@@ -26,7 +26,8 @@ type Capturer interface {
 
 const maxCaptures = 4
 
-var replyCaptureBusy = descReply("capture: too many captures at once")
+// errorReply, not descReply: no JSON encoding in every process's initializers.
+var replyCaptureBusy = errorReply("capture: too many captures at once")
 
 // isCapture says whether raw is a capture request.
 func isCapture(raw json.RawMessage) bool {

@@ -71,3 +71,11 @@ func TestStatsCommands(t *testing.T) {
 		}
 	}
 }
+
+// TestCaptureBusyReply: the reply to a fifth capture is built without encoding/json (it
+// is made by the package's initializer in every process) and must read as descReply's.
+func TestCaptureBusyReply(t *testing.T) {
+	if got, want := string(replyCaptureBusy), string(descReply("capture: too many captures at once")); got != want {
+		t.Errorf("replyCaptureBusy = %s, want %s", got, want)
+	}
+}
