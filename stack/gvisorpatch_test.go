@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"reflect"
 	"runtime"
 	"strconv"
 	"sync"
@@ -236,5 +237,32 @@ func TestGVisorIPv4IDPatch(t *testing.T) {
 		t.Errorf("ipv4.NewProtocolWithOptions allocated %d bytes; want the buckets only (patch 0007)", got)
 	} else {
 		t.Logf("ipv4.NewProtocolWithOptions allocated %d bytes", got)
+	}
+}
+
+// TestGVisorTimerHandlerPatch fails without third_party/gvisor-patches/0009-*: every TCP
+// endpoint gave each of its five timers a closure (and a method value) at the handshake,
+// although an idle connection arms one of them. Patched, a timer holds its endpoint and
+// a handler that is a function of it, and makes the clock's closure when first armed:
+// no field of the timer is a closure.
+func TestGVisorTimerHandlerPatch(t *testing.T) {
+	ka, ok := reflect.TypeFor[tcp.Endpoint]().FieldByName("keepalive")
+	if !ok {
+		t.Fatal("tcp.Endpoint has no keepalive field")
+	}
+	tf, ok := ka.Type.FieldByName("timer")
+	if !ok {
+		t.Fatal("the endpoint's keepalive has no timer field")
+	}
+	timer := tf.Type
+	h, ok := timer.FieldByName("handler")
+	want := reflect.TypeFor[func(*tcp.Endpoint) tcpip.Error]()
+	if !ok || h.Type != want {
+		t.Errorf("the TCP timer has no handler field of type %v (patch 0009)", want)
+	}
+	for i := range timer.NumField() {
+		if f := timer.Field(i); f.Type == reflect.TypeFor[func()]() {
+			t.Errorf("the TCP timer holds a closure, %s (patch 0009)", f.Name)
+		}
 	}
 }
