@@ -163,9 +163,10 @@ func tcpAddrOf(a tcpip.FullAddress) *net.TCPAddr {
 // entry that stays registered on the endpoint's queue and calls the armed
 // callback. Closing or aborting the endpoint notifies the queue.
 //
-// WaitReadable's entry and InterruptWait share one channel: an
-// interruption is a wake that finds nothing to read (false), which the
-// interface allows to be spurious.
+// WaitReadable's entry and InterruptWait share one channel; an
+// interruption also sets interrupted, so that one that comes before the
+// wait (the relay's park timer firing while it copies) ends the next wait
+// rather than being drained with a stale wake.
 type readNotify struct {
 	ep         tcpip.Endpoint
 	wq         *waiter.Queue
@@ -176,8 +177,9 @@ type readNotify struct {
 
 	// waitEntry is WaitReadable's, registered while the relay's
 	// goroutine waits on wake.
-	waitEntry waiter.Entry
-	wake      chan struct{}
+	waitEntry   waiter.Entry
+	wake        chan struct{}
+	interrupted atomic.Bool
 }
 
 const readNotifyEvents = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
@@ -206,13 +208,20 @@ func (l *armedListener) NotifyEvent(waiter.EventMask) { (*readNotify)(l).fire() 
 type waitListener readNotify
 
 // NotifyEvent implements waiter.EventListener.
-func (l *waitListener) NotifyEvent(waiter.EventMask) { (*readNotify)(l).InterruptWait() }
+func (l *waitListener) NotifyEvent(waiter.EventMask) { (*readNotify)(l).signal() }
+
+func (n *readNotify) signal() {
+	select {
+	case n.wake <- struct{}{}:
+	default:
+	}
+}
 
 // WaitReadable implements relay.ReadNotifier.
 func (n *readNotify) WaitReadable() (bool, error) {
 	// A wake left from an earlier wait (one that found the endpoint
-	// readable at once, or an interruption after it) would end this one
-	// for nothing.
+	// readable at once) would end this one for nothing; an interruption
+	// is not lost with it (interrupted).
 	select {
 	case <-n.wake:
 	default:
@@ -222,16 +231,21 @@ func (n *readNotify) WaitReadable() (bool, error) {
 	if n.ep.Readiness(readNotifyEvents) != 0 {
 		return true, nil
 	}
+	if n.interrupted.Swap(false) {
+		return false, nil
+	}
 	<-n.wake
-	return n.ep.Readiness(readNotifyEvents) != 0, nil
+	if n.ep.Readiness(readNotifyEvents) != 0 {
+		return true, nil
+	}
+	n.interrupted.Store(false)
+	return false, nil
 }
 
 // InterruptWait implements relay.ReadNotifier.
 func (n *readNotify) InterruptWait() {
-	select {
-	case n.wake <- struct{}{}:
-	default:
-	}
+	n.interrupted.Store(true)
+	n.signal()
 }
 
 // NotifyReadable implements relay.ReadNotifier.
