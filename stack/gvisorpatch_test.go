@@ -5,16 +5,20 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"reflect"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 	"unsafe"
 
 	"gvisor.dev/gvisor/pkg/log"
 	"gvisor.dev/gvisor/pkg/state"
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
 	"gvisor.dev/gvisor/pkg/tcpip/link/pipe"
@@ -278,4 +282,122 @@ func TestGVisorLogLocalStack(t *testing.T) {
 			t.Errorf("LocalStack(%d): %d file lines for %d frames:\n%s", k, n, len(funcs), trace)
 		}
 	}
+}
+
+// TestGVisorTimerHandlerPatch fails without third_party/gvisor-patches/0009-*: every TCP
+// endpoint gave each of its five timers a closure (and a method value) at the handshake,
+// although an idle connection arms one of them. Patched, a timer holds its endpoint and
+// a handler that is a function of it, and makes the clock's closure when first armed:
+// no field of the timer is a closure.
+func TestGVisorTimerHandlerPatch(t *testing.T) {
+	ka, ok := reflect.TypeFor[tcp.Endpoint]().FieldByName("keepalive")
+	if !ok {
+		t.Fatal("tcp.Endpoint has no keepalive field")
+	}
+	tf, ok := ka.Type.FieldByName("timer")
+	if !ok {
+		t.Fatal("the endpoint's keepalive has no timer field")
+	}
+	timer := tf.Type
+	h, ok := timer.FieldByName("handler")
+	want := reflect.TypeFor[func(*tcp.Endpoint) tcpip.Error]()
+	if !ok || h.Type != want {
+		t.Errorf("the TCP timer has no handler field of type %v (patch 0009)", want)
+	}
+	for i := range timer.NumField() {
+		if f := timer.Field(i); f.Type == reflect.TypeFor[func()]() {
+			t.Errorf("the TCP timer holds a closure, %s (patch 0009)", f.Name)
+		}
+	}
+}
+
+// TestGVisorDelayedAckQueuePatch fails without third_party/gvisor-patches/0010-*: each
+// endpoint's delayed ACK (patch 0003) had a clock timer of its own, and each firing started
+// a goroutine: a thousand connections whose FINs came at once made a thousand goroutines at
+// once, whose descriptors the runtime keeps. Patched, a stack's delayed ACKs wait in one
+// queue behind one timer. Here n connections each get a byte that nobody answers: every
+// ACK is delayed, and the stack starts its clock's timer once, not n times.
+func TestGVisorDelayedAckQueuePatch(t *testing.T) {
+	const n = 100
+	clock := &countingClock{Clock: tcpip.NewStdClock()}
+	srv := gvstack.New(gvstack.Options{
+		NetworkProtocols:   []gvstack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
+		TransportProtocols: []gvstack.TransportProtocolFactory{tcp.NewProtocol},
+		Clock:              clock,
+	})
+	defer srv.Destroy()
+	delay := tcpip.TCPDelayedAckOption(20 * time.Millisecond)
+	if err := srv.SetTransportProtocolOption(tcp.ProtocolNumber, &delay); err != nil {
+		t.Fatalf("delayed ACK option: %v", err)
+	}
+	guestLink, srvLink := pipe.New(guestMAC, stackMAC, 1500)
+	if err := srv.CreateNIC(1, ethernet.New(srvLink)); err != nil {
+		t.Fatalf("CreateNIC: %v", err)
+	}
+	pa := tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber, AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpipAddr(gw4), PrefixLen: 24}}
+	if err := srv.AddProtocolAddress(1, pa, gvstack.AddressProperties{}); err != nil {
+		t.Fatalf("AddProtocolAddress: %v", err)
+	}
+	srv.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: 1}})
+	guest, _, _ := newGuest(t, ethernet.New(guestLink), false)
+	defer guest.Destroy()
+
+	ln, err := gonet.ListenTCP(srv, tcpip.FullAddress{NIC: 1, Addr: tcpipAddr(gw4), Port: 80}, ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	defer ln.Close()
+	got := make(chan net.Conn, n)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Read(make([]byte, 1)) // and never answers
+			got <- c
+		}
+	}()
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		c, err := guestDial(t, guest, netip.AddrPortFrom(gw4, 80))
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		defer c.Close()
+		conns[i] = c
+	}
+	sent := srv.Stats().TCP.SegmentsSent.Value()
+	before := clock.afterFuncs.Load()
+	for i, c := range conns {
+		if _, err := c.Write([]byte{1}); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	for range n {
+		defer (<-got).Close()
+	}
+	// Every byte's ACK, delayed.
+	for deadline := time.Now().Add(10 * time.Second); srv.Stats().TCP.SegmentsSent.Value()-sent < n; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d segments sent for %d bytes nobody answered, want an ACK each", srv.Stats().TCP.SegmentsSent.Value()-sent, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if timers := clock.afterFuncs.Load() - before; timers >= n/2 {
+		t.Errorf("%d delayed ACKs started %d clock timers, want one for all (patch 0010)", n, timers)
+	} else {
+		t.Logf("%d delayed ACKs started %d clock timers", n, timers)
+	}
+}
+
+// countingClock counts the timers started through it.
+type countingClock struct {
+	tcpip.Clock
+	afterFuncs atomic.Int64
+}
+
+func (c *countingClock) AfterFunc(d time.Duration, f func()) tcpip.Timer {
+	c.afterFuncs.Add(1)
+	return c.Clock.AfterFunc(d, f)
 }

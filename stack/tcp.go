@@ -3,16 +3,13 @@ package stack
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
 	"net/netip"
-	"sync/atomic"
 	"time"
 
 	"github.com/usernet/usernet/policy"
 	"github.com/usernet/usernet/relay"
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
@@ -87,9 +84,9 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		return
 	}
 
-	var wq waiter.Queue
+	guest := new(guestConn) // its queue is the endpoint's
 	hctx, cancel := context.WithTimeout(a.ctx, s.tcp.lim.TCPHandshakeTimeout)
-	ep, err := s.createEndpoint(hctx, r, &wq)
+	ep, err := s.createEndpoint(hctx, r, &guest.wq)
 	timedOut := errors.Is(context.Cause(hctx), context.DeadlineExceeded)
 	cancel()
 	r.Complete(false)
@@ -103,7 +100,7 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		return
 	}
 	s.tcp.established(a)
-	guest := guestConn{gonet.NewTCPConn(&wq, ep), ep, &wq, newReadNotify(ep, &wq)}
+	guest.init(ep)
 	host = s.polled(host)
 	f := s.trackFlow(policy.TCP, src, dst, hostDst, rule, func() { relay.Abort(host) })
 	// The relay runs on goroutines of its own, only while bytes flow, and
@@ -195,126 +192,4 @@ func (s *Stack) createEndpoint(ctx context.Context, r *tcp.ForwarderRequest, wq 
 		return nil, s.ctx.Err()
 	}
 	return e, nil
-}
-
-// guestConn is the guest's side of a forwarded flow, for relay: gonet
-// cannot send a RST itself, the endpoint can.
-type guestConn struct {
-	*gonet.TCPConn
-	ep tcpip.Endpoint
-	wq *waiter.Queue
-	*readNotify
-}
-
-var (
-	_ relay.Aborter      = guestConn{}
-	_ relay.ReadNotifier = guestConn{}
-	_ relay.DeepWriter   = guestConn{}
-)
-
-// GrowStack implements relay.DeepWriter: a write goes through gVisor's
-// send path down to the tap.
-func (guestConn) GrowStack() { growStack() }
-
-// Abort implements relay.Aborter: RST to the guest.
-func (c guestConn) Abort() {
-	c.ep.Abort()
-	c.TCPConn.Close()
-}
-
-// readNotify is relay.ReadNotifier for a gVisor TCP endpoint: a waiter
-// entry that stays registered on the endpoint's queue and calls the armed
-// callback. Closing or aborting the endpoint notifies the queue.
-type readNotify struct {
-	ep         tcpip.Endpoint
-	wq         *waiter.Queue
-	entry      waiter.Entry
-	registered bool // entry is on wq; only the relay's reader touches it
-	armed      atomic.Bool
-	f          func() // the armed callback: written before armed is set
-
-	// WaitReadable's entry, registered while the relay's goroutine
-	// waits on it, and its channel; kick is InterruptWait's.
-	waitEntry waiter.Entry
-	waitCh    chan struct{}
-	kick      chan struct{}
-}
-
-const readNotifyEvents = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
-
-func newReadNotify(ep tcpip.Endpoint, wq *waiter.Queue) *readNotify {
-	n := &readNotify{ep: ep, wq: wq}
-	n.waitEntry, n.waitCh = waiter.NewChannelEntry(readNotifyEvents)
-	n.kick = make(chan struct{}, 1)
-	// gVisor calls it under the endpoint's lock: it only starts the
-	// relay's goroutine.
-	n.entry = waiter.NewFunctionEntry(readNotifyEvents, func(waiter.EventMask) { n.fire() })
-	return n
-}
-
-// WaitReadable implements relay.ReadNotifier.
-func (n *readNotify) WaitReadable() (bool, error) {
-	// A signal left from an earlier wait (one that found the endpoint
-	// readable at once) would end this one for nothing.
-	select {
-	case <-n.waitCh:
-	default:
-	}
-	n.wq.EventRegister(&n.waitEntry)
-	defer n.wq.EventUnregister(&n.waitEntry)
-	if n.ep.Readiness(readNotifyEvents) != 0 {
-		return true, nil
-	}
-	select {
-	case <-n.waitCh:
-		return true, nil
-	case <-n.kick:
-		return false, nil
-	}
-}
-
-// InterruptWait implements relay.ReadNotifier.
-func (n *readNotify) InterruptWait() {
-	select {
-	case n.kick <- struct{}{}:
-	default:
-	}
-}
-
-// NotifyReadable implements relay.ReadNotifier.
-func (n *readNotify) NotifyReadable(f func()) {
-	n.f = f
-	n.armed.Store(true)
-	if !n.registered {
-		n.wq.EventRegister(&n.entry)
-		n.registered = true
-	}
-	if n.ep.Readiness(readNotifyEvents) != 0 {
-		n.fire()
-	}
-}
-
-func (n *readNotify) fire() {
-	if n.armed.CompareAndSwap(true, false) {
-		n.f()
-	}
-}
-
-// ReadNow implements relay.ReadNotifier: gonet's Read without its wait.
-func (n *readNotify) ReadNow(p []byte) (int, error) {
-	w := tcpip.SliceWriter(p)
-	res, err := n.ep.Read(&w, tcpip.ReadOptions{})
-	switch err.(type) {
-	case nil:
-	case *tcpip.ErrWouldBlock:
-		return 0, relay.ErrWouldBlock
-	case *tcpip.ErrClosedForReceive:
-		return 0, io.EOF
-	default:
-		return 0, &net.OpError{Op: "read", Net: "tcp", Err: errors.New(err.String())}
-	}
-	if res.Count != 0 {
-		n.ep.ModerateRecvBuf(res.Count)
-	}
-	return res.Count, nil
 }

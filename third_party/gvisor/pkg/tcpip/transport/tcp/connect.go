@@ -133,33 +133,49 @@ type handshake struct {
 // cannot recover f's captured sender to express that exclusion; the returned
 // callback runs later, so its lock state is not a precondition on timerHandler.
 func timerHandler(e *Endpoint, f func() tcpip.Error) func() {
-	return func() {
-		e.mu.Lock()
-		if err := f(); err != nil {
-			e.lastErrorMu.Lock()
-			// If the handler timed out and we have a lastError recorded (maybe due
-			// to an ICMP message received), promote it to be the hard error.
-			if _, isTimeout := err.(*tcpip.ErrTimeout); e.lastError != nil && isTimeout {
-				e.hardError = e.lastError
-			} else {
-				e.hardError = err
-			}
-			e.lastError = err
-			e.lastErrorMu.Unlock()
-			e.cleanupLocked()
-			e.setEndpointState(StateError)
-			e.mu.Unlock()
-			e.waiterQueue.Notify(waiter.EventHUp | waiter.EventErr | waiter.ReadableEvents | waiter.WritableEvents)
-			return
-		}
-		processor := e.protocol.dispatcher.selectProcessor(e.ID)
-		e.mu.Unlock()
+	return func() { e.timerExpired(f, nil) }
+}
 
-		// notify processor if there are pending segments to be
-		// processed.
-		if !e.segmentQueue.empty() {
-			processor.queueEndpoint(e)
+// endpointTimerHandler is timerHandler for a handler that is a function
+// of the endpoint (timer.handler).
+func endpointTimerHandler(e *Endpoint, h func(*Endpoint) tcpip.Error) func() {
+	return func() { e.timerExpired(nil, h) }
+}
+
+// timerExpired runs a timer's handler, f or h(e), with e.mu held, as
+// timerHandler describes.
+func (e *Endpoint) timerExpired(f func() tcpip.Error, h func(*Endpoint) tcpip.Error) {
+	e.mu.Lock()
+	var err tcpip.Error
+	if f != nil {
+		err = f()
+	} else {
+		err = h(e)
+	}
+	if err != nil {
+		e.lastErrorMu.Lock()
+		// If the handler timed out and we have a lastError recorded (maybe due
+		// to an ICMP message received), promote it to be the hard error.
+		if _, isTimeout := err.(*tcpip.ErrTimeout); e.lastError != nil && isTimeout {
+			e.hardError = e.lastError
+		} else {
+			e.hardError = err
 		}
+		e.lastError = err
+		e.lastErrorMu.Unlock()
+		e.cleanupLocked()
+		e.setEndpointState(StateError)
+		e.mu.Unlock()
+		e.waiterQueue.Notify(waiter.EventHUp | waiter.EventErr | waiter.ReadableEvents | waiter.WritableEvents)
+		return
+	}
+	processor := e.protocol.dispatcher.selectProcessor(e.ID)
+	e.mu.Unlock()
+
+	// notify processor if there are pending segments to be
+	// processed.
+	if !e.segmentQueue.empty() {
+		processor.queueEndpoint(e)
 	}
 }
 

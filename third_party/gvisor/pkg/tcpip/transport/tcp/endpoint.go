@@ -598,10 +598,9 @@ type Endpoint struct {
 
 	// ackDelay, when above zero, is how long an ACK for a little data may
 	// wait for a segment of ours to carry it (usernet patch: delayed ACK;
-	// tcpip.TCPDelayedAckOption, off by default). ackTimer sends it when nothing
-	// did; ackArmed says one is pending.
+	// tcpip.TCPDelayedAckOption, off by default). The protocol's ackQueue
+	// sends it when nothing did; ackArmed says one is pending, ackGen which.
 	ackDelay time.Duration
-	ackTimer tcpip.Timer `state:"nosave"`
 
 	// listenCtx is used by listening endpoints to store state used while listening for
 	// connections. Nil otherwise.
@@ -640,6 +639,7 @@ type Endpoint struct {
 	// an endpoint (with the runtime's header) in the 1536-byte size class.
 	// (usernet patch)
 	ackArmed bool
+	ackGen   uint32 `state:"nosave"`
 
 	// pendingProcessing is true if this endpoint is queued for processing
 	// to a TCP processor.
@@ -959,7 +959,7 @@ func newEndpoint(s *stack.Stack, protocol *protocol, netProto tcpip.NetworkProto
 
 	// TODO(https://gvisor.dev/issues/7493): Defer creating the timer until TCP connection becomes
 	// established.
-	e.keepalive.timer.init(e.stack.Clock(), timerHandler(e, e.keepaliveTimerExpired))
+	e.keepalive.timer.init(e, (*Endpoint).keepaliveTimerExpired)
 
 	return e
 }
@@ -1243,10 +1243,7 @@ func (e *Endpoint) cleanupLocked() {
 		e.timeWaitTimer.Stop()
 	}
 
-	if e.ackTimer != nil {
-		e.ackTimer.Stop()
-	}
-	e.ackArmed = false
+	e.ackArmed = false // its ackQueue entry finds it so
 
 	// Remove current EP from its lEP acceptQueue.pendingEndpoint if exists.
 	if e.h != nil && e.h.listenEP != nil {

@@ -112,6 +112,8 @@ type protocol struct {
 	// +checklocks:mu
 	lingerTimeout time.Duration
 	ackDelay      time.Duration
+	// acks holds the endpoints' pending delayed ACKs (usernet patch).
+	acks ackQueue `state:"nosave"`
 	// +checklocks:mu
 	timeWaitTimeout time.Duration
 	// +checklocks:mu

@@ -251,6 +251,16 @@ type rtt struct {
 	TCPRTTState
 }
 
+// initTimers initializes the sender's timers. Their handlers are
+// functions of the endpoint (no closure each): they find the sender
+// through it.
+func (s *sender) initTimers() {
+	s.resendTimer.init(s.ep, func(e *Endpoint) tcpip.Error { return e.snd.retransmitTimerExpired() })
+	s.reorderTimer.init(s.ep, func(e *Endpoint) tcpip.Error { return e.snd.rc.reorderTimerExpired() })
+	s.probeTimer.init(s.ep, func(e *Endpoint) tcpip.Error { return e.snd.probeTimerExpired() })
+	s.corkTimer.init(s.ep, func(e *Endpoint) tcpip.Error { return e.snd.corkTimerExpired() })
+}
+
 // initSender creates a new sender while the endpoint is locked. Its helpers
 // may acquire the new sender's RTT mutex, which cannot be held by the caller.
 // This imposes no exclusion on the previous ep.snd's RTT mutex.
@@ -300,10 +310,7 @@ func initSender(ep *Endpoint, iss, irs seqnum.Value, sndWnd seqnum.Size, mss uin
 		ep.snd.SndWndScale = uint8(sndWndScale)
 	}
 
-	ep.snd.resendTimer.init(ep.snd.ep.stack.Clock(), timerHandler(ep.snd.ep, ep.snd.retransmitTimerExpired))
-	ep.snd.reorderTimer.init(ep.snd.ep.stack.Clock(), timerHandler(ep.snd.ep, ep.snd.rc.reorderTimerExpired))
-	ep.snd.probeTimer.init(ep.snd.ep.stack.Clock(), timerHandler(ep.snd.ep, ep.snd.probeTimerExpired))
-	ep.snd.corkTimer.init(ep.snd.ep.stack.Clock(), timerHandler(ep.snd.ep, ep.snd.corkTimerExpired))
+	ep.snd.initTimers()
 
 	ep.snd.updateMaxPayloadSize(int(ep.snd.ep.route.MTU()), 0)
 	// Initialize SACK Scoreboard after updating max payload size as we use

@@ -55,7 +55,9 @@ const (
 type timer struct {
 	state timerState
 
-	clock tcpip.Clock
+	// ep is the endpoint the timer belongs to: its stack's clock is the
+	// timer's, and the handler runs under its mutex.
+	ep *Endpoint
 
 	// target is the expiration time of the current timer. It is only
 	// meaningful in the enabled state.
@@ -68,16 +70,19 @@ type timer struct {
 	// timer is the clock timer used to wait on.
 	timer tcpip.Timer
 
-	// callback is the function that's called when the timer expires.
-	callback func()
+	// handler is called, through timerHandler, when the timer expires. A
+	// function of the endpoint rather than a closure: the closure the
+	// clock needs is made when the timer is first armed, so that an idle
+	// connection's timers that never ran cost only their fields.
+	handler func(*Endpoint) tcpip.Error
 }
 
-// init initializes the timer. Once it expires the function callback
-// passed will be called.
-func (t *timer) init(clock tcpip.Clock, f func()) {
+// init initializes the timer. Once it expires, handler is called with
+// e.mu held (timerHandler).
+func (t *timer) init(e *Endpoint, handler func(*Endpoint) tcpip.Error) {
 	t.state = timerStateDisabled
-	t.clock = clock
-	t.callback = f
+	t.ep = e
+	t.handler = handler
 }
 
 // cleanup frees all resources associated with the timer.
@@ -110,7 +115,7 @@ func (t *timer) checkExpiration() bool {
 
 	// The timer is enabled, but it may have expired early. Check if that's
 	// the case, and if so, reset the runtime timer to the correct time.
-	now := t.clock.NowMonotonic()
+	now := t.ep.stack.Clock().NowMonotonic()
 	if now.Before(t.target) {
 		t.clockTarget = t.target
 		t.timer.Reset(t.target.Sub(now))
@@ -138,7 +143,7 @@ func (t *timer) enabled() bool {
 
 // enable enables the timer, programming the runtime timer if necessary.
 func (t *timer) enable(d time.Duration) {
-	t.target = t.clock.NowMonotonic().Add(d)
+	t.target = t.ep.stack.Clock().NowMonotonic().Add(d)
 
 	// Check if we need to set the runtime timer.
 	if t.state == timerStateDisabled || t.target.Before(t.clockTarget) {
@@ -153,7 +158,7 @@ func (t *timer) enable(d time.Duration) {
 // the given duration if it does.
 func (t *timer) resetOrStart(d time.Duration) {
 	if t.timer == nil {
-		t.timer = t.clock.AfterFunc(d, t.callback)
+		t.timer = t.ep.stack.Clock().AfterFunc(d, endpointTimerHandler(t.ep, t.handler))
 	} else {
 		t.timer.Reset(d)
 	}
