@@ -55,11 +55,10 @@ type directPath struct {
 type directKey struct{ src, dst netip.AddrPort }
 
 const (
-	// directWindow is the receive window advertised to the guest while
-	// the host socket takes what it is given.
-	directWindow = 1 << 20
+	// directWindow bounds the receive window advertised to the guest.
+	directWindow = 4 << 20
 	// directWS is the window shift advertised to a guest that scales.
-	directWS = 5
+	directWS = 7
 	// directBufSize bounds the host data peeked at once, in frames.
 	directBufSize = 160 << 10
 	// directHdrMax is the largest header of a data segment to the guest:
@@ -176,10 +175,12 @@ func (d *directPath) input(pkt *gvstack.PacketBuffer, src, dst netip.Addr, hl, t
 	if off < header.TCPMinimumSize || hl+off > total {
 		return false // gVisor counts and drops it
 	}
+	// PullUp may move the bytes: tcp is read again from the new slice.
 	b = peek(pkt, total)
 	if len(b) < total {
 		return false
 	}
+	tcp = header.TCP(b[hl:])
 	seg := directSeg{
 		flags:   flags,
 		seq:     tcp.SequenceNumber(),
@@ -327,6 +328,7 @@ type directConn struct {
 	mss           int
 
 	writeBlocked bool // the host socket was full: window 0 until EPOLLOUT
+	wantOut      bool // a small window was advertised: update it at EPOLLOUT
 	overrun      bool // guest data beyond what the socket took was dropped
 	hostEOF      bool
 	hostEnd      uint32 // with hostEOF: the sequence number of our FIN
@@ -473,8 +475,8 @@ func (c *directConn) hostEvent(ev uint32) {
 				return
 			}
 		}
-		if ev&unix.EPOLLOUT != 0 && c.writeBlocked {
-			c.writeBlocked = false
+		if ev&unix.EPOLLOUT != 0 && (c.writeBlocked || c.wantOut) {
+			c.writeBlocked, c.wantOut = false, false
 			c.sendAckLocked()
 			if c.overrun {
 				// The guest sent beyond what the socket took and waits
@@ -633,15 +635,37 @@ func (c *directConn) dataLocked(seq uint32, data []byte, fin bool) {
 	c.sendAckLocked()
 }
 
-// rcvWindowLocked is the window offered to the guest.
+// rcvWindowLocked is the window offered to the guest: the room in the
+// host socket's send buffer (pasta's way), so that the guest never sends
+// more than the socket takes. A guest that did (writeBlocked) gets 0
+// until the socket drains.
 func (c *directConn) rcvWindowLocked() uint32 {
-	if c.writeBlocked {
+	if c.writeBlocked || c.fd < 0 {
 		return 0
 	}
+	limit := uint32(directWindow)
 	if !c.scaled {
-		return 0xffff
+		limit = 0xffff
 	}
-	return directWindow
+	sndbuf, err := unix.GetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
+	if err != nil {
+		return limit
+	}
+	outq, err := unix.IoctlGetInt(c.fd, unix.SIOCOUTQ)
+	if err != nil {
+		return limit
+	}
+	// The kernel counts buffers with their overhead against SO_SNDBUF:
+	// leave it an eighth.
+	free := uint32(max(sndbuf-sndbuf/8-outq, 0))
+	if free < limit/4 && !c.wantOut {
+		// A small window wants an update once the socket drains: EPOLLOUT
+		// comes (edge-triggered) only after a poll found the socket not
+		// writable, which re-arming makes epoll do.
+		c.wantOut = true
+		c.d.ctl(unix.EPOLL_CTL_MOD, c.fd, c.id)
+	}
+	return min(free, limit)
 }
 
 func (c *directConn) sendAckLocked() {
@@ -680,8 +704,8 @@ func (c *directConn) sendMoreLocked() {
 	for {
 		if c.hostEOF {
 			if c.sndNxt == c.hostEnd {
-				c.hdr.control(c.d.s, c.sndNxt, c.rcvNxt, header.TCPFlagFin|header.TCPFlagAck, windowField(c.rcvWindowLocked(), c.rcvWS), nil)
 				c.sentLocked(1, false)
+				c.hdr.control(c.d.s, c.hostEnd, c.rcvNxt, header.TCPFlagFin|header.TCPFlagAck, windowField(c.rcvWindowLocked(), c.rcvWS), nil)
 			}
 			if c.sndNxt == c.hostEnd+1 {
 				return
@@ -727,8 +751,9 @@ func (c *directConn) sendMoreLocked() {
 		for off := 0; n > 0; off += slot {
 			m := min(n, c.mss)
 			frame := buf[off : off+c.hdr.n+m]
-			c.hdr.segment(c.d.s, frame, c.sndNxt, c.rcvNxt, header.TCPFlagAck|header.TCPFlagPsh, wnd)
-			c.sentLocked(uint32(m), true)
+			seq := c.sndNxt
+			c.sentLocked(uint32(m), true) // counted before the guest can see it
+			c.hdr.segment(c.d.s, frame, seq, c.rcvNxt, header.TCPFlagAck|header.TCPFlagPsh, wnd)
 			n -= m
 		}
 		if got < want && !c.rdhup {
