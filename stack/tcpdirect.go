@@ -329,6 +329,9 @@ type directConn struct {
 
 	writeBlocked bool // the host socket was full: window 0 until EPOLLOUT
 	wantOut      bool // a small window was advertised: update it at EPOLLOUT
+	unacked      int  // guest bytes taken since the last ACK
+	ackDelayed   bool // ackTimer will send the ACK unless a segment carries it
+	ackTimer     *time.Timer
 	overrun      bool // guest data beyond what the socket took was dropped
 	hostEOF      bool
 	hostEnd      uint32 // with hostEOF: the sequence number of our FIN
@@ -632,7 +635,30 @@ func (c *directConn) dataLocked(seq uint32, data []byte, fin bool) {
 		c.rcvNxt++
 		c.guestFin = true
 	}
+	c.unacked += len(data)
+	if delay := c.d.s.cfg.AckDelay; delay > 0 && !fin && !c.writeBlocked && c.unacked < 2*c.mss {
+		// A small request: its answer may carry the ACK (as gVisor's
+		// patched delayed ACK does on the other path).
+		if !c.ackDelayed {
+			c.ackDelayed = true
+			if c.ackTimer == nil {
+				c.ackTimer = time.AfterFunc(delay, c.onAckTimer)
+			} else {
+				c.ackTimer.Reset(delay)
+			}
+		}
+		return
+	}
 	c.sendAckLocked()
+}
+
+// onAckTimer sends a delayed ACK no answer carried.
+func (c *directConn) onAckTimer() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ackDelayed && c.state == established {
+		c.sendAckLocked()
+	}
 }
 
 // rcvWindowLocked is the window offered to the guest: the room in the
@@ -669,7 +695,18 @@ func (c *directConn) rcvWindowLocked() uint32 {
 }
 
 func (c *directConn) sendAckLocked() {
+	c.ackedLocked()
 	c.hdr.control(c.d.s, c.sndNxt, c.rcvNxt, header.TCPFlagAck, windowField(c.rcvWindowLocked(), c.rcvWS), nil)
+}
+
+// ackedLocked notes that a segment about to go acknowledges all the
+// guest has sent.
+func (c *directConn) ackedLocked() {
+	c.unacked = 0
+	if c.ackDelayed {
+		c.ackDelayed = false
+		c.ackTimer.Stop()
+	}
 }
 
 func (c *directConn) rtoLocked() time.Duration {
@@ -704,6 +741,7 @@ func (c *directConn) sendMoreLocked() {
 	for {
 		if c.hostEOF {
 			if c.sndNxt == c.hostEnd {
+				c.ackedLocked()
 				c.sentLocked(1, false)
 				c.hdr.control(c.d.s, c.hostEnd, c.rcvNxt, header.TCPFlagFin|header.TCPFlagAck, windowField(c.rcvWindowLocked(), c.rcvWS), nil)
 			}
@@ -747,6 +785,7 @@ func (c *directConn) sendMoreLocked() {
 			continue
 		}
 		wnd := windowField(c.rcvWindowLocked(), c.rcvWS)
+		c.ackedLocked()
 		got := n
 		for off := 0; n > 0; off += slot {
 			m := min(n, c.mss)
@@ -850,6 +889,9 @@ func (c *directConn) freeLocked(rst bool) {
 	}
 	c.state = closed
 	c.timer.Stop()
+	if c.ackTimer != nil {
+		c.ackTimer.Stop()
+	}
 	if c.stopAttempt != nil {
 		c.stopAttempt()
 		c.stopAttempt = nil
