@@ -329,6 +329,7 @@ type directConn struct {
 
 	writeBlocked bool // the host socket was full: window 0 until EPOLLOUT
 	wantOut      bool // a small window was advertised: update it at EPOLLOUT
+	sndbuf       int  // the host socket's SO_SNDBUF, as last read
 	unacked      int  // guest bytes taken since the last ACK
 	ackDelayed   bool // ackTimer will send the ACK unless a segment carries it
 	ackTimer     *time.Timer
@@ -424,6 +425,7 @@ func (c *directConn) connectedLocked() {
 	s := c.d.s
 	s.tcp.dialed(c.a)
 	c.state = synReceived
+	c.sndbuf, _ = unix.GetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
 	c.sendSynAckLocked()
 	c.timer.Reset(s.tcp.lim.TCPHandshakeTimeout)
 }
@@ -673,17 +675,21 @@ func (c *directConn) rcvWindowLocked() uint32 {
 	if !c.scaled {
 		limit = 0xffff
 	}
-	sndbuf, err := unix.GetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
-	if err != nil {
-		return limit
-	}
 	outq, err := unix.IoctlGetInt(c.fd, unix.SIOCOUTQ)
 	if err != nil {
 		return limit
 	}
 	// The kernel counts buffers with their overhead against SO_SNDBUF:
 	// leave it an eighth.
-	free := uint32(max(sndbuf-sndbuf/8-outq, 0))
+	free := uint32(max(c.sndbuf-c.sndbuf/8-outq, 0))
+	if free < limit/4 {
+		// The kernel grows the buffer as the connection speeds up: look
+		// again only when it seems tight.
+		if b, err := unix.GetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_SNDBUF); err == nil && b != c.sndbuf {
+			c.sndbuf = b
+			free = uint32(max(b-b/8-outq, 0))
+		}
+	}
 	if free < limit/4 && !c.wantOut {
 		// A small window wants an update once the socket drains: EPOLLOUT
 		// comes (edge-triggered) only after a poll found the socket not
