@@ -28,6 +28,8 @@
 //	             itself; udperr.go turns host ICMP errors into ICMP;
 //	             udplimits.go bounds the flows, ports and buffers
 //	ping.go      ICMP echo → an unprivileged host ping socket, bounded
+//	tcpdirect.go with Config.DirectTCP, the guest's outbound TCP from the
+//	             filter straight to host sockets, without gVisor
 //	route.go     where a flow may go: the single place that keeps traffic for
 //	             the virtual network off the host's network
 //	hostsock.go  every host socket of a flow is opened here
