@@ -452,3 +452,72 @@ func TestDirectTCPRetransmission(t *testing.T) {
 		}
 	})
 }
+
+// TestDirectTCPHostileSegments sends a direct flow's 4-tuple segments a
+// broken or hostile namespace could: none may reach the host socket, end
+// the flow, or take the process down.
+func TestDirectTCPHostileSegments(t *testing.T) {
+	goroutineLeakCheck(t)
+	ln := listenTCP(t, "tcp4", "127.0.0.1:0", echoServe)
+	e, gw := startDirectEnv(t, false, nil)
+	dst := netip.AddrPortFrom(gw, portOf(ln.Addr()))
+	c, err := guestDial(t, e.guest, dst)
+	if err != nil {
+		t.Fatalf("guest dial: %v", err)
+	}
+	defer c.Close()
+	echo := func(msg string) {
+		t.Helper()
+		if _, err := io.WriteString(c, msg); err != nil {
+			t.Fatalf("guest write: %v", err)
+		}
+		buf := make([]byte, len(msg))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
+			t.Fatalf("echo = %q, %v; want %q", buf, err, msg)
+		}
+	}
+	echo("before")
+	src := netip.MustParseAddrPort(c.LocalAddr().String())
+	e.s.direct.mu.Lock()
+	dc := e.s.direct.conns[directKey{src, dst}]
+	e.s.direct.mu.Unlock()
+	if dc == nil {
+		t.Fatal("no direct flow for the connection")
+	}
+	dc.mu.Lock()
+	rcvNxt, sndNxt := dc.rcvNxt, dc.sndNxt
+	dc.mu.Unlock()
+
+	seg := func(seq, ack uint32, flags header.TCPFlags, doff uint8, payload []byte) []byte {
+		tcp := make([]byte, header.TCPMinimumSize+len(payload))
+		header.TCP(tcp).Encode(&header.TCPFields{SrcPort: src.Port(), DstPort: dst.Port(), SeqNum: seq, AckNum: ack,
+			DataOffset: header.TCPMinimumSize, Flags: flags, WindowSize: 1000})
+		tcp[12] = doff << 4
+		copy(tcp[header.TCPMinimumSize:], payload)
+		return ipv4Packet(src.Addr(), dst.Addr(), header.TCPProtocolNumber, tcp)
+	}
+	evil := []byte("EVIL")
+	for _, p := range [][]byte{
+		seg(rcvNxt+1000, sndNxt, header.TCPFlagRst, 5, nil),                                // RST in the window, not at RCV.NXT
+		seg(rcvNxt+1<<30, sndNxt, header.TCPFlagRst|header.TCPFlagAck, 5, nil),             // RST far away
+		seg(rcvNxt+1<<30, sndNxt, header.TCPFlagAck|header.TCPFlagPsh, 5, evil),            // data far out of the window
+		seg(rcvNxt-100, sndNxt, header.TCPFlagAck|header.TCPFlagPsh, 5, evil),              // old data
+		seg(rcvNxt, sndNxt+1<<20, header.TCPFlagAck, 5, nil),                               // acknowledges what was never sent
+		seg(rcvNxt, sndNxt, header.TCPFlagAck|header.TCPFlagPsh, 15, evil),                 // data offset beyond the segment
+		seg(rcvNxt, sndNxt, header.TCPFlagAck|header.TCPFlagPsh, 2, evil),                  // data offset too small
+		seg(rcvNxt, 0, header.TCPFlagSyn, 5, nil),                                          // a SYN on the flow
+		seg(rcvNxt, sndNxt, header.TCPFlagSyn|header.TCPFlagFin|header.TCPFlagUrg, 5, nil), // nonsense flags
+		seg(rcvNxt, sndNxt, header.TCPFlagPsh, 5, evil),                                    // data without ACK
+		seg(rcvNxt, sndNxt, header.TCPFlagAck, 5, nil)[:header.IPv4MinimumSize+10],         // truncated header
+	} {
+		injectFrame(t, e.guest, header.IPv4ProtocolNumber, stackMAC, p)
+	}
+	echo("after")
+	if n := e.s.direct.flowCount(); n != 1 {
+		t.Errorf("the direct path holds %d flows, want 1", n)
+	}
+	if conns := e.s.Connections(); len(conns) != 1 || conns[0].BytesOut != uint64(len("before")+len("after")) {
+		t.Errorf("Connections() = %+v; want one flow of %d bytes out", conns, len("before")+len("after"))
+	}
+}
