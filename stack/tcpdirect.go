@@ -59,8 +59,10 @@ const (
 	directWindow = 4 << 20
 	// directWS is the window shift advertised to a guest that scales.
 	directWS = 7
-	// directBufSize bounds the host data peeked at once, in frames.
+	// directBufSize and directMaxSegs bound the host data peeked at
+	// once, in frames.
 	directBufSize = 160 << 10
+	directMaxSegs = 64
 	// directHdrMax is the largest header of a data segment to the guest:
 	// Ethernet, IPv6, TCP without options.
 	directHdrMax = header.EthernetMinimumSize + header.IPv6MinimumSize + header.TCPMinimumSize
@@ -743,7 +745,7 @@ func (c *directConn) sendMoreLocked() {
 			c.d.bufs.Put(bp)
 		}
 	}()
-	var iov [directBufSize / (directHdrMax + 64)][]byte
+	var iov [directMaxSegs][]byte
 	for {
 		if c.hostEOF {
 			if c.sndNxt == c.hostEnd {
@@ -868,9 +870,11 @@ func (c *directConn) maybeDoneLocked() {
 // peer if rstHost.
 func (c *directConn) resetLocked(rstHost bool) {
 	if c.state == synReceived || c.state == established {
+		// The guest expects a byte between sndUna and sndMax: it takes a
+		// RST only at the one it expects.
 		w := windowField(0, 0)
-		c.hdr.control(c.d.s, c.sndNxt, c.rcvNxt, header.TCPFlagRst|header.TCPFlagAck, w, nil)
-		if c.sndUna != c.sndNxt {
+		c.hdr.control(c.d.s, c.sndMax, c.rcvNxt, header.TCPFlagRst|header.TCPFlagAck, w, nil)
+		if c.sndUna != c.sndMax {
 			c.hdr.control(c.d.s, c.sndUna, c.rcvNxt, header.TCPFlagRst|header.TCPFlagAck, w, nil)
 		}
 	} else if c.state == dialing {
