@@ -521,3 +521,31 @@ func TestDirectTCPHostileSegments(t *testing.T) {
 		t.Errorf("Connections() = %+v; want one flow of %d bytes out", conns, len("before")+len("after"))
 	}
 }
+
+// TestDirectTCPStackStopResetsFlows stops the Stack under a live direct
+// flow: Run must return, and the host peer must see the connection reset.
+func TestDirectTCPStackStopResetsFlows(t *testing.T) {
+	goroutineLeakCheck(t)
+	hostErr := make(chan error, 1)
+	ln := listenTCP(t, "tcp4", "127.0.0.1:0", func(c net.Conn) {
+		io.WriteString(c, "hi")
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err := io.ReadAll(c)
+		hostErr <- err
+	})
+	e, gw := startDirectEnv(t, false, nil)
+	c, err := guestDial(t, e.guest, netip.AddrPortFrom(gw, portOf(ln.Addr())))
+	if err != nil {
+		t.Fatalf("guest dial: %v", err)
+	}
+	defer c.Close()
+	buf := make([]byte, 2)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatalf("guest read: %v", err)
+	}
+	e.stop(t)
+	if err := <-hostErr; !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("host read after the Stack stopped: %v, want ECONNRESET", err)
+	}
+}
