@@ -746,6 +746,7 @@ func (c *directConn) sendMoreLocked() {
 		}
 	}()
 	var iov [directMaxSegs][]byte
+	var scratch []byte // for segments the tap takes one by one
 	for {
 		if c.hostEOF {
 			if c.sndNxt == c.hostEnd {
@@ -771,10 +772,16 @@ func (c *directConn) sendMoreLocked() {
 			bp = c.d.bufs.Get().(*[]byte)
 		}
 		buf := *bp
-		slot := c.hdr.n + c.mss
+		// A frame's payload: one segment, or with GSO as many whole
+		// segments as one frame takes.
+		seg := c.mss
+		if gso := c.hdr.gsoPayload(c.mss); c.d.s.tapLink.GSO() && gso > c.mss {
+			seg = gso
+		}
+		slot := c.hdr.n + seg
 		k, want := 0, 0
 		for off := 0; off+slot <= len(buf) && want < int(avail) && k < len(iov); off += slot {
-			m := min(c.mss, int(avail)-want)
+			m := min(seg, int(avail)-want)
 			iov[k] = buf[off+c.hdr.n : off+c.hdr.n+m]
 			want += m
 			k++
@@ -796,11 +803,18 @@ func (c *directConn) sendMoreLocked() {
 		c.ackedLocked()
 		got := n
 		for off := 0; n > 0; off += slot {
-			m := min(n, c.mss)
+			m := min(n, seg)
 			frame := buf[off : off+c.hdr.n+m]
 			seq := c.sndNxt
 			c.sentLocked(uint32(m), true) // counted before the guest can see it
-			c.hdr.segment(c.d.s, frame, seq, c.rcvNxt, header.TCPFlagAck|header.TCPFlagPsh, wnd)
+			if m <= c.mss {
+				c.hdr.segment(c.d.s, frame, seq, c.rcvNxt, header.TCPFlagAck|header.TCPFlagPsh, wnd)
+			} else {
+				if scratch == nil {
+					scratch = make([]byte, c.hdr.n+c.mss)
+				}
+				c.hdr.segments(c.d.s, frame, c.mss, seq, c.rcvNxt, header.TCPFlagAck|header.TCPFlagPsh, wnd, scratch)
+			}
 			n -= m
 		}
 		if got < want && !c.rdhup {

@@ -110,7 +110,14 @@ func TestWindowField(t *testing.T) {
 // guest's link.
 func startDirectEnv(t *testing.T, v6 bool, wrap func(gvstack.LinkEndpoint) gvstack.LinkEndpoint) (*env, netip.Addr) {
 	t.Helper()
-	e, _ := startTapEnvCfg(t, 1500, false, v6, func(c *Config) { c.DirectTCP = true }, wrap)
+	return startDirectEnvVnet(t, v6, false, wrap)
+}
+
+// startDirectEnvVnet is startDirectEnv with virtio-net headers and GSO on
+// both ends if vnet.
+func startDirectEnvVnet(t *testing.T, v6, vnet bool, wrap func(gvstack.LinkEndpoint) gvstack.LinkEndpoint) (*env, netip.Addr) {
+	t.Helper()
+	e, _ := startTapEnvCfg(t, 1500, vnet, v6, func(c *Config) { c.DirectTCP = true }, wrap)
 	if e.s.direct == nil {
 		t.Fatal("the direct path is off with Config.DirectTCP set")
 	}
@@ -200,11 +207,18 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 // TestDirectTCPBulk sends a few MB both ways at once through an echo
 // server and compares every byte.
+// With vnet, the host's data goes to the guest in GSO frames.
 func TestDirectTCPBulk(t *testing.T) {
+	for _, vnet := range []bool{false, true} {
+		t.Run(map[bool]string{false: "plain", true: "vnet"}[vnet], func(t *testing.T) { testDirectTCPBulk(t, vnet) })
+	}
+}
+
+func testDirectTCPBulk(t *testing.T, vnet bool) {
 	forBothFamilies(t, func(t *testing.T, v6 bool) {
 		goroutineLeakCheck(t)
 		ln := listenTCP(t, loopbackNetwork(v6), loopbackAddr(v6), echoServe)
-		e, gw := startDirectEnv(t, v6, nil)
+		e, gw := startDirectEnvVnet(t, v6, vnet, nil)
 		c, err := guestDial(t, e.guest, netip.AddrPortFrom(gw, portOf(ln.Addr())))
 		if err != nil {
 			t.Fatalf("guest dial: %v", err)
@@ -234,6 +248,9 @@ func TestDirectTCPBulk(t *testing.T) {
 		}
 		if !bytes.Equal(got, data) {
 			t.Fatalf("echoed %d bytes (sha256 %x), want the %d sent (sha256 %x)", len(got), sha256.Sum256(got), size, sha256.Sum256(data))
+		}
+		if st := e.s.Stats(); vnet && st.Tap.TxBytes/max(st.Tap.TxFrames, 1) < 4*1500 {
+			t.Errorf("%d bytes in %d frames to the guest: want GSO frames of several segments", st.Tap.TxBytes, st.Tap.TxFrames)
 		}
 	})
 }

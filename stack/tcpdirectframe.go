@@ -66,9 +66,16 @@ func newDirectHdr(s *Stack, key directKey, mac [6]byte) directHdr {
 	return h
 }
 
-// fill writes the headers into frame, whose TCP options (optLen bytes)
+// send writes the headers into frame, whose TCP options (optLen bytes)
 // and payload are in place after h.n bytes, and sends it.
 func (h *directHdr) send(s *Stack, frame []byte, optLen int, seq, ack uint32, flags header.TCPFlags, wnd uint16) {
+	h.fill(frame, optLen, seq, ack, flags, wnd)
+	// A frame the tap refuses is lost as on a wire; TCP recovers.
+	s.tapLink.WritePartial(frame, h.tcpAt, 16)
+}
+
+// fill writes the headers into frame, as send.
+func (h *directHdr) fill(frame []byte, optLen int, seq, ack uint32, flags header.TCPFlags, wnd uint16) {
 	copy(frame, h.b[:h.n])
 	tcpLen := len(frame) - h.tcpAt
 	if h.v6 {
@@ -86,8 +93,37 @@ func (h *directHdr) send(s *Stack, frame []byte, optLen int, seq, ack uint32, fl
 	binary.BigEndian.PutUint16(t[14:], wnd)
 	binary.BigEndian.PutUint16(t[16:], checksum.Combine(h.pseudo, uint16(tcpLen)))
 	binary.BigEndian.PutUint16(t[18:], 0)
-	// A frame the tap refuses is lost as on a wire; TCP recovers.
-	s.tapLink.WritePartial(frame, h.tcpAt, 16)
+}
+
+// gsoPayload is the most payload one GSO frame of segments of mss bytes
+// carries: whole segments within IP's 16-bit length.
+func (h *directHdr) gsoPayload(mss int) int {
+	max := 0xffff - header.TCPMinimumSize
+	if !h.v6 {
+		max -= header.IPv4MinimumSize
+	}
+	return max / mss * mss
+}
+
+// segments sends frame (h.n bytes of room, then the payload) as segments
+// of mss bytes: one GSO frame when the tap takes it, else one frame each,
+// copied through scratch (h.n+mss bytes).
+func (h *directHdr) segments(s *Stack, frame []byte, mss int, seq, ack uint32, flags header.TCPFlags, wnd uint16, scratch []byte) {
+	payload := len(frame) - h.n
+	if payload <= mss {
+		h.send(s, frame, 0, seq, ack, flags, wnd)
+		return
+	}
+	h.fill(frame, 0, seq, ack, flags, wnd)
+	if s.tapLink.WriteGSO(frame, h.n, h.tcpAt, uint16(mss), h.v6) {
+		return
+	}
+	for off := h.n; off < len(frame); off += mss {
+		m := min(mss, len(frame)-off)
+		f := scratch[:h.n+m]
+		copy(f[h.n:], frame[off:off+m])
+		h.send(s, f, 0, seq+uint32(off-h.n), ack, flags, wnd)
+	}
 }
 
 // segment sends a data segment: frame is h.n bytes of room and the payload.
