@@ -392,6 +392,13 @@ func (c *directConn) dialLocked() {
 		c.connectedLocked()
 		return
 	}
+	// On loopback a refusal, too, is over when connect(2) returns: answer
+	// it now rather than hold a half-open slot until the epoll goroutine
+	// runs (a flood of SYNs to a closed port would fill the table first).
+	if n, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && n != 0 {
+		c.dialFailedLocked(os.NewSyscallError("connect", syscall.Errno(n)))
+		return
+	}
 	c.state = dialing
 	c.timer.Reset(s.cfg.DialTimeout)
 }
