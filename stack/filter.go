@@ -279,6 +279,9 @@ func (s *Stack) filterIPv4(pkt *gvstack.PacketBuffer) bool {
 			return true
 		}
 		if ip.TransportProtocol() == header.TCPProtocolNumber && !fragmented {
+			if s.direct != nil && s.direct.input(pkt, src, dst, ihl, total) {
+				return true
+			}
 			s.noteSYN(pkt, src, dst, ihl)
 		}
 		if !firstFragment || !s.deadGateway(dst) {
@@ -384,6 +387,9 @@ func (s *Stack) filterIPv6(pkt *gvstack.PacketBuffer) bool {
 			return true
 		}
 		if tcpip.TransportProtocolNumber(ip.NextHeader()) == header.TCPProtocolNumber {
+			if s.direct != nil && s.direct.input(pkt, src, dst, hl, total) {
+				return true
+			}
 			s.noteSYN(pkt, src, dst, hl)
 		}
 		if !s.deadGateway(dst) {

@@ -28,6 +28,8 @@
 //	             itself; udperr.go turns host ICMP errors into ICMP;
 //	             udplimits.go bounds the flows, ports and buffers
 //	ping.go      ICMP echo → an unprivileged host ping socket, bounded
+//	tcpdirect.go with Config.DirectTCP, the guest's outbound TCP from the
+//	             filter straight to host sockets, without gVisor
 //	route.go     where a flow may go: the single place that keeps traffic for
 //	             the virtual network off the host's network
 //	hostsock.go  every host socket of a flow is opened here
@@ -154,6 +156,12 @@ type Config struct {
 	// negative value acknowledges every segment at once.
 	AckDelay time.Duration
 
+	// DirectTCP takes the guest's outbound TCP connections off gVisor:
+	// the link filter relays them to host sockets itself, without
+	// buffers of its own (tcpdirect.go). Off by default; it needs a tap
+	// (link.Tap).
+	DirectTCP bool
+
 	// Limits bound the flows and memory a guest can make the stack hold.
 	Limits Limits
 
@@ -259,6 +267,9 @@ type Stack struct {
 	// poller waits for the host sockets of idle TCP flows (relay.Poller):
 	// Run runs it as a member of flows; shutdown closes it after them.
 	poller *relay.Poller
+	// direct is the direct TCP path (Config.DirectTCP), nil when off. Its
+	// goroutine starts in Run; without a link.Tap it takes nothing.
+	direct *directPath
 
 	// dnsConns are bound in New and handed to ServeDNS by Run.
 	dnsConns []dnsConn
@@ -414,6 +425,11 @@ func newStack(cfg Config, link gvstack.LinkEndpoint) (*Stack, error) {
 		return nil, err
 	}
 	var err error
+	if cfg.DirectTCP {
+		if s.direct, err = newDirectPath(s); err != nil {
+			logf("stack: %v; TCP goes through gVisor", err)
+		}
+	}
 	if s.poller, err = relay.NewPoller(); err != nil {
 		// Idle flows then keep a goroutine each, as before.
 		logf("stack: %v", err)
@@ -576,6 +592,9 @@ func (s *Stack) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { s.cancel(nil) })
 	defer stop()
 
+	if s.direct != nil && !s.flows.goFunc(s.direct.run) {
+		s.direct.ep.Close()
+	}
 	s.link.start()
 	s.flows.goFunc(s.controlLoop)
 	if s.poller != nil {
@@ -633,6 +652,9 @@ func (s *Stack) shutdown() {
 		//    keeps running meanwhile, so aborting flows can still send
 		//    their RSTs and handshakes in progress can finish.
 		s.flows.closeAndWait()
+		if s.direct != nil && !s.direct.running.Load() {
+			s.direct.ep.Close() // Run never ran
+		}
 		if s.poller != nil {
 			s.poller.Close()
 		}

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
+	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
 // Benchmarks over link.Tap instead of the in-memory pipe: the two
@@ -44,6 +45,13 @@ func startTapEnvWith(b *testing.B, mtu uint32, vnet bool) *env {
 // if v6; it also returns the guest's link.
 func startTapEnvOpts(b testing.TB, mtu uint32, vnet, v6 bool) (*env, *link.Tap) {
 	b.Helper()
+	return startTapEnvCfg(b, mtu, vnet, v6, nil, nil)
+}
+
+// startTapEnvCfg is startTapEnvOpts with edit applied to the stack's
+// Config and wrap (if not nil) around the guest's link.
+func startTapEnvCfg(b testing.TB, mtu uint32, vnet, v6 bool, edit func(*Config), wrap func(gvstack.LinkEndpoint) gvstack.LinkEndpoint) (*env, *link.Tap) {
+	b.Helper()
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		b.Fatalf("socketpair: %v", err)
@@ -65,6 +73,9 @@ func startTapEnvOpts(b testing.TB, mtu uint32, vnet, v6 bool) (*env, *link.Tap) 
 	cfg := testConfig(b)
 	cfg.MTU = mtu
 	cfg.Plan = testPlan(b, v6)
+	if edit != nil {
+		edit(&cfg)
+	}
 	s, err := newStack(cfg, ethernet.New(stackLink))
 	if err != nil {
 		b.Fatalf("newStack: %v", err)
@@ -75,7 +86,11 @@ func startTapEnvOpts(b testing.TB, mtu uint32, vnet, v6 bool) (*env, *link.Tap) 
 	ctx, cancel := context.WithCancel(context.Background())
 	e.cancel = cancel
 	go func() { e.runErr <- s.Run(ctx) }()
-	e.guest, e.sniff, e.ndp = newGuest(b, ethernet.New(guestLink), v6)
+	var gl gvstack.LinkEndpoint = ethernet.New(guestLink)
+	if wrap != nil {
+		gl = wrap(gl)
+	}
+	e.guest, e.sniff, e.ndp = newGuest(b, gl, v6)
 	b.Cleanup(func() {
 		e.stop(b)
 		// Stop the guest's reader before Destroy: Destroy holds the

@@ -273,7 +273,9 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		Advertise:     o.advertise,
 		Hostname:      o.hostname,
 		FQDN:          o.fqdn,
-		Logf:          netLog.Logf,
+		// An experiment, off by default (stack/tcpdirect.go).
+		DirectTCP: os.Getenv("USERNET_DIRECT_TCP") == "1",
+		Logf:      netLog.Logf,
 	})
 	if err != nil {
 		return fmt.Errorf("netstack: %w", err) // close closes the tap
