@@ -207,7 +207,8 @@ func TestTCPHostLoopback(t *testing.T) {
 // without the offloads (USERNET_DEBUG_NO_OFFLOAD in the usernet_debug build, the plain-frame path). The last one is the
 // regression test for the carried gVisor patch (docs/design.md, "Carried gVisor patches"):
 // unpatched, gVisor refuses the ACKs that arrive while its window is closed and this echo
-// stalls for good in about one run in four.
+// stalls for good in about one run in four. Three of them again on the direct TCP path
+// (USERNET_DIRECT_TCP=1, stack/tcpdirect.go), whose segments to the guest are its own.
 func TestTCPLargeTransfer(t *testing.T) {
 	setup(t)
 	usernetOnly(t, "the tap's vnet_hdr")
@@ -221,11 +222,15 @@ func TestTCPLargeTransfer(t *testing.T) {
 		mtu     string
 		ipv6    bool
 		offload bool
+		direct  bool // USERNET_DIRECT_TCP=1: the direct TCP path, not gVisor's
 	}{
-		{"mtu65520", "65520", false, true},
-		{"mtu1500", "1500", false, true},
-		{"mtu1500-ipv6", "1500", true, true},
-		{"mtu1500-no-offload", "1500", false, false},
+		{"mtu65520", "65520", false, true, false},
+		{"mtu1500", "1500", false, true, false},
+		{"mtu1500-ipv6", "1500", true, true, false},
+		{"mtu1500-no-offload", "1500", false, false, false},
+		{"mtu65520-direct", "65520", false, true, true},
+		{"mtu1500-ipv6-direct", "1500", true, true, true},
+		{"mtu1500-no-offload-direct", "1500", false, false, true},
 	} {
 		// One at a time: four 1 GiB transfers at once on two cores starve
 		// each other. A transfer takes 3–11 s; two minutes is a stall.
@@ -237,7 +242,10 @@ func TestTCPLargeTransfer(t *testing.T) {
 				opts.flags = append(opts.flags, "--enable-ipv6")
 			}
 			if !tc.offload {
-				opts.env, opts.debug = []string{"USERNET_DEBUG_NO_OFFLOAD=1"}, true
+				opts.env, opts.debug = append(opts.env, "USERNET_DEBUG_NO_OFFLOAD=1"), true
+			}
+			if tc.direct {
+				opts.env = append(opts.env, "USERNET_DIRECT_TCP=1")
 			}
 			startUsernet(t, tg, opts)
 			if got := tg.vnetHdr(t, ctx, "tap0"); got != tc.offload {

@@ -254,7 +254,7 @@ func (d *driver) preflight() error {
 
 func (d *driver) binary(backend string) string {
 	switch backend {
-	case "usernet":
+	case "usernet", usernetDirect:
 		return d.opt.usernet
 	case usernetNoOffload:
 		return d.opt.usernetDebug
@@ -470,13 +470,13 @@ func (d *driver) note(format string, args ...any) {
 
 func (d *driver) version(b string) string {
 	switch b {
-	case "usernet", usernetNoOffload:
+	case "usernet", usernetNoOffload, usernetDirect:
 		v := firstLine(cmdOutput(d.opt.usernet, "--version"))
 		if d.opt.usernetVersion != "" {
 			v += " (" + d.opt.usernetVersion + ")"
 		}
-		if b == usernetNoOffload {
-			v += ", " + noOffloadEnv
+		if env := usernetEnv(b); env != "" {
+			v += ", " + env
 		}
 		return v
 	case "slirp4netns":
@@ -805,8 +805,26 @@ const (
 	noOffloadEnv     = "USERNET_DEBUG_NO_OFFLOAD=1"
 )
 
+// usernetDirect is usernet with its direct TCP path on (stack.Config.DirectTCP:
+// the guest's outbound TCP terminated without gVisor), the same binary as usernet's.
+const (
+	usernetDirect = "usernet-direct"
+	directEnv     = "USERNET_DIRECT_TCP=1"
+)
+
+// usernetEnv is the variable a usernet variant's backend adds to the environment.
+func usernetEnv(b string) string {
+	switch b {
+	case usernetNoOffload:
+		return noOffloadEnv
+	case usernetDirect:
+		return directEnv
+	}
+	return ""
+}
+
 // isUsernet reports whether backend b runs the usernet binary with slirp4netns's command line.
-func isUsernet(b string) bool { return b == "usernet" || b == usernetNoOffload }
+func isUsernet(b string) bool { return b == "usernet" || b == usernetNoOffload || b == usernetDirect }
 
 // The backends that take pasta's command line: usernet called as pasta, and pasta 2025
 // from a Debian trixie root beside this host's pasta.

@@ -116,8 +116,8 @@ func (in *instance) start() error {
 		return err
 	}
 	cmd := exec.Command(in.argv[0], in.argv[1:]...)
-	if in.backend == usernetNoOffload {
-		cmd.Env = append(os.Environ(), noOffloadEnv)
+	if env := usernetEnv(in.backend); env != "" {
+		cmd.Env = append(os.Environ(), env)
 	}
 	var rr *os.File
 	if in.hasReadyFD() {
@@ -195,7 +195,7 @@ func (in *instance) command() ([]string, error) {
 		}
 	}
 	switch in.backend {
-	case "usernet", usernetNoOffload, "slirp4netns":
+	case "usernet", usernetNoOffload, usernetDirect, "slirp4netns":
 		argv := []string{d.binary(in.backend), "--configure", "--mtu=" + mtu, "--ready-fd=3"}
 		if in.fwd && (in.backend == "slirp4netns" || isUsernet(in.backend) && d.usernetAPI) {
 			in.apiSock = filepath.Join(filepath.Dir(d.logs), "api-"+in.label+".sock")
