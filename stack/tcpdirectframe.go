@@ -5,8 +5,6 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 )
 
 // directHdr is a direct flow's frame headers towards the guest, made once
@@ -37,32 +35,10 @@ func newDirectHdr(s *Stack, key directKey, mac [6]byte) directHdr {
 	h.tcpAt = h.ipAt + ipLen
 	h.n = h.tcpAt + header.TCPMinimumSize
 	h.maxPayload = int(s.cfg.MTU) - ipLen - header.TCPMinimumSize
-	eth := header.Ethernet(h.b[:])
-	ip := h.b[h.ipAt:]
-	src, dst := tcpipAddr(from.Addr()), tcpipAddr(to.Addr())
-	if h.v6 {
-		eth.Encode(&header.EthernetFields{SrcAddr: s.mac, DstAddr: tcpipLinkAddr(mac), Type: header.IPv6ProtocolNumber})
-		header.IPv6(ip).Encode(&header.IPv6Fields{
-			TransportProtocol: header.TCPProtocolNumber,
-			HopLimit:          ipv6.DefaultTTL,
-			SrcAddr:           src,
-			DstAddr:           dst,
-		})
-	} else {
-		eth.Encode(&header.EthernetFields{SrcAddr: s.mac, DstAddr: tcpipLinkAddr(mac), Type: header.IPv4ProtocolNumber})
-		v4 := header.IPv4(ip)
-		v4.Encode(&header.IPv4Fields{
-			TTL:      ipv4.DefaultTTL,
-			Flags:    header.IPv4FlagDontFragment,
-			Protocol: uint8(header.TCPProtocolNumber),
-			SrcAddr:  src,
-			DstAddr:  dst,
-		})
-		h.ipSum = v4.CalculateChecksum()
-	}
+	h.ipSum = s.encodeEthIP(h.b[:], mac, from.Addr(), to.Addr(), header.TCPProtocolNumber)
 	binary.BigEndian.PutUint16(h.b[h.tcpAt:], from.Port())
 	binary.BigEndian.PutUint16(h.b[h.tcpAt+2:], to.Port())
-	h.pseudo = header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, 0)
+	h.pseudo = header.PseudoHeaderChecksum(header.TCPProtocolNumber, tcpipAddr(from.Addr()), tcpipAddr(to.Addr()), 0)
 	return h
 }
 

@@ -81,31 +81,9 @@ func (s *Stack) learnReply(f *udpFastFlow, mac [6]byte) {
 	r.n = header.EthernetMinimumSize + ipLen + header.UDPMinimumSize
 	r.maxPayload = int(s.cfg.MTU) - ipLen - header.UDPMinimumSize
 	h := r.hdr[replyHeadroom-r.n:]
-	eth := header.Ethernet(h)
-	ip := h[header.EthernetMinimumSize:]
-	src, dst := tcpipAddr(from.Addr()), tcpipAddr(to.Addr())
-	if r.v6 {
-		eth.Encode(&header.EthernetFields{SrcAddr: s.mac, DstAddr: tcpipLinkAddr(mac), Type: header.IPv6ProtocolNumber})
-		header.IPv6(ip).Encode(&header.IPv6Fields{
-			TransportProtocol: header.UDPProtocolNumber,
-			HopLimit:          ipv6.DefaultTTL,
-			SrcAddr:           src,
-			DstAddr:           dst,
-		})
-	} else {
-		eth.Encode(&header.EthernetFields{SrcAddr: s.mac, DstAddr: tcpipLinkAddr(mac), Type: header.IPv4ProtocolNumber})
-		v4 := header.IPv4(ip)
-		v4.Encode(&header.IPv4Fields{
-			TTL:      ipv4.DefaultTTL,
-			Flags:    header.IPv4FlagDontFragment,
-			Protocol: uint8(header.UDPProtocolNumber),
-			SrcAddr:  src,
-			DstAddr:  dst,
-		})
-		r.ipSum = v4.CalculateChecksum()
-	}
-	header.UDP(ip[ipLen:]).Encode(&header.UDPFields{SrcPort: from.Port(), DstPort: to.Port()})
-	r.pseudo = header.PseudoHeaderChecksum(header.UDPProtocolNumber, src, dst, 0)
+	r.ipSum = s.encodeEthIP(h, mac, from.Addr(), to.Addr(), header.UDPProtocolNumber)
+	header.UDP(h[header.EthernetMinimumSize+ipLen:]).Encode(&header.UDPFields{SrcPort: from.Port(), DstPort: to.Port()})
+	r.pseudo = header.PseudoHeaderChecksum(header.UDPProtocolNumber, tcpipAddr(from.Addr()), tcpipAddr(to.Addr()), 0)
 	f.reply.Store(r)
 	if f.closed.Load() {
 		// The flow ended meanwhile (udpFastFlow.close).
@@ -148,3 +126,35 @@ func (s *Stack) replyFast(f *udpFastFlow, buf []byte) bool {
 }
 
 func tcpipLinkAddr(mac [6]byte) tcpip.LinkAddress { return tcpip.LinkAddress(mac[:]) }
+
+// encodeEthIP writes the Ethernet header of a frame from the Stack to the
+// guest at mac into b, and the IP header after it as gVisor writes one
+// (IPv4: DF, ID 0, TTL 64, lengths and checksum left 0; IPv6: hop limit
+// 64, payload length 0): the frames built outside gVisor (UDP replies,
+// the direct TCP path) fill in lengths per packet. It returns the IPv4
+// header's sum, to be combined with the total length (0 for IPv6).
+func (s *Stack) encodeEthIP(b []byte, mac [6]byte, from, to netip.Addr, proto tcpip.TransportProtocolNumber) uint16 {
+	eth := header.Ethernet(b)
+	ip := b[header.EthernetMinimumSize:]
+	src, dst := tcpipAddr(from), tcpipAddr(to)
+	if to.Is6() {
+		eth.Encode(&header.EthernetFields{SrcAddr: s.mac, DstAddr: tcpipLinkAddr(mac), Type: header.IPv6ProtocolNumber})
+		header.IPv6(ip).Encode(&header.IPv6Fields{
+			TransportProtocol: proto,
+			HopLimit:          ipv6.DefaultTTL,
+			SrcAddr:           src,
+			DstAddr:           dst,
+		})
+		return 0
+	}
+	eth.Encode(&header.EthernetFields{SrcAddr: s.mac, DstAddr: tcpipLinkAddr(mac), Type: header.IPv4ProtocolNumber})
+	v4 := header.IPv4(ip)
+	v4.Encode(&header.IPv4Fields{
+		TTL:      ipv4.DefaultTTL,
+		Flags:    header.IPv4FlagDontFragment,
+		Protocol: uint8(proto),
+		SrcAddr:  src,
+		DstAddr:  dst,
+	})
+	return v4.CalculateChecksum()
+}
