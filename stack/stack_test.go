@@ -47,25 +47,32 @@ func TestTCPEchoViaGatewayReachesHostLoopback(t *testing.T) {
 
 func TestTCPHalfCloseBothWays(t *testing.T) {
 	goroutineLeakCheck(t)
+	e := startEnv(t, testConfig(t))
+	halfCloseBothWays(t, e.guest, gw4, false)
+}
+
+// halfCloseBothWays checks, from guest through the gateway gw to the host's
+// loopback, that each side's FIN leaves the other direction open: the host
+// answers after the guest's FIN, and the guest replies after the host's.
+func halfCloseBothWays(t *testing.T, guest *gvstack.Stack, gw netip.Addr, v6 bool) {
 	// Host side: read the request to EOF, then answer, then close.
 	reqDone := make(chan string, 1)
-	ln1 := listenTCP(t, "tcp4", "127.0.0.1:0", func(c net.Conn) {
+	ln1 := listenTCP(t, loopbackNetwork(v6), loopbackAddr(v6), func(c net.Conn) {
 		req, _ := io.ReadAll(c)
 		reqDone <- string(req)
 		io.WriteString(c, "answer after your FIN")
 	})
 	// Host side: speak first and half-close, then read the guest's reply.
 	got2 := make(chan string, 1)
-	ln2 := listenTCP(t, "tcp4", "127.0.0.1:0", func(c net.Conn) {
+	ln2 := listenTCP(t, loopbackNetwork(v6), loopbackAddr(v6), func(c net.Conn) {
 		io.WriteString(c, "hello")
 		c.(*net.TCPConn).CloseWrite()
 		b, _ := io.ReadAll(c)
 		got2 <- string(b)
 	})
-	e := startEnv(t, testConfig(t))
 
 	t.Run("guest closes first", func(t *testing.T) {
-		c, err := guestDial(t, e.guest, netip.AddrPortFrom(gw4, portOf(ln1.Addr())))
+		c, err := guestDial(t, guest, netip.AddrPortFrom(gw, portOf(ln1.Addr())))
 		if err != nil {
 			t.Fatalf("guest dial: %v", err)
 		}
@@ -77,16 +84,18 @@ func TestTCPHalfCloseBothWays(t *testing.T) {
 		if req := <-reqDone; req != "request" {
 			t.Errorf("host read %q, want %q", req, "request")
 		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		if b, err := io.ReadAll(c); err != nil || string(b) != "answer after your FIN" {
 			t.Errorf("guest read %q, %v; want the answer sent after its FIN", b, err)
 		}
 	})
 	t.Run("host closes first", func(t *testing.T) {
-		c, err := guestDial(t, e.guest, netip.AddrPortFrom(gw4, portOf(ln2.Addr())))
+		c, err := guestDial(t, guest, netip.AddrPortFrom(gw, portOf(ln2.Addr())))
 		if err != nil {
 			t.Fatalf("guest dial: %v", err)
 		}
 		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		if b, err := io.ReadAll(c); err != nil || string(b) != "hello" {
 			t.Fatalf("guest read %q, %v; want %q then EOF", b, err, "hello")
 		}

@@ -258,57 +258,8 @@ func testDirectTCPBulk(t *testing.T, vnet bool) {
 func TestDirectTCPHalfCloseBothWays(t *testing.T) {
 	forBothFamilies(t, func(t *testing.T, v6 bool) {
 		goroutineLeakCheck(t)
-		reqDone := make(chan string, 1)
-		ln1 := listenTCP(t, loopbackNetwork(v6), loopbackAddr(v6), func(c net.Conn) {
-			req, _ := io.ReadAll(c)
-			reqDone <- string(req)
-			io.WriteString(c, "answer after your FIN")
-		})
-		got2 := make(chan string, 1)
-		ln2 := listenTCP(t, loopbackNetwork(v6), loopbackAddr(v6), func(c net.Conn) {
-			io.WriteString(c, "hello")
-			c.(*net.TCPConn).CloseWrite()
-			b, _ := io.ReadAll(c)
-			got2 <- string(b)
-		})
 		e, gw := startDirectEnv(t, v6, nil)
-
-		c, err := guestDial(t, e.guest, netip.AddrPortFrom(gw, portOf(ln1.Addr())))
-		if err != nil {
-			t.Fatalf("guest dial: %v", err)
-		}
-		io.WriteString(c, "request")
-		if err := c.CloseWrite(); err != nil {
-			t.Fatalf("CloseWrite: %v", err)
-		}
-		if req := <-reqDone; req != "request" {
-			t.Errorf("host read %q, want %q", req, "request")
-		}
-		c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if b, err := io.ReadAll(c); err != nil || string(b) != "answer after your FIN" {
-			t.Errorf("guest read %q, %v; want the answer sent after its FIN", b, err)
-		}
-		c.Close()
-
-		c, err = guestDial(t, e.guest, netip.AddrPortFrom(gw, portOf(ln2.Addr())))
-		if err != nil {
-			t.Fatalf("guest dial: %v", err)
-		}
-		defer c.Close()
-		c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if b, err := io.ReadAll(c); err != nil || string(b) != "hello" {
-			t.Fatalf("guest read %q, %v; want %q then EOF", b, err, "hello")
-		}
-		io.WriteString(c, "reply after your FIN")
-		c.CloseWrite()
-		select {
-		case s := <-got2:
-			if s != "reply after your FIN" {
-				t.Errorf("host read %q, want the guest's reply", s)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("host never got the guest's reply after half-closing")
-		}
+		halfCloseBothWays(t, e.guest, gw, v6)
 		waitFor(t, "both direct flows to end", func() bool { return e.s.direct.flowCount() == 0 })
 	})
 }
