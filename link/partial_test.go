@@ -89,9 +89,11 @@ func TestWritePartialKeepsOrder(t *testing.T) {
 	d := make(chanDispatcher, 1)
 	l.Attach(d)
 	defer l.Attach(nil)
-	// Bulk frames go to the writer; more than the socket buffer holds,
-	// so that it is still writing when the partial frame comes.
-	const bulk = 100
+	// Bulk frames go to the writer; well more than the socket buffer
+	// holds (the kernel doubles tapPair's 1 MiB, and 100 frames of 16 KiB
+	// fitted at times), so that it is still writing when the partial
+	// frame comes: nothing reads the peer until then.
+	const bulk = 400
 	var pkts gvstack.PacketBufferList
 	for i := range bulk {
 		pkt := gvstack.NewPacketBuffer(gvstack.PacketBufferOptions{Payload: buffer.MakeWithData(frameOf(asyncMinSize, byte(i)))})
