@@ -46,9 +46,20 @@ type directPath struct {
 	nextID uint64                    // guarded by mu
 	closed bool                      // guarded by mu; run has ended
 
-	bufs sync.Pool // *[]byte of directBufSize, for host data peeked into frames
+	bufs sync.Pool    // *[]byte of directBufSize, for host data peeked into frames
+	held atomic.Int64 // bytes in every flow's out-of-order queue
 
 	running atomic.Bool // run has started; it closes ep
+}
+
+// testHookDirectSocket, if set, sees every host socket of the direct path
+// before it connects.
+var testHookDirectSocket func(fd int)
+
+// directHeld is guest data held beyond a hole (directConn.ooo).
+type directHeld struct {
+	seq  uint32
+	data []byte
 }
 
 // directKey is a flow as the guest sees it.
@@ -71,6 +82,10 @@ const (
 	directRTO        = 200 * time.Millisecond
 	directMaxRTO     = 10 * time.Second
 	directMaxRetries = 12
+	// directHeldMax and directHeldTotal bound the guest data held beyond
+	// holes, per flow and in all: memory the guest makes us spend.
+	directHeldMax   = 1 << 20
+	directHeldTotal = 32 << 20
 )
 
 func newDirectPath(s *Stack) (*directPath, error) {
@@ -341,8 +356,12 @@ type directConn struct {
 	finAcked     bool
 	guestFin     bool // the guest's FIN is taken and the host socket shut
 	dupAcks      int
-	limited      bool // the last send stopped at the guest's window
-	rdhup        bool // the host peer has shut its side
+	holeAcked    bool         // duplicate ACKs went for a hole at holeAt
+	holeAt       uint32       // with holeAcked: rcvNxt then
+	ooo          []directHeld // guest data beyond a hole, in sequence order
+	oooBytes     int          // bytes in ooo
+	limited      bool         // the last send stopped at the guest's window
+	rdhup        bool         // the host peer has shut its side
 	rto          time.Duration
 	retries      int
 }
@@ -369,6 +388,9 @@ func (c *directConn) dialLocked() {
 		unix.Close(fd)
 		c.dialFailedLocked(err)
 		return
+	}
+	if testHookDirectSocket != nil {
+		testHookDirectSocket(fd)
 	}
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, 0); err != nil {
 		unix.Close(fd)
@@ -491,6 +513,7 @@ func (c *directConn) hostEvent(ev uint32) {
 		}
 		if ev&unix.EPOLLOUT != 0 && (c.writeBlocked || c.wantOut) {
 			c.writeBlocked, c.wantOut = false, false
+			c.drainLocked()
 			c.sendAckLocked()
 			if c.overrun {
 				// The guest sent beyond what the socket took and waits
@@ -618,36 +641,34 @@ func (c *directConn) ackLocked(seg *directSeg) {
 // dataLocked writes the guest's data to the host socket.
 func (c *directConn) dataLocked(seq uint32, data []byte, fin bool) {
 	skip, ok := trimData(seq, c.rcvNxt, len(data))
+	if !ok && !c.guestFin && seqLT(c.rcvNxt, seq) {
+		c.beyondHoleLocked(seq, data)
+		return
+	}
 	if !ok || c.guestFin {
 		c.sendAckLocked()
 		return
 	}
 	data = data[skip:]
+	filled := len(c.ooo) > 0
 	if len(data) > 0 {
-		n, err := unix.SendmsgN(c.fd, data, nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
-		switch {
-		case err == unix.EAGAIN:
-			n = 0
-		case err != nil:
-			c.resetLocked(true)
+		if !c.writeLocked(data) {
 			return
 		}
-		c.rcvNxt += uint32(n)
-		c.flow.out.Add(uint64(n))
-		if n < len(data) {
-			c.writeBlocked, c.overrun = true, true
+		if c.writeBlocked {
 			fin = false
-		} else {
-			c.writeBlocked = false
+		} else if filled {
+			c.drainLocked()
 		}
 	}
 	if fin {
+		c.dropHeldLocked() // nothing comes after a FIN
 		unix.Shutdown(c.fd, unix.SHUT_WR)
 		c.rcvNxt++
 		c.guestFin = true
 	}
 	c.unacked += len(data)
-	if delay := c.d.s.cfg.AckDelay; delay > 0 && !fin && !c.writeBlocked && c.unacked < 2*c.mss {
+	if delay := c.d.s.cfg.AckDelay; delay > 0 && !fin && !filled && !c.writeBlocked && c.unacked < 2*c.mss {
 		// A small request: its answer may carry the ACK (as gVisor's
 		// patched delayed ACK does on the other path).
 		if !c.ackDelayed {
@@ -661,6 +682,126 @@ func (c *directConn) dataLocked(seq uint32, data []byte, fin bool) {
 		return
 	}
 	c.sendAckLocked()
+}
+
+// writeLocked writes data, which starts at rcvNxt, to the host socket and
+// advances rcvNxt by what it took; what it did not take sets writeBlocked.
+// It reports false if the flow was reset.
+func (c *directConn) writeLocked(data []byte) bool {
+	n, err := unix.SendmsgN(c.fd, data, nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+	switch {
+	case err == unix.EAGAIN:
+		n = 0
+	case err != nil:
+		c.resetLocked(true)
+		return false
+	}
+	c.rcvNxt += uint32(n)
+	c.flow.out.Add(uint64(n))
+	if n < len(data) {
+		c.writeBlocked, c.overrun = true, true
+	} else {
+		c.writeBlocked = false
+	}
+	return true
+}
+
+// beyondHoleLocked takes guest data that starts beyond rcvNxt: a segment
+// before it was lost (the guest's tap queue drops frames when we read
+// more slowly than it sends). It is held, within bounds, so that the
+// retransmission of the hole alone moves everything on; the guest gets a
+// duplicate ACK for it, as from any receiver. Without room to hold it,
+// it is dropped, and the hole gets three duplicate ACKs at once rather
+// than one per segment after it: a guest without SACK counts each
+// duplicate as a segment that arrived and would not send again what we
+// dropped until its retransmission timeout. A FIN beyond a hole is not
+// held: the guest sends it again.
+func (c *directConn) beyondHoleLocked(seq uint32, data []byte) {
+	if len(data) > 0 && !c.writeBlocked && c.holdLocked(seq, data) {
+		c.sendAckLocked()
+		return
+	}
+	if !c.holeAcked || c.holeAt != c.rcvNxt {
+		c.holeAcked, c.holeAt = true, c.rcvNxt
+		c.sendAckLocked()
+		c.sendAckLocked()
+		c.sendAckLocked()
+	}
+}
+
+// holdLocked keeps a copy of data at seq (beyond rcvNxt) in the flow's
+// out-of-order queue, in sequence order, if the per-flow and the Stack's
+// bounds allow, and reports whether it did.
+func (c *directConn) holdLocked(seq uint32, data []byte) bool {
+	if int32(seq+uint32(len(data))-c.rcvNxt) > directWindow {
+		return false // beyond any window we offered
+	}
+	i := len(c.ooo)
+	for i > 0 && seqLT(seq, c.ooo[i-1].seq) {
+		i--
+	}
+	if i > 0 && c.ooo[i-1].seq == seq && len(c.ooo[i-1].data) >= len(data) {
+		return true // a duplicate of what is held
+	}
+	if c.oooBytes+len(data) > directHeldMax {
+		return false
+	}
+	if c.d.held.Add(int64(len(data))) > directHeldTotal {
+		c.d.held.Add(-int64(len(data)))
+		return false
+	}
+	c.oooBytes += len(data)
+	c.ooo = append(c.ooo, directHeld{})
+	copy(c.ooo[i+1:], c.ooo[i:])
+	c.ooo[i] = directHeld{seq: seq, data: append([]byte(nil), data...)}
+	return true
+}
+
+// drainLocked writes held data that rcvNxt has reached, until a hole or a
+// full socket.
+func (c *directConn) drainLocked() {
+	for len(c.ooo) > 0 && !c.writeBlocked {
+		h := &c.ooo[0]
+		if seqLT(c.rcvNxt, h.seq) {
+			return // the next hole
+		}
+		if skip, ok := trimData(h.seq, c.rcvNxt, len(h.data)); ok {
+			before := c.rcvNxt
+			if !c.writeLocked(h.data[skip:]) {
+				return
+			}
+			if c.writeBlocked {
+				// The rest waits in place for the socket to drain: the
+				// guest sends it again, or the next drain finds it.
+				took := skip + int(c.rcvNxt-before)
+				c.releaseHeld(took)
+				h.seq += uint32(took)
+				h.data = h.data[took:]
+				c.overrun = false // held, not lost: no duplicate ACKs needed
+				return
+			}
+		}
+		c.releaseHeld(len(h.data))
+		c.ooo[0] = directHeld{}
+		c.ooo = c.ooo[1:]
+	}
+	if len(c.ooo) == 0 {
+		c.ooo = nil
+	}
+}
+
+// releaseHeld gives n held bytes back to the bounds.
+func (c *directConn) releaseHeld(n int) {
+	c.oooBytes -= n
+	c.d.held.Add(-int64(n))
+}
+
+// dropHeldLocked forgets everything held.
+func (c *directConn) dropHeldLocked() {
+	if c.oooBytes > 0 {
+		c.releaseHeld(c.oooBytes)
+	}
+	c.ooo = nil
 }
 
 // onAckTimer sends a delayed ACK no answer carried.
@@ -699,10 +840,14 @@ func (c *directConn) rcvWindowLocked() uint32 {
 			free = uint32(max(b-b/8-outq, 0))
 		}
 	}
-	if free < limit/4 && !c.wantOut {
+	if free < uint32(c.sndbuf/8) && !c.wantOut {
 		// A small window wants an update once the socket drains: EPOLLOUT
 		// comes (edge-triggered) only after a poll found the socket not
-		// writable, which re-arming makes epoll do.
+		// writable, which re-arming makes epoll do. Below an eighth of the
+		// buffer free the socket is never writable (poll wants a third
+		// free), so the re-arm cannot report at once: a larger threshold
+		// made every idle flow with a small buffer (any remote host at
+		// first) loop on EPOLLOUT and window updates.
 		c.wantOut = true
 		c.d.ctl(unix.EPOLL_CTL_MOD, c.fd, c.id)
 	}
@@ -920,6 +1065,7 @@ func (c *directConn) freeLocked(rst bool) {
 	}
 	c.state = closed
 	c.timer.Stop()
+	c.dropHeldLocked()
 	if c.ackTimer != nil {
 		c.ackTimer.Stop()
 	}

@@ -517,3 +517,105 @@ func TestDirectTCPStackStopResetsFlows(t *testing.T) {
 		t.Errorf("host read after the Stack stopped: %v, want ECONNRESET", err)
 	}
 }
+
+// TestDirectTCPHoldsBeyondHole loses one data segment from the guest in
+// the middle of a larger write: the segments after it are held until the
+// retransmission fills the hole, so that the guest (which does not use
+// SACK with us) sends again only the one it lost, and the host gets every
+// byte in order. Held bytes are given back once the flow ends.
+func TestDirectTCPHoldsBeyondHole(t *testing.T) {
+	forBothFamilies(t, func(t *testing.T, v6 bool) {
+		goroutineLeakCheck(t)
+		got := make(chan []byte, 1)
+		ln := listenTCP(t, loopbackNetwork(v6), loopbackAddr(v6), func(c net.Conn) {
+			b, _ := io.ReadAll(c)
+			got <- b
+			c.Close()
+		})
+		lo := &loseOut{}
+		e, gw := startDirectEnv(t, v6, func(child gvstack.LinkEndpoint) gvstack.LinkEndpoint {
+			lo.Endpoint.Init(child, lo)
+			return lo
+		})
+		c, err := guestDial(t, e.guest, netip.AddrPortFrom(gw, portOf(ln.Addr())))
+		if err != nil {
+			t.Fatalf("guest dial: %v", err)
+		}
+		var seen, lost int
+		lo.mu.Lock()
+		lo.lose = func(p *gvstack.PacketBuffer) bool {
+			if p.TransportProtocolNumber != header.TCPProtocolNumber || p.Data().Size() == 0 {
+				return false
+			}
+			seen++
+			if seen == 3 {
+				lost++
+				return true
+			}
+			return false
+		}
+		lo.mu.Unlock()
+		msg := make([]byte, 40*1400)
+		for i := range msg {
+			msg[i] = byte(i * 7)
+		}
+		before := e.guest.Stats().TCP.Retransmits.Value()
+		if _, err := c.Write(msg); err != nil {
+			t.Fatalf("guest write: %v", err)
+		}
+		c.Close()
+		select {
+		case b := <-got:
+			if !bytes.Equal(b, msg) {
+				t.Fatalf("the host got %d bytes, not the %d written", len(b), len(msg))
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("the host did not get the data")
+		}
+		lo.mu.Lock()
+		if lost != 1 {
+			t.Errorf("lost %d segments, want 1", lost)
+		}
+		lo.mu.Unlock()
+		if n := e.guest.Stats().TCP.Retransmits.Value() - before; n != 1 {
+			t.Errorf("the guest retransmitted %d segments for one lost, want 1", n)
+		}
+		waitFor(t, "the flow's end", func() bool { return e.s.direct.flowCount() == 0 })
+		if n := e.s.direct.held.Load(); n != 0 {
+			t.Errorf("%d bytes still counted as held after the flow ended", n)
+		}
+	})
+}
+
+// TestDirectTCPIdleSmallBuffer: a flow whose host socket has a small send
+// buffer (a remote host's, at first: the kernel sizes it from the path's
+// MSS) stays silent when idle. The window it offers is small; its update
+// must wait for the socket to drain, not loop on a socket that is
+// writable already.
+func TestDirectTCPIdleSmallBuffer(t *testing.T) {
+	testHookDirectSocket = func(fd int) { syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_SNDBUF, 32<<10) }
+	t.Cleanup(func() { testHookDirectSocket = nil })
+	goroutineLeakCheck(t)
+	ln := listenTCP(t, "tcp4", "127.0.0.1:0", echoServe)
+	e, gw := startDirectEnv(t, false, nil)
+	c, err := guestDial(t, e.guest, netip.AddrPortFrom(gw, portOf(ln.Addr())))
+	if err != nil {
+		t.Fatalf("guest dial: %v", err)
+	}
+	defer c.Close()
+	msg := make([]byte, 3000)
+	if _, err := c.Write(msg); err != nil {
+		t.Fatalf("guest write: %v", err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(c, make([]byte, len(msg))); err != nil {
+		t.Fatalf("echo: %v", err)
+	}
+	port := portOf(ln.Addr())
+	time.Sleep(100 * time.Millisecond) // delayed ACKs, both sides
+	before := pureAcks(e.sniff, port)
+	time.Sleep(300 * time.Millisecond)
+	if n := pureAcks(e.sniff, port) - before; n > 1 {
+		t.Errorf("an idle flow sent the guest %d ACKs in 300 ms, want none", n)
+	}
+}
