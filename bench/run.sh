@@ -27,8 +27,8 @@
 #                      integration/trixie.sh builds ($USERNET_TRIXIE_ROOT, default
 #                      /var/cache/usernet/trixie-root): without that root it is n/a, or an
 #                      error if LIST names it. usernet-nooffload is usernet without vnet
-#                      headers/offloads (A/B runs); usernet-direct is usernet with
-#                      USERNET_DIRECT_TCP=1 (its direct TCP path, off by default)
+#                      headers/offloads (A/B runs); usernet-gvisor is usernet with
+#                      USERNET_DIRECT_TCP=0 (outbound TCP through gVisor, not the direct path)
 #   --workloads RE     only the workloads whose name matches RE (tcp_n2h_65520, tcp_h2n_65520,
 #                      tcp_n2h_1500, tcp_h2n_1500, tcp_fwd_65520, tcp_fwdr_65520, udp_1g,
 #                      udp_max, udp_flows, loopback, rr, crr, rr_fwd, crr_fwd, and with N

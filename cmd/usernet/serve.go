@@ -273,8 +273,8 @@ func (p *prepared) run(ctx context.Context, out output, onReady func() error) er
 		Advertise:     o.advertise,
 		Hostname:      o.hostname,
 		FQDN:          o.fqdn,
-		// An experiment, off by default (stack/tcpdirect.go).
-		DirectTCP: os.Getenv("USERNET_DIRECT_TCP") == "1",
+		// On unless turned off (stack/tcpdirect.go).
+		DirectTCP: os.Getenv("USERNET_DIRECT_TCP") != "0",
 		Logf:      netLog.Logf,
 	})
 	if err != nil {

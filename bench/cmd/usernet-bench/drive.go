@@ -254,7 +254,7 @@ func (d *driver) preflight() error {
 
 func (d *driver) binary(backend string) string {
 	switch backend {
-	case "usernet", usernetDirect:
+	case "usernet", usernetGVisor:
 		return d.opt.usernet
 	case usernetNoOffload:
 		return d.opt.usernetDebug
@@ -470,7 +470,7 @@ func (d *driver) note(format string, args ...any) {
 
 func (d *driver) version(b string) string {
 	switch b {
-	case "usernet", usernetNoOffload, usernetDirect:
+	case "usernet", usernetNoOffload, usernetGVisor:
 		v := firstLine(cmdOutput(d.opt.usernet, "--version"))
 		if d.opt.usernetVersion != "" {
 			v += " (" + d.opt.usernetVersion + ")"
@@ -805,11 +805,12 @@ const (
 	noOffloadEnv     = "USERNET_DEBUG_NO_OFFLOAD=1"
 )
 
-// usernetDirect is usernet with its direct TCP path on (stack.Config.DirectTCP:
-// the guest's outbound TCP terminated without gVisor), the same binary as usernet's.
+// usernetGVisor is usernet with its direct TCP path off (USERNET_DIRECT_TCP=0:
+// the guest's outbound TCP through gVisor and the relay, as before the direct
+// path became the default), the same binary as usernet's.
 const (
-	usernetDirect = "usernet-direct"
-	directEnv     = "USERNET_DIRECT_TCP=1"
+	usernetGVisor = "usernet-gvisor"
+	gvisorEnv     = "USERNET_DIRECT_TCP=0"
 )
 
 // usernetEnv is the variable a usernet variant's backend adds to the environment.
@@ -817,14 +818,14 @@ func usernetEnv(b string) string {
 	switch b {
 	case usernetNoOffload:
 		return noOffloadEnv
-	case usernetDirect:
-		return directEnv
+	case usernetGVisor:
+		return gvisorEnv
 	}
 	return ""
 }
 
 // isUsernet reports whether backend b runs the usernet binary with slirp4netns's command line.
-func isUsernet(b string) bool { return b == "usernet" || b == usernetNoOffload || b == usernetDirect }
+func isUsernet(b string) bool { return b == "usernet" || b == usernetNoOffload || b == usernetGVisor }
 
 // The backends that take pasta's command line: usernet called as pasta, and pasta 2025
 // from a Debian trixie root beside this host's pasta.

@@ -195,7 +195,7 @@ func (in *instance) command() ([]string, error) {
 		}
 	}
 	switch in.backend {
-	case "usernet", usernetNoOffload, usernetDirect, "slirp4netns":
+	case "usernet", usernetNoOffload, usernetGVisor, "slirp4netns":
 		argv := []string{d.binary(in.backend), "--configure", "--mtu=" + mtu, "--ready-fd=3"}
 		if in.fwd && (in.backend == "slirp4netns" || isUsernet(in.backend) && d.usernetAPI) {
 			in.apiSock = filepath.Join(filepath.Dir(d.logs), "api-"+in.label+".sock")
