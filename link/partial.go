@@ -7,6 +7,7 @@ import (
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
@@ -114,4 +115,34 @@ func (l *Tap) WriteGSO(frame []byte, hdrLen, csumStart int, mss uint16, v6 bool)
 	// A frame the tap refuses is lost as on a wire.
 	l.writeFrame(iov[:])
 	return true
+}
+
+// WriteTCP writes one TCP frame built outside gVisor (the stack's direct
+// TCP path) from v, which it takes: Ethernet, IP and TCP headers (hdrLen
+// bytes in all, the TCP header at csumStart, its checksum partial as for
+// WritePartial), then the payload, which the kernel cuts into segments of
+// mss bytes if it is longer (GSO; v6 picks TCPv6 segmentation). Only with
+// virtio-net headers (GSO reports it). It goes as gVisor's frames go: a
+// large one to the writer goroutine, so that the namespace's receive path
+// (run inside our write) overlaps with the caller reading the next bytes
+// from the host; a small one inline unless frames are queued.
+func (l *Tap) WriteTCP(v *buffer.View, hdrLen, csumStart int, mss uint16, v6 bool) {
+	pkt := gvstack.NewPacketBuffer(gvstack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
+	defer pkt.DecRef()
+	if !l.vnetHdr || csumStart < header.EthernetMinimumSize || hdrLen < csumStart+header.TCPMinimumSize || hdrLen > pkt.Size() || mss == 0 {
+		return
+	}
+	pkt.LinkHeader().Consume(header.EthernetMinimumSize)
+	pkt.NetworkHeader().Consume(csumStart - header.EthernetMinimumSize)
+	pkt.TransportHeader().Consume(hdrLen - csumStart)
+	pkt.TransportProtocolNumber = header.TCPProtocolNumber
+	typ := gvstack.GSOTCPv4
+	if v6 {
+		typ = gvstack.GSOTCPv6
+	}
+	pkt.GSOOptions = gvstack.GSO{Type: typ, NeedsCsum: true, CsumOffset: 16, MSS: mss, L3HdrLen: uint16(csumStart - header.EthernetMinimumSize)}
+	var pkts gvstack.PacketBufferList
+	pkts.PushBack(pkt)
+	// A frame the tap refuses is lost as on a wire.
+	l.WritePackets(pkts)
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/usernet/usernet/policy"
 	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 )
@@ -891,10 +892,21 @@ func (c *directConn) sendMoreLocked() {
 	if c.state != established || c.fd < 0 {
 		return
 	}
+	// With GSO each frame is peeked into a buffer of gVisor's, which the
+	// tap's writer goroutine takes (link.Tap.WriteTCP); without, into one
+	// buffer of ours, written inline one segment at a time.
+	gso := c.d.s.tapLink.GSO()
 	var bp *[]byte
+	var views [directMaxSegs]*buffer.View
 	defer func() {
 		if bp != nil {
 			c.d.bufs.Put(bp)
+		}
+		for i, v := range views {
+			if v != nil {
+				v.Release()
+				views[i] = nil
+			}
 		}
 	}()
 	var iov [directMaxSegs][]byte
@@ -920,21 +932,29 @@ func (c *directConn) sendMoreLocked() {
 			}
 			return
 		}
-		if bp == nil {
-			bp = c.d.bufs.Get().(*[]byte)
+		var buf []byte
+		if !gso {
+			if bp == nil {
+				bp = c.d.bufs.Get().(*[]byte)
+			}
+			buf = *bp
 		}
-		buf := *bp
 		// A frame's payload: one segment, or with GSO as many whole
 		// segments as one frame takes.
 		seg := c.mss
-		if gso := c.hdr.gsoPayload(c.mss); c.d.s.tapLink.GSO() && gso > c.mss {
-			seg = gso
+		if g := c.hdr.gsoPayload(c.mss); gso && g > c.mss {
+			seg = g
 		}
 		slot := c.hdr.n + seg
 		k, want := 0, 0
-		for off := 0; off+slot <= len(buf) && want < int(avail) && k < len(iov); off += slot {
+		for off := 0; off+slot <= directBufSize && want < int(avail) && k < len(iov); off += slot {
 			m := min(seg, int(avail)-want)
-			iov[k] = buf[off+c.hdr.n : off+c.hdr.n+m]
+			if gso {
+				views[k] = buffer.NewViewSize(c.hdr.n + m)
+				iov[k] = views[k].AsSlice()[c.hdr.n:]
+			} else {
+				iov[k] = buf[off+c.hdr.n : off+c.hdr.n+m]
+			}
 			want += m
 			k++
 		}
@@ -954,20 +974,32 @@ func (c *directConn) sendMoreLocked() {
 		wnd := windowField(c.rcvWindowLocked(), c.rcvWS)
 		c.ackedLocked()
 		got := n
-		for off := 0; n > 0; off += slot {
+		for i, off := 0, 0; n > 0; i, off = i+1, off+slot {
 			m := min(n, seg)
-			frame := buf[off : off+c.hdr.n+m]
 			seq := c.sndNxt
 			c.sentLocked(uint32(m), true) // counted before the guest can see it
-			if m <= c.mss {
-				c.hdr.segment(c.d.s, frame, seq, c.rcvNxt, header.TCPFlagAck|header.TCPFlagPsh, wnd)
-			} else {
+			switch {
+			case gso:
+				v := views[i]
+				views[i] = nil
+				v.CapLength(c.hdr.n + m)
+				c.hdr.fill(v.AsSlice(), 0, seq, c.rcvNxt, header.TCPFlagAck|header.TCPFlagPsh, wnd)
+				c.d.s.tapLink.WriteTCP(v, c.hdr.n, c.hdr.tcpAt, uint16(c.mss), c.hdr.v6)
+			case m <= c.mss:
+				c.hdr.segment(c.d.s, buf[off:off+c.hdr.n+m], seq, c.rcvNxt, header.TCPFlagAck|header.TCPFlagPsh, wnd)
+			default:
 				if scratch == nil {
 					scratch = make([]byte, c.hdr.n+c.mss)
 				}
-				c.hdr.segments(c.d.s, frame, c.mss, seq, c.rcvNxt, header.TCPFlagAck|header.TCPFlagPsh, wnd, scratch)
+				c.hdr.segments(c.d.s, buf[off:off+c.hdr.n+m], c.mss, seq, c.rcvNxt, header.TCPFlagAck|header.TCPFlagPsh, wnd, scratch)
 			}
 			n -= m
+		}
+		for i, v := range views[:k] {
+			if v != nil {
+				v.Release()
+				views[i] = nil
+			}
 		}
 		if got < want && !c.rdhup {
 			// All the socket had: the next data, or its end, comes
