@@ -85,16 +85,23 @@ func TestRunFollowsTheQueue(t *testing.T) {
 	}()
 	// The host may deschedule the thread for a while (a loaded machine, a
 	// race build), which the histogram counts as waiting: a raise now and
-	// then is tolerated, staying raised is not.
-	raised := 0
-	for range 30 {
-		time.Sleep(10 * time.Millisecond)
-		if procsNow() > 1 {
-			raised++
+	// then is tolerated, staying raised is not. A loaded machine can make
+	// one window of looks bad (19 of 30 in a CI run while the integration
+	// tests ran beside it); staying raised makes all three bad.
+	var raised [3]int
+	for w := range raised {
+		for range 30 {
+			time.Sleep(10 * time.Millisecond)
+			if procsNow() > 1 {
+				raised[w]++
+			}
 		}
-	}
-	if raised > 15 {
-		t.Errorf("a chain of hand-offs ran on more than one P in %d of 30 looks", raised)
+		if raised[w] <= 15 {
+			break
+		}
+		if w == len(raised)-1 {
+			t.Errorf("a chain of hand-offs ran on more than one P in %v of 30 looks", raised)
+		}
 	}
 	stopChain.Store(true)
 	<-chainDone
