@@ -44,6 +44,7 @@ const (
 	allow        ruleKind = iota // always allowed
 	errnoRet                     // fails with errno (clone3 → ENOSYS, so that glibc falls back to clone)
 	arg0In                       // allowed when the low word of argument 0 is one of vals
+	arg1In                       // allowed when the low word of argument 1 is one of vals
 	cloneThread                  // clone that makes a thread (CLONE_THREAD) and no namespace
 	openReadOnly                 // openat whose flags (argument 2) neither write nor create
 )
@@ -52,7 +53,7 @@ type rule struct {
 	name  string // as in the syscall table, for messages and docs
 	nr    uint32
 	kind  ruleKind
-	vals  []uint32   // arg0In: the values allowed
+	vals  []uint32   // arg0In, arg1In: the values allowed
 	self  bool       // arg0In: argument 0 must be the pid given to Filter
 	errno unix.Errno // errnoRet
 }
@@ -95,7 +96,7 @@ func program(arch uint32, rules []rule, pid int, openRead bool) ([]bpf.Instructi
 			block = []bpf.Instruction{bpf.RetConstant{Val: retAllow}}
 		case errnoRet:
 			block = []bpf.Instruction{bpf.RetConstant{Val: retErrno | uint32(r.errno)}}
-		case arg0In:
+		case arg0In, arg1In:
 			vals := r.vals
 			if r.self {
 				vals = []uint32{uint32(pid)}
@@ -103,7 +104,11 @@ func program(arch uint32, rules []rule, pid int, openRead bool) ([]bpf.Instructi
 			if len(vals) == 0 || len(vals) > 200 {
 				return nil, fmt.Errorf("seccomp rule %s: %d values", r.name, len(vals))
 			}
-			block = append(block, bpf.LoadAbsolute{Off: argLow(0), Size: 4})
+			arg := 0
+			if r.kind == arg1In {
+				arg = 1
+			}
+			block = append(block, bpf.LoadAbsolute{Off: argLow(arg), Size: 4})
 			for i, v := range vals {
 				// Skip to the allow at the end of the block.
 				block = append(block, bpf.JumpIf{Cond: bpf.JumpEqual, Val: v, SkipTrue: uint8(len(vals) - i)})

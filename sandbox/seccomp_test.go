@@ -114,6 +114,8 @@ func TestFilterDecisions(t *testing.T) {
 		{"open", auditArch, unix.SYS_OPEN, nil, "errno EPERM"},
 		{"openat2", auditArch, unix.SYS_OPENAT2, nil, "errno EPERM"},
 		{"ioctl", auditArch, unix.SYS_IOCTL, []uint64{0, unix.TIOCSTI}, "errno EPERM"},
+		{"ioctl SIOCOUTQ", auditArch, unix.SYS_IOCTL, []uint64{5, unix.SIOCOUTQ}, "allow"},
+		{"ioctl, SIOCOUTQ in argument 0", auditArch, unix.SYS_IOCTL, []uint64{unix.SIOCOUTQ, unix.TIOCSTI}, "errno EPERM"},
 		{"mount", auditArch, unix.SYS_MOUNT, nil, "errno EPERM"},
 		{"umount2", auditArch, unix.SYS_UMOUNT2, nil, "errno EPERM"},
 		{"pivot_root", auditArch, unix.SYS_PIVOT_ROOT, nil, "errno EPERM"},
@@ -194,6 +196,8 @@ func TestFilterAllowsEveryRule(t *testing.T) {
 			} else {
 				args = []uint64{uint64(r.vals[len(r.vals)-1])}
 			}
+		case arg1In:
+			args = []uint64{3, uint64(r.vals[len(r.vals)-1])}
 		case cloneThread:
 			args = []uint64{unix.CLONE_VM | unix.CLONE_THREAD | unix.CLONE_SIGHAND}
 		case openReadOnly:

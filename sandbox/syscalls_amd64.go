@@ -14,8 +14,8 @@ const auditArch = unix.AUDIT_ARCH_X86_64
 //
 // Not allowed, among others: execve and every way to make a process
 // (fork, clone without CLONE_THREAD), openat to write or create (reading
-// is allowed: the DNS forwarder follows resolv.conf), ioctl (a tty on
-// stdin would allow TIOCSTI), unix/netlink/packet sockets, mount, unshare,
+// is allowed: the DNS forwarder follows resolv.conf), ioctl but SIOCOUTQ
+// (a tty on stdin would allow TIOCSTI), unix/netlink/packet sockets, mount, unshare,
 // setns, ptrace, bpf, io_uring, keyctl, signals to other processes.
 var rules = []rule{
 	// Data path: the tap (link/tap.go: readv, writev), host
@@ -35,6 +35,10 @@ var rules = []rule{
 	{name: "nanosleep", nr: unix.SYS_NANOSLEEP},
 	{name: "sched_yield", nr: unix.SYS_SCHED_YIELD},
 	{name: "epoll_ctl", nr: unix.SYS_EPOLL_CTL},
+	// SIOCOUTQ only: the direct TCP path's window is the room in the host
+	// socket (stack/tcpdirect.go). The kernel takes the request as 32
+	// bits; on a tty the same number (TIOCOUTQ) only reads a count.
+	{name: "ioctl", nr: unix.SYS_IOCTL, kind: arg1In, vals: []uint32{unix.SIOCOUTQ}},
 
 	// Host sockets for flows, DNS and ping sockets: IPv4 and IPv6 only.
 	{name: "socket", nr: unix.SYS_SOCKET, kind: arg0In, vals: []uint32{unix.AF_INET, unix.AF_INET6}},

@@ -50,6 +50,8 @@ type directPath struct {
 	bufs sync.Pool    // *[]byte of directBufSize, for host data peeked into frames
 	held atomic.Int64 // bytes in every flow's out-of-order queue
 
+	outqErr sync.Once // SIOCOUTQ failed: logged once
+
 	running atomic.Bool // run has started; it closes ep
 }
 
@@ -828,6 +830,12 @@ func (c *directConn) rcvWindowLocked() uint32 {
 	}
 	outq, err := unix.IoctlGetInt(c.fd, unix.SIOCOUTQ)
 	if err != nil {
+		// Without it the guest overruns the socket and recovers by
+		// retransmission, slowly (a seccomp filter without ioctl did
+		// this to bulk); say so once.
+		c.d.outqErr.Do(func() {
+			c.d.s.logf("stack: direct tcp: ioctl SIOCOUTQ: %v; the window offered ignores the host socket's queue", err)
+		})
 		return limit
 	}
 	// The kernel counts buffers with their overhead against SO_SNDBUF:
