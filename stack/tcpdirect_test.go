@@ -361,6 +361,22 @@ func (l *loseOut) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error)
 	return n + pkts.Len() - keep.Len(), err
 }
 
+// dialThroughLoss starts a direct-path stack whose guest's outbound
+// packets pass a loseOut, and dials ln from the guest.
+func dialThroughLoss(t *testing.T, v6 bool, ln net.Listener) (*env, *loseOut, net.Conn) {
+	t.Helper()
+	lo := &loseOut{}
+	e, gw := startDirectEnv(t, v6, func(child gvstack.LinkEndpoint) gvstack.LinkEndpoint {
+		lo.Endpoint.Init(child, lo)
+		return lo
+	})
+	c, err := guestDial(t, e.guest, netip.AddrPortFrom(gw, portOf(ln.Addr())))
+	if err != nil {
+		t.Fatalf("guest dial: %v", err)
+	}
+	return e, lo, c
+}
+
 // TestDirectTCPRetransmission loses the guest's first data segment and
 // the first data segment to the guest: both sides' retransmissions must
 // get the bytes through, in order.
@@ -368,15 +384,7 @@ func TestDirectTCPRetransmission(t *testing.T) {
 	forBothFamilies(t, func(t *testing.T, v6 bool) {
 		goroutineLeakCheck(t)
 		ln := listenTCP(t, loopbackNetwork(v6), loopbackAddr(v6), echoServe)
-		lo := &loseOut{}
-		e, gw := startDirectEnv(t, v6, func(child gvstack.LinkEndpoint) gvstack.LinkEndpoint {
-			lo.Endpoint.Init(child, lo)
-			return lo
-		})
-		c, err := guestDial(t, e.guest, netip.AddrPortFrom(gw, portOf(ln.Addr())))
-		if err != nil {
-			t.Fatalf("guest dial: %v", err)
-		}
+		e, lo, c := dialThroughLoss(t, v6, ln)
 		defer c.Close()
 		var lostOut, lostIn int
 		lo.mu.Lock()
@@ -532,15 +540,7 @@ func TestDirectTCPHoldsBeyondHole(t *testing.T) {
 			got <- b
 			c.Close()
 		})
-		lo := &loseOut{}
-		e, gw := startDirectEnv(t, v6, func(child gvstack.LinkEndpoint) gvstack.LinkEndpoint {
-			lo.Endpoint.Init(child, lo)
-			return lo
-		})
-		c, err := guestDial(t, e.guest, netip.AddrPortFrom(gw, portOf(ln.Addr())))
-		if err != nil {
-			t.Fatalf("guest dial: %v", err)
-		}
+		e, lo, c := dialThroughLoss(t, v6, ln)
 		var seen, lost int
 		lo.mu.Lock()
 		lo.lose = func(p *gvstack.PacketBuffer) bool {
