@@ -74,48 +74,9 @@ func completeChecksum(frame []byte, start, field int) {
 	binary.BigEndian.PutUint16(frame[field:], sum)
 }
 
-// GSO reports whether WriteGSO can send segments larger than the MTU: the
+// GSO reports whether WriteTCP can send segments larger than the MTU: the
 // tap has virtio-net headers and offloads.
 func (l *Tap) GSO() bool { return l.vnetHdr }
-
-// WriteGSO writes one TCP frame built outside gVisor whose payload the
-// kernel cuts into segments of mss bytes (virtio-net GSO; the stack's
-// direct TCP path): frame is Ethernet, IP, TCP headers (hdrLen bytes in
-// all, the TCP header at csumStart, its checksum partial as for
-// WritePartial) and the payload. v6 picks TCPv6 segmentation. It reports
-// false, having written nothing, when it cannot write inline (no virtio-net
-// headers, or the writer goroutine has frames in hand): the caller then
-// writes MSS-sized frames itself.
-func (l *Tap) WriteGSO(frame []byte, hdrLen, csumStart int, mss uint16, v6 bool) bool {
-	const csumOffset = 16 // TCP's checksum field
-	if !l.vnetHdr || csumStart < 0 || hdrLen < csumStart+20 || hdrLen > len(frame) || mss == 0 {
-		return false
-	}
-	l.mu.Lock()
-	tx := l.tx
-	l.mu.Unlock()
-	if tx != nil && tx.busy() {
-		return false
-	}
-	if cb := l.capture.Load(); cb != nil {
-		cb.c.WriteFrame(frame)
-	}
-	var h [tap.VnetHdrLen]byte
-	h[0] = vnetFlagNeedsCsum
-	h[1] = vnetGSOTCPv4
-	if v6 {
-		h[1] = vnetGSOTCPv6
-	}
-	binary.LittleEndian.PutUint16(h[2:], uint16(hdrLen))
-	binary.LittleEndian.PutUint16(h[4:], mss)
-	binary.LittleEndian.PutUint16(h[6:], uint16(csumStart))
-	binary.LittleEndian.PutUint16(h[8:], csumOffset)
-	var iov [2][]byte
-	iov[0], iov[1] = h[:], frame
-	// A frame the tap refuses is lost as on a wire.
-	l.writeFrame(iov[:])
-	return true
-}
 
 // WriteTCP writes one TCP frame built outside gVisor (the stack's direct
 // TCP path) from v, which it takes: Ethernet, IP and TCP headers (hdrLen

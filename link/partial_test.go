@@ -127,49 +127,6 @@ func TestWritePartialKeepsOrder(t *testing.T) {
 	}
 }
 
-// TestWriteGSO: with virtio-net headers the frame goes out whole with the
-// TCP GSO type, gso_size and the partial checksum's place set for the
-// kernel; without them WriteGSO writes nothing and says so.
-func TestWriteGSO(t *testing.T) {
-	for _, vnet := range []bool{false, true} {
-		l, peer := tapPair(t, vnet)
-		const tcpAt = header.EthernetMinimumSize + header.IPv4MinimumSize
-		const hdrLen = tcpAt + header.TCPMinimumSize
-		frame := make([]byte, hdrLen+3*1000)
-		for i := range frame {
-			frame[i] = byte(i)
-		}
-		ok := l.WriteGSO(frame, hdrLen, tcpAt, 1000, false)
-		if ok != vnet {
-			t.Fatalf("vnet %v: WriteGSO = %v, want %v", vnet, ok, vnet)
-		}
-		if !vnet {
-			if c := l.Counters(); c.TxFrames != 0 {
-				t.Errorf("without vnet headers WriteGSO wrote %d frames", c.TxFrames)
-			}
-			continue
-		}
-		buf := make([]byte, 8192)
-		peer.SetReadDeadline(time.Now().Add(5 * time.Second))
-		n, err := peer.Read(buf)
-		if err != nil {
-			t.Fatalf("read the frame: %v", err)
-		}
-		var h [tap.VnetHdrLen]byte
-		h[0], h[1] = vnetFlagNeedsCsum, vnetGSOTCPv4
-		binary.LittleEndian.PutUint16(h[2:], hdrLen)
-		binary.LittleEndian.PutUint16(h[4:], 1000)
-		binary.LittleEndian.PutUint16(h[6:], tcpAt)
-		binary.LittleEndian.PutUint16(h[8:], 16)
-		if !bytes.Equal(buf[:tap.VnetHdrLen], h[:]) {
-			t.Errorf("vnet header % x, want % x", buf[:tap.VnetHdrLen], h[:])
-		}
-		if !bytes.Equal(buf[tap.VnetHdrLen:n], frame) {
-			t.Errorf("wrote %d bytes, want the %d-byte frame as it is", n-tap.VnetHdrLen, len(frame))
-		}
-	}
-}
-
 // TestWriteTCP: a large frame goes out whole with the TCP GSO type,
 // gso_size and the partial checksum's place set (hdr_len the headers'
 // length); one whose payload fits one segment goes with the partial

@@ -918,7 +918,6 @@ func (c *directConn) sendMoreLocked() {
 		}
 	}()
 	var iov [directMaxSegs][]byte
-	var scratch []byte // for segments the tap takes one by one
 	for {
 		if c.hostEOF {
 			if c.sndNxt == c.hostEnd {
@@ -993,13 +992,8 @@ func (c *directConn) sendMoreLocked() {
 				v.CapLength(c.hdr.n + m)
 				c.hdr.fill(v.AsSlice(), 0, seq, c.rcvNxt, header.TCPFlagAck|header.TCPFlagPsh, wnd)
 				c.d.s.tapLink.WriteTCP(v, c.hdr.n, c.hdr.tcpAt, uint16(c.mss), c.hdr.v6)
-			case m <= c.mss:
+			default: // one segment: without GSO seg is the MSS
 				c.hdr.segment(c.d.s, buf[off:off+c.hdr.n+m], seq, c.rcvNxt, header.TCPFlagAck|header.TCPFlagPsh, wnd)
-			default:
-				if scratch == nil {
-					scratch = make([]byte, c.hdr.n+c.mss)
-				}
-				c.hdr.segments(c.d.s, buf[off:off+c.hdr.n+m], c.mss, seq, c.rcvNxt, header.TCPFlagAck|header.TCPFlagPsh, wnd, scratch)
 			}
 			n -= m
 		}

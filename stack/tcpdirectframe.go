@@ -81,27 +81,6 @@ func (h *directHdr) gsoPayload(mss int) int {
 	return max / mss * mss
 }
 
-// segments sends frame (h.n bytes of room, then the payload) as segments
-// of mss bytes: one GSO frame when the tap takes it, else one frame each,
-// copied through scratch (h.n+mss bytes).
-func (h *directHdr) segments(s *Stack, frame []byte, mss int, seq, ack uint32, flags header.TCPFlags, wnd uint16, scratch []byte) {
-	payload := len(frame) - h.n
-	if payload <= mss {
-		h.send(s, frame, 0, seq, ack, flags, wnd)
-		return
-	}
-	h.fill(frame, 0, seq, ack, flags, wnd)
-	if s.tapLink.WriteGSO(frame, h.n, h.tcpAt, uint16(mss), h.v6) {
-		return
-	}
-	for off := h.n; off < len(frame); off += mss {
-		m := min(mss, len(frame)-off)
-		f := scratch[:h.n+m]
-		copy(f[h.n:], frame[off:off+m])
-		h.send(s, f, 0, seq+uint32(off-h.n), ack, flags, wnd)
-	}
-}
-
 // segment sends a data segment: frame is h.n bytes of room and the payload.
 func (h *directHdr) segment(s *Stack, frame []byte, seq, ack uint32, flags header.TCPFlags, wnd uint16) {
 	h.send(s, frame, 0, seq, ack, flags, wnd)
