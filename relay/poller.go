@@ -31,22 +31,34 @@ type Poller struct {
 	dead atomic.Bool
 }
 
-// NewPoller makes a Poller.
-func NewPoller() (*Poller, error) {
+// Epoll makes an epoll instance of one's own, named name, that Go's poller
+// serves (the Poller's; the stack's direct TCP path has one too): it is
+// non-blocking, so os registers it, and a goroutine waits for its events
+// by reading through the RawConn (epoll_wait with timeout 0 until it
+// reports something). Closing the file closes the instance.
+func Epoll(name string) (*os.File, syscall.RawConn, error) {
 	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
-		return nil, fmt.Errorf("relay: epoll_create1: %w", err)
+		return nil, nil, fmt.Errorf("epoll_create1: %w", err)
 	}
 	if err := unix.SetNonblock(fd, true); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("relay: epoll instance non-blocking: %w", err)
+		return nil, nil, fmt.Errorf("epoll instance non-blocking: %w", err)
 	}
-	// Non-blocking, so that os registers it with Go's poller.
-	f := os.NewFile(uintptr(fd), "relay-epoll")
+	f := os.NewFile(uintptr(fd), name)
 	rc, err := f.SyscallConn()
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("relay: epoll instance: %w", err)
+		return nil, nil, fmt.Errorf("epoll instance: %w", err)
+	}
+	return f, rc, nil
+}
+
+// NewPoller makes a Poller.
+func NewPoller() (*Poller, error) {
+	f, rc, err := Epoll("relay-epoll")
+	if err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
 	}
 	return &Poller{f: f, rc: rc, conns: make(map[uint64]*PolledConn)}, nil
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/usernet/usernet/policy"
+	"github.com/usernet/usernet/relay"
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -92,19 +93,9 @@ const (
 )
 
 func newDirectPath(s *Stack) (*directPath, error) {
-	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	f, rc, err := relay.Epoll("direct-tcp-epoll")
 	if err != nil {
-		return nil, fmt.Errorf("direct tcp: epoll_create1: %w", err)
-	}
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("direct tcp: epoll instance non-blocking: %w", err)
-	}
-	f := os.NewFile(uintptr(fd), "direct-tcp-epoll")
-	rc, err := f.SyscallConn()
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("direct tcp: epoll instance: %w", err)
+		return nil, fmt.Errorf("direct tcp: %w", err)
 	}
 	d := &directPath{s: s, ep: f, rc: rc, conns: map[directKey]*directConn{}, byID: map[uint64]*directConn{}}
 	d.bufs.New = func() any { b := make([]byte, directBufSize); return &b }
