@@ -178,7 +178,12 @@ func closedPort(t testing.TB) uint16 {
 func TestTCPRefusedHostPortIsRefusedInGuest(t *testing.T) {
 	goroutineLeakCheck(t)
 	e := startEnv(t, testConfig(t))
-	dst := netip.AddrPortFrom(gw4, closedPort(t))
+	dialRefused(t, e, netip.AddrPortFrom(gw4, closedPort(t)))
+}
+
+// dialRefused dials dst from the guest and wants a refusal (a RST).
+func dialRefused(t *testing.T, e *env, dst netip.AddrPort) {
+	t.Helper()
 	c, err := guestDial(t, e.guest, dst)
 	if err == nil {
 		c.Close()

@@ -323,15 +323,7 @@ func TestDirectTCPRefused(t *testing.T) {
 		}
 		port := portOf(ln.Addr())
 		ln.Close()
-		dst := netip.AddrPortFrom(gw, port)
-		c, err := guestDial(t, e.guest, dst)
-		if err == nil {
-			c.Close()
-			t.Fatalf("guest dial %v succeeded, want connection refused", dst)
-		}
-		if !strings.Contains(err.Error(), "refused") {
-			t.Errorf("guest dial %v: %v, want connection refused (RST)", dst, err)
-		}
+		dialRefused(t, e, netip.AddrPortFrom(gw, port))
 		if n := e.s.direct.flowCount(); n != 0 {
 			t.Errorf("the direct path holds %d flows after a refused dial, want 0", n)
 		}
